@@ -1,0 +1,158 @@
+//! Reading kernel files with errors that keep the cause apart.
+//!
+//! Plain `std::fs` is used on purpose: the `sysctl` crate maps every open error to
+//! NotFound, while an operator needs to know whether a key is absent on this kernel
+//! (ENOENT), ctune lacks the privilege (EACCES/EPERM), or the mount is read-only (EROFS).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a kernel file could not be used, classified for messages and decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// ENOENT: the key does not exist on this kernel, or the module is not loaded.
+    Missing,
+    /// EACCES/EPERM: not allowed (non-root, or a global key read from a child namespace).
+    Denied,
+    /// EROFS: the file system is mounted read-only (typical in containers).
+    ReadOnly,
+    /// The file was read but its content is not what the kernel writes there.
+    Malformed,
+    /// Any other errno.
+    Other,
+}
+
+impl Cause {
+    fn of(err: &io::Error) -> Cause {
+        match err.raw_os_error() {
+            Some(libc_enoent) if libc_enoent == nix::errno::Errno::ENOENT as i32 => Cause::Missing,
+            Some(e) if e == nix::errno::Errno::ENOTDIR as i32 => Cause::Missing,
+            Some(e) if e == nix::errno::Errno::EACCES as i32 || e == nix::errno::Errno::EPERM as i32 => {
+                Cause::Denied
+            }
+            Some(e) if e == nix::errno::Errno::EROFS as i32 => Cause::ReadOnly,
+            _ => match err.kind() {
+                io::ErrorKind::NotFound => Cause::Missing,
+                io::ErrorKind::PermissionDenied => Cause::Denied,
+                _ => Cause::Other,
+            },
+        }
+    }
+}
+
+/// A failed read of one kernel file, naming the file and the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    /// The file that failed.
+    pub path: PathBuf,
+    /// The classified cause.
+    pub cause: Cause,
+    /// The OS message or the parse problem, for the human.
+    pub detail: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.cause {
+            Cause::Missing => "not found",
+            Cause::Denied => "permission denied",
+            Cause::ReadOnly => "read-only file system",
+            Cause::Malformed => "unexpected content",
+            Cause::Other => "cannot read",
+        };
+        write!(f, "{}: {what}", self.path.display())?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FileError {}
+
+impl FileError {
+    /// Wraps an I/O error for `path`.
+    pub fn io(path: &Path, err: &io::Error) -> FileError {
+        FileError {
+            path: path.to_path_buf(),
+            cause: Cause::of(err),
+            detail: err.to_string(),
+        }
+    }
+
+    /// Content that does not parse: says what was expected and what was found.
+    pub fn malformed(path: &Path, detail: impl Into<String>) -> FileError {
+        FileError {
+            path: path.to_path_buf(),
+            cause: Cause::Malformed,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Reads a whole file as text.
+pub fn read_text(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|e| FileError::io(path, &e))
+}
+
+/// Reads a file holding one unsigned integer (a sysctl or module parameter).
+pub fn read_u64(path: &Path) -> Result<u64, FileError> {
+    let text = read_text(path)?;
+    parse_u64(&text).map_err(|detail| FileError::malformed(path, detail))
+}
+
+/// Parses the single unsigned integer a sysctl file holds.
+pub fn parse_u64(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    t.parse::<u64>()
+        .map_err(|_| format!("expected an unsigned integer, found {:?}", truncate(t, 40)))
+}
+
+/// Whether the calling thread may open `path` for writing, as the kernel would decide it.
+/// For sysctls `access(2)` runs the sysctl's own permission check, so a global key seen
+/// from a child namespace (mode 0444) reports EACCES even for root, and a read-only
+/// mount reports EROFS.
+pub fn writable(path: &Path) -> Result<(), FileError> {
+    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
+        .map_err(|errno| FileError::io(path, &io::Error::from_raw_os_error(errno as i32)))
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sysctl_numbers() {
+        assert_eq!(parse_u64("262144\n"), Ok(262144));
+        assert!(parse_u64("").is_err());
+        assert!(parse_u64("-1").is_err());
+        assert!(parse_u64("12 34").is_err());
+    }
+
+    #[test]
+    fn classifies_missing_file() {
+        let err = read_u64(Path::new("/nonexistent/ctune/key")).unwrap_err();
+        assert_eq!(err.cause, Cause::Missing);
+        assert!(err.to_string().contains("/nonexistent/ctune/key"));
+    }
+
+    #[test]
+    fn malformed_content_names_the_file_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nf_conntrack_max");
+        std::fs::write(&p, "lots\n").unwrap();
+        let err = read_u64(&p).unwrap_err();
+        assert_eq!(err.cause, Cause::Malformed);
+        let msg = err.to_string();
+        assert!(msg.contains("nf_conntrack_max") && msg.contains("\"lots\""), "{msg}");
+    }
+}

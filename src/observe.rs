@@ -1,0 +1,315 @@
+//! Reading the live conntrack state: the global table, each watched namespace, the host.
+//!
+//! Observation only reads. A key absent on this kernel or a file ctune may not read is a
+//! note in the result, not a failure; only what no decision can do without (the global
+//! max, memory size) fails the observation.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::Namespaces;
+use crate::kfile::{self, Cause, FileError};
+use crate::meminfo::{self, MemInfo};
+use crate::netns::{self, NetnsId};
+use crate::roots::Roots;
+use crate::slab;
+use crate::stat::{self, ConntrackStat};
+use crate::tunables;
+
+/// Everything a decision is made from, as read at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    /// How conntrack is present in this kernel.
+    pub module: ModuleState,
+    /// Whether ctune runs in the host's network namespace (None: PID 1 not readable).
+    pub in_initial_netns: Option<bool>,
+    /// The machine-wide values.
+    pub global: Global,
+    /// Memory, CPUs, entry size.
+    pub host: Host,
+    /// ctune's own namespace first, then the others found.
+    pub namespaces: Vec<NamespaceObs>,
+    /// What could not be read, and why, for the operator.
+    pub notes: Vec<String>,
+}
+
+/// Whether nf_conntrack is built in, a loaded module, or absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleState {
+    /// Part of the kernel image: /etc/modprobe.d does not apply; the hash size at boot
+    /// comes from the kernel command line or a runtime write.
+    BuiltIn,
+    /// A loadable module, loaded now: `options nf_conntrack hashsize=` applies at load.
+    Module,
+}
+
+/// The global table limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Global {
+    /// `nf_conntrack_max`.
+    pub max: u64,
+    /// `nf_conntrack_buckets` (None: not readable here).
+    pub buckets: Option<u64>,
+    /// The `hashsize` module parameter (root-only).
+    pub hashsize: Option<u64>,
+    /// `nf_conntrack_expect_max`.
+    pub expect_max: Option<u64>,
+    /// Whether ctune could write the global keys, and if not, why.
+    pub write_access: Access,
+}
+
+/// Writability of the global keys, checked with access(2) as the kernel decides it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    /// True when a write would be permitted.
+    pub writable: bool,
+    /// Why not: the file and the cause (EACCES in a child namespace, EROFS in a
+    /// container with a read-only /proc/sys).
+    pub reason: Option<String>,
+}
+
+/// The host's resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    /// Online CPUs.
+    pub cpus: u64,
+    /// Memory totals.
+    pub memory: MemInfo,
+    /// Bytes one entry costs in the slab, and where that figure came from.
+    pub entry_bytes: u64,
+    /// `sysfs`, `slabinfo` or `fallback`.
+    pub entry_bytes_source: String,
+}
+
+/// One namespace's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespaceObs {
+    /// Who it is.
+    pub id: NetnsId,
+    /// Entries now (None: could not be read).
+    pub count: Option<u64>,
+    /// Summed per-CPU counters.
+    pub stat: Option<ConntrackStat>,
+    /// Every timeout key this kernel has in this namespace, in seconds.
+    pub timeouts: BTreeMap<String, u64>,
+    /// Why the namespace could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+impl NamespaceObs {
+    /// The counter used as a pressure signal, if present.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.stat.as_ref().and_then(|s| s.get(name))
+    }
+}
+
+/// Why no observation could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// No `nf_conntrack_max`: the module is not loaded (or no conntrack in this kernel).
+    #[error(
+        "conntrack is not active: {0}\n  nf_conntrack is not loaded; it loads when a firewall rule uses connection tracking (e.g. `ct state`), or with `modprobe nf_conntrack`"
+    )]
+    NotLoaded(FileError),
+    /// A file every decision needs could not be read.
+    #[error("{0}")]
+    Unreadable(FileError),
+}
+
+/// Observes the kernel below `roots`, watching the namespaces `ns` asks for.
+pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveError> {
+    let mut notes = Vec::new();
+    let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
+        Cause::Missing => ObserveError::NotLoaded(e),
+        _ => ObserveError::Unreadable(e),
+    })?;
+    let module = if roots.module_initstate().exists() {
+        ModuleState::Module
+    } else {
+        ModuleState::BuiltIn
+    };
+    let mut optional = |path: &Path| match kfile::read_u64(path) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            notes.push(e.to_string());
+            None
+        }
+    };
+    let buckets = optional(&roots.sysctl(tunables::BUCKETS));
+    let hashsize = optional(&roots.hashsize_param());
+    let expect_max = optional(&roots.sysctl(tunables::EXPECT_MAX));
+    let write_access = match kfile::writable(&roots.sysctl(tunables::MAX)) {
+        Ok(()) => Access { writable: true, reason: None },
+        Err(e) => Access {
+            writable: false,
+            reason: Some(match e.cause {
+                Cause::Denied => format!(
+                    "{e}: global keys are writable only by root in the initial network namespace"
+                ),
+                Cause::ReadOnly => format!("{e}: /proc/sys is mounted read-only (a container?)"),
+                _ => e.to_string(),
+            }),
+        },
+    };
+    let memory = kfile::read_text(&roots.meminfo())
+        .and_then(|t| meminfo::parse(&t).map_err(|d| FileError::malformed(&roots.meminfo(), d)))
+        .map_err(ObserveError::Unreadable)?;
+    let (entry_bytes, entry_bytes_source) = entry_size(roots, &mut notes);
+    let host = Host {
+        cpus: cpu_count(roots),
+        memory,
+        entry_bytes,
+        entry_bytes_source,
+    };
+
+    let discovery = netns::discover(roots, ns);
+    notes.extend(discovery.notes.iter().cloned());
+    let own_name = match discovery.own_is_initial {
+        Some(false) => "self",
+        _ => "init",
+    };
+    let mut own = read_namespace(roots, &roots.stat_file());
+    own.id = NetnsId {
+        name: own_name.into(),
+        inode: discovery.own_inode.unwrap_or(0),
+    };
+    let mut namespaces = vec![own];
+    let readings = netns::read_each(&discovery.others, || read_namespace(roots, &roots.thread_stat_file()));
+    for (handle, reading) in discovery.others.iter().zip(readings) {
+        let mut obs = reading.unwrap_or_else(|e| NamespaceObs {
+            id: handle.id.clone(),
+            count: None,
+            stat: None,
+            timeouts: BTreeMap::new(),
+            error: Some(format!("cannot enter: {e}")),
+        });
+        obs.id = handle.id.clone();
+        namespaces.push(obs);
+    }
+    for n in &namespaces {
+        if let Some(err) = &n.error {
+            notes.push(format!("namespace {}: {err}", n.id.name));
+        }
+    }
+    Ok(Observation {
+        module,
+        in_initial_netns: discovery.own_is_initial,
+        global: Global {
+            max,
+            buckets,
+            hashsize,
+            expect_max,
+            write_access,
+        },
+        host,
+        namespaces,
+        notes,
+    })
+}
+
+/// Reads the calling thread's namespace: count, statistics and every timeout key.
+fn read_namespace(roots: &Roots, stat_path: &Path) -> NamespaceObs {
+    let mut problems = Vec::new();
+    let count = kfile::read_u64(&roots.sysctl(tunables::COUNT))
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let stat = kfile::read_text(stat_path)
+        .and_then(|t| stat::parse(&t).map_err(|d| FileError::malformed(stat_path, d)))
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let mut timeouts = BTreeMap::new();
+    let dir = roots.netfilter_sysctl_dir();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries.filter_map(Result::ok) {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if !tunables::is_timeout_key(&name) {
+                    continue;
+                }
+                match kfile::read_u64(&entry.path()) {
+                    Ok(v) => {
+                        timeouts.insert(name, v);
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => problems.push(FileError::io(&dir, &e).to_string()),
+    }
+    NamespaceObs {
+        id: NetnsId {
+            name: String::new(),
+            inode: 0,
+        },
+        count,
+        stat,
+        timeouts,
+        error: (!problems.is_empty()).then(|| problems.join("; ")),
+    }
+}
+
+fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {
+    match kfile::read_u64(&roots.slab_size_file()) {
+        Ok(v) if v > 0 => return (v, "sysfs".into()),
+        Ok(_) => {}
+        Err(e) if e.cause == Cause::Missing => {}
+        Err(e) => notes.push(e.to_string()),
+    }
+    match kfile::read_text(&roots.slabinfo())
+        .and_then(|t| slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d)))
+    {
+        Ok(v) => (v, "slabinfo".into()),
+        Err(e) => {
+            notes.push(format!(
+                "{e}; assuming {} B per entry",
+                slab::FALLBACK_ENTRY_BYTES
+            ));
+            (slab::FALLBACK_ENTRY_BYTES, "fallback".into())
+        }
+    }
+}
+
+/// Online CPUs from sysfs ("0-3,8"), else what the process may use.
+fn cpu_count(roots: &Roots) -> u64 {
+    let from_sysfs = kfile::read_text(&roots.sys.join("devices/system/cpu/online"))
+        .ok()
+        .and_then(|t| parse_cpu_list(&t));
+    from_sysfs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1)
+    })
+}
+
+/// Counts the CPUs in a kernel CPU list such as "0-3,8,10-11".
+pub fn parse_cpu_list(text: &str) -> Option<u64> {
+    let mut n = 0u64;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?),
+            None => {
+                let v = part.parse::<u64>().ok()?;
+                (v, v)
+            }
+        };
+        n += b.checked_sub(a)? + 1;
+    }
+    (n > 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+    }
+}

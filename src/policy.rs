@@ -1,0 +1,370 @@
+//! The decision: observation + config + previous state in, plan + next state out.
+//!
+//! Pure: no I/O, no clock (the caller passes monotonic `now`), so every rule here is
+//! tested with tables of cases and property tests. The rules, in order:
+//! 1. The ceiling bounds max (memory budget / bytes per entry / filling namespaces).
+//! 2. Max grows, by a factor, when the busiest namespace crosses the high watermark or
+//!    the kernel reports drops or early drops; never above the ceiling. It shrinks only
+//!    when enabled, slowly, and never below count + headroom or the operator's own value.
+//! 3. The hash follows max / ratio, grows only, in one step, at most once per interval.
+//! 4. Each namespace gets a pressure level from its utilisation under the new max, and
+//!    from loss that growth cannot answer; timeouts follow the level.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::ceiling::{self, Ceiling};
+use crate::config::{Config, FillingNamespaces};
+use crate::observe::Observation;
+use crate::plan::{Change, NamespaceVerdict, Plan, Target};
+use crate::pressure::{self, LevelState, Signal};
+use crate::timeouts::{self, Lowered};
+use crate::tunables;
+use crate::units::{fmt_count, fmt_pct};
+
+/// What ctune remembers between decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// Per namespace, by inode.
+    pub namespaces: BTreeMap<u64, NamespaceState>,
+    /// When the hash was last resized (monotonic).
+    pub last_resize: Option<Duration>,
+    /// Since when utilisation has been below the shrink watermark.
+    pub low_since: Option<Duration>,
+    /// The operator's max before ctune first changed it: never shrunk below.
+    pub baseline_max: Option<u64>,
+}
+
+/// What ctune remembers of one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceState {
+    /// Name at the last sample, for people reading the state file.
+    pub name: String,
+    /// Counters at the last sample, to see them rise.
+    pub counters: Option<Counters>,
+    /// The pressure level.
+    pub level: Option<LevelState>,
+    /// Timeouts ctune lowered, with the operator's values.
+    pub lowered: BTreeMap<String, Lowered>,
+}
+
+/// The loss counters of a sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// `drop`.
+    pub drop: Option<u64>,
+    /// `early_drop`.
+    pub early_drop: Option<u64>,
+    /// `chainlength`.
+    pub chainlength: Option<u64>,
+}
+
+fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
+    Some(now?.saturating_sub(before?))
+}
+
+/// Makes the plan and the state to keep for the next decision. The next state assumes
+/// the plan is applied; the caller adjusts it for changes that fail.
+pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration) -> (Plan, PolicyState) {
+    let mut next = PolicyState {
+        last_resize: prev.last_resize,
+        baseline_max: prev.baseline_max,
+        ..PolicyState::default()
+    };
+    let mut changes = Vec::new();
+    let mut explanations = Vec::new();
+    let current_max = obs.global.max.max(1);
+
+    // 1. Ceiling.
+    let filling = match cfg.ceiling.filling_namespaces {
+        FillingNamespaces::Fixed(n) => u64::from(n),
+        // Unreadable namespaces count as filling: unknown must not raise the ceiling.
+        FillingNamespaces::Auto => obs
+            .namespaces
+            .iter()
+            .filter(|n| n.count.is_none_or(|c| c > 0))
+            .count() as u64,
+    }
+    .max(1);
+    let ceiling = ceiling::compute(cfg, obs.host.memory.total_bytes, obs.host.entry_bytes, filling);
+
+    // Signals per namespace.
+    struct Sig {
+        counters: Counters,
+        drop: Option<u64>,
+        early: Option<u64>,
+        chain: Option<u64>,
+    }
+    let sigs: Vec<Sig> = obs
+        .namespaces
+        .iter()
+        .map(|n| {
+            let counters = Counters {
+                drop: n.counter("drop"),
+                early_drop: n.counter("early_drop"),
+                chainlength: n.counter("chainlength"),
+            };
+            let before = prev.namespaces.get(&n.id.inode).and_then(|s| s.counters);
+            Sig {
+                counters,
+                drop: before.and_then(|b| delta(counters.drop, b.drop)),
+                early: before.and_then(|b| delta(counters.early_drop, b.early_drop)),
+                chain: before.and_then(|b| delta(counters.chainlength, b.chainlength)),
+            }
+        })
+        .collect();
+    let busiest = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| n.count.map(|c| (c, n.id.name.as_str())))
+        .max_by_key(|(c, _)| *c);
+    let peak = busiest.map_or(0, |(c, _)| c);
+    let busiest_name = busiest.map_or("?", |(_, n)| n);
+    let util = peak as f64 / current_max as f64;
+    let dropping_ns = obs.namespaces.iter().zip(&sigs).find(|(_, s)| s.drop.is_some_and(|d| d > 0));
+    let evicting_ns = obs.namespaces.iter().zip(&sigs).find(|(_, s)| s.early.is_some_and(|d| d > 0));
+
+    // 2. Max.
+    let m = &cfg.max;
+    let required = ceil_mul(peak, 1.0 + m.headroom.get());
+    let trigger = if let Some((n, s)) = dropping_ns {
+        Some(format!(
+            "drop counter rose by {} in netns {} (table full, packets lost)",
+            s.drop.unwrap_or(0),
+            n.id.name
+        ))
+    } else if let Some((n, s)) = evicting_ns {
+        Some(format!(
+            "early_drop rose by {} in netns {} (table full, entries evicted)",
+            s.early.unwrap_or(0),
+            n.id.name
+        ))
+    } else if util >= m.high_watermark.get() {
+        Some(format!(
+            "count {} of max in netns {busiest_name} (grows at {})",
+            fmt_pct(util),
+            fmt_pct(m.high_watermark.get())
+        ))
+    } else {
+        None
+    };
+    let mut new_max = current_max;
+    if let Some(why) = &trigger {
+        let want = ceil_mul(current_max, m.grow_factor)
+            .max(ceil_div_f(peak, m.target_utilisation.get()))
+            .max(required)
+            .max(cfg.ceiling.min_max);
+        let target = want.min(ceiling.value);
+        if target > current_max {
+            new_max = target;
+            let capped = if want > ceiling.value { " (capped at the ceiling)" } else { "" };
+            changes.push(Change {
+                key: tunables::MAX.into(),
+                target: Target::Global,
+                old: current_max,
+                new: new_max,
+                reason: format!(
+                    "{why}; raising max {current_max} -> {new_max}{capped}; {}",
+                    ceiling.explain()
+                ),
+            });
+            next.baseline_max.get_or_insert(current_max);
+        } else {
+            explanations.push(format!(
+                "{why}, but max {current_max} is already at or above the {}: max cannot grow, pressure levels lower timeouts instead",
+                ceiling.explain()
+            ));
+        }
+        next.low_since = None;
+    } else if m.shrink.enabled && util < m.shrink.low_watermark.get() {
+        let since = prev.low_since.unwrap_or(now);
+        let held = now.saturating_sub(since);
+        let floor = required
+            .max(cfg.ceiling.min_max)
+            .max(prev.baseline_max.unwrap_or(0));
+        let candidate = ((current_max as f64) * m.shrink.factor).floor() as u64;
+        let target = candidate.max(floor);
+        if held >= m.shrink.after && target < current_max {
+            new_max = target;
+            changes.push(Change {
+                key: tunables::MAX.into(),
+                target: Target::Global,
+                old: current_max,
+                new: new_max,
+                reason: format!(
+                    "count at most {} of max for {} (shrinks below {}); lowering max {current_max} -> {new_max} (never below count + {} headroom, min_max or the operator's {})",
+                    fmt_pct(util),
+                    humantime::format_duration(held),
+                    fmt_pct(m.shrink.low_watermark.get()),
+                    fmt_pct(m.headroom.get()),
+                    prev.baseline_max.map_or("value".to_string(), |b| b.to_string()),
+                ),
+            });
+            next.low_since = Some(now);
+        } else {
+            next.low_since = Some(since);
+            explanations.push(format!(
+                "max {current_max} held: count {} of max in netns {busiest_name}; may shrink after {} below {}",
+                fmt_pct(util),
+                humantime::format_duration(m.shrink.after),
+                fmt_pct(m.shrink.low_watermark.get())
+            ));
+        }
+    } else {
+        explanations.push(format!(
+            "max {current_max} held: busiest netns {busiest_name} at {} of max (grows at {}){}",
+            fmt_pct(util),
+            fmt_pct(m.high_watermark.get()),
+            if current_max > ceiling.value {
+                format!("; the operator's max is above the {}, and ctune never lowers it", ceiling.explain())
+            } else {
+                String::new()
+            }
+        ));
+    }
+
+    // 3. Hash.
+    let ratio = u64::from(cfg.hash.ratio.max(1));
+    let desired = tunables::round_buckets(new_max.div_ceil(ratio));
+    match obs.global.buckets {
+        None => explanations.push("hash size unknown (nf_conntrack_buckets not readable): not planned".into()),
+        Some(cur) if (cur as f64) < desired as f64 * (1.0 - cfg.hash.tolerance.get()) => {
+            let since = prev.last_resize.map(|t| now.saturating_sub(t));
+            match since {
+                Some(s) if s < cfg.hash.min_interval => explanations.push(format!(
+                    "hash resize {cur} -> {desired} deferred: last resize {} ago, at most one per {} (each stalls every insert)",
+                    humantime::format_duration(Duration::from_secs(s.as_secs())),
+                    humantime::format_duration(cfg.hash.min_interval)
+                )),
+                _ => {
+                    changes.push(Change {
+                        key: tunables::BUCKETS.into(),
+                        target: Target::Global,
+                        old: cur,
+                        new: desired,
+                        reason: format!(
+                            "hash size follows max {} / {ratio} = {desired} buckets (a full table averages {} entries per chain); {cur} -> {desired}",
+                            fmt_count(new_max),
+                            2 * ratio
+                        ),
+                    });
+                    next.last_resize = Some(now);
+                }
+            }
+        }
+        Some(cur) => {
+            if cur < desired {
+                explanations.push(format!(
+                    "hash {cur} held: within {} of max / {ratio} = {desired}",
+                    fmt_pct(cfg.hash.tolerance.get())
+                ));
+            }
+        }
+    }
+
+    // 4. Levels and timeouts per namespace.
+    let growing = new_max > current_max;
+    let mut verdicts = Vec::new();
+    for (n, s) in obs.namespaces.iter().zip(&sigs) {
+        let prev_ns = prev.namespaces.get(&n.id.inode);
+        let after = n.count.map(|c| c as f64 / new_max as f64);
+        let sig = Signal {
+            utilisation: after.unwrap_or(0.0),
+            // Loss that growth answers is not pressure on the timeouts.
+            dropping: !growing && s.drop.is_some_and(|d| d > 0),
+            evicting: !growing && s.early.is_some_and(|d| d > 0),
+        };
+        let (level, level_reason) = pressure::next(prev_ns.and_then(|p| p.level), sig, &cfg.pressure, now);
+        let empty = BTreeMap::new();
+        let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
+        let (mut tchanges, lowered, notes) = if n.error.is_some() && n.timeouts.is_empty() {
+            (Vec::new(), lowered_before.clone(), Vec::new())
+        } else {
+            timeouts::plan(
+                &Target::Namespace { netns: n.id.clone() },
+                &n.id.name,
+                &n.timeouts,
+                level.level,
+                &level_reason,
+                &cfg.timeouts,
+                lowered_before,
+            )
+        };
+        changes.append(&mut tchanges);
+        // Floors for keys this kernel lacks are noted once, for the own namespace.
+        if verdicts.is_empty() {
+            explanations.extend(notes);
+        } else {
+            explanations.extend(notes.into_iter().filter(|n| !n.starts_with("timeouts.floors.")));
+        }
+        if let Some(c) = s.chain.filter(|c| *c > 0) {
+            explanations.push(format!(
+                "netns {}: {c} inserts refused for hash chains over {} since the last sample: the hash is too small for the load (lower hash.ratio) or under a hash attack",
+                n.id.name,
+                tunables::MAX_CHAIN_LENGTH
+            ));
+        }
+        verdicts.push(NamespaceVerdict {
+            netns: n.id.clone(),
+            count: n.count,
+            utilisation: n.count.map(|c| c as f64 / current_max as f64),
+            utilisation_after: after,
+            drop_delta: s.drop,
+            early_drop_delta: s.early,
+            chainlength_delta: s.chain,
+            level: level.level,
+            level_reason,
+        });
+        next.namespaces.insert(
+            n.id.inode,
+            NamespaceState {
+                name: n.id.name.clone(),
+                counters: Some(s.counters),
+                level: Some(level),
+                lowered,
+            },
+        );
+    }
+    if prev.namespaces.is_empty() {
+        explanations.push(
+            "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on".into(),
+        );
+    }
+    (
+        Plan {
+            ceiling,
+            changes,
+            namespaces: verdicts,
+            explanations,
+        },
+        next,
+    )
+}
+
+/// ceil(n * f), saturating.
+fn ceil_mul(n: u64, f: f64) -> u64 {
+    let v = (n as f64 * f).ceil();
+    if v >= u64::MAX as f64 { u64::MAX } else { v as u64 }
+}
+
+/// ceil(n / f) for f in (0, 1], saturating.
+fn ceil_div_f(n: u64, f: f64) -> u64 {
+    ceil_mul(n, 1.0 / f)
+}
+
+/// The ceiling's view of memory, for `status`.
+pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
+    let entries: u64 = obs.namespaces.iter().filter_map(|n| n.count).sum();
+    ceiling::memory_now(
+        entries,
+        obs.global.buckets.unwrap_or(0),
+        obs.host.entry_bytes,
+        cfg.ceiling.extension_bytes,
+    )
+}
+
+/// Re-exported for callers that only need the ceiling.
+pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
+    decide(obs, cfg, &PolicyState::default(), Duration::ZERO).0.ceiling
+}

@@ -1,0 +1,201 @@
+//! Timeout plans for one namespace: lower under pressure, tier by tier, never below the
+//! floors; restore the operator's values when the pressure is gone.
+//!
+//! The operator's value of a key (its baseline) is remembered the first time ctune lowers
+//! it. If the live value later differs from what ctune set, someone else changed it: that
+//! value becomes the new baseline instead of being overwritten back.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::config::Timeouts;
+use crate::plan::{Change, Target};
+use crate::pressure::Level;
+use crate::tunables::{self, TimeoutTier};
+use crate::units::fmt_secs;
+
+/// A key ctune has lowered: what the operator had, and what ctune set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lowered {
+    /// The value before ctune touched it; restored when pressure ends.
+    pub baseline: u64,
+    /// The value ctune set; a different live value means someone else changed it.
+    pub set: u64,
+}
+
+/// Whether a tier is lowered at a level.
+fn lowered_at(tier: TimeoutTier, level: Level) -> bool {
+    match tier {
+        TimeoutTier::Transient => level >= Level::Elevated,
+        TimeoutTier::Established => level >= Level::Critical,
+    }
+}
+
+/// Plans the timeouts of one namespace. `live` is every timeout key present there;
+/// `lowered` is what ctune lowered earlier. Returns the changes (transient keys first,
+/// established last), the new record of lowered keys, and notes.
+pub fn plan(
+    target: &Target,
+    ns_name: &str,
+    live: &BTreeMap<String, u64>,
+    level: Level,
+    level_reason: &str,
+    cfg: &Timeouts,
+    lowered: &BTreeMap<String, Lowered>,
+) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
+    let mut changes = Vec::new();
+    let mut record = BTreeMap::new();
+    let mut notes = Vec::new();
+    let mut keys: Vec<&String> = live.keys().collect();
+    keys.sort_by_key(|k| (tunables::tier_of(k), k.as_str()));
+    for key in keys {
+        let current = live[key];
+        let Some(floor) = cfg.floor_of(key) else {
+            continue;
+        };
+        let baseline = match lowered.get(key) {
+            Some(l) if l.set == current => l.baseline,
+            Some(l) => {
+                notes.push(format!(
+                    "{key} in {ns_name} is {} but ctune set {}: someone else changed it; adopting {} as the operator's value",
+                    fmt_secs(current),
+                    fmt_secs(l.set),
+                    fmt_secs(current)
+                ));
+                current
+            }
+            None => current,
+        };
+        let lower = cfg.manage && lowered_at(tunables::tier_of(key), level) && baseline > floor;
+        let desired = if lower { floor } else { baseline };
+        if desired != baseline {
+            record.insert(key.clone(), Lowered { baseline, set: desired });
+        }
+        if desired == current {
+            continue;
+        }
+        let reason = if lower {
+            format!(
+                "{ns_name} at {level} ({level_reason}): lowering {} {} -> {} (floor)",
+                short(key),
+                fmt_secs(current),
+                fmt_secs(desired)
+            )
+        } else {
+            format!(
+                "{ns_name} at {level}: restoring {} {} -> {} (operator's value)",
+                short(key),
+                fmt_secs(current),
+                fmt_secs(desired)
+            )
+        };
+        changes.push(Change {
+            key: key.clone(),
+            target: target.clone(),
+            old: current,
+            new: desired,
+            reason,
+        });
+    }
+    for key in cfg.floors.keys() {
+        if !live.contains_key(&format!("nf_conntrack_{key}")) {
+            notes.push(format!("timeouts.floors.{key}: no such key in {ns_name} on this kernel; ignored"));
+        }
+    }
+    (changes, record, notes)
+}
+
+fn short(key: &str) -> &str {
+    key.strip_prefix("nf_conntrack_").unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn live() -> BTreeMap<String, u64> {
+        [
+            ("nf_conntrack_generic_timeout", 600),
+            ("nf_conntrack_udp_timeout", 30),
+            ("nf_conntrack_tcp_timeout_established", 432000),
+            ("nf_conntrack_gre_timeout", 30),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn run(level: Level, live: &BTreeMap<String, u64>, lowered: &BTreeMap<String, Lowered>) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
+        plan(&Target::Global, "init", live, level, "test", &Config::default().timeouts, lowered)
+    }
+
+    #[test]
+    fn normal_changes_nothing() {
+        let (c, r, _) = run(Level::Normal, &live(), &BTreeMap::new());
+        assert!(c.is_empty() && r.is_empty());
+    }
+
+    #[test]
+    fn elevated_lowers_transient_only() {
+        let (c, r, _) = run(Level::Elevated, &live(), &BTreeMap::new());
+        let keys: Vec<_> = c.iter().map(|c| (c.key.as_str(), c.new)).collect();
+        assert_eq!(keys, [("nf_conntrack_generic_timeout", 120), ("nf_conntrack_udp_timeout", 10)]);
+        assert_eq!(r["nf_conntrack_generic_timeout"], Lowered { baseline: 600, set: 120 });
+        assert!(c[0].reason.contains("10m -> 2m"), "{}", c[0].reason);
+    }
+
+    #[test]
+    fn critical_lowers_established_last() {
+        let (c, _, _) = run(Level::Critical, &live(), &BTreeMap::new());
+        assert_eq!(c.last().unwrap().key, tunables::ESTABLISHED);
+        assert_eq!(c.last().unwrap().new, 54000);
+        assert!(!c.iter().any(|c| c.key.contains("gre")), "keys without a floor are not touched");
+    }
+
+    #[test]
+    fn restores_operator_values_when_pressure_ends() {
+        let (_, rec, _) = run(Level::Critical, &live(), &BTreeMap::new());
+        let mut now = live();
+        for (k, l) in &rec {
+            now.insert(k.clone(), l.set);
+        }
+        let (c, r, _) = run(Level::Normal, &now, &rec);
+        assert!(r.is_empty());
+        assert_eq!(c.len(), 3);
+        assert!(c.iter().all(|c| live()[&c.key] == c.new && c.reason.contains("restoring")));
+    }
+
+    #[test]
+    fn operator_change_is_adopted_not_overwritten() {
+        let rec: BTreeMap<_, _> = [("nf_conntrack_generic_timeout".to_string(), Lowered { baseline: 600, set: 120 })].into();
+        let mut now = live();
+        now.insert("nf_conntrack_generic_timeout".into(), 300);
+        let (c, r, notes) = run(Level::Normal, &now, &rec);
+        assert!(c.iter().all(|c| c.key != "nf_conntrack_generic_timeout"), "{c:?}");
+        assert!(r.is_empty());
+        assert!(notes.iter().any(|n| n.contains("someone else")));
+    }
+
+    #[test]
+    fn baseline_below_floor_is_left_alone() {
+        let mut now = live();
+        now.insert("nf_conntrack_generic_timeout".into(), 60);
+        let (c, _, _) = run(Level::Critical, &now, &BTreeMap::new());
+        assert!(c.iter().all(|c| c.key != "nf_conntrack_generic_timeout"));
+    }
+
+    #[test]
+    fn unmanaged_restores_but_never_lowers() {
+        let mut cfg = Config::default().timeouts;
+        cfg.manage = false;
+        let (c, _, _) = plan(&Target::Global, "init", &live(), Level::Critical, "t", &cfg, &BTreeMap::new());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn floors_for_absent_keys_are_noted() {
+        let (_, _, notes) = run(Level::Normal, &live(), &BTreeMap::new());
+        assert!(notes.iter().any(|n| n.contains("tcp_timeout_syn_sent")));
+    }
+}
