@@ -73,7 +73,7 @@ pub fn compute(
     // Per entry: slab + extensions + 8 B per bucket / ratio entries per bucket.
     // max <= budget * ratio / ((per_entry * ratio + 8) * namespaces)
     let filling = u128::from(filling_namespaces.max(1));
-    let denom = (per_entry * ratio + u128::from(tunables::BUCKET_BYTES)) * filling;
+    let denom = (per_entry * ratio + u128::from(tunables::BUCKET_BYTES)).saturating_mul(filling);
     let by_memory = (u128::from(budget) * ratio / denom.max(1)).min(u128::from(u64::MAX)) as u64;
     let kernel = tunables::KERNEL_MAX_LIMIT
         .min(tunables::KERNEL_BUCKETS_LIMIT.saturating_mul(u64::from(cfg.hash.ratio)));
@@ -137,7 +137,7 @@ impl Ceiling {
     pub fn memory_at(&self, max: u64, buckets: u64) -> u64 {
         let entries = u128::from(max) * u128::from(self.filling_namespaces);
         let per = u128::from(self.slab_bytes) + u128::from(self.extension_bytes);
-        (entries * per + u128::from(buckets) * u128::from(tunables::BUCKET_BYTES))
+        (entries.saturating_mul(per) + u128::from(buckets) * u128::from(tunables::BUCKET_BYTES))
             .min(u128::from(u64::MAX)) as u64
     }
 }
@@ -164,7 +164,12 @@ mod tests {
         assert_eq!(c.bytes_per_entry, 386);
         assert_eq!(c.value, 1288490188 * 4 / (384 * 4 + 8));
         assert_eq!(c.limited_by, Limit::Memory);
-        assert!(c.explain().starts_with("ceiling 3.3M from 5% of 24.0 GiB at 386 B/entry"), "{}", c.explain());
+        assert!(
+            c.explain()
+                .starts_with("ceiling 3.3M from 5% of 24.0 GiB at 386 B/entry"),
+            "{}",
+            c.explain()
+        );
     }
 
     #[test]
@@ -173,7 +178,11 @@ mod tests {
         let one = compute(&cfg, 24 * GIB, 256, 1).value;
         let four = compute(&cfg, 24 * GIB, 256, 4).value;
         assert!(four <= one / 4 + 1 && four >= one / 4 - 1);
-        assert!(compute(&cfg, 24 * GIB, 256, 4).explain().contains("4 filling namespaces"));
+        assert!(
+            compute(&cfg, 24 * GIB, 256, 4)
+                .explain()
+                .contains("4 filling namespaces")
+        );
     }
 
     #[test]
@@ -190,7 +199,10 @@ mod tests {
         assert_eq!(c.value, 16384);
 
         let c = compute(&Config::default(), u64::MAX, u64::MAX, u64::MAX);
-        assert_eq!(c.value, 16384, "absurd entry size and namespace count cannot overflow");
+        assert_eq!(
+            c.value, 16384,
+            "absurd entry size and namespace count cannot overflow"
+        );
 
         let c = compute(&Config::default(), u64::MAX, 1, 1);
         assert_eq!(c.limited_by, Limit::MaxCap);

@@ -68,7 +68,11 @@ pub struct Ceiling {
     /// Share of MemTotal that all conntrack entries together may cost.
     pub memory_fraction: Fraction,
     /// Absolute memory cap in bytes on top of the fraction; null for none.
-    #[serde(deserialize_with = "de_opt_size", serialize_with = "ser_opt_size", default)]
+    #[serde(
+        deserialize_with = "de_opt_size",
+        serialize_with = "ser_opt_size",
+        default
+    )]
     pub memory_cap: Option<u64>,
     /// Bytes per entry for extensions (NAT, accounting, timestamps, labels), which are
     /// allocated beside the slab object.
@@ -257,7 +261,9 @@ fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
         Some(Raw::N(n)) => Ok(Some(n)),
-        Some(Raw::S(s)) => units::parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(Raw::S(s)) => units::parse_size(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -281,7 +287,9 @@ fn de_floors<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D
             .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))?
             .as_secs();
         if secs == 0 {
-            return Err(serde::de::Error::custom(format!("{key}: a floor of 0 s would expire entries at once")));
+            return Err(serde::de::Error::custom(format!(
+                "{key}: a floor of 0 s would expire entries at once"
+            )));
         }
         out.insert(key, secs);
     }
@@ -349,9 +357,13 @@ impl Source {
     }
 }
 
+static DEFAULT: std::sync::LazyLock<Config> = std::sync::LazyLock::new(|| {
+    parse(DEFAULT_YAML, Path::new("config/ctune.yaml")).expect("embedded default config is valid")
+});
+
 impl Default for Config {
     fn default() -> Self {
-        parse(DEFAULT_YAML, Path::new("config/ctune.yaml")).expect("embedded default config is valid")
+        DEFAULT.clone()
     }
 }
 
@@ -522,7 +534,9 @@ mod partial {
         super::duration::deserialize(d).map(Some)
     }
 
-    fn opt_floors<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
+    fn opt_floors<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
         super::de_floors(d).map(Some)
     }
 }
@@ -536,28 +550,50 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     };
     let c = &cfg.ceiling;
     if c.min_max < 1024 {
-        return Err(fail("ceiling.min_max", format!("{} is below 1024; a smaller table fills at once", c.min_max)));
+        return Err(fail(
+            "ceiling.min_max",
+            format!("{} is below 1024; a smaller table fills at once", c.min_max),
+        ));
     }
     if c.max_cap > tunables::KERNEL_MAX_LIMIT {
         return Err(fail(
             "ceiling.max_cap",
-            format!("{} exceeds the kernel's limit {} (INT_MAX)", c.max_cap, tunables::KERNEL_MAX_LIMIT),
+            format!(
+                "{} exceeds the kernel's limit {} (INT_MAX)",
+                c.max_cap,
+                tunables::KERNEL_MAX_LIMIT
+            ),
         ));
     }
     if c.max_cap < c.min_max {
-        return Err(fail("ceiling.max_cap", format!("{} is below ceiling.min_max {}", c.max_cap, c.min_max)));
+        return Err(fail(
+            "ceiling.max_cap",
+            format!("{} is below ceiling.min_max {}", c.max_cap, c.min_max),
+        ));
     }
     if c.extension_bytes > 65536 {
-        return Err(fail("ceiling.extension_bytes", format!("{} bytes per entry is not plausible (at most 65536)", c.extension_bytes)));
+        return Err(fail(
+            "ceiling.extension_bytes",
+            format!(
+                "{} bytes per entry is not plausible (at most 65536)",
+                c.extension_bytes
+            ),
+        ));
     }
     if let Some(cap) = c.memory_cap
         && cap < 1 << 20
     {
-        return Err(fail("ceiling.memory_cap", format!("{cap} bytes is below 1MiB")));
+        return Err(fail(
+            "ceiling.memory_cap",
+            format!("{cap} bytes is below 1MiB"),
+        ));
     }
     let m = &cfg.max;
     if !(m.grow_factor.is_finite() && (1.1..=16.0).contains(&m.grow_factor)) {
-        return Err(fail("max.grow_factor", format!("{} is out of range 1.1 ..= 16", m.grow_factor)));
+        return Err(fail(
+            "max.grow_factor",
+            format!("{} is out of range 1.1 ..= 16", m.grow_factor),
+        ));
     }
     if m.target_utilisation.get() >= m.high_watermark.get() {
         return Err(fail(
@@ -571,7 +607,10 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     }
     let s = &m.shrink;
     if !(s.factor.is_finite() && (0.5..=0.95).contains(&s.factor)) {
-        return Err(fail("max.shrink.factor", format!("{} is out of range 0.5 ..= 0.95", s.factor)));
+        return Err(fail(
+            "max.shrink.factor",
+            format!("{} is out of range 0.5 ..= 0.95", s.factor),
+        ));
     }
     if s.low_watermark.get() >= m.target_utilisation.get() {
         return Err(fail(
@@ -584,25 +623,42 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
         ));
     }
     if s.after < Duration::from_secs(60) {
-        return Err(fail("max.shrink.after", "must be at least 1m so a short lull does not shrink the table".into()));
+        return Err(fail(
+            "max.shrink.after",
+            "must be at least 1m so a short lull does not shrink the table".into(),
+        ));
     }
     let h = &cfg.hash;
     if !(1..=64).contains(&h.ratio) {
-        return Err(fail("hash.ratio", format!("{} is out of range 1 ..= 64 (chains over 64 refuse inserts)", h.ratio)));
+        return Err(fail(
+            "hash.ratio",
+            format!(
+                "{} is out of range 1 ..= 64 (chains over 64 refuse inserts)",
+                h.ratio
+            ),
+        ));
     }
     let p = &cfg.pressure;
     for (name, band) in [("elevated", p.elevated), ("critical", p.critical)] {
         if band.exit.get() >= band.enter.get() {
             return Err(fail(
                 &format!("pressure.{name}.exit"),
-                format!("{} must be below pressure.{name}.enter {} (hysteresis)", band.exit.get(), band.enter.get()),
+                format!(
+                    "{} must be below pressure.{name}.enter {} (hysteresis)",
+                    band.exit.get(),
+                    band.enter.get()
+                ),
             ));
         }
     }
     if p.critical.enter.get() <= p.elevated.enter.get() {
         return Err(fail(
             "pressure.critical.enter",
-            format!("{} must be above pressure.elevated.enter {}", p.critical.enter.get(), p.elevated.enter.get()),
+            format!(
+                "{} must be above pressure.elevated.enter {}",
+                p.critical.enter.get(),
+                p.elevated.enter.get()
+            ),
         ));
     }
     if let Some(&est) = cfg.timeouts.floors.get("tcp_timeout_established")
@@ -635,7 +691,10 @@ pub fn locate(text: &str, dotted: &str) -> Option<usize> {
         if indent <= min_indent {
             continue;
         }
-        if trimmed.strip_prefix(want).is_some_and(|r| r.trim_start().starts_with(':')) {
+        if trimmed
+            .strip_prefix(want)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+        {
             match parts.next() {
                 Some(next) => {
                     want = next;
@@ -664,7 +723,10 @@ mod tests {
         assert!(!c.max.shrink.enabled);
         assert_eq!(c.timeouts.floors["generic_timeout"], 120);
         assert_eq!(c.timeouts.floors["tcp_timeout_established"], 54000);
-        assert_eq!(c.timeouts.floor_of("nf_conntrack_generic_timeout"), Some(120));
+        assert_eq!(
+            c.timeouts.floor_of("nf_conntrack_generic_timeout"),
+            Some(120)
+        );
     }
 
     #[test]
@@ -683,7 +745,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let err = p("hash:\n  ratio: 4\n  ratoi: 2\n").unwrap_err().to_string();
+        let err = p("hash:\n  ratio: 4\n  ratoi: 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/ctune/ctune.yaml"), "{err}");
         assert!(err.contains("ratoi"), "{err}");
         assert!(err.contains('3'), "line number missing: {err}");
@@ -711,27 +775,37 @@ mod tests {
     fn cross_field_errors_name_line_and_key() {
         let text = "pressure:\n  elevated:\n    enter: 0.8\n    exit: 0.9\n";
         let err = p(text).unwrap_err().to_string();
-        assert!(err.contains("/etc/ctune/ctune.yaml:4: pressure.elevated.exit"), "{err}");
+        assert!(
+            err.contains("/etc/ctune/ctune.yaml:4: pressure.elevated.exit"),
+            "{err}"
+        );
     }
 
     #[test]
     fn established_floor_below_keepalive_needs_consent() {
         let text = "timeouts:\n  floors:\n    tcp_timeout_established: 1h\n";
         let err = p(text).unwrap_err().to_string();
-        assert!(err.contains(":3: timeouts.floors.tcp_timeout_established"), "{err}");
+        assert!(
+            err.contains(":3: timeouts.floors.tcp_timeout_established"),
+            "{err}"
+        );
         let ok = p("timeouts:\n  allow_established_below_keepalive: true\n  floors:\n    tcp_timeout_established: 1h\n").unwrap();
         assert_eq!(ok.timeouts.floors.len(), 1, "floors replaces the whole map");
     }
 
     #[test]
     fn floor_key_must_be_a_timeout() {
-        let err = p("timeouts:\n  floors:\n    tcp_loose: 1h\n").unwrap_err().to_string();
+        let err = p("timeouts:\n  floors:\n    tcp_loose: 1h\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tcp_loose"), "{err}");
     }
 
     #[test]
     fn max_cap_beyond_kernel_limit() {
-        let err = p("ceiling:\n  max_cap: 4294967296\n").unwrap_err().to_string();
+        let err = p("ceiling:\n  max_cap: 4294967296\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("INT_MAX"), "{err}");
     }
 
@@ -748,7 +822,10 @@ mod tests {
     fn missing_explicit_file_is_an_error_but_default_path_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.yaml");
-        assert!(matches!(load(Some(&missing), &missing), Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            load(Some(&missing), &missing),
+            Err(ConfigError::Read { .. })
+        ));
         let (cfg, src) = load(None, &missing).unwrap();
         assert_eq!(src, Source::Embedded);
         assert_eq!(cfg, Config::default());

@@ -29,7 +29,10 @@ impl Cause {
         match err.raw_os_error() {
             Some(libc_enoent) if libc_enoent == nix::errno::Errno::ENOENT as i32 => Cause::Missing,
             Some(e) if e == nix::errno::Errno::ENOTDIR as i32 => Cause::Missing,
-            Some(e) if e == nix::errno::Errno::EACCES as i32 || e == nix::errno::Errno::EPERM as i32 => {
+            Some(e)
+                if e == nix::errno::Errno::EACCES as i32
+                    || e == nix::errno::Errno::EPERM as i32 =>
+            {
                 Cause::Denied
             }
             Some(e) if e == nix::errno::Errno::EROFS as i32 => Cause::ReadOnly,
@@ -153,6 +156,9 @@ mod tests {
         let err = read_u64(&p).unwrap_err();
         assert_eq!(err.cause, Cause::Malformed);
         let msg = err.to_string();
-        assert!(msg.contains("nf_conntrack_max") && msg.contains("\"lots\""), "{msg}");
+        assert!(
+            msg.contains("nf_conntrack_max") && msg.contains("\"lots\""),
+            "{msg}"
+        );
     }
 }

@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn parses_kib_lines() {
-        let m = parse("MemTotal:       24731708 kB\nMemFree: 1 kB\nMemAvailable:   24438988 kB\n").unwrap();
+        let m = parse("MemTotal:       24731708 kB\nMemFree: 1 kB\nMemAvailable:   24438988 kB\n")
+            .unwrap();
         assert_eq!(m.total_bytes, 24731708 * 1024);
         assert_eq!(m.available_bytes, Some(24438988 * 1024));
     }
@@ -68,7 +69,11 @@ mod tests {
     #[test]
     fn rejects_missing_or_bad_total() {
         assert!(parse("MemFree: 1 kB\n").is_err());
-        assert!(parse("MemTotal: lots kB\n").unwrap_err().contains("MemTotal"));
+        assert!(
+            parse("MemTotal: lots kB\n")
+                .unwrap_err()
+                .contains("MemTotal")
+        );
         assert!(parse("MemTotal: 0 kB\n").is_err());
     }
 }

@@ -100,19 +100,17 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                 let path = roots.pid_netns(&pid.to_string());
                 match inode_of(&path) {
                     Ok(inode) if seen.insert(inode) => {
-                        let comm = std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
-                            .map(|c| c.trim().to_string())
-                            .unwrap_or_default();
+                        let comm =
+                            std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
+                                .map(|c| c.trim().to_string())
+                                .unwrap_or_default();
                         let name = if comm.is_empty() {
                             format!("pid {pid}")
                         } else {
                             format!("pid {pid} ({comm})")
                         };
                         d.others.push(Handle {
-                            id: NetnsId {
-                                name,
-                                inode,
-                            },
+                            id: NetnsId { name, inode },
                             path,
                         });
                     }
@@ -124,7 +122,7 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
             }
             if denied > 0 {
                 d.notes.push(format!(
-                    "{denied} processes' namespaces could not be inspected (permission denied); run as root to see them"
+                    "the namespaces of {denied} process(es) could not be inspected (permission denied); run as root to see them"
                 ));
             }
         }
@@ -216,13 +214,28 @@ mod tests {
         fs::create_dir_all(roots.proc.join("5/ns")).unwrap();
         fs::hard_link(roots.proc.join("self/ns/net"), roots.pid_netns("5")).unwrap();
 
-        let d = discover(&roots, &Namespaces { mode: NamespaceMode::All, names: vec![] });
+        let d = discover(
+            &roots,
+            &Namespaces {
+                mode: NamespaceMode::All,
+                names: vec![],
+            },
+        );
         let names: Vec<_> = d.others.iter().map(|h| h.id.name.as_str()).collect();
         assert_eq!(names, ["fw", "pid 1", "pid 9 (dnsmasq)"]);
         assert!(names.contains(&"fw"));
         assert!(names.contains(&"pid 9 (dnsmasq)"));
-        assert!(!names.iter().any(|n| n.starts_with("pid 7") || n.starts_with("pid 5")), "{names:?}");
-        assert_eq!(d.own_is_initial, Some(false), "pid 1 has its own inode in this tree");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("pid 7") || n.starts_with("pid 5")),
+            "{names:?}"
+        );
+        assert_eq!(
+            d.own_is_initial,
+            Some(false),
+            "pid 1 has its own inode in this tree"
+        );
     }
 
     #[test]
@@ -232,11 +245,20 @@ mod tests {
         ns_file(&roots.named_netns_dir().join("a"));
         let d = discover(
             &roots,
-            &Namespaces { mode: NamespaceMode::Named, names: vec!["a".into(), "gone".into()] },
+            &Namespaces {
+                mode: NamespaceMode::Named,
+                names: vec!["a".into(), "gone".into()],
+            },
         );
         assert_eq!(d.others.len(), 1);
         assert_eq!(d.others[0].id.name, "a");
-        assert!(d.notes.iter().any(|n| n.contains("gone") && n.contains("not found")), "{:?}", d.notes);
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("gone") && n.contains("not found")),
+            "{:?}",
+            d.notes
+        );
     }
 
     #[test]
@@ -244,7 +266,13 @@ mod tests {
         let (_d, roots) = tree();
         ns_file(&roots.proc.join("self/ns/net"));
         ns_file(&roots.named_netns_dir().join("a"));
-        let d = discover(&roots, &Namespaces { mode: NamespaceMode::Initial, names: vec![] });
+        let d = discover(
+            &roots,
+            &Namespaces {
+                mode: NamespaceMode::Initial,
+                names: vec![],
+            },
+        );
         assert!(d.others.is_empty());
     }
 
@@ -253,7 +281,13 @@ mod tests {
         let (_d, roots) = tree();
         let p = roots.named_netns_dir().join("fake");
         ns_file(&p);
-        let handle = Handle { id: NetnsId { name: "fake".into(), inode: 1 }, path: p.clone() };
+        let handle = Handle {
+            id: NetnsId {
+                name: "fake".into(),
+                inode: 1,
+            },
+            path: p.clone(),
+        };
         let out = read_each(&[handle], || 42);
         let err = out[0].as_ref().unwrap_err();
         assert_eq!(err.path, p);

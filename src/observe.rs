@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::config::Namespaces;
@@ -141,7 +142,10 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
     let hashsize = optional(&roots.hashsize_param());
     let expect_max = optional(&roots.sysctl(tunables::EXPECT_MAX));
     let write_access = match kfile::writable(&roots.sysctl(tunables::MAX)) {
-        Ok(()) => Access { writable: true, reason: None },
+        Ok(()) => Access {
+            writable: true,
+            reason: None,
+        },
         Err(e) => Access {
             writable: false,
             reason: Some(match e.cause {
@@ -164,7 +168,14 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
         entry_bytes_source,
     };
 
-    let discovery = netns::discover(roots, ns);
+    let mut discovery = netns::discover(roots, ns);
+    if discovery.own_is_initial.is_none() {
+        // PID 1 is hidden (a sandbox, hidepid): the kernel itself tells, because outside
+        // the initial namespace it makes nf_conntrack_max read-only (mode 0444).
+        discovery.own_is_initial = std::fs::metadata(roots.sysctl(tunables::MAX))
+            .ok()
+            .map(|m| m.permissions().mode() & 0o200 != 0);
+    }
     notes.extend(discovery.notes.iter().cloned());
     let own_name = match discovery.own_is_initial {
         Some(false) => "self",
@@ -176,7 +187,9 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
         inode: discovery.own_inode.unwrap_or(0),
     };
     let mut namespaces = vec![own];
-    let readings = netns::read_each(&discovery.others, || read_namespace(roots, &roots.thread_stat_file()));
+    let readings = netns::read_each(&discovery.others, || {
+        read_namespace(roots, &roots.thread_stat_file())
+    });
     for (handle, reading) in discovery.others.iter().zip(readings) {
         let mut obs = reading.unwrap_or_else(|e| NamespaceObs {
             id: handle.id.clone(),
@@ -259,9 +272,9 @@ fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {
         Err(e) if e.cause == Cause::Missing => {}
         Err(e) => notes.push(e.to_string()),
     }
-    match kfile::read_text(&roots.slabinfo())
-        .and_then(|t| slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d)))
-    {
+    match kfile::read_text(&roots.slabinfo()).and_then(|t| {
+        slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d))
+    }) {
         Ok(v) => (v, "slabinfo".into()),
         Err(e) => {
             notes.push(format!(

@@ -1,1 +1,194 @@
-//! todo
+//! The files that make ctune's learned limits survive a reboot, rendered from a plan.
+//!
+//! - `/etc/sysctl.d/99-ctune.conf`: max and buckets, applied by systemd-sysctl. It sorts
+//!   late so it wins over distribution defaults (the last file setting a key wins).
+//! - `/etc/modules-load.d/ctune.conf`: loads nf_conntrack before systemd-sysctl runs, so
+//!   the `net.netfilter.*` keys exist then (otherwise they are skipped with "Couldn't
+//!   write ... No such file or directory" and the firewall loads the module later).
+//! - `/etc/modprobe.d/ctune.conf`: `options nf_conntrack hashsize=N` for a modular
+//!   conntrack, the only way the hash size is set at load time. No spaces around '=': a
+//!   malformed line there breaks module loading at boot.
+//!
+//! Timeouts are not persisted: ctune lowers them only while pressure lasts, and a
+//! lowered timeout that survived a reboot would outlive the pressure that justified it.
+//! For built-in conntrack, modprobe.d and modules-load.d do not apply and are not written.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::kfile::{self, Cause};
+use crate::observe::{ModuleState, Observation};
+use crate::plan::{Plan, Target};
+use crate::roots::Roots;
+use crate::tunables;
+
+/// sysctl.d file ctune owns.
+pub const SYSCTL_FILE: &str = "sysctl.d/99-ctune.conf";
+/// modules-load.d file ctune owns.
+pub const MODULES_LOAD_FILE: &str = "modules-load.d/ctune.conf";
+/// modprobe.d file ctune owns.
+pub const MODPROBE_FILE: &str = "modprobe.d/ctune.conf";
+
+const HEADER: &str = "# Managed by ctune: conntrack limits learned on this host. Edits are overwritten.\n\
+# Undo: `ctune restore` puts back the values from before ctune and removes this file.\n";
+
+/// One file a real run would write, with its current and new content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileUpdate {
+    /// Full path below the etc root.
+    pub path: PathBuf,
+    /// Current content (None: the file does not exist or could not be read).
+    pub old: Option<String>,
+    /// Content a real run would write.
+    pub new: String,
+    /// Unified diff old -> new (empty when unchanged).
+    pub diff: String,
+    /// Why this file exists.
+    pub purpose: String,
+}
+
+impl FileUpdate {
+    /// Whether a real run would change this file.
+    pub fn changes(&self) -> bool {
+        self.old.as_deref() != Some(self.new.as_str())
+    }
+}
+
+/// Renders the files for the values in force after `plan`. Keys already in ctune's
+/// sysctl.d file stay managed; keys the plan changes join them. Returns the files and
+/// notes about files that could not be read.
+pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut read = |rel: &str| -> Option<String> {
+        let path = roots.etc.join(rel);
+        match kfile::read_text(&path) {
+            Ok(t) => Some(t),
+            Err(e) if e.cause == Cause::Missing => None,
+            Err(e) => {
+                notes.push(format!("{e}; diff shown against an empty file"));
+                None
+            }
+        }
+    };
+    let sysctl_old = read(SYSCTL_FILE);
+    let mut values: BTreeMap<&str, u64> = BTreeMap::new();
+    let after = |key: &str, live: Option<u64>| -> Option<u64> {
+        plan.changes
+            .iter()
+            .find(|c| c.key == key && c.target == Target::Global)
+            .map(|c| c.new)
+            .or(live)
+    };
+    let managed = sysctl_old
+        .as_deref()
+        .map(parse_sysctl_keys)
+        .unwrap_or_default();
+    for (key, live) in [
+        (tunables::MAX, Some(obs.global.max)),
+        (tunables::BUCKETS, obs.global.buckets),
+    ] {
+        let in_plan = plan.global_change(key).is_some();
+        if (in_plan || managed.iter().any(|k| k == key))
+            && let Some(v) = after(key, live)
+        {
+            values.insert(key, v);
+        }
+    }
+    let mut files = Vec::new();
+    if values.is_empty() {
+        return (files, notes);
+    }
+    let mut body = String::from(HEADER);
+    body.push_str(
+        "# Applied at boot by systemd-sysctl; ctune-boot.service applies the hash size too.\n",
+    );
+    for (key, v) in &values {
+        body.push_str(&format!("net.netfilter.{key} = {v}\n"));
+    }
+    files.push(update(
+        roots,
+        SYSCTL_FILE,
+        sysctl_old,
+        body,
+        "sysctl values applied at boot",
+    ));
+
+    if obs.module == ModuleState::Module {
+        let old = read(MODULES_LOAD_FILE);
+        let body = format!(
+            "{HEADER}# Loads nf_conntrack before systemd-sysctl, so 99-ctune.conf's keys exist when it runs.\nnf_conntrack\n"
+        );
+        files.push(update(
+            roots,
+            MODULES_LOAD_FILE,
+            old,
+            body,
+            "load conntrack before sysctls are applied",
+        ));
+        if let Some(buckets) = values.get(tunables::BUCKETS) {
+            let old = read(MODPROBE_FILE);
+            let body = format!(
+                "{HEADER}# The hash size at module load (the sysctl would resize a filled table later).\noptions nf_conntrack hashsize={buckets}\n"
+            );
+            files.push(update(
+                roots,
+                MODPROBE_FILE,
+                old,
+                body,
+                "hash size at module load",
+            ));
+        }
+    }
+    (files, notes)
+}
+
+fn update(roots: &Roots, rel: &str, old: Option<String>, new: String, purpose: &str) -> FileUpdate {
+    let path = roots.etc.join(rel);
+    let shown = path.display().to_string();
+    let diff = if old.as_deref() == Some(new.as_str()) {
+        String::new()
+    } else {
+        similar::udiff::unified_diff(
+            similar::Algorithm::Myers,
+            old.as_deref().unwrap_or(""),
+            &new,
+            3,
+            Some((if old.is_some() { &shown } else { "/dev/null" }, &shown)),
+        )
+    };
+    FileUpdate {
+        path,
+        old,
+        new,
+        diff,
+        purpose: purpose.into(),
+    }
+}
+
+/// The `net.netfilter.*` keys a sysctl.d file sets (comments and blanks skipped).
+pub fn parse_sysctl_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(k, _)| {
+            let k = k.trim().trim_start_matches('-').replace('/', ".");
+            k.strip_prefix("net.netfilter.").map(str::to_string)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_keys() {
+        let t = "# c\n; c\nnet.netfilter.nf_conntrack_max = 5\n-net/netfilter/nf_conntrack_buckets=7\nkernel.x = 1\n";
+        assert_eq!(
+            parse_sysctl_keys(t),
+            ["nf_conntrack_max", "nf_conntrack_buckets"]
+        );
+    }
+}

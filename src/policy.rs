@@ -66,7 +66,12 @@ fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
 
 /// Makes the plan and the state to keep for the next decision. The next state assumes
 /// the plan is applied; the caller adjusts it for changes that fail.
-pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration) -> (Plan, PolicyState) {
+pub fn decide(
+    obs: &Observation,
+    cfg: &Config,
+    prev: &PolicyState,
+    now: Duration,
+) -> (Plan, PolicyState) {
     let mut next = PolicyState {
         last_resize: prev.last_resize,
         baseline_max: prev.baseline_max,
@@ -87,7 +92,12 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
             .count() as u64,
     }
     .max(1);
-    let ceiling = ceiling::compute(cfg, obs.host.memory.total_bytes, obs.host.entry_bytes, filling);
+    let ceiling = ceiling::compute(
+        cfg,
+        obs.host.memory.total_bytes,
+        obs.host.entry_bytes,
+        filling,
+    );
 
     // Signals per namespace.
     struct Sig {
@@ -122,8 +132,16 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
     let peak = busiest.map_or(0, |(c, _)| c);
     let busiest_name = busiest.map_or("?", |(_, n)| n);
     let util = peak as f64 / current_max as f64;
-    let dropping_ns = obs.namespaces.iter().zip(&sigs).find(|(_, s)| s.drop.is_some_and(|d| d > 0));
-    let evicting_ns = obs.namespaces.iter().zip(&sigs).find(|(_, s)| s.early.is_some_and(|d| d > 0));
+    let dropping_ns = obs
+        .namespaces
+        .iter()
+        .zip(&sigs)
+        .find(|(_, s)| s.drop.is_some_and(|d| d > 0));
+    let evicting_ns = obs
+        .namespaces
+        .iter()
+        .zip(&sigs)
+        .find(|(_, s)| s.early.is_some_and(|d| d > 0));
 
     // 2. Max.
     let m = &cfg.max;
@@ -158,7 +176,11 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
         let target = want.min(ceiling.value);
         if target > current_max {
             new_max = target;
-            let capped = if want > ceiling.value { " (capped at the ceiling)" } else { "" };
+            let capped = if want > ceiling.value {
+                " (capped at the ceiling)"
+            } else {
+                ""
+            };
             changes.push(Change {
                 key: tunables::MAX.into(),
                 target: Target::Global,
@@ -217,7 +239,10 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
             fmt_pct(util),
             fmt_pct(m.high_watermark.get()),
             if current_max > ceiling.value {
-                format!("; the operator's max is above the {}, and ctune never lowers it", ceiling.explain())
+                format!(
+                    "; the operator's max is above the {}, and ctune never lowers it",
+                    ceiling.explain()
+                )
             } else {
                 String::new()
             }
@@ -228,7 +253,8 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
     let ratio = u64::from(cfg.hash.ratio.max(1));
     let desired = tunables::round_buckets(new_max.div_ceil(ratio));
     match obs.global.buckets {
-        None => explanations.push("hash size unknown (nf_conntrack_buckets not readable): not planned".into()),
+        None => explanations
+            .push("hash size unknown (nf_conntrack_buckets not readable): not planned".into()),
         Some(cur) if (cur as f64) < desired as f64 * (1.0 - cfg.hash.tolerance.get()) => {
             let since = prev.last_resize.map(|t| now.saturating_sub(t));
             match since {
@@ -275,14 +301,17 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
             dropping: !growing && s.drop.is_some_and(|d| d > 0),
             evicting: !growing && s.early.is_some_and(|d| d > 0),
         };
-        let (level, level_reason) = pressure::next(prev_ns.and_then(|p| p.level), sig, &cfg.pressure, now);
+        let (level, level_reason) =
+            pressure::next(prev_ns.and_then(|p| p.level), sig, &cfg.pressure, now);
         let empty = BTreeMap::new();
         let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
         let (mut tchanges, lowered, notes) = if n.error.is_some() && n.timeouts.is_empty() {
             (Vec::new(), lowered_before.clone(), Vec::new())
         } else {
             timeouts::plan(
-                &Target::Namespace { netns: n.id.clone() },
+                &Target::Namespace {
+                    netns: n.id.clone(),
+                },
                 &n.id.name,
                 &n.timeouts,
                 level.level,
@@ -296,7 +325,11 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
         if verdicts.is_empty() {
             explanations.extend(notes);
         } else {
-            explanations.extend(notes.into_iter().filter(|n| !n.starts_with("timeouts.floors.")));
+            explanations.extend(
+                notes
+                    .into_iter()
+                    .filter(|n| !n.starts_with("timeouts.floors.")),
+            );
         }
         if let Some(c) = s.chain.filter(|c| *c > 0) {
             explanations.push(format!(
@@ -345,7 +378,11 @@ pub fn decide(obs: &Observation, cfg: &Config, prev: &PolicyState, now: Duration
 /// ceil(n * f), saturating.
 fn ceil_mul(n: u64, f: f64) -> u64 {
     let v = (n as f64 * f).ceil();
-    if v >= u64::MAX as f64 { u64::MAX } else { v as u64 }
+    if v >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        v as u64
+    }
 }
 
 /// ceil(n / f) for f in (0, 1], saturating.
@@ -366,5 +403,7 @@ pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
 
 /// Re-exported for callers that only need the ceiling.
 pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
-    decide(obs, cfg, &PolicyState::default(), Duration::ZERO).0.ceiling
+    decide(obs, cfg, &PolicyState::default(), Duration::ZERO)
+        .0
+        .ceiling
 }

@@ -57,18 +57,32 @@ pub struct Signal {
 fn wanted(sig: Signal, cfg: &Pressure) -> (Level, String) {
     let u = sig.utilisation;
     if sig.dropping {
-        (Level::Critical, "drop counter rose: packets lost to a full table".into())
+        (
+            Level::Critical,
+            "drop counter rose: packets lost to a full table".into(),
+        )
     } else if u >= cfg.critical.enter.get() {
         (
             Level::Critical,
-            format!("count {} of max (critical at {})", fmt_pct(u), fmt_pct(cfg.critical.enter.get())),
+            format!(
+                "count {} of max (critical at {})",
+                fmt_pct(u),
+                fmt_pct(cfg.critical.enter.get())
+            ),
         )
     } else if sig.evicting {
-        (Level::Elevated, "early_drop rose: entries evicted from a full table".into())
+        (
+            Level::Elevated,
+            "early_drop rose: entries evicted from a full table".into(),
+        )
     } else if u >= cfg.elevated.enter.get() {
         (
             Level::Elevated,
-            format!("count {} of max (elevated at {})", fmt_pct(u), fmt_pct(cfg.elevated.enter.get())),
+            format!(
+                "count {} of max (elevated at {})",
+                fmt_pct(u),
+                fmt_pct(cfg.elevated.enter.get())
+            ),
         )
     } else {
         (Level::Normal, format!("count {} of max", fmt_pct(u)))
@@ -76,13 +90,30 @@ fn wanted(sig: Signal, cfg: &Pressure) -> (Level, String) {
 }
 
 /// The next level and the reason for it.
-pub fn next(prev: Option<LevelState>, sig: Signal, cfg: &Pressure, now: Duration) -> (LevelState, String) {
+pub fn next(
+    prev: Option<LevelState>,
+    sig: Signal,
+    cfg: &Pressure,
+    now: Duration,
+) -> (LevelState, String) {
     let (want, why) = wanted(sig, cfg);
     let Some(prev) = prev else {
-        return (LevelState { level: want, since: now }, why);
+        return (
+            LevelState {
+                level: want,
+                since: now,
+            },
+            why,
+        );
     };
     if want > prev.level {
-        return (LevelState { level: want, since: now }, why);
+        return (
+            LevelState {
+                level: want,
+                since: now,
+            },
+            why,
+        );
     }
     if want == prev.level || prev.level == Level::Normal {
         return (prev, why);
@@ -122,8 +153,16 @@ pub fn next(prev: Option<LevelState>, sig: Signal, cfg: &Pressure, now: Duration
         _ => Level::Normal,
     };
     (
-        LevelState { level: down, since: now },
-        format!("count {} of max, below {}: stepping down from {}", fmt_pct(sig.utilisation), fmt_pct(exit), prev.level),
+        LevelState {
+            level: down,
+            since: now,
+        },
+        format!(
+            "count {} of max, below {}: stepping down from {}",
+            fmt_pct(sig.utilisation),
+            fmt_pct(exit),
+            prev.level
+        ),
     )
 }
 
@@ -137,7 +176,10 @@ mod tests {
     }
 
     fn sig(u: f64) -> Signal {
-        Signal { utilisation: u, ..Signal::default() }
+        Signal {
+            utilisation: u,
+            ..Signal::default()
+        }
     }
 
     fn secs(s: u64) -> Duration {
@@ -150,21 +192,38 @@ mod tests {
         assert_eq!(s.level, Level::Normal);
         let (s, _) = next(Some(s), sig(0.86), &cfg(), secs(10));
         assert_eq!(s.level, Level::Elevated);
-        let (s, why) = next(Some(s), Signal { dropping: true, ..sig(0.5) }, &cfg(), secs(20));
+        let (s, why) = next(
+            Some(s),
+            Signal {
+                dropping: true,
+                ..sig(0.5)
+            },
+            &cfg(),
+            secs(20),
+        );
         assert_eq!(s.level, Level::Critical);
         assert!(why.contains("drop"));
     }
 
     #[test]
     fn leaves_one_step_after_hold_and_below_exit() {
-        let crit = LevelState { level: Level::Critical, since: secs(0) };
+        let crit = LevelState {
+            level: Level::Critical,
+            since: secs(0),
+        };
         // Below critical exit but hold not over.
         let (s, why) = next(Some(crit), sig(0.5), &cfg(), secs(60));
         assert_eq!(s.level, Level::Critical);
         assert!(why.contains("more"), "{why}");
         // Hold over: one step down only.
         let (s, _) = next(Some(crit), sig(0.1), &cfg(), secs(121));
-        assert_eq!(s, LevelState { level: Level::Elevated, since: secs(121) });
+        assert_eq!(
+            s,
+            LevelState {
+                level: Level::Elevated,
+                since: secs(121)
+            }
+        );
         // Utilisation between exit and enter keeps the level however long.
         let (s, _) = next(Some(crit), sig(0.9), &cfg(), secs(100_000));
         assert_eq!(s.level, Level::Critical);
@@ -172,8 +231,19 @@ mod tests {
 
     #[test]
     fn early_drop_holds_elevated() {
-        let el = LevelState { level: Level::Elevated, since: secs(0) };
-        let (s, _) = next(Some(el), Signal { evicting: true, ..sig(0.1) }, &cfg(), secs(1000));
+        let el = LevelState {
+            level: Level::Elevated,
+            since: secs(0),
+        };
+        let (s, _) = next(
+            Some(el),
+            Signal {
+                evicting: true,
+                ..sig(0.1)
+            },
+            &cfg(),
+            secs(1000),
+        );
         assert_eq!(s.level, Level::Elevated);
     }
 
@@ -189,6 +259,9 @@ mod tests {
             }
             state = Some(s);
         }
-        assert_eq!(changes, 1, "enters elevated once and stays: 0.84 is above exit 0.70");
+        assert_eq!(
+            changes, 1,
+            "enters elevated once and stays: 0.84 is above exit 0.70"
+        );
     }
 }

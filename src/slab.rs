@@ -16,7 +16,9 @@ pub fn parse_slabinfo(text: &str) -> Result<u64, String> {
         if fields.next() != Some("nf_conntrack") {
             continue;
         }
-        let objsize = fields.nth(2).ok_or("nf_conntrack line has no objsize column")?;
+        let objsize = fields
+            .nth(2)
+            .ok_or("nf_conntrack line has no objsize column")?;
         return objsize
             .parse::<u64>()
             .ok()

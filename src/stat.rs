@@ -100,8 +100,10 @@ pub fn parse(text: &str) -> Result<ConntrackStat, String> {
 mod tests {
     use super::*;
 
-    const KERNEL_6_18: &str = include_str!("../tests/fixtures/kernel-6.18/proc/net/stat/nf_conntrack");
-    const KERNEL_4_19: &str = include_str!("../tests/fixtures/kernel-4.19/proc/net/stat/nf_conntrack");
+    const KERNEL_6_18: &str =
+        include_str!("../tests/fixtures/kernel-6.18/proc/net/stat/nf_conntrack");
+    const KERNEL_4_19: &str =
+        include_str!("../tests/fixtures/kernel-4.19/proc/net/stat/nf_conntrack");
 
     #[test]
     fn sums_counters_over_cpus_and_keeps_entries() {
@@ -128,8 +130,16 @@ mod tests {
     fn rejects_garbage() {
         assert!(parse("").is_err());
         assert!(parse("entries drop\n").is_err());
-        assert!(parse("entries drop\n0001 zz\n").unwrap_err().contains("drop"));
-        assert!(parse("entries drop\n0001\n").unwrap_err().contains("fields"));
+        assert!(
+            parse("entries drop\n0001 zz\n")
+                .unwrap_err()
+                .contains("drop")
+        );
+        assert!(
+            parse("entries drop\n0001\n")
+                .unwrap_err()
+                .contains("fields")
+        );
         assert!(parse("0001 0002\n0001 0002\n").is_err());
     }
 

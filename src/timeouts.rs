@@ -69,7 +69,13 @@ pub fn plan(
         let lower = cfg.manage && lowered_at(tunables::tier_of(key), level) && baseline > floor;
         let desired = if lower { floor } else { baseline };
         if desired != baseline {
-            record.insert(key.clone(), Lowered { baseline, set: desired });
+            record.insert(
+                key.clone(),
+                Lowered {
+                    baseline,
+                    set: desired,
+                },
+            );
         }
         if desired == current {
             continue;
@@ -99,7 +105,9 @@ pub fn plan(
     }
     for key in cfg.floors.keys() {
         if !live.contains_key(&format!("nf_conntrack_{key}")) {
-            notes.push(format!("timeouts.floors.{key}: no such key in {ns_name} on this kernel; ignored"));
+            notes.push(format!(
+                "timeouts.floors.{key}: no such key in {ns_name} on this kernel; ignored"
+            ));
         }
     }
     (changes, record, notes)
@@ -126,8 +134,20 @@ mod tests {
         .collect()
     }
 
-    fn run(level: Level, live: &BTreeMap<String, u64>, lowered: &BTreeMap<String, Lowered>) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
-        plan(&Target::Global, "init", live, level, "test", &Config::default().timeouts, lowered)
+    fn run(
+        level: Level,
+        live: &BTreeMap<String, u64>,
+        lowered: &BTreeMap<String, Lowered>,
+    ) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
+        plan(
+            &Target::Global,
+            "init",
+            live,
+            level,
+            "test",
+            &Config::default().timeouts,
+            lowered,
+        )
     }
 
     #[test]
@@ -140,8 +160,20 @@ mod tests {
     fn elevated_lowers_transient_only() {
         let (c, r, _) = run(Level::Elevated, &live(), &BTreeMap::new());
         let keys: Vec<_> = c.iter().map(|c| (c.key.as_str(), c.new)).collect();
-        assert_eq!(keys, [("nf_conntrack_generic_timeout", 120), ("nf_conntrack_udp_timeout", 10)]);
-        assert_eq!(r["nf_conntrack_generic_timeout"], Lowered { baseline: 600, set: 120 });
+        assert_eq!(
+            keys,
+            [
+                ("nf_conntrack_generic_timeout", 120),
+                ("nf_conntrack_udp_timeout", 10)
+            ]
+        );
+        assert_eq!(
+            r["nf_conntrack_generic_timeout"],
+            Lowered {
+                baseline: 600,
+                set: 120
+            }
+        );
         assert!(c[0].reason.contains("10m -> 2m"), "{}", c[0].reason);
     }
 
@@ -150,7 +182,10 @@ mod tests {
         let (c, _, _) = run(Level::Critical, &live(), &BTreeMap::new());
         assert_eq!(c.last().unwrap().key, tunables::ESTABLISHED);
         assert_eq!(c.last().unwrap().new, 54000);
-        assert!(!c.iter().any(|c| c.key.contains("gre")), "keys without a floor are not touched");
+        assert!(
+            !c.iter().any(|c| c.key.contains("gre")),
+            "keys without a floor are not touched"
+        );
     }
 
     #[test]
@@ -163,16 +198,29 @@ mod tests {
         let (c, r, _) = run(Level::Normal, &now, &rec);
         assert!(r.is_empty());
         assert_eq!(c.len(), 3);
-        assert!(c.iter().all(|c| live()[&c.key] == c.new && c.reason.contains("restoring")));
+        assert!(
+            c.iter()
+                .all(|c| live()[&c.key] == c.new && c.reason.contains("restoring"))
+        );
     }
 
     #[test]
     fn operator_change_is_adopted_not_overwritten() {
-        let rec: BTreeMap<_, _> = [("nf_conntrack_generic_timeout".to_string(), Lowered { baseline: 600, set: 120 })].into();
+        let rec: BTreeMap<_, _> = [(
+            "nf_conntrack_generic_timeout".to_string(),
+            Lowered {
+                baseline: 600,
+                set: 120,
+            },
+        )]
+        .into();
         let mut now = live();
         now.insert("nf_conntrack_generic_timeout".into(), 300);
         let (c, r, notes) = run(Level::Normal, &now, &rec);
-        assert!(c.iter().all(|c| c.key != "nf_conntrack_generic_timeout"), "{c:?}");
+        assert!(
+            c.iter().all(|c| c.key != "nf_conntrack_generic_timeout"),
+            "{c:?}"
+        );
         assert!(r.is_empty());
         assert!(notes.iter().any(|n| n.contains("someone else")));
     }
@@ -189,7 +237,15 @@ mod tests {
     fn unmanaged_restores_but_never_lowers() {
         let mut cfg = Config::default().timeouts;
         cfg.manage = false;
-        let (c, _, _) = plan(&Target::Global, "init", &live(), Level::Critical, "t", &cfg, &BTreeMap::new());
+        let (c, _, _) = plan(
+            &Target::Global,
+            "init",
+            &live(),
+            Level::Critical,
+            "t",
+            &cfg,
+            &BTreeMap::new(),
+        );
         assert!(c.is_empty());
     }
 

@@ -103,7 +103,10 @@ mod tests {
         assert!(!is_timeout_key("nf_conntrack_frag6_timeout"));
         assert!(!is_timeout_key("nf_conntrack_tcp_max_retrans"));
         assert_eq!(tier_of(ESTABLISHED), TimeoutTier::Established);
-        assert_eq!(tier_of("nf_conntrack_generic_timeout"), TimeoutTier::Transient);
+        assert_eq!(
+            tier_of("nf_conntrack_generic_timeout"),
+            TimeoutTier::Transient
+        );
     }
 
     #[test]

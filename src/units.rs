@@ -61,10 +61,11 @@ pub fn fmt_secs(secs: u64) -> String {
 
 /// Formats a ratio as a percentage with no decimals below 10% precision needs.
 pub fn fmt_pct(ratio: f64) -> String {
-    if ratio < 0.1 && ratio > 0.0 {
-        format!("{:.1}%", ratio * 100.0)
+    let pct = ratio * 100.0;
+    if pct > 0.0 && pct < 10.0 && (pct - pct.round()).abs() > 0.05 {
+        format!("{pct:.1}%")
     } else {
-        format!("{:.0}%", ratio * 100.0)
+        format!("{pct:.0}%")
     }
 }
 
@@ -79,7 +80,11 @@ mod tests {
         assert_eq!(parse_size("4 GiB"), Ok(4 << 30));
         assert!(parse_size("4GB").unwrap_err().contains("GiB"));
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("99999999999999TiB").unwrap_err().contains("too large"));
+        assert!(
+            parse_size("99999999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
@@ -91,5 +96,6 @@ mod tests {
         assert_eq!(fmt_secs(54000), "15h");
         assert_eq!(fmt_pct(0.91), "91%");
         assert_eq!(fmt_pct(0.012), "1.2%");
+        assert_eq!(fmt_pct(0.05), "5%");
     }
 }
