@@ -121,8 +121,13 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                 }
             }
             if denied > 0 {
+                let hint = if nix::unistd::geteuid().is_root() {
+                    "even as root: a sandbox or ptrace restriction hides them"
+                } else {
+                    "run as root to see them"
+                };
                 d.notes.push(format!(
-                    "the namespaces of {denied} process(es) could not be inspected (permission denied); run as root to see them"
+                    "the namespaces of {denied} process(es) could not be inspected (permission denied; {hint})"
                 ));
             }
         }

@@ -279,14 +279,13 @@ pub fn decide(
                 }
             }
         }
-        Some(cur) => {
-            if cur < desired {
-                explanations.push(format!(
-                    "hash {cur} held: within {} of max / {ratio} = {desired}",
-                    fmt_pct(cfg.hash.tolerance.get())
-                ));
-            }
-        }
+        Some(cur) if cur < desired => explanations.push(format!(
+            "hash {cur} held: within {} of max / {ratio} = {desired}",
+            fmt_pct(cfg.hash.tolerance.get())
+        )),
+        Some(cur) => explanations.push(format!(
+            "hash {cur} held: at or above max / {ratio} = {desired} (the hash only grows)"
+        )),
     }
 
     // 4. Levels and timeouts per namespace.

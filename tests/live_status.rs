@@ -1,0 +1,177 @@
+//! Live kernel: ctune reads the count, counters and global max of a namespace the test
+//! creates and fills. Needs root; changes the global max only under a guard.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn ns_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("namespace {name} missing from {status:#}"))
+}
+
+#[test]
+fn status_reports_a_namespace_count_and_the_global_max() {
+    if !require_root("status_reports_a_namespace_count_and_the_global_max") {
+        return;
+    }
+    let _lock = global_lock();
+    let ns = TestNetns::new("status");
+    const FLOWS: usize = 3000;
+    assert_eq!(ns.udp_flows(FLOWS), 0, "no send may be refused below max");
+    assert_eq!(ns.read_sysctl("nf_conntrack_count"), FLOWS as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = named_config(dir.path(), &[&ns.name]);
+    let (code, out, err) = ctune(&["status", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let global_max = read_u64(std::path::Path::new(
+        "/proc/sys/net/netfilter/nf_conntrack_max",
+    ));
+    assert_eq!(status["max"], global_max);
+    let entry = ns_entry(&status, &ns.name);
+    assert_eq!(entry["count"], FLOWS as u64, "{entry:#}");
+    assert!(entry["error"].is_null(), "{entry:#}");
+    // The init namespace is reported too, with its own (different) count.
+    assert_eq!(status["namespaces"][0]["name"], "init");
+    assert_eq!(
+        status["namespaces"][0]["count"],
+        read_u64(std::path::Path::new(
+            "/proc/sys/net/netfilter/nf_conntrack_count"
+        ))
+    );
+}
+
+#[test]
+fn all_mode_finds_the_test_namespace_once() {
+    if !require_root("all_mode_finds_the_test_namespace_once") {
+        return;
+    }
+    let _lock = global_lock();
+    let ns = TestNetns::new("all");
+    assert_eq!(ns.udp_flows(100), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ctune.yaml");
+    std::fs::write(&cfg, "namespaces:\n  mode: all\n").unwrap();
+    let (code, out, err) = ctune(&["status", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let found: Vec<&Value> = status["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["name"] == ns.name.as_str())
+        .collect();
+    assert_eq!(found.len(), 1, "{status:#}");
+    assert_eq!(found[0]["count"], 100);
+}
+
+#[test]
+fn inside_a_child_namespace_global_keys_are_reported_read_only() {
+    if !require_root("inside_a_child_namespace_global_keys_are_reported_read_only") {
+        return;
+    }
+    let _lock = global_lock();
+    let ns = TestNetns::new("child");
+    let out = ns.exec(&[
+        env!("CARGO_BIN_EXE_ctune"),
+        "plan",
+        "--json",
+        "--config",
+        "/dev/null",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let access = &plan["observation"]["global"]["write_access"];
+    assert_eq!(access["writable"], false, "{access:#}");
+    assert!(
+        access["reason"]
+            .as_str()
+            .unwrap()
+            .contains("initial network namespace"),
+        "{access:#}"
+    );
+    assert_eq!(plan["observation"]["in_initial_netns"], false);
+    // The child sees the global max, not a per-namespace copy.
+    let global_max = read_u64(std::path::Path::new(
+        "/proc/sys/net/netfilter/nf_conntrack_max",
+    ));
+    assert_eq!(plan["observation"]["global"]["max"], global_max);
+}
+
+#[test]
+fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
+    if !require_root("overflowing_namespace_shows_drops_and_a_plan_to_grow") {
+        return;
+    }
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("full");
+    const SMALL_MAX: u64 = 4096;
+    guard.set_max(SMALL_MAX);
+    // Fill past max: the kernel refuses sends it cannot track and counts them as drops
+    // (early drop evicts some unreplied entries first, so not every excess send fails).
+    let refused = ns.udp_flows(SMALL_MAX as usize + 2000);
+    assert!(
+        refused >= 100,
+        "expected the table-full path, only {refused} sends refused"
+    );
+    let count = ns.read_sysctl("nf_conntrack_count");
+    assert!(
+        count <= SMALL_MAX && count >= SMALL_MAX - 16,
+        "count {count}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = named_config(dir.path(), &[&ns.name]);
+    let (code, out, err) = ctune(&["status", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["max"], SMALL_MAX);
+    let entry = ns_entry(&status, &ns.name);
+    assert!(
+        entry["drop"].as_u64().unwrap() >= refused as u64,
+        "{entry:#}"
+    );
+    assert!(entry["utilisation"].as_f64().unwrap() > 0.99, "{entry:#}");
+
+    let (code, out, err) = ctune(&[
+        "plan",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--etc-root",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let change = plan["plan"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "nf_conntrack_max")
+        .unwrap_or_else(|| panic!("no max change planned: {:#}", plan["plan"]));
+    let new = change["new"].as_u64().unwrap();
+    assert_eq!(change["old"], SMALL_MAX);
+    assert!(new >= 2 * SMALL_MAX && new <= plan["plan"]["ceiling"]["value"].as_u64().unwrap());
+    assert!(
+        change["reason"].as_str().unwrap().contains(&ns.name),
+        "{change:#}"
+    );
+    // The dry run wrote nothing: not the kernel, not the files.
+    assert_eq!(
+        read_u64(std::path::Path::new(
+            "/proc/sys/net/netfilter/nf_conntrack_max"
+        )),
+        SMALL_MAX
+    );
+    assert!(!dir.path().join("sysctl.d").exists());
+    drop(ns);
+    drop(guard);
+}
