@@ -27,7 +27,7 @@ pub enum Cause {
 impl Cause {
     fn of(err: &io::Error) -> Cause {
         match err.raw_os_error() {
-            Some(libc_enoent) if libc_enoent == nix::errno::Errno::ENOENT as i32 => Cause::Missing,
+            Some(e) if e == nix::errno::Errno::ENOENT as i32 => Cause::Missing,
             Some(e) if e == nix::errno::Errno::ENOTDIR as i32 => Cause::Missing,
             Some(e)
                 if e == nix::errno::Errno::EACCES as i32
@@ -78,10 +78,16 @@ impl std::error::Error for FileError {}
 impl FileError {
     /// Wraps an I/O error for `path`.
     pub fn io(path: &Path, err: &io::Error) -> FileError {
+        // The errno's name (EACCES, EROFS) is what an operator searches for; the OS
+        // text would only repeat the cause.
+        let detail = match err.raw_os_error() {
+            Some(code) => format!("{:?}", nix::errno::Errno::from_raw(code)),
+            None => err.to_string(),
+        };
         FileError {
             path: path.to_path_buf(),
             cause: Cause::of(err),
-            detail: err.to_string(),
+            detail,
         }
     }
 
@@ -145,7 +151,7 @@ mod tests {
     fn classifies_missing_file() {
         let err = read_u64(Path::new("/nonexistent/ctune/key")).unwrap_err();
         assert_eq!(err.cause, Cause::Missing);
-        assert!(err.to_string().contains("/nonexistent/ctune/key"));
+        assert_eq!(err.to_string(), "/nonexistent/ctune/key: not found (ENOENT)");
     }
 
     #[test]

@@ -175,3 +175,36 @@ fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
     drop(ns);
     drop(guard);
 }
+
+#[test]
+fn unprivileged_dry_run_says_what_it_could_not_read() {
+    if !require_root("unprivileged_dry_run_says_what_it_could_not_read") {
+        return;
+    }
+    // Drop to nobody for the run: the slab size and other processes' namespaces are
+    // root-only, and the global keys are not writable.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_ctune"))
+        .args(["--dry-run", "--json", "--config", "/dev/null"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let obs = &plan["observation"];
+    assert_eq!(obs["global"]["write_access"]["writable"], false);
+    assert!(
+        obs["global"]["write_access"]["reason"].as_str().unwrap().contains("permission denied"),
+        "{obs:#}"
+    );
+    assert_eq!(obs["host"]["entry_bytes_source"], "fallback");
+    let notes = plan["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap().contains("assuming 320 B per entry")),
+        "{notes:#?}"
+    );
+    // The global max is still read: it is world-readable.
+    let global_max = read_u64(std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max"));
+    assert_eq!(obs["global"]["max"], global_max);
+}
