@@ -74,7 +74,11 @@ pub fn compute(
     // max <= budget * ratio / ((per_entry * ratio + 8) * namespaces)
     let filling = u128::from(filling_namespaces.max(1));
     let denom = (per_entry * ratio + u128::from(tunables::BUCKET_BYTES)).saturating_mul(filling);
-    let by_memory = (u128::from(budget) * ratio / denom.max(1)).min(u128::from(u64::MAX)) as u64;
+    // The kernel rounds the hash up to whole 512-bucket blocks: keep that slack out of
+    // the budget so the worst case at the ceiling still fits.
+    let slack = u128::from((tunables::BUCKET_ALIGN - 1) * tunables::BUCKET_BYTES);
+    let usable = u128::from(budget).saturating_sub(slack);
+    let by_memory = (usable * ratio / denom.max(1)).min(u128::from(u64::MAX)) as u64;
     let kernel = tunables::KERNEL_MAX_LIMIT
         .min(tunables::KERNEL_BUCKETS_LIMIT.saturating_mul(u64::from(cfg.hash.ratio)));
     let (mut value, mut limited_by) = (by_memory, Limit::Memory);
@@ -162,7 +166,9 @@ mod tests {
         let c = compute(&cfg, 24 * GIB, 256, 1);
         // 5% of 24 GiB = 1288490188 B; per entry 256 + 128 + 8/4 = 386 B.
         assert_eq!(c.bytes_per_entry, 386);
-        assert_eq!(c.value, 1288490188 * 4 / (384 * 4 + 8));
+        assert_eq!(c.value, (1288490188 - 511 * 8) * 4 / (384 * 4 + 8));
+        let buckets = tunables::round_buckets(c.value.div_ceil(4));
+        assert!(c.memory_at(c.value, buckets) <= c.budget_bytes);
         assert_eq!(c.limited_by, Limit::Memory);
         assert!(
             c.explain()
@@ -191,7 +197,7 @@ mod tests {
         cfg.ceiling.memory_cap = Some(64 << 20);
         let c = compute(&cfg, 24 * GIB, 256, 1);
         assert!(c.capped_by_memory_cap);
-        assert_eq!(c.value, (64u64 << 20) * 4 / (384 * 4 + 8));
+        assert_eq!(c.value, ((64u64 << 20) - 511 * 8) * 4 / (384 * 4 + 8));
         assert!(c.explain().contains("memory cap 64.0 MiB"));
 
         let c = compute(&Config::default(), 64 << 20, 256, 1);

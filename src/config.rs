@@ -403,7 +403,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> {
     let parse_err = |e: serde_saphyr::Error| ConfigError::Parse {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        // The snippet names its source `<input>`; name the file instead.
+        message: e
+            .to_string()
+            .replace("<input>:", &format!("{}:", path.display())),
     };
     // Schema check of the operator's text with every field optional.
     let _: partial::Config = serde_saphyr::from_str(text).map_err(parse_err)?;

@@ -151,7 +151,10 @@ mod tests {
     fn classifies_missing_file() {
         let err = read_u64(Path::new("/nonexistent/ctune/key")).unwrap_err();
         assert_eq!(err.cause, Cause::Missing);
-        assert_eq!(err.to_string(), "/nonexistent/ctune/key: not found (ENOENT)");
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/ctune/key: not found (ENOENT)"
+        );
     }
 
     #[test]

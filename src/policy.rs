@@ -300,8 +300,20 @@ pub fn decide(
             dropping: !growing && s.drop.is_some_and(|d| d > 0),
             evicting: !growing && s.early.is_some_and(|d| d > 0),
         };
-        let (level, level_reason) =
-            pressure::next(prev_ns.and_then(|p| p.level), sig, &cfg.pressure, now);
+        let (level, level_reason) = match n.count {
+            Some(_) => pressure::next(prev_ns.and_then(|p| p.level), sig, &cfg.pressure, now),
+            // Unknown is not idle: keep whatever level the namespace had.
+            None => {
+                let kept = prev_ns.and_then(|p| p.level).unwrap_or(LevelState {
+                    level: pressure::Level::Normal,
+                    since: now,
+                });
+                (
+                    kept,
+                    format!("count not readable; level kept at {}", kept.level),
+                )
+            }
+        };
         let empty = BTreeMap::new();
         let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
         let (mut tchanges, lowered, notes) = if n.error.is_some() && n.timeouts.is_empty() {
