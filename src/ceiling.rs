@@ -140,17 +140,22 @@ impl Ceiling {
     /// Worst-case memory at a given max: every filling namespace full, plus the hash.
     pub fn memory_at(&self, max: u64, buckets: u64) -> u64 {
         let entries = u128::from(max) * u128::from(self.filling_namespaces);
-        let per = u128::from(self.slab_bytes) + u128::from(self.extension_bytes);
-        (entries.saturating_mul(per) + u128::from(buckets) * u128::from(tunables::BUCKET_BYTES))
-            .min(u128::from(u64::MAX)) as u64
+        cost(entries, self.slab_bytes, self.extension_bytes, buckets)
     }
+}
+
+/// Entries x (slab + extensions) + buckets x 8, saturating at u64::MAX.
+fn cost(entries: u128, slab_bytes: u64, extension_bytes: u64, buckets: u64) -> u64 {
+    let per = u128::from(slab_bytes) + u128::from(extension_bytes);
+    entries
+        .saturating_mul(per)
+        .saturating_add(u128::from(buckets) * u128::from(tunables::BUCKET_BYTES))
+        .min(u128::from(u64::MAX)) as u64
 }
 
 /// Memory the table holds now: the entries of every observed namespace plus the hash.
 pub fn memory_now(entries: u64, buckets: u64, slab_bytes: u64, extension_bytes: u64) -> u64 {
-    let per = u128::from(slab_bytes) + u128::from(extension_bytes);
-    (u128::from(entries) * per + u128::from(buckets) * u128::from(tunables::BUCKET_BYTES))
-        .min(u128::from(u64::MAX)) as u64
+    cost(u128::from(entries), slab_bytes, extension_bytes, buckets)
 }
 
 #[cfg(test)]

@@ -12,12 +12,16 @@ Examples:
   ctune status                 utilisation per namespace, counters, memory
   ctune status --json          the same for scripts
   ctune --dry-run --config ./ctune.yaml   try a config before installing it
+  ctune apply                  do it once: apply, read back, persist
+  ctune run                    the agent (normally started by ctune.service)
+  ctune restore                undo everything ctune changed
 
 Exit codes:
   0  success (a dry run succeeds whether or not it plans changes)
   1  a file every decision needs could not be read (the message names it)
   2  invalid command line or config (file, line and key named)
   3  conntrack is not active: nf_conntrack is not loaded
+  4  partly done: a value or file could not be written (each failure is named)
 
 Nothing in `plan`/`--dry-run` or `status` writes to the kernel or to any file.
 Run as root to see every namespace and the slab's entry size; without root ctune says
@@ -67,6 +71,22 @@ pub enum Command {
     /// Show utilisation per namespace, the kernel's counters, and what the table costs
     /// in memory now and at the ceiling. Changes nothing.
     Status,
+    /// Observe, decide, apply (each value read back) and persist once, then print what
+    /// changed. Needs root in the initial network namespace.
+    Apply,
+    /// Run the agent: one control step per `agent.interval`; SIGHUP reloads the config,
+    /// SIGTERM/SIGINT stop it. Stopping rolls nothing back (see `restore`).
+    Run,
+    /// Boot step, before traffic: apply the persisted max and hash size (from
+    /// /etc/sysctl.d/99-ctune.conf) and check they stuck.
+    Boot,
+    /// Undo: put back the operator's values from before ctune first changed them, and
+    /// remove ctune's persisted files and state. Stop the agent first.
+    Restore {
+        /// Lower max even below what the table holds now plus headroom (drops flows).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Where the kernel and configuration files are, for containers (a host's /proc mounted

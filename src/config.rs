@@ -36,6 +36,20 @@ pub struct Config {
     pub pressure: Pressure,
     /// Which timeouts may be lowered under pressure, and how far.
     pub timeouts: Timeouts,
+    /// The background agent (`ctune run`).
+    pub agent: Agent,
+}
+
+/// The agent's loop and its manners.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Time between samples; reading the table costs microseconds, a decision less.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// When someone else changes a value ctune set, adopt theirs and leave it alone
+    /// until it becomes unsafe (drops, or the critical level); false: ctune's plan wins.
+    pub respect_operator: bool,
 }
 
 /// Which namespaces count.
@@ -458,6 +472,16 @@ mod partial {
         hash: Option<HashPolicy>,
         pressure: Option<Pressure>,
         timeouts: Option<Timeouts>,
+        agent: Option<Agent>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Agent {
+        #[serde(deserialize_with = "opt_duration", default)]
+        interval: Option<Duration>,
+        respect_operator: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -661,6 +685,16 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
                 "{} must be above pressure.elevated.enter {}",
                 p.critical.enter.get(),
                 p.elevated.enter.get()
+            ),
+        ));
+    }
+    let interval = cfg.agent.interval;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(fail(
+            "agent.interval",
+            format!(
+                "{} is out of range 100ms ..= 1h",
+                humantime::format_duration(interval)
             ),
         ));
     }

@@ -6,6 +6,7 @@
 //! | 1 | a file every decision needs could not be read (named in the message) |
 //! | 2 | invalid command line or config (file, line and key named) |
 //! | 3 | conntrack is not active on this kernel (nf_conntrack not loaded) |
+//! | 4 | partly done: a value or file could not be written (each failure named) |
 
 use crate::config::ConfigError;
 use crate::observe::ObserveError;
@@ -18,6 +19,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: conntrack not loaded.
 pub const EXIT_NO_CONNTRACK: u8 = 3;
+/// Exit code: some changes or files did not take effect.
+pub const EXIT_PARTIAL: u8 = 4;
 
 /// Any error that ends a ctune command.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,21 @@ pub enum Error {
     /// Output could not be written (closed pipe, full disk).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Some of the work did not take effect; the details were printed.
+    #[error("{0}")]
+    Partial(String),
+}
+
+impl From<crate::restore::RestoreError> for Error {
+    fn from(e: crate::restore::RestoreError) -> Self {
+        match e {
+            crate::restore::RestoreError::State(s) => Error::State(s),
+            crate::restore::RestoreError::Observe(o) => Error::Observe(o),
+        }
+    }
 }
 
 impl Error {
@@ -39,7 +57,10 @@ impl Error {
         match self {
             Error::Config(_) => EXIT_USAGE,
             Error::Observe(ObserveError::NotLoaded(_)) => EXIT_NO_CONNTRACK,
-            Error::Observe(ObserveError::Unreadable(_)) | Error::Output(_) => EXIT_FAILURE,
+            Error::Observe(ObserveError::Unreadable(_)) | Error::Output(_) | Error::State(_) => {
+                EXIT_FAILURE
+            }
+            Error::Partial(_) => EXIT_PARTIAL,
         }
     }
 }

@@ -9,22 +9,30 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod apply;
+pub mod atomic;
+pub mod boot;
 pub mod ceiling;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod kfile;
 pub mod meminfo;
 pub mod netns;
+pub mod notify;
 pub mod observe;
 pub mod persist;
 pub mod plan;
 pub mod policy;
 pub mod pressure;
 pub mod report;
+pub mod restore;
 pub mod roots;
 pub mod slab;
 pub mod stat;
+pub mod state;
 pub mod timeouts;
 pub mod tunables;
 pub mod units;

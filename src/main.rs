@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use ctune::cli::{Cli, Command};
 use ctune::config;
+use ctune::engine::Engine;
 use ctune::error::{EXIT_USAGE, Error};
 use ctune::observe;
 use ctune::persist;
 use ctune::policy::{self, PolicyState};
 use ctune::report;
 use ctune::roots::Roots;
+use ctune::{agent, boot, restore, state};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    init_logging();
+    init_logging(command);
     match run(&cli, command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -32,35 +34,60 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(command: Command) {
+    use tracing_subscriber::prelude::*;
+    let default = if command == Command::Run {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CTUNE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Under systemd, stderr is connected to the journal (JOURNAL_STREAM): log there
+    // natively, with fields; anywhere else, to stderr.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journald.with_syslog_identifier("ctune".into()))
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_target(false)
         .try_init();
 }
 
 fn run(cli: &Cli, command: Command) -> Result<(), Error> {
     let roots = Roots::from(&cli.paths);
     let (cfg, source) = config::load(cli.config.as_deref(), &roots.config_file())?;
-    let started = Instant::now();
-    let obs = observe::observe(&roots, &cfg.namespaces)?;
-    tracing::debug!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "observed"
-    );
+    let observe = || -> Result<observe::Observation, Error> {
+        let started = Instant::now();
+        let obs = observe::observe(&roots, &cfg.namespaces)?;
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "observed"
+        );
+        Ok(obs)
+    };
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::Plan => {
-            let (plan, _) = policy::decide(
-                &obs,
-                &cfg,
-                &PolicyState::default(),
-                std::time::Duration::ZERO,
-            );
-            let (files, file_notes) = persist::render(&roots, &obs, &plan);
+            let obs = observe()?;
+            // What `ctune apply` would do now: decided from ctune's saved state, if any.
             let mut notes = obs.notes.clone();
+            let prev = match state::load(&roots) {
+                Ok(st) => st.policy,
+                Err(e) => {
+                    notes.push(format!("{e}; planning as if ctune had never run"));
+                    PolicyState::default()
+                }
+            };
+            let (plan, _) = policy::decide(&obs, &cfg, &prev, state::now());
+            let (files, file_notes) = persist::render(&roots, &obs, &plan);
             notes.extend(file_notes);
             if cli.json {
                 let r = report::PlanReport {
@@ -80,7 +107,57 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                 )?;
             }
         }
+        Command::Apply => {
+            let mut engine = Engine::new(roots, cfg)?;
+            let report = engine.step(state::now())?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut stdout, &report::apply_json(&report))
+                    .map_err(std::io::Error::from)?;
+                writeln!(stdout)?;
+            } else {
+                write!(stdout, "{}", report::apply_text(&report))?;
+            }
+            if !report.complete() {
+                return Err(Error::Partial(
+                    "some changes did not take effect (see above)".into(),
+                ));
+            }
+        }
+        Command::Run => {
+            let engine = Engine::new(roots.clone(), cfg)?;
+            let source = agent::ConfigSource {
+                explicit: cli.config.clone(),
+                default_path: roots.config_file(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(engine, source))?;
+        }
+        Command::Boot => {
+            let items = boot::boot(&roots)?;
+            write!(stdout, "{}", report::boot_text(items.as_deref()))?;
+            if items
+                .iter()
+                .flatten()
+                .any(|i| matches!(i.result, Some(Err(_))))
+            {
+                return Err(Error::Partial(
+                    "persisted values not applied (see above)".into(),
+                ));
+            }
+        }
+        Command::Restore { force } => {
+            let r = restore::restore(&roots, &cfg, force)?;
+            write!(stdout, "{}", report::restore_text(&r))?;
+            if !r.complete() {
+                return Err(Error::Partial(
+                    "not everything was restored; the state file is kept so `ctune restore` can finish later".into(),
+                ));
+            }
+        }
         Command::Status => {
+            let obs = observe()?;
             let s = report::status(&obs, &cfg);
             if cli.json {
                 serde_json::to_writer_pretty(&mut stdout, &s).map_err(std::io::Error::from)?;

@@ -97,6 +97,8 @@ pub struct NamespaceObs {
     pub timeouts: BTreeMap<String, u64>,
     /// Why the namespace could not be read, if it could not.
     pub error: Option<String>,
+    /// The handle that enters it (/run/netns/NAME, /proc/PID/ns/net); None for ctune's own.
+    pub handle: Option<std::path::PathBuf>,
 }
 
 impl NamespaceObs {
@@ -197,8 +199,10 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
             stat: None,
             timeouts: BTreeMap::new(),
             error: Some(format!("cannot enter: {e}")),
+            handle: None,
         });
         obs.id = handle.id.clone();
+        obs.handle = Some(handle.path.clone());
         namespaces.push(obs);
     }
     for n in &namespaces {
@@ -262,6 +266,7 @@ fn read_namespace(roots: &Roots, stat_path: &Path) -> NamespaceObs {
         stat,
         timeouts,
         error: (!problems.is_empty()).then(|| problems.join("; ")),
+        handle: None,
     }
 }
 

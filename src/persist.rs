@@ -14,7 +14,6 @@
 //! For built-in conntrack, modprobe.d and modules-load.d do not apply and are not written.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::kfile::{self, Cause};
@@ -72,7 +71,9 @@ pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>
         }
     };
     let sysctl_old = read(SYSCTL_FILE);
-    let mut values: BTreeMap<&str, u64> = BTreeMap::new();
+    // In apply order: systemd-sysctl applies lines top to bottom, and the limit should be
+    // raised before the table that serves it grows.
+    let mut values: Vec<(&str, u64)> = Vec::new();
     let after = |key: &str, live: Option<u64>| -> Option<u64> {
         plan.changes
             .iter()
@@ -92,7 +93,7 @@ pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>
         if (in_plan || managed.iter().any(|k| k == key))
             && let Some(v) = after(key, live)
         {
-            values.insert(key, v);
+            values.push((key, v));
         }
     }
     let mut files = Vec::new();
@@ -126,7 +127,7 @@ pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>
             body,
             "load conntrack before sysctls are applied",
         ));
-        if let Some(buckets) = values.get(tunables::BUCKETS) {
+        if let Some((_, buckets)) = values.iter().find(|(k, _)| *k == tunables::BUCKETS) {
             let old = read(MODPROBE_FILE);
             let body = format!(
                 "{HEADER}# The hash size at module load (the sysctl would resize a filled table later).\noptions nf_conntrack hashsize={buckets}\n"
@@ -168,15 +169,31 @@ fn update(roots: &Roots, rel: &str, old: Option<String>, new: String, purpose: &
 
 /// The `net.netfilter.*` keys a sysctl.d file sets (comments and blanks skipped).
 pub fn parse_sysctl_keys(text: &str) -> Vec<String> {
+    sysctl_lines(text).map(|(k, _)| k).collect()
+}
+
+/// The `net.netfilter.*` keys with numeric values, in file order.
+pub fn parse_sysctl_values(text: &str) -> Vec<(String, u64)> {
+    sysctl_lines(text)
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+        .collect()
+}
+
+fn sysctl_lines(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
         .filter_map(|l| l.split_once('='))
-        .filter_map(|(k, _)| {
+        .filter_map(|(k, v)| {
             let k = k.trim().trim_start_matches('-').replace('/', ".");
-            k.strip_prefix("net.netfilter.").map(str::to_string)
+            k.strip_prefix("net.netfilter.")
+                .map(|k| (k.to_string(), v.trim().to_string()))
         })
-        .collect()
+}
+
+/// Whether a file was written by ctune (and so may be removed by `restore`).
+pub fn is_ours(text: &str) -> bool {
+    text.starts_with("# Managed by ctune")
 }
 
 #[cfg(test)]

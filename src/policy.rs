@@ -11,7 +11,7 @@
 //!    from loss that growth cannot answer; timeouts follow the level.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::ceiling::{self, Ceiling};
@@ -34,6 +34,46 @@ pub struct PolicyState {
     pub low_since: Option<Duration>,
     /// The operator's max before ctune first changed it: never shrunk below.
     pub baseline_max: Option<u64>,
+    /// Global values as ctune last set them: a live value that differs was changed by
+    /// someone else (an admin, kube-proxy, tuned).
+    #[serde(default)]
+    pub applied: BTreeMap<String, u64>,
+    /// Global keys someone else changed after ctune set them, left alone until unsafe.
+    #[serde(default)]
+    pub operator_held: BTreeSet<String>,
+}
+
+impl PolicyState {
+    /// Undoes what `decide` recorded for a change that did not take effect, so the next
+    /// decision sees the truth (and tries again).
+    pub fn forget_failed(&mut self, prev: &PolicyState, ch: &Change) {
+        match &ch.target {
+            Target::Global => {
+                match prev.applied.get(&ch.key) {
+                    Some(v) => self.applied.insert(ch.key.clone(), *v),
+                    None => self.applied.remove(&ch.key),
+                };
+                if ch.key == tunables::BUCKETS {
+                    self.last_resize = prev.last_resize;
+                }
+                if ch.key == tunables::MAX {
+                    self.baseline_max = prev.baseline_max;
+                }
+            }
+            Target::Namespace { netns } => {
+                if let Some(ns) = self.namespaces.get_mut(&netns.inode) {
+                    match prev
+                        .namespaces
+                        .get(&netns.inode)
+                        .and_then(|p| p.lowered.get(&ch.key))
+                    {
+                        Some(l) => ns.lowered.insert(ch.key.clone(), *l),
+                        None => ns.lowered.remove(&ch.key),
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// What ctune remembers of one namespace.
@@ -47,6 +87,10 @@ pub struct NamespaceState {
     pub level: Option<LevelState>,
     /// Timeouts ctune lowered, with the operator's values.
     pub lowered: BTreeMap<String, Lowered>,
+    /// Timeouts someone else changed while lowered: not lowered again until this
+    /// namespace is back to normal.
+    #[serde(default)]
+    pub held: BTreeSet<String>,
 }
 
 /// The loss counters of a sample.
@@ -79,7 +123,38 @@ pub fn decide(
     };
     let mut changes = Vec::new();
     let mut explanations = Vec::new();
-    let current_max = obs.global.max.max(1);
+    // 0 means unlimited (and no early drop): ctune does not put a limit on such a table.
+    let unlimited = obs.global.max == 0;
+    let current_max = if unlimited { u64::MAX } else { obs.global.max };
+
+    // 0. Did someone else change a global value ctune set?
+    next.applied = prev.applied.clone();
+    next.operator_held = prev.operator_held.clone();
+    for (key, live) in [
+        (tunables::MAX, Some(obs.global.max)),
+        (tunables::BUCKETS, obs.global.buckets),
+    ] {
+        let (Some(set), Some(live)) = (prev.applied.get(key).copied(), live) else {
+            continue;
+        };
+        if set == live {
+            continue;
+        }
+        next.applied.remove(key);
+        if key == tunables::MAX {
+            next.baseline_max = Some(live);
+        }
+        if cfg.agent.respect_operator {
+            next.operator_held.insert(key.to_string());
+            explanations.push(format!(
+                "{key} is {live} but ctune set {set}: someone else changed it; adopting {live} as the operator's value and leaving it alone until it becomes unsafe"
+            ));
+        } else {
+            explanations.push(format!(
+                "{key} is {live} but ctune set {set}: someone else changed it; agent.respect_operator is off, so ctune's plan applies"
+            ));
+        }
+    }
 
     // 1. Ceiling.
     let filling = match cfg.ceiling.filling_namespaces {
@@ -146,7 +221,9 @@ pub fn decide(
     // 2. Max.
     let m = &cfg.max;
     let required = ceil_mul(peak, 1.0 + m.headroom.get());
-    let trigger = if let Some((n, s)) = dropping_ns {
+    let trigger = if unlimited {
+        None
+    } else if let Some((n, s)) = dropping_ns {
         Some(format!(
             "drop counter rose by {} in netns {} (table full, packets lost)",
             s.drop.unwrap_or(0),
@@ -167,14 +244,29 @@ pub fn decide(
     } else {
         None
     };
+    // Unsafe enough to override an operator's value: packets lost, or the critical level.
+    let unsafe_now = dropping_ns.is_some() || util >= cfg.pressure.critical.enter.get();
+    let max_held = next.operator_held.contains(tunables::MAX);
     let mut new_max = current_max;
-    if let Some(why) = &trigger {
+    if let (Some(why), true) = (&trigger, max_held && !unsafe_now) {
+        explanations.push(format!(
+            "{why}, but max {current_max} was set by someone else: respected until packets drop or count reaches {} of max",
+            fmt_pct(cfg.pressure.critical.enter.get())
+        ));
+    } else if let Some(why) = &trigger {
         let want = ceil_mul(current_max, m.grow_factor)
             .max(ceil_div_f(peak, m.target_utilisation.get()))
             .max(required)
             .max(cfg.ceiling.min_max);
         let target = want.min(ceiling.value);
-        if target > current_max {
+        // Never +1: a step smaller than 1/16 of max is not worth a possible resize.
+        let worth_it = target >= current_max.saturating_add((current_max / 16).max(1));
+        if target > current_max && !worth_it {
+            explanations.push(format!(
+                "{why}, but max {current_max} is within 1/16 of the {}: max cannot usefully grow, pressure levels lower timeouts instead",
+                ceiling.explain()
+            ));
+        } else if target > current_max {
             new_max = target;
             let capped = if want > ceiling.value {
                 " (capped at the ceiling)"
@@ -187,11 +279,18 @@ pub fn decide(
                 old: current_max,
                 new: new_max,
                 reason: format!(
-                    "{why}; raising max {current_max} -> {new_max}{capped}; {}",
+                    "{why}{}; raising max {current_max} -> {new_max}{capped}; {}",
+                    if max_held {
+                        " (the operator's value became unsafe)"
+                    } else {
+                        ""
+                    },
                     ceiling.explain()
                 ),
             });
             next.baseline_max.get_or_insert(current_max);
+            next.applied.insert(tunables::MAX.into(), new_max);
+            next.operator_held.remove(tunables::MAX);
         } else {
             explanations.push(format!(
                 "{why}, but max {current_max} is already at or above the {}: max cannot grow, pressure levels lower timeouts instead",
@@ -199,12 +298,17 @@ pub fn decide(
             ));
         }
         next.low_since = None;
-    } else if m.shrink.enabled && util < m.shrink.low_watermark.get() {
+    } else if unlimited {
+        // Explained with the hash below.
+    } else if m.shrink.enabled && !max_held && util < m.shrink.low_watermark.get() {
         let since = prev.low_since.unwrap_or(now);
         let held = now.saturating_sub(since);
+        // Never below what growth would aim for (or grow and shrink would alternate), nor
+        // below the operator's own value: shrinking only undoes ctune's growth.
         let floor = required
+            .max(ceil_div_f(peak, m.target_utilisation.get()))
             .max(cfg.ceiling.min_max)
-            .max(prev.baseline_max.unwrap_or(0));
+            .max(prev.baseline_max.unwrap_or(current_max));
         let candidate = ((current_max as f64) * m.shrink.factor).floor() as u64;
         let target = candidate.max(floor);
         if held >= m.shrink.after && target < current_max {
@@ -224,6 +328,7 @@ pub fn decide(
                 ),
             });
             next.low_since = Some(now);
+            next.applied.insert(tunables::MAX.into(), new_max);
         } else {
             next.low_since = Some(since);
             explanations.push(format!(
@@ -251,8 +356,21 @@ pub fn decide(
 
     // 3. Hash.
     let ratio = u64::from(cfg.hash.ratio.max(1));
-    let desired = tunables::round_buckets(new_max.div_ceil(ratio));
+    // An operator's max above the ceiling gets the ceiling's hash, not a bigger one.
+    let desired = tunables::round_buckets(new_max.min(ceiling.value).div_ceil(ratio));
+    let chains_refused = sigs.iter().any(|s| s.chain.is_some_and(|c| c > 0));
+    let buckets_held = next.operator_held.contains(tunables::BUCKETS);
     match obs.global.buckets {
+        _ if unlimited => explanations.push(
+            "nf_conntrack_max is 0 (unlimited, no early drop): ctune sets no limit and no hash size for an unlimited table".into(),
+        ),
+        Some(cur) if buckets_held && !chains_refused => {
+            if cur < desired {
+                explanations.push(format!(
+                    "hash {cur} was set by someone else: respected until inserts are refused for long chains (max / {ratio} would be {desired})"
+                ));
+            }
+        }
         None => explanations
             .push("hash size unknown (nf_conntrack_buckets not readable): not planned".into()),
         Some(cur) if (cur as f64) < desired as f64 * (1.0 - cfg.hash.tolerance.get()) => {
@@ -276,6 +394,8 @@ pub fn decide(
                         ),
                     });
                     next.last_resize = Some(now);
+                    next.applied.insert(tunables::BUCKETS.into(), desired);
+                    next.operator_held.remove(tunables::BUCKETS);
                 }
             }
         }
@@ -316,21 +436,37 @@ pub fn decide(
         };
         let empty = BTreeMap::new();
         let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
-        let (mut tchanges, lowered, notes) = if n.error.is_some() && n.timeouts.is_empty() {
-            (Vec::new(), lowered_before.clone(), Vec::new())
+        let empty_held = BTreeSet::new();
+        let tp = if n.error.is_some() && n.timeouts.is_empty() {
+            timeouts::TimeoutPlan {
+                changes: Vec::new(),
+                lowered: lowered_before.clone(),
+                held: prev_ns.map_or(empty_held, |p| p.held.clone()),
+                notes: Vec::new(),
+            }
         } else {
             timeouts::plan(
-                &Target::Namespace {
-                    netns: n.id.clone(),
+                &timeouts::Inputs {
+                    target: &Target::Namespace {
+                        netns: n.id.clone(),
+                    },
+                    ns_name: &n.id.name,
+                    live: &n.timeouts,
+                    level: level.level,
+                    level_reason: &level_reason,
+                    respect_operator: cfg.agent.respect_operator,
                 },
-                &n.id.name,
-                &n.timeouts,
-                level.level,
-                &level_reason,
                 &cfg.timeouts,
                 lowered_before,
+                prev_ns.map_or(&empty_held, |p| &p.held),
             )
         };
+        let timeouts::TimeoutPlan {
+            changes: mut tchanges,
+            lowered,
+            held,
+            notes,
+        } = tp;
         changes.append(&mut tchanges);
         // Floors for keys this kernel lacks are noted once, for the own namespace.
         if verdicts.is_empty() {
@@ -367,9 +503,16 @@ pub fn decide(
                 counters: Some(s.counters),
                 level: Some(level),
                 lowered,
+                held,
             },
         );
     }
+    // Established last across all namespaces, not only within each.
+    let first_timeout = changes
+        .iter()
+        .position(|c| c.target != Target::Global)
+        .unwrap_or(changes.len());
+    changes[first_timeout..].sort_by_key(|c| tunables::tier_of(&c.key));
     if prev.namespaces.is_empty() {
         explanations.push(
             "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on".into(),
@@ -403,7 +546,11 @@ fn ceil_div_f(n: u64, f: f64) -> u64 {
 
 /// The ceiling's view of memory, for `status`.
 pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
-    let entries: u64 = obs.namespaces.iter().filter_map(|n| n.count).sum();
+    let entries = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| n.count)
+        .fold(0u64, u64::saturating_add);
     ceiling::memory_now(
         entries,
         obs.global.buckets.unwrap_or(0),

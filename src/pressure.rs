@@ -115,7 +115,17 @@ pub fn next(
             why,
         );
     }
-    if want == prev.level || prev.level == Level::Normal {
+    if want == prev.level {
+        // The level's condition is still met: the hold counts from the last time it was.
+        return (
+            LevelState {
+                level: want,
+                since: now,
+            },
+            why,
+        );
+    }
+    if prev.level == Level::Normal {
         return (prev, why);
     }
     let exit = match prev.level {

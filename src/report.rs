@@ -325,3 +325,192 @@ fn truncate(s: &str, n: usize) -> String {
         t
     }
 }
+
+/// One change in `ctune apply --json`.
+#[derive(Debug, Serialize)]
+pub struct AppliedJson<'a> {
+    /// The change.
+    #[serde(flatten)]
+    pub change: &'a crate::plan::Change,
+    /// Whether it took effect (written and read back).
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
+/// One file in `ctune apply --json`.
+#[derive(Debug, Serialize)]
+pub struct FileJson {
+    /// The file.
+    pub path: String,
+    /// `written`, `unchanged` or `failed`.
+    pub result: &'static str,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Everything `ctune apply --json` prints.
+#[derive(Debug, Serialize)]
+pub struct ApplyJson<'a> {
+    /// Each change and its outcome, in the order applied.
+    pub changes: Vec<AppliedJson<'a>>,
+    /// Persisted files.
+    pub files: Vec<FileJson>,
+    /// Why other things did not change.
+    pub explanations: &'a [String],
+    /// What could not be read.
+    pub notes: &'a [String],
+    /// The state file could not be saved.
+    pub state_error: Option<String>,
+}
+
+/// The JSON view of a step.
+pub fn apply_json(r: &crate::engine::StepReport) -> ApplyJson<'_> {
+    ApplyJson {
+        changes: r
+            .outcomes
+            .iter()
+            .map(|o| AppliedJson {
+                change: &o.change,
+                ok: o.result.is_ok(),
+                error: o.result.as_ref().err().map(|e| e.to_string()),
+            })
+            .collect(),
+        files: r
+            .files
+            .iter()
+            .map(|f| FileJson {
+                path: f.update.path.display().to_string(),
+                result: match &f.result {
+                    Ok(crate::atomic::Outcome::Written) => "written",
+                    Ok(crate::atomic::Outcome::Unchanged) => "unchanged",
+                    Err(_) => "failed",
+                },
+                error: f.result.as_ref().err().map(|e| e.to_string()),
+            })
+            .collect(),
+        explanations: &r.plan.explanations,
+        notes: &r.notes,
+        state_error: r.state_error.as_ref().map(|e| e.to_string()),
+    }
+}
+
+fn change_line(out: &mut String, ch: &crate::plan::Change) {
+    let (old, new) = if tunables::is_timeout_key(&ch.key) {
+        (fmt_secs(ch.old), fmt_secs(ch.new))
+    } else {
+        (ch.old.to_string(), ch.new.to_string())
+    };
+    let place = match &ch.target {
+        Target::Global => "global".to_string(),
+        Target::Namespace { netns } => format!("netns {}", netns.name),
+    };
+    let _ = write!(out, "{} [{place}]: {old} -> {new}", ch.key);
+}
+
+/// The text of `ctune apply`.
+pub fn apply_text(r: &crate::engine::StepReport) -> String {
+    let mut out = String::new();
+    if r.outcomes.is_empty() {
+        let _ = writeln!(out, "nothing to change");
+        for e in &r.plan.explanations {
+            let _ = writeln!(out, "  - {e}");
+        }
+    }
+    for o in &r.outcomes {
+        let _ = write!(
+            out,
+            "{} ",
+            if o.result.is_ok() {
+                "changed"
+            } else {
+                "FAILED "
+            }
+        );
+        change_line(&mut out, &o.change);
+        let _ = writeln!(out);
+        match &o.result {
+            Ok(()) => {
+                let _ = writeln!(out, "    because {}", o.change.reason);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "    {e}");
+            }
+        }
+    }
+    for f in &r.files {
+        let _ = match &f.result {
+            Ok(crate::atomic::Outcome::Written) => {
+                writeln!(out, "wrote {}", f.update.path.display())
+            }
+            Ok(crate::atomic::Outcome::Unchanged) => {
+                writeln!(out, "unchanged {}", f.update.path.display())
+            }
+            Err(e) => writeln!(out, "FAILED to write {e}"),
+        };
+    }
+    if let Some(e) = &r.state_error {
+        let _ = writeln!(out, "FAILED to save state: {e}");
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+/// The text of `ctune boot`.
+pub fn boot_text(items: Option<&[crate::boot::BootItem]>) -> String {
+    let Some(items) = items else {
+        return "nothing persisted (no /etc/sysctl.d/99-ctune.conf): nothing to apply\n".into();
+    };
+    let mut out = String::new();
+    for i in items {
+        let _ = match &i.result {
+            None => writeln!(out, "{} already {}", i.key, i.persisted),
+            Some(Ok(())) => writeln!(
+                out,
+                "{}: {} -> {} (persisted value applied)",
+                i.key, i.live, i.persisted
+            ),
+            Some(Err(e)) => writeln!(out, "FAILED {e}"),
+        };
+    }
+    out
+}
+
+/// The text of `ctune restore`.
+pub fn restore_text(r: &crate::restore::RestoreReport) -> String {
+    let mut out = String::new();
+    if !r.had_state {
+        let _ = writeln!(
+            out,
+            "no state file: ctune has not changed any kernel value it knows of"
+        );
+    }
+    for o in &r.outcomes {
+        match &o.result {
+            Ok(()) => {
+                let _ = write!(out, "restored ");
+                change_line(&mut out, &o.change);
+                let _ = writeln!(out);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "FAILED {e}");
+            }
+        }
+    }
+    for x in &r.refused {
+        let _ = writeln!(out, "not restored: {x}");
+    }
+    for (p, res) in &r.files {
+        let _ = match res {
+            Ok(true) => writeln!(out, "removed {}", p.display()),
+            Ok(false) => Ok(()),
+            Err(e) => writeln!(out, "FAILED to remove {e}"),
+        };
+    }
+    if let Some(e) = &r.state_error {
+        let _ = writeln!(out, "FAILED to remove the state file: {e}");
+    }
+    out
+}

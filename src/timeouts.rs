@@ -6,7 +6,7 @@
 //! value becomes the new baseline instead of being overwritten back.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Timeouts;
 use crate::plan::{Change, Target};
@@ -31,18 +31,58 @@ fn lowered_at(tier: TimeoutTier, level: Level) -> bool {
     }
 }
 
-/// Plans the timeouts of one namespace. `live` is every timeout key present there;
-/// `lowered` is what ctune lowered earlier. Returns the changes (transient keys first,
-/// established last), the new record of lowered keys, and notes.
+/// What a namespace's timeout plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Where the changes apply.
+    pub target: &'a Target,
+    /// The namespace's name, for reasons.
+    pub ns_name: &'a str,
+    /// Every timeout key present in the namespace, in seconds.
+    pub live: &'a BTreeMap<String, u64>,
+    /// The namespace's pressure level.
+    pub level: Level,
+    /// Why it is at that level.
+    pub level_reason: &'a str,
+    /// Whether a value someone else changed is left alone until pressure ends.
+    pub respect_operator: bool,
+}
+
+/// A namespace's timeout plan and what to remember.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutPlan {
+    /// Changes, transient keys first, established last.
+    pub changes: Vec<Change>,
+    /// Keys lowered after the plan, with the operator's values.
+    pub lowered: BTreeMap<String, Lowered>,
+    /// Keys someone else changed while lowered: not lowered again until normal.
+    pub held: BTreeSet<String>,
+    /// For the operator.
+    pub notes: Vec<String>,
+}
+
+/// Plans the timeouts of one namespace. `lowered` is what ctune lowered earlier, `held`
+/// what it must leave alone.
 pub fn plan(
-    target: &Target,
-    ns_name: &str,
-    live: &BTreeMap<String, u64>,
-    level: Level,
-    level_reason: &str,
+    inp: &Inputs<'_>,
     cfg: &Timeouts,
     lowered: &BTreeMap<String, Lowered>,
-) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
+    held: &BTreeSet<String>,
+) -> TimeoutPlan {
+    let Inputs {
+        target,
+        ns_name,
+        live,
+        level,
+        level_reason,
+        respect_operator,
+    } = *inp;
+    // A hold lasts for one pressure episode.
+    let mut held = if level == Level::Normal {
+        BTreeSet::new()
+    } else {
+        held.clone()
+    };
     let mut changes = Vec::new();
     let mut record = BTreeMap::new();
     let mut notes = Vec::new();
@@ -50,8 +90,12 @@ pub fn plan(
     keys.sort_by_key(|k| (tunables::tier_of(k), k.as_str()));
     for key in keys {
         let current = live[key];
-        let Some(floor) = cfg.floor_of(key) else {
-            continue;
+        // A key lowered earlier whose floor was since removed from the config goes back
+        // to the operator's value; a key never lowered and without a floor is not ours.
+        let floor = match (cfg.floor_of(key), lowered.contains_key(key)) {
+            (Some(f), _) => f,
+            (None, true) => u64::MAX,
+            (None, false) => continue,
         };
         let baseline = match lowered.get(key) {
             Some(l) if l.set == current => l.baseline,
@@ -62,11 +106,17 @@ pub fn plan(
                     fmt_secs(l.set),
                     fmt_secs(current)
                 ));
+                if respect_operator && level != Level::Normal {
+                    held.insert(key.clone());
+                }
                 current
             }
             None => current,
         };
-        let lower = cfg.manage && lowered_at(tunables::tier_of(key), level) && baseline > floor;
+        let lower = cfg.manage
+            && lowered_at(tunables::tier_of(key), level)
+            && baseline > floor
+            && !held.contains(key);
         let desired = if lower { floor } else { baseline };
         if desired != baseline {
             record.insert(
@@ -103,6 +153,13 @@ pub fn plan(
             reason,
         });
     }
+    // A key missing from this sample (a read error) keeps its record: the operator's value
+    // must still come back once it can be read again.
+    for (key, l) in lowered {
+        if !live.contains_key(key) {
+            record.insert(key.clone(), *l);
+        }
+    }
     for key in cfg.floors.keys() {
         if !live.contains_key(&format!("nf_conntrack_{key}")) {
             notes.push(format!(
@@ -110,7 +167,12 @@ pub fn plan(
             ));
         }
     }
-    (changes, record, notes)
+    TimeoutPlan {
+        changes,
+        lowered: record,
+        held,
+        notes,
+    }
 }
 
 fn short(key: &str) -> &str {
@@ -134,20 +196,29 @@ mod tests {
         .collect()
     }
 
+    fn inputs(level: Level, live: &BTreeMap<String, u64>) -> Inputs<'_> {
+        Inputs {
+            target: &Target::Global,
+            ns_name: "init",
+            live,
+            level,
+            level_reason: "test",
+            respect_operator: true,
+        }
+    }
+
     fn run(
         level: Level,
         live: &BTreeMap<String, u64>,
         lowered: &BTreeMap<String, Lowered>,
     ) -> (Vec<Change>, BTreeMap<String, Lowered>, Vec<String>) {
-        plan(
-            &Target::Global,
-            "init",
-            live,
-            level,
-            "test",
+        let p = plan(
+            &inputs(level, live),
             &Config::default().timeouts,
             lowered,
-        )
+            &BTreeSet::new(),
+        );
+        (p.changes, p.lowered, p.notes)
     }
 
     #[test]
@@ -237,16 +308,64 @@ mod tests {
     fn unmanaged_restores_but_never_lowers() {
         let mut cfg = Config::default().timeouts;
         cfg.manage = false;
-        let (c, _, _) = plan(
-            &Target::Global,
-            "init",
-            &live(),
-            Level::Critical,
-            "t",
+        let l = live();
+        let c = plan(
+            &inputs(Level::Critical, &l),
             &cfg,
             &BTreeMap::new(),
-        );
+            &BTreeSet::new(),
+        )
+        .changes;
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn operator_change_under_pressure_is_held_until_normal() {
+        let rec: BTreeMap<_, _> = [(
+            "nf_conntrack_generic_timeout".to_string(),
+            Lowered {
+                baseline: 600,
+                set: 120,
+            },
+        )]
+        .into();
+        let mut now = live();
+        now.insert("nf_conntrack_generic_timeout".into(), 300);
+        let cfg = Config::default().timeouts;
+        let p = plan(&inputs(Level::Elevated, &now), &cfg, &rec, &BTreeSet::new());
+        assert!(
+            p.changes
+                .iter()
+                .all(|c| c.key != "nf_conntrack_generic_timeout")
+        );
+        assert!(p.held.contains("nf_conntrack_generic_timeout"));
+        // Still elevated next tick: left alone.
+        let again = plan(&inputs(Level::Elevated, &now), &cfg, &p.lowered, &p.held);
+        assert!(
+            again
+                .changes
+                .iter()
+                .all(|c| c.key != "nf_conntrack_generic_timeout")
+        );
+        // Back to normal: the hold ends; the next episode may lower it again.
+        let normal = plan(
+            &inputs(Level::Normal, &now),
+            &cfg,
+            &again.lowered,
+            &again.held,
+        );
+        assert!(normal.held.is_empty());
+        let next = plan(
+            &inputs(Level::Elevated, &now),
+            &cfg,
+            &normal.lowered,
+            &normal.held,
+        );
+        assert!(
+            next.changes
+                .iter()
+                .any(|c| c.key == "nf_conntrack_generic_timeout" && c.old == 300 && c.new == 120)
+        );
     }
 
     #[test]

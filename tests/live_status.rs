@@ -195,16 +195,23 @@ fn unprivileged_dry_run_says_what_it_could_not_read() {
     let obs = &plan["observation"];
     assert_eq!(obs["global"]["write_access"]["writable"], false);
     assert!(
-        obs["global"]["write_access"]["reason"].as_str().unwrap().contains("permission denied"),
+        obs["global"]["write_access"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
         "{obs:#}"
     );
     assert_eq!(obs["host"]["entry_bytes_source"], "fallback");
     let notes = plan["notes"].as_array().unwrap();
     assert!(
-        notes.iter().any(|n| n.as_str().unwrap().contains("assuming 320 B per entry")),
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("assuming 320 B per entry")),
         "{notes:#?}"
     );
     // The global max is still read: it is world-readable.
-    let global_max = read_u64(std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max"));
+    let global_max = read_u64(std::path::Path::new(
+        "/proc/sys/net/netfilter/nf_conntrack_max",
+    ));
     assert_eq!(obs["global"]["max"], global_max);
 }

@@ -1,0 +1,204 @@
+//! The background agent (`ctune run`): a tokio loop that takes one control step per
+//! interval, reloads its config on SIGHUP, and ends cleanly on SIGTERM/SIGINT.
+//!
+//! Stopping rolls nothing back: lowering max under load drops flows, and peers that
+//! rolled back on exit caused outages. `ctune restore` is the explicit undo.
+//! Logs one event per change; a failure or note is logged when it appears, not every
+//! tick while it lasts.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::MissedTickBehavior;
+
+use crate::config;
+use crate::engine::{Engine, StepReport};
+use crate::notify::Notifier;
+use crate::plan::Target;
+use crate::pressure::Level;
+use crate::state;
+use crate::units::{fmt_count, fmt_pct};
+
+/// Where the config is reloaded from on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// `--config`, if given (must exist).
+    pub explicit: Option<PathBuf>,
+    /// The default path (may be absent: embedded defaults).
+    pub default_path: PathBuf,
+}
+
+/// Remembers what was logged so a lasting condition is logged once.
+#[derive(Debug, Default)]
+struct Quiet {
+    errors: HashSet<String>,
+    notes: HashSet<String>,
+}
+
+impl Quiet {
+    fn log(&mut self, r: &StepReport) {
+        let mut errors = HashSet::new();
+        for o in &r.outcomes {
+            let ns = match &o.change.target {
+                Target::Global => "global".to_string(),
+                Target::Namespace { netns } => netns.name.clone(),
+            };
+            match &o.result {
+                Ok(()) => tracing::info!(
+                    key = %o.change.key,
+                    netns = %ns,
+                    old = o.change.old,
+                    new = o.change.new,
+                    "{} {} -> {}: {}",
+                    o.change.key,
+                    o.change.old,
+                    o.change.new,
+                    o.change.reason
+                ),
+                Err(e) => {
+                    errors.insert(e.to_string());
+                }
+            }
+        }
+        for f in &r.files {
+            match &f.result {
+                Ok(crate::atomic::Outcome::Written) => {
+                    tracing::info!(path = %f.update.path.display(), "persisted {}", f.update.path.display())
+                }
+                Ok(crate::atomic::Outcome::Unchanged) => {}
+                Err(e) => {
+                    errors.insert(e.to_string());
+                }
+            }
+        }
+        if let Some(e) = &r.state_error {
+            errors.insert(e.to_string());
+        }
+        for e in errors.difference(&self.errors) {
+            tracing::error!("{e}");
+        }
+        for e in self.errors.difference(&errors) {
+            tracing::info!("resolved: {e}");
+        }
+        self.errors = errors;
+        for n in &r.notes {
+            if self.notes.len() < 1000 && self.notes.insert(n.clone()) {
+                tracing::warn!("{n}");
+            }
+        }
+        for e in &r.plan.explanations {
+            tracing::debug!("{e}");
+        }
+    }
+
+    fn failed(&mut self, msg: String) {
+        if self.errors.len() != 1 || !self.errors.contains(&msg) {
+            tracing::error!("{msg}");
+            self.errors = HashSet::from([msg]);
+        }
+    }
+}
+
+/// One line for `systemctl status`.
+fn summary(r: &StepReport) -> String {
+    let max = r
+        .plan
+        .global_change(crate::tunables::MAX)
+        .map_or(r.observation.global.max, |c| c.new);
+    let busiest = r
+        .plan
+        .namespaces
+        .iter()
+        .filter_map(|v| v.utilisation_after.map(|u| (u, v.netns.name.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let pressed = r
+        .plan
+        .namespaces
+        .iter()
+        .filter(|v| v.level > Level::Normal)
+        .count();
+    format!(
+        "max {} (ceiling {}), busiest {}, {} namespace(s) watched, {} under pressure",
+        fmt_count(max),
+        fmt_count(r.plan.ceiling.value),
+        busiest.map_or("-".into(), |(u, n)| format!("{n} at {}", fmt_pct(u))),
+        r.plan.namespaces.len(),
+        pressed
+    )
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()> {
+    let notifier = Notifier::from_env();
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut interval = engine.config.agent.interval;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Keep-alives at half the watchdog timeout, from the same task as the control step:
+    // if a step hangs, the keep-alives stop and systemd restarts ctune.
+    let wd_period = notifier
+        .watchdog()
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut wd = tokio::time::interval(wd_period);
+    let mut quiet = Quiet::default();
+    let mut ready = false;
+    tracing::info!(
+        interval = %humantime::format_duration(interval),
+        "ctune agent started"
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let status = match engine.step(state::now()) {
+                    Ok(report) => {
+                        quiet.log(&report);
+                        summary(&report)
+                    }
+                    Err(e) => {
+                        let msg = format!("cannot observe: {e}");
+                        quiet.failed(msg.clone());
+                        msg
+                    }
+                };
+                if ready {
+                    notifier.status(&status);
+                } else {
+                    notifier.ready(&status);
+                    ready = true;
+                }
+            }
+            _ = wd.tick() => notifier.keepalive(),
+            _ = hup.recv() => {
+                notifier.reloading();
+                match config::load(source.explicit.as_deref(), &source.default_path) {
+                    Ok((cfg, src)) => {
+                        tracing::info!("config reloaded from {}", src.path().display());
+                        engine.config = cfg;
+                        if engine.config.agent.interval != interval {
+                            interval = engine.config.agent.interval;
+                            tick = tokio::time::interval(interval);
+                            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        }
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
+                }
+                notifier.send("READY=1");
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping; nothing is rolled back (`ctune restore` undoes ctune's changes)");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping; nothing is rolled back");
+                break;
+            }
+        }
+    }
+    notifier.stopping();
+    Ok(())
+}

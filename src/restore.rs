@@ -1,0 +1,149 @@
+//! `ctune restore`: the explicit undo. Puts back the operator's global values from
+//! before ctune first changed them and the timeouts ctune lowered, removes ctune's
+//! persisted files, then its state.
+//!
+//! Stopping the agent rolls nothing back on purpose (lowering max under load drops
+//! flows); this command does, and still refuses to lower max below what the table holds
+//! plus headroom unless forced.
+
+use crate::apply::{self, Outcome};
+use crate::atomic;
+use crate::config::Config;
+use crate::kfile::{self, Cause};
+use crate::observe::{self, ObserveError};
+use crate::persist;
+use crate::plan::{Change, Target};
+use crate::roots::Roots;
+use crate::state::{self, StateError};
+use crate::tunables;
+
+/// What restore did.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Kernel values put back (or not).
+    pub outcomes: Vec<Outcome>,
+    /// Values not put back, and why.
+    pub refused: Vec<String>,
+    /// Files removed, or why not.
+    pub files: Vec<(std::path::PathBuf, Result<bool, atomic::WriteError>)>,
+    /// Whether a state file existed.
+    pub had_state: bool,
+    /// The state file could not be removed.
+    pub state_error: Option<String>,
+}
+
+impl RestoreReport {
+    /// Whether everything was put back and removed.
+    pub fn complete(&self) -> bool {
+        self.refused.is_empty()
+            && self.outcomes.iter().all(|o| o.result.is_ok())
+            && self.files.iter().all(|(_, r)| r.is_ok())
+            && self.state_error.is_none()
+    }
+}
+
+/// Why restore could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The kernel could not be observed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+}
+
+/// Restores. `force` allows lowering max below the live count plus headroom.
+pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport, RestoreError> {
+    let st = state::load(roots)?;
+    let mut report = RestoreReport {
+        had_state: state::path(roots).exists(),
+        ..RestoreReport::default()
+    };
+    let obs = observe::observe(roots, &cfg.namespaces)?;
+    let peak = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| n.count)
+        .max()
+        .unwrap_or(0);
+    let mut changes = Vec::new();
+    for key in [tunables::MAX, tunables::BUCKETS] {
+        let Some(&original) = st.original.get(key) else {
+            continue;
+        };
+        let live = if key == tunables::MAX {
+            Some(obs.global.max)
+        } else {
+            obs.global.buckets
+        };
+        let Some(live) = live.filter(|l| *l != original) else {
+            continue;
+        };
+        let safe = (peak as f64 * (1.0 + cfg.max.headroom.get())).ceil() as u64;
+        if key == tunables::MAX && original < safe && !force {
+            report.refused.push(format!(
+                "{key}: not lowering {live} -> {original}: the busiest namespace holds {peak} entries, and {original} would leave less than {} headroom (new flows would be dropped); wait for the load to fall, or use --force",
+                crate::units::fmt_pct(cfg.max.headroom.get())
+            ));
+            continue;
+        }
+        changes.push(Change {
+            key: key.to_string(),
+            target: Target::Global,
+            old: live,
+            new: original,
+            reason: "restoring the operator's value from before ctune".into(),
+        });
+    }
+    for n in &obs.namespaces {
+        let Some(ns_state) = st.policy.namespaces.get(&n.id.inode) else {
+            continue;
+        };
+        for (key, lowered) in &ns_state.lowered {
+            match n.timeouts.get(key) {
+                Some(&live) if live == lowered.set => changes.push(Change {
+                    key: key.clone(),
+                    target: Target::Namespace {
+                        netns: n.id.clone(),
+                    },
+                    old: live,
+                    new: lowered.baseline,
+                    reason: "restoring the operator's value from before ctune".into(),
+                }),
+                Some(&live) => report.refused.push(format!(
+                    "{key} in {}: left at {live}: someone else changed it after ctune set {}",
+                    n.id.name, lowered.set
+                )),
+                None => {}
+            }
+        }
+    }
+    report.outcomes = apply::apply(roots, &obs, &changes);
+    for rel in [
+        persist::SYSCTL_FILE,
+        persist::MODULES_LOAD_FILE,
+        persist::MODPROBE_FILE,
+    ] {
+        let path = roots.etc.join(rel);
+        match kfile::read_text(&path) {
+            Ok(text) if persist::is_ours(&text) => {
+                let r = atomic::remove(&path);
+                report.files.push((path, r));
+            }
+            Ok(_) => report.refused.push(format!(
+                "{}: not removed: it does not carry ctune's header, so someone else wrote it",
+                path.display()
+            )),
+            Err(e) if e.cause == Cause::Missing => {}
+            Err(e) => report.refused.push(format!("{e}: not removed")),
+        }
+    }
+    if report.complete()
+        && report.had_state
+        && let Err(e) = atomic::remove(&state::path(roots))
+    {
+        report.state_error = Some(e.to_string());
+    }
+    Ok(report)
+}
