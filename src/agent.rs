@@ -65,7 +65,18 @@ impl Quiet {
         for f in &r.files {
             match &f.result {
                 Ok(crate::atomic::Outcome::Written) => {
-                    tracing::info!(path = %f.update.path.display(), "persisted {}", f.update.path.display())
+                    let settings: Vec<&str> = f
+                        .update
+                        .new
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        .collect();
+                    tracing::info!(
+                        path = %f.update.path.display(),
+                        "persisted {}: {}",
+                        f.update.path.display(),
+                        settings.join("; ")
+                    )
                 }
                 Ok(crate::atomic::Outcome::Unchanged) => {}
                 Err(e) => {

@@ -97,10 +97,12 @@ pub fn write_value(path: &Path, key: &str, value: u64) -> Result<(), ApplyError>
             hint: hint(errno, key).to_string(),
         }
     };
-    // Opened without O_CREAT or O_TRUNC: a sysctl that does not exist must fail, not
-    // appear as a regular file in a test tree.
+    // Opened without O_CREAT: a sysctl that does not exist must fail, not appear as a
+    // regular file in a test tree. O_TRUNC is a no-op for procfs and sysfs, and keeps a
+    // shorter value whole in a test tree.
     let mut f = OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .map_err(write_err)?;
     f.write_all(format!("{value}\n").as_bytes())
@@ -109,7 +111,9 @@ pub fn write_value(path: &Path, key: &str, value: u64) -> Result<(), ApplyError>
     let got = kfile::read_u64(path).map_err(|e| ApplyError::Skipped {
         key: key.to_string(),
         value,
-        reason: format!("read-back failed: {e}"),
+        reason: format!(
+            "written, but the read-back failed, so it is not known to be in force: {e}"
+        ),
     })?;
     if got != value {
         return Err(ApplyError::DidNotStick {

@@ -96,7 +96,8 @@ impl Engine {
             .filter(|o| o.result.is_ok())
             .map(|o| o.change.clone())
             .collect();
-        let (updates, file_notes) = persist::render(&self.roots, &obs, &effective);
+        let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
+        let (updates, file_notes) = persist::render(&self.roots, &obs, &effective, &managed);
         let files = updates
             .into_iter()
             .map(|update| {

@@ -57,6 +57,7 @@ fn init_logging(command: Command) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -87,7 +88,8 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                 }
             };
             let (plan, _) = policy::decide(&obs, &cfg, &prev, state::now());
-            let (files, file_notes) = persist::render(&roots, &obs, &plan);
+            let managed: Vec<&str> = prev.applied.keys().map(String::as_str).collect();
+            let (files, file_notes) = persist::render(&roots, &obs, &plan, &managed);
             notes.extend(file_notes);
             if cli.json {
                 let r = report::PlanReport {
@@ -118,9 +120,12 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                 write!(stdout, "{}", report::apply_text(&report))?;
             }
             if !report.complete() {
-                return Err(Error::Partial(
-                    "some changes did not take effect (see above)".into(),
-                ));
+                let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
+                return Err(Error::Partial(if failed > 0 {
+                    format!("{failed} change(s) did not take effect (see above)")
+                } else {
+                    "the kernel values are in force, but not all were persisted: they would not survive a reboot (see above)".into()
+                }));
             }
         }
         Command::Run => {
@@ -136,7 +141,8 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
         }
         Command::Boot => {
             let items = boot::boot(&roots)?;
-            write!(stdout, "{}", report::boot_text(items.as_deref()))?;
+            let file = roots.etc.join(persist::SYSCTL_FILE);
+            write!(stdout, "{}", report::boot_text(items.as_deref(), &file))?;
             if items
                 .iter()
                 .flatten()

@@ -54,13 +54,26 @@ impl FileUpdate {
     }
 }
 
-/// Renders the files for the values in force after `plan`. Keys already in ctune's
-/// sysctl.d file stay managed; keys the plan changes join them. Returns the files and
-/// notes about files that could not be read.
-pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>, Vec<String>) {
+/// Renders the files for the values in force after `plan`. The keys written are those
+/// the plan changes, those ctune set earlier (`managed`, from its state: so a persist
+/// that failed is retried), and those already in ctune's sysctl.d file. Returns the
+/// files and notes about files that could not be read or will be refused.
+pub fn render(
+    roots: &Roots,
+    obs: &Observation,
+    plan: &Plan,
+    managed: &[&str],
+) -> (Vec<FileUpdate>, Vec<String>) {
     let mut notes = Vec::new();
     let mut read = |rel: &str| -> Option<String> {
         let path = roots.etc.join(rel);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            notes.push(format!(
+                "{} is a symlink: a real run refuses to replace it (diff shown against an empty file)",
+                path.display()
+            ));
+            return None;
+        }
         match kfile::read_text(&path) {
             Ok(t) => Some(t),
             Err(e) if e.cause == Cause::Missing => None,
@@ -81,16 +94,17 @@ pub fn render(roots: &Roots, obs: &Observation, plan: &Plan) -> (Vec<FileUpdate>
             .map(|c| c.new)
             .or(live)
     };
-    let managed = sysctl_old
+    let mut in_file = sysctl_old
         .as_deref()
         .map(parse_sysctl_keys)
         .unwrap_or_default();
+    in_file.extend(managed.iter().map(|k| k.to_string()));
     for (key, live) in [
         (tunables::MAX, Some(obs.global.max)),
         (tunables::BUCKETS, obs.global.buckets),
     ] {
         let in_plan = plan.global_change(key).is_some();
-        if (in_plan || managed.iter().any(|k| k == key))
+        if (in_plan || in_file.iter().any(|k| k == key))
             && let Some(v) = after(key, live)
         {
             values.push((key, v));

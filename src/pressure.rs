@@ -117,16 +117,13 @@ pub fn next(
     }
     if want == prev.level {
         // The level's condition is still met: the hold counts from the last time it was.
-        return (
-            LevelState {
-                level: want,
-                since: now,
-            },
-            why,
-        );
-    }
-    if prev.level == Level::Normal {
-        return (prev, why);
+        // Normal has no hold, so its time is left alone (and the state file with it).
+        let since = if want == Level::Normal {
+            prev.since
+        } else {
+            now
+        };
+        return (LevelState { level: want, since }, why);
     }
     let exit = match prev.level {
         Level::Critical => cfg.critical.exit.get(),

@@ -459,9 +459,12 @@ pub fn apply_text(r: &crate::engine::StepReport) -> String {
 }
 
 /// The text of `ctune boot`.
-pub fn boot_text(items: Option<&[crate::boot::BootItem]>) -> String {
+pub fn boot_text(items: Option<&[crate::boot::BootItem]>, file: &std::path::Path) -> String {
     let Some(items) = items else {
-        return "nothing persisted (no /etc/sysctl.d/99-ctune.conf): nothing to apply\n".into();
+        return format!(
+            "nothing persisted (no {}): nothing to apply\n",
+            file.display()
+        );
     };
     let mut out = String::new();
     for i in items {

@@ -120,6 +120,53 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         }
     }
     report.outcomes = apply::apply(roots, &obs, &changes);
+    let mut st = st;
+    for o in report.outcomes.iter().filter(|o| o.result.is_ok()) {
+        match &o.change.target {
+            Target::Global => {
+                st.original.remove(&o.change.key);
+                st.policy.applied.remove(&o.change.key);
+                st.policy.operator_held.remove(&o.change.key);
+            }
+            Target::Namespace { netns } => {
+                if let Some(ns) = st.policy.namespaces.get_mut(&netns.inode) {
+                    ns.lowered.remove(&o.change.key);
+                }
+            }
+        }
+    }
+    if !st.original.is_empty() {
+        // Some global value is still ctune's: it must stay persisted, as it is now
+        // (keys already put back are persisted at their restored values).
+        let managed: Vec<&str> = st.policy.applied.keys().map(String::as_str).collect();
+        match observe::observe(roots, &cfg.namespaces) {
+            Ok(now) => {
+                let empty = crate::plan::Plan {
+                    ceiling: crate::ceiling::compute(
+                        cfg,
+                        now.host.memory.total_bytes,
+                        now.host.entry_bytes,
+                        1,
+                    ),
+                    changes: Vec::new(),
+                    namespaces: Vec::new(),
+                    explanations: Vec::new(),
+                };
+                for f in persist::render(roots, &now, &empty, &managed).0 {
+                    if let Err(e) = atomic::write(&f.path, f.new.as_bytes(), 0o644) {
+                        report.refused.push(format!("cannot rewrite {e}"));
+                    }
+                }
+            }
+            Err(e) => report.refused.push(format!(
+                "cannot re-read the kernel to rewrite the persisted files: {e}"
+            )),
+        }
+        if let Err(e) = state::save(roots, &st) {
+            report.state_error = Some(e.to_string());
+        }
+        return Ok(report);
+    }
     for rel in [
         persist::SYSCTL_FILE,
         persist::MODULES_LOAD_FILE,
@@ -139,11 +186,16 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             Err(e) => report.refused.push(format!("{e}: not removed")),
         }
     }
-    if report.complete()
-        && report.had_state
-        && let Err(e) = atomic::remove(&state::path(roots))
-    {
-        report.state_error = Some(e.to_string());
+    let outcome = if report.complete() {
+        atomic::remove(&state::path(roots))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        // Keep what is left to restore, without what already was.
+        state::save(roots, &st).map_err(|e| e.to_string())
+    };
+    if report.had_state || !report.complete() {
+        report.state_error = outcome.err();
     }
     Ok(report)
 }

@@ -130,12 +130,25 @@ impl TestNetns {
     /// inside the namespace: `n` new conntrack entries while the table has room.
     /// Returns how many sends the kernel refused (EPERM: table full).
     pub fn udp_flows(&self, n: usize) -> usize {
+        self.udp_flows_paced(0, n, None)
+    }
+
+    /// Like `udp_flows`, for flows numbered `first..first + n` (distinct numbers are
+    /// distinct flows), at most `per_sec` a second when given.
+    pub fn udp_flows_paced(&self, first: usize, n: usize, per_sec: Option<usize>) -> usize {
         self.run_in(|| {
             let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(120);
             let mut refused = 0;
-            for i in 0..n {
-                assert!(Instant::now() < deadline, "flow generation took over 60 s");
+            for i in first..first + n {
+                assert!(Instant::now() < deadline, "flow generation took over 120 s");
+                if let Some(rate) = per_sec {
+                    let due = started + Duration::from_secs_f64((i - first) as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 let port = 10_000 + (i % 50_000) as u16;
                 let host = (i / 50_000) as u8;
                 let dst = SocketAddrV4::new(Ipv4Addr::new(127, 0, 1, host.wrapping_add(1)), port);
@@ -144,6 +157,19 @@ impl TestNetns {
                 }
             }
             refused
+        })
+    }
+
+    /// The summed per-CPU counter `name` of this namespace's conntrack statistics.
+    pub fn stat_counter(&self, name: &str) -> u64 {
+        self.run_in(|| {
+            let text = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").unwrap();
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+            let col = header.iter().position(|h| *h == name).expect("column");
+            lines
+                .map(|l| u64::from_str_radix(l.split_whitespace().nth(col).unwrap(), 16).unwrap())
+                .sum()
         })
     }
 }
@@ -188,6 +214,15 @@ impl GlobalGuard {
         }
     }
 
+    /// Sets the hash size (a resize: cheap while the table is nearly empty).
+    pub fn set_buckets(&self, buckets: u64) {
+        std::fs::write(
+            Path::new(SYSCTL_DIR).join("nf_conntrack_buckets"),
+            buckets.to_string(),
+        )
+        .unwrap();
+    }
+
     /// Sets the global max, refusing 0 and anything below what the initial namespace
     /// holds now (plus room), so the host's own flows never hit the limit.
     pub fn set_max(&self, max: u64) {
@@ -225,6 +260,25 @@ impl Drop for GlobalGuard {
     }
 }
 
+/// Reads a global conntrack sysctl of the initial namespace.
+pub fn global(key: &str) -> u64 {
+    read_u64(&Path::new(SYSCTL_DIR).join(key))
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the ctune binary, returning (exit code, stdout, stderr).
 pub fn ctune(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
@@ -252,4 +306,56 @@ pub fn named_config(dir: &Path, names: &[&str]) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// Copies a directory tree (files and directories; owner-writable so tests can edit it).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+            let mut perm = std::fs::metadata(&to).unwrap().permissions();
+            perm.set_mode(perm.mode() | 0o200);
+            std::fs::set_permissions(&to, perm).unwrap();
+        }
+    }
+}
+
+/// A copy of a fixture kernel tree and the root flags that point ctune at it.
+pub struct FixtureTree {
+    pub dir: tempfile::TempDir,
+}
+
+impl FixtureTree {
+    pub fn new(kernel: &str) -> FixtureTree {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(kernel);
+        copy_tree(&src, dir.path());
+        FixtureTree { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn root_args(&self) -> Vec<String> {
+        let p = self.dir.path();
+        [
+            ("--proc-root", "proc"),
+            ("--sys-root", "sys"),
+            ("--etc-root", "etc"),
+            ("--run-root", "run"),
+            ("--state-dir", "state"),
+        ]
+        .iter()
+        .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
+        .collect()
+    }
 }
