@@ -47,6 +47,11 @@ pub struct Agent {
     /// Time between samples; reading the table costs microseconds, a decision less.
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// Time between count probes: between steps, the watched counts are read and a step
+    /// is taken at once when a namespace reaches the high watermark or, at its current
+    /// growth rate, would before the next step.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
     /// When someone else changes a value ctune set, adopt theirs and leave it alone
     /// until it becomes unsafe (drops, or the critical level); false: ctune's plan wins.
     pub respect_operator: bool,
@@ -481,6 +486,8 @@ mod partial {
     struct Agent {
         #[serde(deserialize_with = "opt_duration", default)]
         interval: Option<Duration>,
+        #[serde(deserialize_with = "opt_duration", default)]
+        probe_interval: Option<Duration>,
         respect_operator: Option<bool>,
     }
 
@@ -694,6 +701,17 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
             "agent.interval",
             format!(
                 "{} is out of range 100ms ..= 1h",
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let probe = cfg.agent.probe_interval;
+    if probe < Duration::from_millis(10) || probe > interval {
+        return Err(fail(
+            "agent.probe_interval",
+            format!(
+                "{} is out of range 10ms ..= agent.interval ({})",
+                humantime::format_duration(probe),
                 humantime::format_duration(interval)
             ),
         ));
