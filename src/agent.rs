@@ -6,7 +6,9 @@
 //! Logs one event per change; a failure or note is logged when it appears, not every
 //! tick while it lasts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,10 +17,14 @@ use tokio::time::MissedTickBehavior;
 
 use crate::config;
 use crate::engine::{Engine, StepReport};
+use crate::netns::{self, Handle};
 use crate::notify::Notifier;
 use crate::plan::Target;
 use crate::pressure::Level;
+use crate::probe::{self, Reading};
+use crate::roots::Roots;
 use crate::state;
+use crate::tunables;
 use crate::units::{fmt_count, fmt_pct};
 
 /// Where the config is reloaded from on SIGHUP.
@@ -112,6 +118,93 @@ impl Quiet {
     }
 }
 
+/// Open `nf_conntrack_count` files of the watched namespaces. A sysctl file opened
+/// inside a namespace keeps reading that namespace's value from any thread, so a probe
+/// costs one pread per namespace and no setns.
+#[derive(Debug, Default)]
+struct Probe {
+    counts: Vec<(u64, File)>,
+    last: HashMap<u64, Reading>,
+    max: u64,
+    /// The last step could not grow max: stepping early would change nothing.
+    at_ceiling: bool,
+}
+
+impl Probe {
+    /// Re-opens the count files when the set of namespaces changed, and takes the max
+    /// now in force from the step.
+    fn refresh(&mut self, roots: &Roots, r: &StepReport) {
+        self.max = r
+            .plan
+            .global_change(tunables::MAX)
+            .filter(|_| {
+                r.outcomes
+                    .iter()
+                    .any(|o| o.change.key == tunables::MAX && o.result.is_ok())
+            })
+            .map_or(r.observation.global.max, |c| c.new);
+        self.at_ceiling = self.max >= r.plan.ceiling.value;
+        let inodes: Vec<u64> = r
+            .observation
+            .namespaces
+            .iter()
+            .map(|n| n.id.inode)
+            .collect();
+        if inodes == self.counts.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
+            return;
+        }
+        self.counts.clear();
+        self.last.clear();
+        let count_path = roots.sysctl(tunables::COUNT);
+        let mut others = Vec::new();
+        for n in &r.observation.namespaces {
+            match &n.handle {
+                None => {
+                    if let Ok(f) = File::open(&count_path) {
+                        self.counts.push((n.id.inode, f));
+                    }
+                }
+                Some(path) => others.push(Handle {
+                    id: n.id.clone(),
+                    path: path.clone(),
+                }),
+            }
+        }
+        for (h, f) in others
+            .iter()
+            .zip(netns::read_each(&others, || File::open(&count_path)))
+        {
+            if let Ok(Ok(f)) = f {
+                self.counts.push((h.id.inode, f));
+            }
+        }
+    }
+
+    /// Reads every count; true when a namespace calls for a step now.
+    fn due(&mut self, now: Duration, next_step: Duration, cfg: &config::Config) -> bool {
+        if self.at_ceiling {
+            return false;
+        }
+        let mut due = false;
+        let mut buf = [0u8; 32];
+        for (inode, f) in &self.counts {
+            let Ok(n) = f.read_at(&mut buf, 0) else {
+                continue;
+            };
+            let Some(count) = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            else {
+                continue;
+            };
+            let reading = Reading { at: now, count };
+            let prev = self.last.insert(*inode, reading);
+            due |= probe::step_now(prev, reading, self.max, next_step, cfg);
+        }
+        due
+    }
+}
+
 /// One line for `systemctl status`.
 fn summary(r: &StepReport) -> String {
     let max = r
@@ -158,47 +251,50 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut wd = tokio::time::interval(wd_period);
     let mut quiet = Quiet::default();
     let mut ready = false;
+    let mut probe = Probe::default();
+    let mut probe_every = engine.config.agent.probe_interval;
+    let mut probe_tick = tokio::time::interval(probe_every);
+    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_step = tokio::time::Instant::now();
     tracing::info!(
         interval = %humantime::format_duration(interval),
         "ctune agent started"
     );
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let status = match engine.step(state::now()) {
-                    Ok(report) => {
-                        quiet.log(&report);
-                        summary(&report)
-                    }
-                    Err(e) => {
-                        let msg = format!("cannot observe: {e}");
-                        quiet.failed(msg.clone());
-                        msg
-                    }
-                };
-                if ready {
-                    notifier.status(&status);
-                } else {
-                    notifier.ready(&status);
-                    ready = true;
+        let early = tokio::select! {
+            _ = tick.tick() => false,
+            _ = probe_tick.tick() => {
+                let next_step = interval.saturating_sub(last_step.elapsed());
+                if !probe.due(state::now(), next_step, &engine.config) {
+                    continue;
                 }
+                true
             }
-            _ = wd.tick() => notifier.keepalive(),
+            _ = wd.tick() => {
+                notifier.keepalive();
+                continue;
+            }
             _ = hup.recv() => {
                 notifier.reloading();
                 match config::load(source.explicit.as_deref(), &source.default_path) {
                     Ok((cfg, src)) => {
                         tracing::info!("config reloaded from {}", src.path().display());
                         engine.config = cfg;
-                        if engine.config.agent.interval != interval {
-                            interval = engine.config.agent.interval;
-                            tick = tokio::time::interval(interval);
-                            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        }
                     }
                     Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
                 }
+                if engine.config.agent.interval != interval {
+                    interval = engine.config.agent.interval;
+                    tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                if engine.config.agent.probe_interval != probe_every {
+                    probe_every = engine.config.agent.probe_interval;
+                    probe_tick = tokio::time::interval(probe_every);
+                    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
                 notifier.send("READY=1");
+                continue;
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping; nothing is rolled back (`ctune restore` undoes ctune's changes)");
@@ -208,6 +304,30 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 tracing::info!("SIGINT: stopping; nothing is rolled back");
                 break;
             }
+        };
+        if early {
+            tracing::debug!("count probe: table filling, stepping early");
+            // The regular schedule restarts from this step.
+            tick.reset();
+        }
+        last_step = tokio::time::Instant::now();
+        let status = match engine.step(state::now()) {
+            Ok(report) => {
+                quiet.log(&report);
+                probe.refresh(&engine.roots, &report);
+                summary(&report)
+            }
+            Err(e) => {
+                let msg = format!("cannot observe: {e}");
+                quiet.failed(msg.clone());
+                msg
+            }
+        };
+        if ready {
+            notifier.status(&status);
+        } else {
+            notifier.ready(&status);
+            ready = true;
         }
     }
     notifier.stopping();

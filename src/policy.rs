@@ -91,6 +91,9 @@ pub struct NamespaceState {
     /// namespace is back to normal.
     #[serde(default)]
     pub held: BTreeSet<String>,
+    /// The count and when it was read, to see how fast the table fills.
+    #[serde(default)]
+    pub last_count: Option<(u64, Duration)>,
 }
 
 /// The loss counters of a sample.
@@ -207,6 +210,26 @@ pub fn decide(
     let peak = busiest.map_or(0, |(c, _)| c);
     let busiest_name = busiest.map_or("?", |(_, n)| n);
     let util = peak as f64 / current_max as f64;
+    // Where each namespace's count will be by the step after next at its current growth
+    // rate: growth must land before the table fills, not after.
+    let horizon = (cfg.agent.interval + cfg.agent.probe_interval).as_secs_f64();
+    let projected = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| {
+            let count = n.count?;
+            let (before, at) = prev.namespaces.get(&n.id.inode)?.last_count?;
+            let dt = now.checked_sub(at)?.as_secs_f64();
+            (dt > 0.0 && count > before).then(|| {
+                let rate = (count - before) as f64 / dt;
+                (
+                    count.saturating_add((rate * horizon).ceil() as u64),
+                    rate,
+                    n.id.name.as_str(),
+                )
+            })
+        })
+        .max_by_key(|(p, _, _)| *p);
     let dropping_ns = obs
         .namespaces
         .iter()
@@ -241,9 +264,20 @@ pub fn decide(
             fmt_pct(util),
             fmt_pct(m.high_watermark.get())
         ))
+    } else if let Some((p, rate, name)) =
+        projected.filter(|(p, _, _)| *p as f64 >= m.high_watermark.get() * current_max as f64)
+    {
+        Some(format!(
+            "count in netns {name} rising {:.0}/s: {} of max within {:.1} s at that rate (grows at {})",
+            rate,
+            fmt_pct(p as f64 / current_max as f64),
+            horizon,
+            fmt_pct(m.high_watermark.get())
+        ))
     } else {
         None
     };
+    let projected_peak = projected.map_or(0, |(p, _, _)| p);
     // Unsafe enough to override an operator's value: packets lost, or the critical level.
     let unsafe_now = dropping_ns.is_some() || util >= cfg.pressure.critical.enter.get();
     let max_held = next.operator_held.contains(tunables::MAX);
@@ -255,7 +289,10 @@ pub fn decide(
         ));
     } else if let Some(why) = &trigger {
         let want = ceil_mul(current_max, m.grow_factor)
-            .max(ceil_div_f(peak, m.target_utilisation.get()))
+            .max(ceil_div_f(
+                peak.max(projected_peak),
+                m.target_utilisation.get(),
+            ))
             .max(required)
             .max(cfg.ceiling.min_max);
         let target = want.min(ceiling.value);
@@ -504,6 +541,7 @@ pub fn decide(
                 level: Some(level),
                 lowered,
                 held,
+                last_count: n.count.map(|c| (c, now)),
             },
         );
     }

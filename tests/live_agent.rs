@@ -213,3 +213,48 @@ fn agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them
     drop(ns);
     drop(guard);
 }
+
+#[test]
+fn agent_keeps_up_with_a_flood_from_idle() {
+    if !require_root("agent_keeps_up_with_a_flood_from_idle") {
+        return;
+    }
+    // A small router's stock table (max 16384, hash = max) and a generator sending new
+    // flows as fast as one core can: the count probe must step in before the table fills.
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("flood");
+    guard.set_max(16_384);
+    guard.set_buckets(16_384);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = named_config(dir.path(), &[&ns.name]);
+    let mut agent = Agent::start(&cfg, dir.path());
+    assert!(
+        wait_for(Duration::from_secs(5), || dir
+            .path()
+            .join("state/state.json")
+            .exists()),
+        "agent did not start: {}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    const FLOWS: usize = 150_000;
+    let refused = ns.udp_flows(FLOWS);
+    let rate = FLOWS as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "flood: {FLOWS} flows at {rate:.0}/s, {refused} refused, max now {}",
+        global("nf_conntrack_max")
+    );
+    assert_eq!(
+        refused,
+        0,
+        "sends refused at {rate:.0} flows/s; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(ns.stat_counter("drop"), 0);
+    assert!(global("nf_conntrack_max") as usize > FLOWS);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(1)), Some(0));
+    drop(ns);
+    drop(guard);
+}
