@@ -39,13 +39,15 @@ pub struct ConfigSource {
 /// Remembers what was logged so a lasting condition is logged once.
 #[derive(Debug, Default)]
 struct Quiet {
-    errors: HashSet<String>,
+    /// Lasting failures, by what failed (not by the full message, whose planned value
+    /// may change every tick), with the message last logged.
+    errors: HashMap<String, String>,
     notes: HashSet<String>,
 }
 
 impl Quiet {
     fn log(&mut self, r: &StepReport) {
-        let mut errors = HashSet::new();
+        let mut errors = HashMap::new();
         for o in &r.outcomes {
             let ns = match &o.change.target {
                 Target::Global => "global".to_string(),
@@ -64,7 +66,7 @@ impl Quiet {
                     o.change.reason
                 ),
                 Err(e) => {
-                    errors.insert(e.to_string());
+                    errors.insert(format!("{}@{ns}", o.change.key), e.to_string());
                 }
             }
         }
@@ -86,22 +88,30 @@ impl Quiet {
                 }
                 Ok(crate::atomic::Outcome::Unchanged) => {}
                 Err(e) => {
-                    errors.insert(e.to_string());
+                    errors.insert(f.update.path.display().to_string(), e.to_string());
                 }
             }
         }
         if let Some(e) = &r.state_error {
-            errors.insert(e.to_string());
+            errors.insert("state".into(), e.to_string());
         }
-        for e in errors.difference(&self.errors) {
-            tracing::error!("{e}");
+        for (what, msg) in &errors {
+            if !self.errors.contains_key(what) {
+                tracing::error!("{msg}");
+            }
         }
-        for e in self.errors.difference(&errors) {
-            tracing::info!("resolved: {e}");
+        for (what, msg) in &self.errors {
+            if !errors.contains_key(what) {
+                tracing::info!("resolved: {msg}");
+            }
         }
         self.errors = errors;
         for n in &r.notes {
-            if self.notes.len() < 1000 && self.notes.insert(n.clone()) {
+            if self.notes.len() >= 1000 {
+                // Bounded memory on hosts with ever-changing namespaces: start afresh.
+                self.notes.clear();
+            }
+            if self.notes.insert(n.clone()) {
                 tracing::warn!("{n}");
             }
         }
@@ -111,9 +121,9 @@ impl Quiet {
     }
 
     fn failed(&mut self, msg: String) {
-        if self.errors.len() != 1 || !self.errors.contains(&msg) {
+        if self.errors.len() != 1 || self.errors.get("observe") != Some(&msg) {
             tracing::error!("{msg}");
-            self.errors = HashSet::from([msg]);
+            self.errors = HashMap::from([("observe".to_string(), msg)]);
         }
     }
 }
@@ -126,14 +136,14 @@ struct Probe {
     counts: Vec<(u64, File)>,
     last: HashMap<u64, Reading>,
     max: u64,
-    /// The last step could not grow max: stepping early would change nothing.
-    at_ceiling: bool,
+    /// The last step did not raise max: stepping early would change nothing.
+    blocked: bool,
 }
 
 impl Probe {
     /// Re-opens the count files when the set of namespaces changed, and takes the max
     /// now in force from the step.
-    fn refresh(&mut self, roots: &Roots, r: &StepReport) {
+    fn refresh(&mut self, roots: &Roots, r: &StepReport, high_watermark: f64) {
         self.max = r
             .plan
             .global_change(tunables::MAX)
@@ -143,7 +153,19 @@ impl Probe {
                     .any(|o| o.change.key == tunables::MAX && o.result.is_ok())
             })
             .map_or(r.observation.global.max, |c| c.new);
-        self.at_ceiling = self.max >= r.plan.ceiling.value;
+        // When the table was already past the watermark and the step could not raise max
+        // (the ceiling, an operator's value, a failed write), stepping early again would
+        // change nothing: the schedule takes over.
+        let raised = r
+            .outcomes
+            .iter()
+            .any(|o| o.change.key == tunables::MAX && o.result.is_ok());
+        let pressed = r
+            .plan
+            .namespaces
+            .iter()
+            .any(|v| v.utilisation.is_some_and(|u| u >= high_watermark));
+        self.blocked = pressed && !raised;
         let inodes: Vec<u64> = r
             .observation
             .namespaces
@@ -182,7 +204,7 @@ impl Probe {
 
     /// Reads every count; true when a namespace calls for a step now.
     fn due(&mut self, now: Duration, next_step: Duration, cfg: &config::Config) -> bool {
-        if self.at_ceiling {
+        if self.blocked {
             return false;
         }
         let mut due = false;
@@ -314,7 +336,11 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
         let status = match engine.step(state::now()) {
             Ok(report) => {
                 quiet.log(&report);
-                probe.refresh(&engine.roots, &report);
+                probe.refresh(
+                    &engine.roots,
+                    &report,
+                    engine.config.max.high_watermark.get(),
+                );
                 summary(&report)
             }
             Err(e) => {

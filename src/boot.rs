@@ -4,7 +4,7 @@
 //! systemd-sysctl applies 99-ctune.conf too, but only if the keys exist when it runs (a
 //! modular conntrack may load later), and a resize is cheapest now, while the table is
 //! empty. So the boot step applies the file's max first, then the hash size, each only
-//! when it differs, each read back.
+//! when the live value is lower (a higher one is someone else's), each read back.
 
 use crate::apply::{self, ApplyError};
 use crate::kfile::{self, Cause};
@@ -22,7 +22,8 @@ pub struct BootItem {
     pub live: u64,
     /// Persisted value.
     pub persisted: u64,
-    /// None: already in force; Some(Ok): written; Some(Err): failed.
+    /// None: already in force (or higher: boot only raises); Some(Ok): written;
+    /// Some(Err): failed.
     pub result: Option<Result<(), ApplyError>>,
 }
 
@@ -46,7 +47,10 @@ pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
             Cause::Missing => ObserveError::NotLoaded(e),
             _ => ObserveError::Unreadable(e),
         })?;
-        let result = (live != persisted).then(|| apply::write_value(&path, key, persisted));
+        // Raise-only: a higher live value was set by someone after systemd-sysctl (or by
+        // a later sysctl.d file) and is theirs; 0 (unlimited) is never written.
+        let result =
+            (persisted != 0 && live < persisted).then(|| apply::write_value(&path, key, persisted));
         items.push(BootItem {
             key: key.to_string(),
             live,

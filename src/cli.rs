@@ -63,7 +63,7 @@ pub struct Cli {
 }
 
 /// What to do.
-#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Show what ctune would change and why, and the files a real run would write (the
     /// same as --dry-run). Changes nothing.
@@ -86,6 +86,17 @@ pub enum Command {
         /// Lower max even below what the table holds now plus headroom (drops flows).
         #[arg(long)]
         force: bool,
+    },
+    /// Run a traffic scenario (YAML, see scenarios/) against a model of the conntrack
+    /// table under static limits, kube-proxy's and ctune's own decision code, and print
+    /// what each lost. Touches nothing on this host. `--config FILE` replaces the
+    /// scenario's `ctune_config:`.
+    Simulate {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Also write DIR/<scenario>.md (the table) and DIR/<scenario>.svg (a timeline).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -128,10 +139,25 @@ impl From<&PathArgs> for Roots {
     }
 }
 
+impl Command {
+    /// The subcommand as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Plan => "plan",
+            Command::Status => "status",
+            Command::Apply => "apply",
+            Command::Run => "run",
+            Command::Boot => "boot",
+            Command::Restore { .. } => "restore",
+            Command::Simulate { .. } => "simulate",
+        }
+    }
+}
+
 impl Cli {
     /// The command to run; `--dry-run` means `plan`. None: nothing was asked for.
     pub fn resolved_command(&self) -> Option<Command> {
-        match (self.command, self.dry_run) {
+        match (self.command.clone(), self.dry_run) {
             (Some(c), _) => Some(c),
             (None, true) => Some(Command::Plan),
             (None, false) => None,

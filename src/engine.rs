@@ -40,6 +40,25 @@ pub struct StepReport {
 }
 
 impl StepReport {
+    /// What went wrong, in one sentence, or None when everything took effect.
+    pub fn failure_summary(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let failed = self.outcomes.iter().filter(|o| o.result.is_err()).count();
+        Some(
+            if self.outcomes.is_empty() && !self.plan.changes.is_empty() {
+                "nothing was changed: ctune's state (the operator's values, for `ctune restore`) could not be saved first".into()
+            } else if failed > 0 {
+                format!("{failed} change(s) did not take effect (see above)")
+            } else if self.files.iter().any(|f| f.result.is_err()) {
+                "the kernel values are in force, but not all were persisted: they would not survive a reboot (see above)".into()
+            } else {
+                "the kernel values are in force and persisted, but ctune's state could not be saved (see above)".into()
+            },
+        )
+    }
+
     /// Whether everything planned took effect and was persisted.
     pub fn complete(&self) -> bool {
         self.outcomes.iter().all(|o| o.result.is_ok())
@@ -75,19 +94,30 @@ impl Engine {
         let obs = observe::observe(&self.roots, &self.config.namespaces)?;
         let prev = self.state.policy.clone();
         let (plan, mut next) = crate::policy::decide(&obs, &self.config, &prev, now);
-        let outcomes = apply::apply(&self.roots, &obs, &plan.changes);
-        for o in &outcomes {
-            match &o.result {
-                Err(_) => next.forget_failed(&prev, &o.change),
-                Ok(()) if o.change.target == Target::Global => {
-                    // The operator's value from before ctune's first change of this key.
-                    self.state
-                        .original
-                        .entry(o.change.key.clone())
-                        .or_insert(o.change.old);
-                }
-                Ok(()) => {}
+        // The operator's value from before ctune's first change of a global key is saved
+        // before the kernel is touched: if it cannot be, nothing is changed, so `restore`
+        // can always put it back.
+        let mut originals_added = false;
+        for ch in plan.changes.iter().filter(|c| c.target == Target::Global) {
+            if !self.state.original.contains_key(&ch.key) {
+                self.state.original.insert(ch.key.clone(), ch.old);
+                originals_added = true;
             }
+        }
+        if originals_added && let Err(e) = state::save(&self.roots, &self.state) {
+            let notes = obs.notes.clone();
+            return Ok(StepReport {
+                observation: obs,
+                plan,
+                outcomes: Vec::new(),
+                files: Vec::new(),
+                notes,
+                state_error: Some(e),
+            });
+        }
+        let outcomes = apply::apply(&self.roots, &obs, &plan.changes);
+        for o in outcomes.iter().filter(|o| o.result.is_err()) {
+            next.forget_failed(&prev, &o.change);
         }
         // Persist what is in force now: the plan without the changes that failed.
         let mut effective = plan.clone();

@@ -37,6 +37,9 @@ pub enum Error {
     /// The state file is unusable.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// Another ctune holds the lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// Some of the work did not take effect; the details were printed.
     #[error("{0}")]
     Partial(String),
@@ -61,6 +64,7 @@ impl Error {
                 EXIT_FAILURE
             }
             Error::Partial(_) => EXIT_PARTIAL,
+            Error::Lock(_) => EXIT_FAILURE,
         }
     }
 }

@@ -14,6 +14,7 @@ use ctune::persist;
 use ctune::policy::{self, PolicyState};
 use ctune::report;
 use ctune::roots::Roots;
+use ctune::simulate;
 use ctune::{agent, boot, restore, state};
 
 fn main() -> ExitCode {
@@ -24,7 +25,27 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    init_logging(command);
+    // --dry-run with a command that writes would be a promise broken: refuse it.
+    if cli.dry_run && !matches!(command, Command::Plan) {
+        eprintln!(
+            "ctune: --dry-run only goes with `plan` (or alone); `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
+            command.name()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if cli.json
+        && !matches!(
+            command,
+            Command::Plan | Command::Status | Command::Apply | Command::Simulate { .. }
+        )
+    {
+        eprintln!(
+            "ctune: --json is available for plan, status, apply and simulate, not `ctune {}`",
+            command.name()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    init_logging(command.clone());
     match run(&cli, command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -110,6 +131,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             }
         }
         Command::Apply => {
+            let _lock = ctune::lock::acquire(&roots)?;
             let mut engine = Engine::new(roots, cfg)?;
             let report = engine.step(state::now())?;
             if cli.json {
@@ -119,16 +141,12 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             } else {
                 write!(stdout, "{}", report::apply_text(&report))?;
             }
-            if !report.complete() {
-                let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
-                return Err(Error::Partial(if failed > 0 {
-                    format!("{failed} change(s) did not take effect (see above)")
-                } else {
-                    "the kernel values are in force, but not all were persisted: they would not survive a reboot (see above)".into()
-                }));
+            if let Some(summary) = report.failure_summary() {
+                return Err(Error::Partial(summary));
             }
         }
         Command::Run => {
+            let _lock = ctune::lock::acquire(&roots)?;
             let engine = Engine::new(roots.clone(), cfg)?;
             let source = agent::ConfigSource {
                 explicit: cli.config.clone(),
@@ -140,6 +158,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             rt.block_on(agent::run(engine, source))?;
         }
         Command::Boot => {
+            let _lock = ctune::lock::acquire(&roots)?;
             let items = boot::boot(&roots)?;
             let file = roots.etc.join(persist::SYSCTL_FILE);
             write!(stdout, "{}", report::boot_text(items.as_deref(), &file))?;
@@ -154,12 +173,40 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             }
         }
         Command::Restore { force } => {
+            let _lock = ctune::lock::acquire(&roots)?;
             let r = restore::restore(&roots, &cfg, force)?;
             write!(stdout, "{}", report::restore_text(&r))?;
             if !r.complete() {
                 return Err(Error::Partial(
                     "not everything was restored; the state file is kept so `ctune restore` can finish later".into(),
                 ));
+            }
+        }
+        Command::Simulate { scenario, out } => {
+            let mut sc = match simulate::load(&scenario) {
+                Ok(sc) => sc,
+                Err(e) => {
+                    // An unusable scenario is a usage error, like an invalid config (exit
+                    // 2); error.rs has no variant for it yet.
+                    eprintln!("ctune: error: {e}");
+                    std::process::exit(i32::from(EXIT_USAGE));
+                }
+            };
+            if cli.config.is_some() {
+                sc.ctune = cfg;
+            }
+            let sim = simulate::run(&sc);
+            if let Some(dir) = &out {
+                for path in simulate::write_outputs(&sim.report, dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            if cli.json {
+                serde_json::to_writer_pretty(&mut stdout, &sim.report)
+                    .map_err(std::io::Error::from)?;
+                writeln!(stdout)?;
+            } else {
+                write!(stdout, "{}", sim.report.markdown())?;
             }
         }
         Command::Status => {

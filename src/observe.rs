@@ -69,6 +69,10 @@ pub struct Access {
     /// Why not: the file and the cause (EACCES in a child namespace, EROFS in a
     /// container with a read-only /proc/sys).
     pub reason: Option<String>,
+    /// Whether root here could write them: false in a child namespace (the kernel makes
+    /// them 0444) or on a read-only /proc/sys. A dry run as non-root still plans what a
+    /// run as root would do; nothing is planned for keys no one here can write.
+    pub root_could: bool,
 }
 
 /// The host's resources.
@@ -147,9 +151,13 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
         Ok(()) => Access {
             writable: true,
             reason: None,
+            root_could: true,
         },
         Err(e) => Access {
             writable: false,
+            root_could: e.cause == Cause::Denied
+                && std::fs::metadata(roots.sysctl(tunables::MAX))
+                    .is_ok_and(|m| m.permissions().mode() & 0o200 != 0),
             reason: Some(match e.cause {
                 Cause::Denied => format!(
                     "{e}: global keys are writable only by root in the initial network namespace"

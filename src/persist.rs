@@ -94,6 +94,7 @@ pub fn render(
             .map(|c| c.new)
             .or(live)
     };
+    let mut zero_notes = Vec::new();
     let mut in_file = sysctl_old
         .as_deref()
         .map(parse_sysctl_keys)
@@ -107,12 +108,21 @@ pub fn render(
         if (in_plan || in_file.iter().any(|k| k == key))
             && let Some(v) = after(key, live)
         {
+            if v == 0 {
+                // 0 is "unlimited" (and for buckets invalid): an operator's choice that
+                // ctune never writes, at boot or otherwise.
+                zero_notes.push(format!(
+                    "{key} is 0 now: not persisted (ctune never writes 0)"
+                ));
+                continue;
+            }
             values.push((key, v));
         }
     }
+    zero_notes.extend(later_files(roots, &values));
     let mut files = Vec::new();
     if values.is_empty() {
-        return (files, notes);
+        return (files, notes.into_iter().chain(zero_notes).collect());
     }
     let mut body = String::from(HEADER);
     body.push_str(
@@ -155,7 +165,43 @@ pub fn render(
             ));
         }
     }
-    (files, notes)
+    (files, notes.into_iter().chain(zero_notes).collect())
+}
+
+/// sysctl.d files that systemd-sysctl applies after 99-ctune.conf and that set one of
+/// the same keys: the last file to set a key wins at boot. (Debian's 99-sysctl.conf,
+/// the link to /etc/sysctl.conf where the manual fix usually lives, is one.)
+fn later_files(roots: &Roots, values: &[(&str, u64)]) -> Vec<String> {
+    let ours = std::path::Path::new(SYSCTL_FILE)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut notes = Vec::new();
+    for dir in [roots.etc.join("sysctl.d"), roots.run.join("sysctl.d")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".conf") && n.as_str() > ours)
+            .collect();
+        names.sort();
+        for name in names {
+            let Ok(text) = std::fs::read_to_string(dir.join(&name)) else {
+                continue;
+            };
+            for (key, v) in parse_sysctl_values(&text) {
+                if let Some((_, ours_v)) = values.iter().find(|(k, _)| *k == key) {
+                    notes.push(format!(
+                        "{} sets {key} = {v} and is applied after {ours} at boot, so it wins over ctune's {ours_v}: remove that line, or let ctune manage the key",
+                        dir.join(&name).display()
+                    ));
+                }
+            }
+        }
+    }
+    notes
 }
 
 fn update(roots: &Roots, rel: &str, old: Option<String>, new: String, purpose: &str) -> FileUpdate {

@@ -91,8 +91,9 @@ pub struct NamespaceState {
     /// namespace is back to normal.
     #[serde(default)]
     pub held: BTreeSet<String>,
-    /// The count and when it was read, to see how fast the table fills.
-    #[serde(default)]
+    /// The count and when it was read, to see how fast the table fills. Not saved: it
+    /// changes every step, and a rate across a restart would be stale anyway.
+    #[serde(skip)]
     pub last_count: Option<(u64, Duration)>,
 }
 
@@ -246,6 +247,12 @@ pub fn decide(
     let required = ceil_mul(peak, 1.0 + m.headroom.get());
     let trigger = if unlimited {
         None
+    } else if !obs.global.write_access.root_could {
+        explanations.push(format!(
+            "global keys cannot be written from here ({}): max and the hash are the host's to set; pressure levels lower this namespace's timeouts instead",
+            obs.global.write_access.reason.as_deref().unwrap_or("not writable")
+        ));
+        None
     } else if let Some((n, s)) = dropping_ns {
         Some(format!(
             "drop counter rose by {} in netns {} (table full, packets lost)",
@@ -398,6 +405,7 @@ pub fn decide(
     let chains_refused = sigs.iter().any(|s| s.chain.is_some_and(|c| c > 0));
     let buckets_held = next.operator_held.contains(tunables::BUCKETS);
     match obs.global.buckets {
+        _ if !obs.global.write_access.root_could => {}
         _ if unlimited => explanations.push(
             "nf_conntrack_max is 0 (unlimited, no early drop): ctune sets no limit and no hash size for an unlimited table".into(),
         ),

@@ -424,7 +424,7 @@ pub fn apply_text(r: &crate::engine::StepReport) -> String {
             if o.result.is_ok() {
                 "changed"
             } else {
-                "FAILED "
+                "FAILED"
             }
         );
         change_line(&mut out, &o.change);
@@ -469,7 +469,12 @@ pub fn boot_text(items: Option<&[crate::boot::BootItem]>, file: &std::path::Path
     let mut out = String::new();
     for i in items {
         let _ = match &i.result {
-            None => writeln!(out, "{} already {}", i.key, i.persisted),
+            None if i.live == i.persisted => writeln!(out, "{} already {}", i.key, i.persisted),
+            None => writeln!(
+                out,
+                "{} left at {} (persisted {}: the boot step only raises)",
+                i.key, i.live, i.persisted
+            ),
             Some(Ok(())) => writeln!(
                 out,
                 "{}: {} -> {} (persisted value applied)",

@@ -22,8 +22,10 @@ use crate::tunables;
 pub struct RestoreReport {
     /// Kernel values put back (or not).
     pub outcomes: Vec<Outcome>,
-    /// Values not put back, and why.
+    /// Values not put back, and why (restore is not complete).
     pub refused: Vec<String>,
+    /// Values deliberately left as they are (someone else owns them now).
+    pub kept: Vec<String>,
     /// Files removed, or why not.
     pub files: Vec<(std::path::PathBuf, Result<bool, atomic::WriteError>)>,
     /// Whether a state file existed.
@@ -68,6 +70,8 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         .max()
         .unwrap_or(0);
     let mut changes = Vec::new();
+    let mut st = st;
+    let mut max_refused = false;
     for key in [tunables::MAX, tunables::BUCKETS] {
         let Some(&original) = st.original.get(key) else {
             continue;
@@ -80,11 +84,30 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         let Some(live) = live.filter(|l| *l != original) else {
             continue;
         };
+        // A value someone else set after ctune is theirs now: not ctune's to undo.
+        let set_by_ctune = st.policy.applied.get(key) == Some(&live);
+        if !set_by_ctune || st.policy.operator_held.contains(key) {
+            report.kept.push(format!(
+                "{key}: left at {live}: someone else changed it after ctune set it, so it is theirs (ctune's record of {original} is dropped)"
+            ));
+            st.original.remove(key);
+            st.policy.applied.remove(key);
+            continue;
+        }
         let safe = (peak as f64 * (1.0 + cfg.max.headroom.get())).ceil() as u64;
         if key == tunables::MAX && original < safe && !force {
             report.refused.push(format!(
                 "{key}: not lowering {live} -> {original}: the busiest namespace holds {peak} entries, and {original} would leave less than {} headroom (new flows would be dropped); wait for the load to fall, or use --force",
                 crate::units::fmt_pct(cfg.max.headroom.get())
+            ));
+            max_refused = true;
+            continue;
+        }
+        if key == tunables::BUCKETS && max_refused {
+            // Shrinking the hash under the load that keeps max up would lengthen every
+            // chain and stall inserts during the resize.
+            report.refused.push(format!(
+                "{key}: not shrinking {live} -> {original} while max stays up"
             ));
             continue;
         }
@@ -111,7 +134,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
                     new: lowered.baseline,
                     reason: "restoring the operator's value from before ctune".into(),
                 }),
-                Some(&live) => report.refused.push(format!(
+                Some(&live) => report.kept.push(format!(
                     "{key} in {}: left at {live}: someone else changed it after ctune set {}",
                     n.id.name, lowered.set
                 )),
@@ -120,7 +143,6 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         }
     }
     report.outcomes = apply::apply(roots, &obs, &changes);
-    let mut st = st;
     for o in report.outcomes.iter().filter(|o| o.result.is_ok()) {
         match &o.change.target {
             Target::Global => {

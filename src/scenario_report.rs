@@ -38,9 +38,12 @@ pub struct PolicyRun {
     pub final_max: u64,
     /// Hash size at the end.
     pub final_buckets: u64,
-    /// Memory the table cost at the end (entries x entry size + buckets x 8).
+    /// Memory the table cost at its peak (entries x (slab + extensions) + buckets x 8).
     pub memory_bytes: u64,
-    /// Seconds from the count crossing the high watermark to a larger max in force.
+    /// Whether max ever grew during the run.
+    pub grew: bool,
+    /// Seconds from the count crossing the high watermark to a larger max in force;
+    /// None when it never crossed (growth came first) or max never grew.
     pub reaction_latency: Option<f64>,
     /// Whether timeouts were lowered during the run.
     pub timeouts_lowered: bool,
@@ -80,7 +83,7 @@ impl ScenarioReport {
         let _ = writeln!(out, "### {} ({})\n", self.scenario, self.source);
         let _ = writeln!(
             out,
-            "| policy | lost (kernel drop) | failed attempts | early drops | peak count | final max | final hash | memory at end | reaction | timeouts lowered / restored |"
+            "| policy | lost (kernel drop) | failed attempts | evicted (early drop) | peak count | final max | final hash | memory at peak | reaction | timeouts lowered / restored |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.runs {
@@ -96,8 +99,11 @@ impl ScenarioReport {
                 r.final_max,
                 r.final_buckets,
                 fmt_bytes(r.memory_bytes),
-                r.reaction_latency
-                    .map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0)),
+                match (r.grew, r.reaction_latency) {
+                    (false, _) => "never grew".to_string(),
+                    (true, None) => "ahead of the watermark".to_string(),
+                    (true, Some(s)) => format!("{:.0} ms", s * 1000.0),
+                },
                 match (r.timeouts_lowered, r.timeouts_restored) {
                     (false, _) => "no".to_string(),
                     (true, true) => "yes / yes".to_string(),
@@ -217,6 +223,7 @@ mod tests {
             final_max: 100,
             final_buckets: 512,
             memory_bytes: 4096,
+            grew: false,
             reaction_latency: None,
             timeouts_lowered: false,
             timeouts_restored: false,
@@ -229,7 +236,9 @@ mod tests {
         };
         let md = r.markdown();
         assert!(
-            md.contains("| static | 5 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | - | no |"),
+            md.contains(
+                "| static | 5 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | never grew | no |"
+            ),
             "{md}"
         );
         let dir = tempfile::tempdir().unwrap();

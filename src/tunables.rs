@@ -68,7 +68,8 @@ pub fn is_timeout_key(key: &str) -> bool {
 
 /// The tier a timeout key belongs to.
 pub fn tier_of(key: &str) -> TimeoutTier {
-    if key == ESTABLISHED {
+    // TCP's, and the likes of sctp_timeout_established: live sessions, cut last.
+    if key == ESTABLISHED || key.ends_with("_established") {
         TimeoutTier::Established
     } else {
         TimeoutTier::Transient

@@ -194,3 +194,33 @@ fn agent_waits_for_conntrack_instead_of_exiting() {
     run.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(run.exit_within(Duration::from_secs(1)), Some(0));
 }
+
+#[test]
+fn apply_and_restore_refuse_while_the_agent_runs() {
+    let tree = FixtureTree::new("kernel-6.18");
+    let cfg = tree.path().join("ctune.yaml");
+    std::fs::write(
+        &cfg,
+        "namespaces:\n  mode: initial\nagent:\n  interval: 1h\n",
+    )
+    .unwrap();
+    let mut run = Run::start(&tree, &cfg);
+    run.expect("READY=1", Duration::from_secs(5));
+    for cmd in ["apply", "restore"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
+            .arg(cmd)
+            .arg("--config")
+            .arg(&cfg)
+            .args(tree.root_args())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains("another ctune is running") && err.contains(&run.child.id().to_string()),
+            "{err}"
+        );
+    }
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.exit_within(Duration::from_secs(1)), Some(0));
+}

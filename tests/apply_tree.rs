@@ -725,8 +725,10 @@ fn partial_restore_is_not_mistaken_for_an_operator_change() {
     let t = Tree::new(K419);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
-    t.expect(&["restore"], 4);
-    assert_eq!(t.get(BUCKETS), K419_BUCKETS, "buckets were put back");
+    let out = t.expect(&["restore"], 4);
+    // The hash is not shrunk while max stays up under load (it would lengthen chains).
+    assert!(out.contains("not shrinking"), "{out}");
+    assert_ne!(t.get(BUCKETS), K419_BUCKETS, "buckets kept with max");
     let out = t.expect(&["apply"], 0);
     assert!(
         !out.contains("someone else"),
@@ -887,7 +889,7 @@ fn failed_write_of_one_key_does_not_stop_the_rest() {
     assert_eq!(t.get(BUCKETS), K419_BUCKETS, "{out}");
     let failed = out
         .lines()
-        .skip_while(|l| !l.starts_with(&format!("FAILED  {BUCKETS}")))
+        .skip_while(|l| !l.starts_with(&format!("FAILED {BUCKETS}")))
         .nth(1)
         .unwrap_or_else(|| panic!("no FAILED line for {BUCKETS}:\n{out}"));
     assert!(
@@ -905,7 +907,9 @@ fn failed_write_of_one_key_does_not_stop_the_rest() {
     assert!(!t.etc().join(MODPROBE_FILE).exists());
     let st = t.state_json();
     assert_eq!(u(&st["original"][MAX]), K419_MAX, "{st:#}");
-    assert!(st["original"][BUCKETS].is_null(), "{st:#}");
+    // The operator's value is saved before any write, so it is there even though the
+    // write failed; restore finds live == original and leaves it.
+    assert_eq!(u(&st["original"][BUCKETS]), K419_BUCKETS, "{st:#}");
     assert!(st["policy"]["applied"][BUCKETS].is_null(), "{st:#}");
     assert!(st["policy"]["last_resize"].is_null(), "{st:#}");
 }

@@ -212,6 +212,7 @@ impl ObsBuilder {
                 write_access: Access {
                     writable: true,
                     reason: None,
+                    root_could: true,
                 },
             },
             host: Host {
