@@ -23,8 +23,10 @@
 //!   parse and the `probe::step_now` rule; and for comparison the open/read/close that
 //!   `observe` does per file. Reading is safe; nothing is written.
 //! - Cost against table size: the fixture's count set to 1k, 100k and 10M (max = 4 x
-//!   count, hash = max / 4, so every size sits at 25 % and the plan stays empty), for
-//!   `decide` and for `Engine::step`; and `decide` with the count varied under a fixed max.
+//!   count, hash = max / 4, so every size sits at 25 % and the plan stays empty; MemTotal
+//!   1 TiB and `ceiling.max_cap` INT_MAX so that 40M is under the ceiling and every size
+//!   gets a plan of the same shape), for `decide` and for `Engine::step`, the sizes of a
+//!   group sampled round-robin; and `decide` with the count varied under the fixture's max.
 //!
 //! An argument filters the cases by substring (`cargo bench --bench agent_cost -- count`
 //! runs only the count probe; `benches/cost.sh` uses that inside a filled namespace).
@@ -47,6 +49,8 @@ use ctune::tunables;
 const SAMPLES: usize = 1000;
 const LIVE_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
 const INITIAL: &str = "namespaces:\n  mode: initial\n";
+/// MemTotal for the size comparison: 1 TiB.
+const BIG_MEM: u64 = 1 << 40;
 
 /// One timed case.
 struct Stats {
@@ -57,29 +61,63 @@ struct Stats {
     min: Duration,
 }
 
-/// Runs `f` `warmup` times, then `SAMPLES` samples of `batch` calls each.
-fn measure(name: &str, warmup: usize, batch: usize, mut f: impl FnMut()) -> Stats {
-    for _ in 0..warmup {
-        f();
+/// One case to time: `batch` calls of `f` make one sample.
+struct Case<'a> {
+    name: String,
+    batch: usize,
+    f: Box<dyn FnMut() + 'a>,
+}
+
+impl<'a> Case<'a> {
+    fn new(name: impl Into<String>, batch: usize, f: impl FnMut() + 'a) -> Case<'a> {
+        Case {
+            name: name.into(),
+            batch,
+            f: Box::new(f),
+        }
     }
-    let mut per_call: Vec<Duration> = (0..SAMPLES)
-        .map(|_| {
+}
+
+/// Warms each case up `warmup` times, then takes `SAMPLES` samples of each, round-robin:
+/// cases compared with each other see the same machine noise.
+fn measure_set(warmup: usize, mut cases: Vec<Case<'_>>) -> Vec<Stats> {
+    for c in &mut cases {
+        for _ in 0..warmup {
+            (c.f)();
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(SAMPLES); cases.len()];
+    for _ in 0..SAMPLES {
+        for (c, out) in cases.iter_mut().zip(&mut samples) {
             let t = Instant::now();
-            for _ in 0..batch {
-                f();
+            for _ in 0..c.batch {
+                (c.f)();
             }
-            t.elapsed() / batch as u32
-        })
-        .collect();
-    per_call.sort_unstable();
-    let at = |q: f64| per_call[((per_call.len() - 1) as f64 * q).round() as usize];
-    Stats {
-        name: name.to_string(),
-        batch,
-        median: at(0.5),
-        p90: at(0.9),
-        min: per_call[0],
+            out.push(t.elapsed() / c.batch as u32);
+        }
     }
+    cases
+        .iter()
+        .zip(samples)
+        .map(|(c, mut per_call)| {
+            per_call.sort_unstable();
+            let at = |q: f64| per_call[((per_call.len() - 1) as f64 * q).round() as usize];
+            Stats {
+                name: c.name.clone(),
+                batch: c.batch,
+                median: at(0.5),
+                p90: at(0.9),
+                min: per_call[0],
+            }
+        })
+        .collect()
+}
+
+/// Times one case alone.
+fn measure(name: &str, warmup: usize, batch: usize, f: impl FnMut()) -> Stats {
+    measure_set(warmup, vec![Case::new(name, batch, f)])
+        .pop()
+        .expect("one case")
 }
 
 fn fmt(d: Duration) -> String {
@@ -161,16 +199,38 @@ impl Fixture {
     }
 
     /// Count `n`, max 4n, hash max / 4: 25 % utilisation at every size.
+    /// With a 1 TiB MemTotal, so that with `big_config` every size is under the ceiling
+    /// and the plans of all sizes have the same shape.
     fn size(&self, n: u64) {
         self.set("nf_conntrack_count", n);
         self.set("nf_conntrack_max", 4 * n);
         self.set("nf_conntrack_buckets", n);
         self.set_hashsize(n);
+        let meminfo = self.roots().meminfo();
+        let text = fs::read_to_string(&meminfo).expect("read meminfo");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("MemTotal:") {
+                    format!("MemTotal:       {} kB\n", BIG_MEM / 1024)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        fs::write(meminfo, text).expect("write meminfo");
     }
 }
 
 fn initial_config() -> Config {
     config::parse(INITIAL, Path::new("<bench>")).expect("config parses")
+}
+
+/// `mode: initial` with max_cap at the kernel's limit (INT_MAX): with 1 TiB of memory
+/// the ceiling is ~142M, above every max of the size comparison.
+fn big_config() -> Config {
+    let yaml = format!("{INITIAL}ceiling:\n  max_cap: 2147483647\n");
+    config::parse(&yaml, Path::new("<bench>")).expect("config parses")
 }
 
 /// The identity of the state file: a rewrite (temp file + rename) changes the inode.
@@ -180,46 +240,95 @@ fn state_ident(roots: &Roots) -> Option<(u64, i64)> {
         .map(|m| (m.ino(), m.mtime_nsec()))
 }
 
-/// Steps the engine a few times (the first step of a fresh state differs), then times
-/// steps. Checks that none planned a change or wrote a persisted file, and counts how
-/// many rewrote the state file (a rewrite is temp file + fsync + rename + fsync dir).
-fn time_idle_step(name: &str, fx: &Fixture, cfg: &Config) -> Stats {
-    let roots = fx.roots();
-    let mut engine = Engine::new(roots.clone(), cfg.clone()).expect("engine");
-    for _ in 0..3 {
-        let r = engine.step(state::now()).expect("step");
-        assert!(r.complete(), "{name}: warm-up step incomplete: {r:?}");
+/// An engine on a fixture copy, stepped while idle. Checks that no step planned a change
+/// or wrote a persisted file, and counts the steps that rewrote the state file (a rewrite
+/// is temp file + fsync + rename + fsync dir).
+struct IdleStep {
+    name: String,
+    roots: Roots,
+    engine: Engine,
+    changes: usize,
+    written: usize,
+    rewrites: usize,
+    steps: usize,
+    ident: Option<(u64, i64)>,
+}
+
+impl IdleStep {
+    /// Steps a few times first: the first step of a fresh state differs.
+    fn new(name: &str, fx: &Fixture, cfg: &Config) -> IdleStep {
+        let roots = fx.roots();
+        let mut engine = Engine::new(roots.clone(), cfg.clone()).expect("engine");
+        for _ in 0..3 {
+            let r = engine.step(state::now()).expect("step");
+            assert!(r.complete(), "{name}: warm-up step incomplete: {r:?}");
+        }
+        IdleStep {
+            name: name.to_string(),
+            ident: state_ident(&roots),
+            roots,
+            engine,
+            changes: 0,
+            written: 0,
+            rewrites: 0,
+            steps: 0,
+        }
     }
-    let mut changes = 0usize;
-    let mut written = 0usize;
-    let mut state_rewrites = 0usize;
-    let mut steps = 0usize;
-    let mut ident = state_ident(&roots);
-    let mut stats = measure(name, 50, 1, || {
-        let r = engine.step(state::now()).expect("step");
-        changes += r.plan.changes.len();
-        written += r
+
+    fn step(&mut self) {
+        let r = self.engine.step(state::now()).expect("step");
+        self.changes += r.plan.changes.len();
+        self.written += r
             .files
             .iter()
             .filter(|f| matches!(f.result, Ok(ctune::atomic::Outcome::Written)))
             .count();
-        let now = state_ident(&roots);
-        state_rewrites += usize::from(now != ident);
-        ident = now;
-        steps += 1;
+        let now = state_ident(&self.roots);
+        self.rewrites += usize::from(now != self.ident);
+        self.ident = now;
+        self.steps += 1;
         black_box(r);
-    });
-    assert_eq!(changes, 0, "{name}: an idle step planned changes");
-    assert_eq!(written, 0, "{name}: an idle step wrote a persisted file");
-    stats.name = format!("{name}; state.json rewritten on {state_rewrites} of {steps} steps");
+    }
+
+    /// The case's name with what the steps did; fails if one planned or persisted.
+    fn label(&self) -> String {
+        assert_eq!(
+            self.changes, 0,
+            "{}: an idle step planned changes",
+            self.name
+        );
+        assert_eq!(self.written, 0, "{}: an idle step wrote a file", self.name);
+        format!(
+            "{}; state.json rewritten on {} of {} steps",
+            self.name, self.rewrites, self.steps
+        )
+    }
+}
+
+/// Times idle steps of several fixture copies, interleaved.
+fn time_idle_steps(mut steppers: Vec<IdleStep>) -> Vec<Stats> {
+    let cases = steppers
+        .iter_mut()
+        .map(|s| Case::new(s.name.clone(), 1, move || s.step()))
+        .collect();
+    let mut stats = measure_set(50, cases);
+    for (st, s) in stats.iter_mut().zip(&steppers) {
+        st.name = s.label();
+    }
     stats
 }
 
-fn decide_case(name: &str, obs: &Observation, cfg: &Config, prev: &PolicyState) -> Stats {
+/// A case timing `decide` on one observation; the name says how many changes it plans.
+fn decide_case<'a>(
+    name: &str,
+    obs: &'a Observation,
+    cfg: &'a Config,
+    prev: &'a PolicyState,
+) -> Case<'a> {
     let now = state::now();
     let (plan, _) = policy::decide(obs, cfg, prev, now);
     let name = format!("{name} ({} change(s) planned)", plan.changes.len());
-    measure(&name, 1000, 10, || {
+    Case::new(name, 10, move || {
         black_box(policy::decide(
             black_box(obs),
             black_box(cfg),
@@ -248,17 +357,20 @@ fn main() {
     if wanted("tick") || wanted("fixture") {
         let fx = Fixture::new();
         let roots = fx.roots();
-        tick.push(time_idle_step(
+        tick.extend(time_idle_steps(vec![IdleStep::new(
             "Engine::step, idle fixture (tick, plan empty)",
             &fx,
             &cfg,
-        ));
+        )]));
         tick.push(measure("observe::observe, fixture", 100, 1, || {
             black_box(observe::observe(&roots, &cfg.namespaces).expect("observe"));
         }));
         let obs = observe::observe(&roots, &cfg.namespaces).expect("observe");
         let prev = state::load(&roots).expect("state").policy;
-        tick.push(decide_case("policy::decide, fixture", &obs, &cfg, &prev));
+        tick.extend(measure_set(
+            1000,
+            vec![decide_case("policy::decide, fixture", &obs, &cfg, &prev)],
+        ));
         let st = state::load(&roots).expect("state");
         tick.push(measure(
             "state::save, content unchanged (read + compare)",
@@ -296,11 +408,15 @@ fn main() {
                         black_box(observe::observe(&roots, &cfg.namespaces).expect("observe"));
                     },
                 ));
-                live.push(decide_case(
-                    "policy::decide, live observation",
-                    &obs,
-                    &cfg,
-                    &PolicyState::default(),
+                let prev = PolicyState::default();
+                live.extend(measure_set(
+                    1000,
+                    vec![decide_case(
+                        "policy::decide, live observation",
+                        &obs,
+                        &cfg,
+                        &prev,
+                    )],
                 ));
             }
             Err(e) => println!("\nlive observe skipped: {e}"),
@@ -405,46 +521,83 @@ fn main() {
     }
     table("Count probe (live kernel, read-only)", &count);
 
-    // 4. Cost against table size.
+    // 4. Cost against table size: the cases of each group are sampled round-robin.
     let mut sizes = Vec::new();
     if wanted("size") {
+        const SIZES: [u64; 3] = [1_000, 100_000, 10_000_000];
         let fx = Fixture::new();
         let roots = fx.roots();
         let base = observe::observe(&roots, &cfg.namespaces).expect("observe");
         let prev = PolicyState::default();
-        for n in [1_000u64, 100_000, 10_000_000] {
-            let mut obs = base.clone();
-            obs.namespaces[0].count = Some(n);
-            obs.global.max = 4 * n;
-            obs.global.buckets = Some(n);
-            obs.global.hashsize = Some(n);
-            sizes.push(decide_case(
-                &format!("decide, count {n}, max {}", 4 * n),
-                &obs,
-                &cfg,
-                &prev,
-            ));
-        }
-        for n in [1_000u64, 100_000, 10_000_000] {
-            let mut obs = base.clone();
-            obs.namespaces[0].count = Some(n);
-            sizes.push(decide_case(
-                &format!("decide, count {n}, max fixed {}", base.global.max),
-                &obs,
-                &cfg,
-                &prev,
-            ));
-        }
-        for n in [1_000u64, 100_000, 10_000_000] {
-            let fx = Fixture::new();
-            fx.size(n);
-            sizes.push(time_idle_step(
-                &format!("Engine::step (idle), count {n}, max {}", 4 * n),
-                &fx,
-                &cfg,
-            ));
-        }
+        let big = big_config();
+        let scaled: Vec<Observation> = SIZES
+            .iter()
+            .map(|&n| {
+                let mut obs = base.clone();
+                obs.namespaces[0].count = Some(n);
+                obs.global.max = 4 * n;
+                obs.global.buckets = Some(n);
+                obs.global.hashsize = Some(n);
+                obs.host.memory.total_bytes = BIG_MEM;
+                obs
+            })
+            .collect();
+        let fixed: Vec<Observation> = SIZES
+            .iter()
+            .map(|&n| {
+                let mut obs = base.clone();
+                obs.namespaces[0].count = Some(n);
+                obs
+            })
+            .collect();
+        sizes.extend(measure_set(
+            1000,
+            SIZES
+                .iter()
+                .zip(&scaled)
+                .map(|(n, obs)| {
+                    decide_case(
+                        &format!("decide, count {n}, max {}", 4 * n),
+                        obs,
+                        &big,
+                        &prev,
+                    )
+                })
+                .collect(),
+        ));
+        sizes.extend(measure_set(
+            1000,
+            SIZES
+                .iter()
+                .zip(&fixed)
+                .map(|(n, obs)| {
+                    let name = format!("decide, count {n}, max fixed {}", base.global.max);
+                    decide_case(&name, obs, &cfg, &prev)
+                })
+                .collect(),
+        ));
+        let fixtures: Vec<Fixture> = SIZES
+            .iter()
+            .map(|&n| {
+                let fx = Fixture::new();
+                fx.size(n);
+                fx
+            })
+            .collect();
+        sizes.extend(time_idle_steps(
+            SIZES
+                .iter()
+                .zip(&fixtures)
+                .map(|(n, fx)| {
+                    let name = format!("Engine::step (idle), count {n}, max {}", 4 * n);
+                    IdleStep::new(&name, fx, &big)
+                })
+                .collect(),
+        ));
     }
-    table("Cost against table size (fixture)", &sizes);
+    table(
+        "Cost against table size (fixture; each group sampled round-robin)",
+        &sizes,
+    );
     println!();
 }

@@ -132,19 +132,32 @@ pub fn write_value(path: &Path, key: &str, value: u64) -> Result<(), ApplyError>
 pub fn apply(roots: &Roots, obs: &Observation, changes: &[Change]) -> Vec<Outcome> {
     let own_inode = obs.namespaces.first().map(|n| n.id.inode);
     let mut results: Vec<Option<Result<(), ApplyError>>> = vec![None; changes.len()];
-    let mut per_ns: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    // Globals first, then timeouts tier by tier across all namespaces (established
+    // last everywhere), each namespace entered once per tier.
+    let mut per_ns: BTreeMap<(tunables::TimeoutTier, usize, u64), Vec<usize>> = BTreeMap::new();
+    let mut first_seen: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, ch) in changes.iter().enumerate() {
         match &ch.target {
             Target::Global => {
                 results[i] = Some(apply_global(roots, obs, ch));
             }
-            Target::Namespace { netns } if Some(netns.inode) == own_inode => {
-                results[i] = Some(write_value(&roots.sysctl(&ch.key), &ch.key, ch.new));
+            Target::Namespace { netns } => {
+                let order = *first_seen.entry(netns.inode).or_insert(i);
+                per_ns
+                    .entry((tunables::tier_of(&ch.key), order, netns.inode))
+                    .or_default()
+                    .push(i);
             }
-            Target::Namespace { netns } => per_ns.entry(netns.inode).or_default().push(i),
         }
     }
-    for (inode, idxs) in per_ns {
+    for ((_, _, inode), idxs) in per_ns {
+        if Some(inode) == own_inode {
+            for i in idxs {
+                let ch = &changes[i];
+                results[i] = Some(write_value(&roots.sysctl(&ch.key), &ch.key, ch.new));
+            }
+            continue;
+        }
         let ns = obs.namespaces.iter().find(|n| n.id.inode == inode);
         let handle = ns.and_then(|n| {
             n.handle.as_ref().map(|p| Handle {

@@ -88,7 +88,13 @@ pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, WriteErr
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.ctune-{}.tmp", std::process::id()));
+    // Unique per process and call: a temp file left by a crash (a watchdog kill) must
+    // not block the next write, even by a process that got the same PID after a reboot.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!(".{name}.ctune-{}-{stamp}.tmp", std::process::id()));
+    remove_stale_temps(dir, &name);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -129,6 +135,28 @@ pub fn remove(path: &Path) -> Result<bool, WriteError> {
     fs::remove_file(path).map_err(err(path, "remove"))?;
     sync_dir(path.parent().unwrap_or(Path::new("/"))).map_err(err(path, "fsync directory"))?;
     Ok(true)
+}
+
+/// Removes temp files of `name` left behind by a crashed writer (older than a minute, so
+/// a concurrent writer's is never touched).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.ctune-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if n.starts_with(&prefix) && n.ends_with(".tmp") && old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

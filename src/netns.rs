@@ -160,7 +160,7 @@ fn list_dir(dir: &std::path::Path, notes: &mut Vec<String>, missing_ok: bool) ->
 pub fn read_each<T: Send>(
     handles: &[Handle],
     read: impl Fn() -> T + Sync,
-) -> Vec<Result<T, FileError>> {
+) -> Vec<Result<T, String>> {
     if handles.is_empty() {
         return Vec::new();
     }
@@ -169,16 +169,39 @@ pub fn read_each<T: Send>(
             handles
                 .iter()
                 .map(|h| {
-                    let file = File::open(&h.path).map_err(|e| FileError::io(&h.path, &e))?;
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                        FileError::io(&h.path, &std::io::Error::from_raw_os_error(errno as i32))
-                    })?;
+                    enter(h)?;
                     Ok(read())
                 })
                 .collect()
         })
         .join()
         .expect("namespace reader thread panicked")
+    })
+}
+
+/// Moves the calling thread into the namespace of `h`, after checking that the handle
+/// still names the namespace it named at discovery (a PID can exit and be reused, a
+/// /run/netns name can be deleted and created again).
+pub fn enter(h: &Handle) -> Result<(), String> {
+    let file = File::open(&h.path).map_err(|e| FileError::io(&h.path, &e).to_string())?;
+    let inode = file
+        .metadata()
+        .map(|m| m.ino())
+        .map_err(|e| FileError::io(&h.path, &e).to_string())?;
+    if inode != h.id.inode {
+        return Err(format!(
+            "{}: now names another namespace (inode {inode}, was {}): it was deleted or its process exited",
+            h.path.display(),
+            h.id.inode
+        ));
+    }
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        let why = match errno {
+            nix::errno::Errno::EINVAL => " (not a network namespace)",
+            nix::errno::Errno::EPERM => " (needs CAP_SYS_ADMIN)",
+            _ => "",
+        };
+        format!("{}: setns failed: {errno:?}{why}", h.path.display())
     })
 }
 
@@ -286,15 +309,30 @@ mod tests {
         let (_d, roots) = tree();
         let p = roots.named_netns_dir().join("fake");
         ns_file(&p);
+        let inode = std::fs::metadata(&p).unwrap().ino();
         let handle = Handle {
             id: NetnsId {
                 name: "fake".into(),
-                inode: 1,
+                inode,
             },
             path: p.clone(),
         };
-        let out = read_each(&[handle], || 42);
-        let err = out[0].as_ref().unwrap_err();
-        assert_eq!(err.path, p);
+        let err = read_each(std::slice::from_ref(&handle), || 42)
+            .remove(0)
+            .unwrap_err();
+        assert!(
+            err.contains(p.to_str().unwrap())
+                && err.contains("setns failed: EINVAL (not a network namespace)"),
+            "{err}"
+        );
+        let stale = Handle {
+            id: NetnsId {
+                name: "fake".into(),
+                inode: inode + 1,
+            },
+            ..handle
+        };
+        let err = read_each(&[stale], || 42).remove(0).unwrap_err();
+        assert!(err.contains("another namespace"), "{err}");
     }
 }

@@ -58,6 +58,10 @@ impl PolicyState {
                 }
                 if ch.key == tunables::MAX {
                     self.baseline_max = prev.baseline_max;
+                    self.low_since = prev.low_since;
+                }
+                if prev.operator_held.contains(&ch.key) {
+                    self.operator_held.insert(ch.key.clone());
                 }
             }
             Target::Namespace { netns } => {
@@ -164,10 +168,13 @@ pub fn decide(
     let filling = match cfg.ceiling.filling_namespaces {
         FillingNamespaces::Fixed(n) => u64::from(n),
         // Unreadable namespaces count as filling: unknown must not raise the ceiling.
+        // A namespace counts when it holds at least 1% of max (or cannot be read):
+        // on a Kubernetes node every pod namespace holds a few entries, and dividing the
+        // budget by hundreds of idle namespaces would pin max at min_max.
         FillingNamespaces::Auto => obs
             .namespaces
             .iter()
-            .filter(|n| n.count.is_none_or(|c| c > 0))
+            .filter(|n| n.count.is_none_or(|c| c > 0 && c >= obs.global.max / 100))
             .count() as u64,
     }
     .max(1);

@@ -60,8 +60,8 @@
 //!   apply every change) every `agent.interval` from t = 0, and a probe every
 //!   `agent.probe_interval` that compares the count with the previous probe's and takes
 //!   an immediate step when [`probe::step_now`] says so; an early step restarts the
-//!   regular schedule from itself, and probing pauses while the last step left max at
-//!   its ceiling, as in the agent. A probe that falls on a regular step is skipped (the
+//!   regular schedule from itself, and probing pauses while the last step found the
+//!   table past the watermark without raising max (at the ceiling), as in the agent. A probe that falls on a regular step is skipped (the
 //!   step has just read the count). `kube-proxy` does what kube-proxy does at its
 //!   start: max to max(131072, 32768 x CPUs) (raise-only, as kube-proxy became), the
 //!   hash to max / 4 when smaller, established 1 d, close_wait 1 h. `static` changes
@@ -1148,9 +1148,9 @@ struct Agent {
     next_probe_ns: u128,
     /// The previous probe's reading (steps do not update it, as in the agent).
     last: Option<Reading>,
-    /// The last step left max at or above its ceiling: the agent stops probing, since
-    /// an early step could not grow max.
-    at_ceiling: bool,
+    /// The last step found the table past the watermark and did not raise max (the
+    /// ceiling): the agent stops probing, since an early step would change nothing.
+    blocked: bool,
 }
 
 impl Agent {
@@ -1163,7 +1163,7 @@ impl Agent {
             next_step_ns: 0,
             next_probe_ns: 0,
             last: None,
-            at_ceiling: false,
+            blocked: false,
         }
     }
 
@@ -1183,7 +1183,7 @@ impl Agent {
             while self.next_step_ns <= now_ns {
                 self.next_step_ns += self.interval_ns;
             }
-        } else if probe_due && !self.at_ceiling {
+        } else if probe_due && !self.blocked {
             let reading = Reading {
                 at: now,
                 count: table.count,
@@ -1223,7 +1223,13 @@ impl Agent {
                 key => set_timeout(table, key, ch.new, at_ms, d),
             }
         }
-        self.at_ceiling = table.max >= plan.ceiling.value;
+        // As the agent's probe: past the watermark and not raised means blocked.
+        let raised = plan.global_change(tunables::MAX).is_some();
+        let pressed = plan.namespaces.iter().any(|v| {
+            v.utilisation
+                .is_some_and(|u| u >= self.cfg.max.high_watermark.get())
+        });
+        self.blocked = pressed && !raised;
         self.state = next;
     }
 }

@@ -643,14 +643,16 @@ fn no_pressure_plans_nothing() {
 
 #[test]
 fn empty_namespaces_do_not_share_the_ceiling() {
+    // A namespace shares the budget once it holds at least 1% of max (2621 here): idle
+    // ones (a Kubernetes node's pods with a few entries each) do not divide it.
     let cfg = default_cfg();
     let one = ObsBuilder::new(262_144)
-        .ns("a", 1, 10)
-        .ns("b", 2, 0)
+        .ns("a", 1, 10_000)
+        .ns("b", 2, 2_620)
         .build();
     let two = ObsBuilder::new(262_144)
-        .ns("a", 1, 10)
-        .ns("b", 2, 1)
+        .ns("a", 1, 10_000)
+        .ns("b", 2, 2_622)
         .build();
     let c1 = policy::ceiling_of(&one, &cfg);
     let c2 = policy::ceiling_of(&two, &cfg);
