@@ -12,8 +12,9 @@
 //!   fixture is idle (count 8000 of max 262144), so after the first step the plan is
 //!   empty: this is the tick "when nothing changes". The harness checks that it is
 //!   empty and that no persisted file was written, and counts the steps that rewrote
-//!   the state file (each one is a write with two fsyncs); `state::save` is also timed
-//!   alone, with and without a change.
+//!   the state file (each one is a write with two fsyncs); the same step with the tree
+//!   on tmpfs (/dev/shm), where fsync returns at once, shows the step without the disk;
+//!   `state::save` is also timed alone, with and without a change.
 //! - `observe::observe` alone and `policy::decide` alone, on the fixture copy, and also
 //!   `observe` + `decide` against the live `/proc` and `/sys` (read-only), with what most
 //!   of `observe` is: reading every timeout key with open/read/close, beside the same
@@ -171,7 +172,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Fixture::new_in(&std::env::temp_dir())
+    }
+
+    fn new_in(parent: &Path) -> Fixture {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel-6.18");
         copy_dir(&src.join("proc"), &dir.path().join("proc"));
         copy_dir(&src.join("sys"), &dir.path().join("sys"));
@@ -357,11 +362,25 @@ fn main() {
     if wanted("tick") || wanted("fixture") {
         let fx = Fixture::new();
         let roots = fx.roots();
-        tick.extend(time_idle_steps(vec![IdleStep::new(
-            "Engine::step, idle fixture (tick, plan empty)",
+        // The same step with the whole tree on tmpfs, where fsync returns at once.
+        let shm = Path::new("/dev/shm");
+        let fx_shm = shm.is_dir().then(|| Fixture::new_in(shm));
+        let mut steppers = vec![IdleStep::new(
+            &format!(
+                "Engine::step, idle fixture (tick, plan empty), tree in {}",
+                std::env::temp_dir().display()
+            ),
             &fx,
             &cfg,
-        )]));
+        )];
+        if let Some(f) = &fx_shm {
+            steppers.push(IdleStep::new(
+                "Engine::step, same, tree in /dev/shm (tmpfs: fsync returns at once)",
+                f,
+                &cfg,
+            ));
+        }
+        tick.extend(time_idle_steps(steppers));
         tick.push(measure("observe::observe, fixture", 100, 1, || {
             black_box(observe::observe(&roots, &cfg.namespaces).expect("observe"));
         }));

@@ -4,7 +4,7 @@
 //! |------|---------|
 //! | 0 | success (a dry run succeeds whether or not it plans changes) |
 //! | 1 | a file every decision needs could not be read (named in the message) |
-//! | 2 | invalid command line or config (file, line and key named) |
+//! | 2 | invalid command line, config or simulator scenario (file, line and key named) |
 //! | 3 | conntrack is not active on this kernel (nf_conntrack not loaded) |
 //! | 4 | partly done: a value or file could not be written (each failure named) |
 
@@ -37,6 +37,9 @@ pub enum Error {
     /// The state file is unusable.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// A simulator scenario that cannot be used (file, line and key named).
+    #[error(transparent)]
+    Scenario(#[from] crate::simulate::ScenarioError),
     /// Another ctune holds the lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
@@ -58,7 +61,7 @@ impl Error {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => EXIT_USAGE,
+            Error::Config(_) | Error::Scenario(_) => EXIT_USAGE,
             Error::Observe(ObserveError::NotLoaded(_)) => EXIT_NO_CONNTRACK,
             Error::Observe(ObserveError::Unreadable(_)) | Error::Output(_) | Error::State(_) => {
                 EXIT_FAILURE

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
-use crate::scenario_report::{PolicyRun, Sample, reaction_latency};
+use crate::scenario_report::{PolicyRun, Sample, crossed, reaction_latency};
 use crate::tunables;
 
 const SYSCTL: &str = "/proc/sys/net/netfilter";
@@ -677,6 +677,7 @@ pub fn run(
         final_buckets,
         memory_bytes: crate::ceiling::memory_now(peak, final_buckets, entry_bytes(), 128),
         grew,
+        crossed: crossed(&samples, 0.75),
         reaction_latency: reaction_latency(&samples, 0.75),
         timeouts_lowered: lowered,
         timeouts_restored: lowered && restored,

@@ -183,15 +183,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             }
         }
         Command::Simulate { scenario, out } => {
-            let mut sc = match simulate::load(&scenario) {
-                Ok(sc) => sc,
-                Err(e) => {
-                    // An unusable scenario is a usage error, like an invalid config (exit
-                    // 2); error.rs has no variant for it yet.
-                    eprintln!("ctune: error: {e}");
-                    std::process::exit(i32::from(EXIT_USAGE));
-                }
-            };
+            let mut sc = simulate::load(&scenario)?;
             if cli.config.is_some() {
                 sc.ctune = cfg;
             }

@@ -311,7 +311,9 @@ pub fn decide(
             .max(cfg.ceiling.min_max);
         let target = want.min(ceiling.value);
         // Never +1: a step smaller than 1/16 of max is not worth a possible resize.
-        let worth_it = target >= current_max.saturating_add((current_max / 16).max(1));
+        // The last step up to the ceiling is always taken.
+        let worth_it = target == ceiling.value
+            || target >= current_max.saturating_add((current_max / 16).max(1));
         if target > current_max && !worth_it {
             explanations.push(format!(
                 "{why}, but max {current_max} is within 1/16 of the {}: max cannot usefully grow, pressure levels lower timeouts instead",
@@ -427,8 +429,13 @@ pub fn decide(
             .push("hash size unknown (nf_conntrack_buckets not readable): not planned".into()),
         Some(cur) if (cur as f64) < desired as f64 * (1.0 - cfg.hash.tolerance.get()) => {
             let since = prev.last_resize.map(|t| now.saturating_sub(t));
+            // The rate limit gives way when a full table would average more than twice
+            // the chain the ratio aims at: long chains refuse inserts (the kernel's limit
+            // is a random 50-80 entries).
+            let chains_at_max = new_max.saturating_mul(2) / cur.max(1);
+            let urgent = chains_at_max > 4 * ratio;
             match since {
-                Some(s) if s < cfg.hash.min_interval => explanations.push(format!(
+                Some(s) if s < cfg.hash.min_interval && !urgent => explanations.push(format!(
                     "hash resize {cur} -> {desired} deferred: last resize {} ago, at most one per {} (each stalls every insert)",
                     humantime::format_duration(Duration::from_secs(s.as_secs())),
                     humantime::format_duration(cfg.hash.min_interval)
@@ -440,9 +447,16 @@ pub fn decide(
                         old: cur,
                         new: desired,
                         reason: format!(
-                            "hash size follows max {} / {ratio} = {desired} buckets (a full table averages {} entries per chain); {cur} -> {desired}",
+                            "hash size follows max {} / {ratio} = {desired} buckets (a full table averages {} entries per chain){}; {cur} -> {desired}",
                             fmt_count(new_max),
-                            2 * ratio
+                            2 * ratio,
+                            if urgent && since.is_some_and(|s| s < cfg.hash.min_interval) {
+                                format!(
+                                    "; before hash.min_interval because a full table would average {chains_at_max} per chain now"
+                                )
+                            } else {
+                                String::new()
+                            }
                         ),
                     });
                     next.last_resize = Some(now);

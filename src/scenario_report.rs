@@ -42,6 +42,9 @@ pub struct PolicyRun {
     pub memory_bytes: u64,
     /// Whether max ever grew during the run.
     pub grew: bool,
+    /// Whether the count ever reached the high watermark of the max in force.
+    #[serde(default)]
+    pub crossed: bool,
     /// Seconds from the count crossing the high watermark to a larger max in force;
     /// None when it never crossed (growth came first) or max never grew.
     pub reaction_latency: Option<f64>,
@@ -62,6 +65,13 @@ pub struct ScenarioReport {
     pub source: String,
     /// One run per policy, in the order run.
     pub runs: Vec<PolicyRun>,
+}
+
+/// Whether any sample's count reached `watermark` x the max then in force.
+pub fn crossed(samples: &[Sample], watermark: f64) -> bool {
+    samples
+        .iter()
+        .any(|s| s.max > 0 && s.count as f64 >= watermark * s.max as f64)
 }
 
 /// Seconds from the first sample at or above `watermark` x max to the first sample with
@@ -99,10 +109,11 @@ impl ScenarioReport {
                 r.final_max,
                 r.final_buckets,
                 fmt_bytes(r.memory_bytes),
-                match (r.grew, r.reaction_latency) {
-                    (false, _) => "never grew".to_string(),
-                    (true, None) => "ahead of the watermark".to_string(),
-                    (true, Some(s)) => format!("{:.0} ms", s * 1000.0),
+                match (r.grew, r.crossed, r.reaction_latency) {
+                    (_, _, Some(s)) => format!("{:.0} ms", s * 1000.0),
+                    (_, false, None) if r.grew => "ahead of the watermark".to_string(),
+                    (_, false, None) => "never needed".to_string(),
+                    (_, true, None) => "did not react".to_string(),
                 },
                 match (r.timeouts_lowered, r.timeouts_restored) {
                     (false, _) => "no".to_string(),
@@ -224,6 +235,7 @@ mod tests {
             final_buckets: 512,
             memory_bytes: 4096,
             grew: false,
+            crossed: true,
             reaction_latency: None,
             timeouts_lowered: false,
             timeouts_restored: false,
@@ -237,7 +249,7 @@ mod tests {
         let md = r.markdown();
         assert!(
             md.contains(
-                "| static | 5 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | never grew | no |"
+                "| static | 5 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
             ),
             "{md}"
         );

@@ -1375,6 +1375,7 @@ fn run_policy(sc: &Scenario, kind: PolicyKind) -> (PolicyRun, RunDetails) {
         final_buckets: table.buckets,
         memory_bytes: peak_memory,
         grew: d.max_changes.iter().any(|(_, old, new)| new > old),
+        crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
         reaction_latency: scenario_report::reaction_latency(&samples, cfg.max.high_watermark.get()),
         timeouts_lowered: !lowered.is_empty(),
         timeouts_restored: restored,

@@ -1642,3 +1642,33 @@ fn arb_extreme_state() -> impl Strategy<Value = PolicyState> {
             s
         })
 }
+
+#[test]
+fn hash_rate_limit_gives_way_to_chains_that_would_refuse_inserts() {
+    // The hash was resized a minute ago; max has since grown so far that a full table
+    // would average 64 entries per chain (the kernel refuses inserts from 50-80).
+    let cfg = default_cfg();
+    let prev = PolicyState {
+        last_resize: Some(secs(1000)),
+        ..PolicyState::default()
+    };
+    let obs = ObsBuilder::new(262_144)
+        .buckets(Some(8192))
+        .ns("init", 1, 230_000)
+        .build();
+    let (plan, _) = decide(&obs, &cfg, &prev, secs(1060));
+    let b = bucket_change(&plan).expect("resize despite hash.min_interval");
+    assert!(
+        b.reason.contains("before hash.min_interval"),
+        "{}",
+        b.reason
+    );
+    // A moderate lag still waits.
+    let obs = ObsBuilder::new(262_144)
+        .buckets(Some(65_536))
+        .ns("init", 1, 230_000)
+        .build();
+    let (plan, _) = decide(&obs, &cfg, &prev, secs(1060));
+    assert!(bucket_change(&plan).is_none());
+    assert!(explains(&plan, "deferred"));
+}

@@ -190,6 +190,9 @@ fn the_probe_catches_a_flood_between_steps() {
     let (ct, d) = run(&SUDDEN_SIM, "ctune");
     let (st, _) = run(&SUDDEN_SIM, "static");
     assert!(st.kernel_drops > 100_000);
+    // No flow lost to a full table. (The model does not refuse inserts for long hash
+    // chains: here the hash, resized once at the first growth and then held by
+    // hash.min_interval, averages far more than 8 entries per chain at the peak.)
     assert_eq!(ct.kernel_drops, 0, "max changes {:?}", d.max_changes);
     assert!(d.early_steps > 0, "the probe never stepped early: {d:?}");
 }
