@@ -87,35 +87,9 @@ use crate::stat::ConntrackStat;
 use crate::tunables;
 use crate::units;
 
-/// Kernel 6.x default timeouts in seconds, as a fresh namespace has them (checked on the
-/// 6.18 fixture): the start of every run, and what "lowered" is measured against.
-pub const KERNEL_DEFAULT_TIMEOUTS: &[(&str, u64)] = &[
-    ("nf_conntrack_generic_timeout", 600),
-    ("nf_conntrack_gre_timeout", 30),
-    ("nf_conntrack_gre_timeout_stream", 180),
-    ("nf_conntrack_icmp_timeout", 30),
-    ("nf_conntrack_icmpv6_timeout", 30),
-    ("nf_conntrack_sctp_timeout_closed", 10),
-    ("nf_conntrack_sctp_timeout_cookie_echoed", 3),
-    ("nf_conntrack_sctp_timeout_cookie_wait", 3),
-    ("nf_conntrack_sctp_timeout_established", 210),
-    ("nf_conntrack_sctp_timeout_heartbeat_sent", 30),
-    ("nf_conntrack_sctp_timeout_shutdown_ack_sent", 3),
-    ("nf_conntrack_sctp_timeout_shutdown_recd", 3),
-    ("nf_conntrack_sctp_timeout_shutdown_sent", 3),
-    ("nf_conntrack_tcp_timeout_close", 10),
-    ("nf_conntrack_tcp_timeout_close_wait", 60),
-    ("nf_conntrack_tcp_timeout_established", 432000),
-    ("nf_conntrack_tcp_timeout_fin_wait", 120),
-    ("nf_conntrack_tcp_timeout_last_ack", 30),
-    ("nf_conntrack_tcp_timeout_max_retrans", 300),
-    ("nf_conntrack_tcp_timeout_syn_recv", 60),
-    ("nf_conntrack_tcp_timeout_syn_sent", 120),
-    ("nf_conntrack_tcp_timeout_time_wait", 120),
-    ("nf_conntrack_tcp_timeout_unacknowledged", 300),
-    ("nf_conntrack_udp_timeout", 30),
-    ("nf_conntrack_udp_timeout_stream", 120),
-];
+/// Kernel 6.x default timeouts: the start of every run, and what "lowered" is
+/// measured against.
+pub use crate::tunables::KERNEL_DEFAULT_TIMEOUTS;
 
 /// The initial namespace's inode on Linux (`PROC_NET_INIT_INO`), so the simulated
 /// namespace looks like the host's to the policy.

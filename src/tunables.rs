@@ -85,6 +85,36 @@ pub fn round_buckets(buckets: u64) -> u64 {
         .clamp(BUCKET_ALIGN, KERNEL_BUCKETS_LIMIT)
 }
 
+/// Kernel 6.x default timeouts in seconds, as a fresh namespace has them (checked on the
+/// 6.18 fixture): the simulator's start, and the tests' kernel.
+pub const KERNEL_DEFAULT_TIMEOUTS: &[(&str, u64)] = &[
+    ("nf_conntrack_generic_timeout", 600),
+    ("nf_conntrack_gre_timeout", 30),
+    ("nf_conntrack_gre_timeout_stream", 180),
+    ("nf_conntrack_icmp_timeout", 30),
+    ("nf_conntrack_icmpv6_timeout", 30),
+    ("nf_conntrack_sctp_timeout_closed", 10),
+    ("nf_conntrack_sctp_timeout_cookie_echoed", 3),
+    ("nf_conntrack_sctp_timeout_cookie_wait", 3),
+    ("nf_conntrack_sctp_timeout_established", 210),
+    ("nf_conntrack_sctp_timeout_heartbeat_sent", 30),
+    ("nf_conntrack_sctp_timeout_shutdown_ack_sent", 3),
+    ("nf_conntrack_sctp_timeout_shutdown_recd", 3),
+    ("nf_conntrack_sctp_timeout_shutdown_sent", 3),
+    ("nf_conntrack_tcp_timeout_close", 10),
+    ("nf_conntrack_tcp_timeout_close_wait", 60),
+    ("nf_conntrack_tcp_timeout_established", 432000),
+    ("nf_conntrack_tcp_timeout_fin_wait", 120),
+    ("nf_conntrack_tcp_timeout_last_ack", 30),
+    ("nf_conntrack_tcp_timeout_max_retrans", 300),
+    ("nf_conntrack_tcp_timeout_syn_recv", 60),
+    ("nf_conntrack_tcp_timeout_syn_sent", 120),
+    ("nf_conntrack_tcp_timeout_time_wait", 120),
+    ("nf_conntrack_tcp_timeout_unacknowledged", 300),
+    ("nf_conntrack_udp_timeout", 30),
+    ("nf_conntrack_udp_timeout_stream", 120),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,108 @@
+#!/bin/bash
+# Runs inside the VM as ctune-vmtest.service (tests/vm/run.sh installs it). The phase comes
+# from the kernel command line (ctune.phase=...). Prints marker lines to the serial
+# console, "CTUNE-VM <phase> key=value ...", then powers off. Values never hold spaces.
+set -uo pipefail
+exec 3>/dev/ttyS0
+mark() { echo "CTUNE-VM $*" >&3; }
+info() { echo "CTUNE-VM-INFO $*" >&3; }
+nf=/proc/sys/net/netfilter
+phase=$(sed -n 's/.*ctune\.phase=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
+files="/etc/sysctl.d/99-ctune.conf /etc/modules-load.d/ctune.conf /etc/modprobe.d/ctune.conf /var/lib/ctune /usr/bin/ctune"
+
+wait_for() { # wait_for SECONDS COMMAND...
+    local n=$1; shift
+    for ((i = 0; i < n * 2; i++)); do "$@" && return 0; sleep 0.5; done
+    return 1
+}
+# key=value,key=value from a sysctl.d file (comments dropped).
+flat() { [ -e "$1" ] && grep -v '^#' "$1" | tr -d ' ' | grep . | paste -sd, - || echo none; }
+hashsize() { cat /sys/module/nf_conntrack/parameters/hashsize 2>/dev/null || echo none; }
+present3() { local l=""; for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.d/ctune.conf /etc/modprobe.d/ctune.conf; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
+present() { local l=""; for f in $files; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
+finish() { info "uptime=$(cut -d' ' -f1 /proc/uptime)"; sync; systemctl poweroff; exit 0; }
+trap finish EXIT
+
+info "phase=$phase kernel=$(uname -r)"
+wait_for 120 test -e $nf/nf_conntrack_max || { mark "$phase error=nf_conntrack_never_loaded"; exit 0; }
+
+# Observations that every phase prints (before any traffic).
+observe() {
+    local p=$1
+    [ "$p" = neg ] || wait_for 60 systemctl is-active -q ctune.service || true
+    local early=no
+    journalctl -b -o cat -u systemd-modules-load.service | grep -q "Inserted module 'nf_conntrack'" && early=yes
+    local cw
+    cw=$(journalctl -b -o cat | grep "Couldn't write" | grep -c netfilter)
+    journalctl -b -o cat | grep "Couldn't write" | grep netfilter | sed 's/^/CTUNE-VM-INFO journal: /' >&3
+    mark "$p max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) count=$(cat $nf/nf_conntrack_count) module_loaded_early=$early couldnt_write=$cw agent=$(systemctl is-active ctune.service) boot_unit=$(systemctl is-active ctune-boot.service) boot_result=$(systemctl show -p Result --value ctune-boot.service) persisted=$(flat /etc/sysctl.d/99-ctune.conf) files=$(present)"
+}
+
+case "$phase" in
+boot1)
+    stock_max=$(cat $nf/nf_conntrack_max) stock_buckets=$(cat $nf/nf_conntrack_buckets)
+    wait_for 60 systemctl is-active -q ctune.service || true
+    mark "boot1start stock_max=$stock_max stock_buckets=$stock_buckets stock_hashsize=$(hashsize) agent=$(systemctl is-active ctune.service) persisted_files=$(present3)"
+    # UDP flood on loopback: one flow per destination address in 127.0.0.0/8.
+    for seed in 1 2; do
+        python3 - "$seed" <<'PY' &
+import socket, sys, time
+seed = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+i = sent = refused = 0
+t = time.time()
+while True:
+    i += 1
+    if i % 65536 == 0:
+        s.close(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", ("127.%d.%d.%d" % (seed * 16 + (i >> 16) % 16, (i >> 8) & 255, i & 255), 9))
+        sent += 1
+    except OSError:
+        refused += 1
+    if i % 50000 == 0:
+        print("CTUNE-VM-INFO gen%d sent=%d refused=%d rate=%d/s" % (seed, sent, refused, i / (time.time() - t)), file=open("/dev/ttyS0", "w"))
+PY
+    done
+    grown=no
+    for ((i = 0; i < 600; i++)); do
+        sleep 1
+        if ((i % 10 == 0)); then
+            info "t=$i count=$(cat $nf/nf_conntrack_count) max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) file=$(flat /etc/sysctl.d/99-ctune.conf)"
+        fi
+        if (($(cat $nf/nf_conntrack_max) > stock_max && $(cat $nf/nf_conntrack_buckets) > stock_buckets)) &&
+            grep -q nf_conntrack_buckets /etc/sysctl.d/99-ctune.conf 2>/dev/null; then
+            grown=yes
+            break
+        fi
+    done
+    kill $(jobs -p) 2>/dev/null
+    wait 2>/dev/null
+    # Stopping the agent rolls nothing back; it freezes what is persisted.
+    systemctl stop ctune.service
+    journalctl -b -o cat -u ctune.service | tail -25 | sed 's/^/CTUNE-VM-INFO ctune: /' >&3
+    mark "boot1 grown=$grown after_s=$i max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) persisted=$(flat /etc/sysctl.d/99-ctune.conf) modules_load=$(flat /etc/modules-load.d/ctune.conf) modprobe=$(flat /etc/modprobe.d/ctune.conf | tr ' ' '_')"
+    ;;
+boot2 | neg)
+    observe "$phase"
+    journalctl -b -o cat -u ctune-boot.service | sed 's/^/CTUNE-VM-INFO ctune-boot: /' >&3
+    journalctl -b -o short-monotonic -u systemd-modules-load.service -u systemd-sysctl.service -u nftables.service -u ctune-boot.service -u ctune.service | grep -v '^--' | head -30 | sed 's/^/CTUNE-VM-INFO order: /' >&3
+    if [ "$phase" = boot2 ]; then
+        out=$(systemd-analyze verify /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service 2>&1)
+        printf '%s\n' "$out" | grep . | sed 's/^/CTUNE-VM-INFO verify: /' >&3
+        mark "boot2verify lines=$(printf '%s\n' "$out" | grep -c .)"
+    fi
+    ;;
+purge)
+    before="max=$(cat $nf/nf_conntrack_max),buckets=$(cat $nf/nf_conntrack_buckets)"
+    dpkg --purge ctune 2>&1 | sed 's/^/CTUNE-VM-INFO dpkg: /' >&3
+    rc=${PIPESTATUS[0]}
+    mark "purge rc=$rc before=$before max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) files=$(present) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
+    ;;
+boot3)
+    mark "boot3 max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(journalctl -b -o cat -u systemd-modules-load.service | grep -q "Inserted module 'nf_conntrack'" && echo yes || echo no) files=$(present) units=$(ls /etc/systemd/system/*/ctune* /lib/systemd/system/ctune* 2>/dev/null | wc -l)"
+    ;;
+*)
+    mark "$phase error=unknown_phase"
+    ;;
+esac
