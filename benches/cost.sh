@@ -7,8 +7,9 @@
 # Run as root, from anywhere:   sudo bash benches/cost.sh
 #
 # What it does, in order:
-#   1. Installs what is missing (hyperfine, prometheus-node-exporter, curl, jq; nftables,
-#      iproute2 and python3 for the filled-table part) and builds the release binary.
+#   1. Installs what is missing (hyperfine, prometheus-node-exporter, curl, jq, time,
+#      strace; nftables, iproute2, python3 and conntrack for the filled-table part) and
+#      builds the release binary and the agent_cost bench.
 #   2. Safety pre-flight. The agent is run against the LIVE kernel, so it must plan
 #      nothing: with `namespaces: {mode: initial}` on an idle host (count well under 75 %
 #      of max) its plan is empty. The script refuses to start if `ctune --dry-run --json`
@@ -18,24 +19,27 @@
 #   3. `ctune --dry-run --config <mode: initial>` on the live kernel (read-only): wall time
 #      with hyperfine (-N, no shell; RUNS runs after 20 warm-ups), peak RSS with
 #      /usr/bin/time.
-#   4. `ctune run` with that config, `--etc-root` and `--state-dir` in a temp dir, for
-#      WINDOW seconds after a 2 s start: CPU per second (utime+stime from /proc/PID/stat,
-#      and the precise on-CPU time from /proc/PID/task/*/schedstat), peak RSS (VmHWM from
-#      /proc/PID/status, read before stopping), then strace -c for another WINDOW seconds
-#      (syscalls and fsyncs per second), then SIGTERM (must exit 0). Then twice more for
-#      WINDOW s, to split the CPU: steps only (probe_interval = interval) and probes only
-#      (interval 1h: one step at start, then a probe every 50 ms).
+#   4. `ctune run` with that config and `--etc-root`, `--state-dir`, `--run-root` (its
+#      lock) in a temp dir, for WINDOW s after a 2 s start: CPU per second (utime+stime
+#      from /proc/PID/stat, and the precise on-CPU time from /proc/PID/task/*/schedstat),
+#      peak RSS (VmHWM from /proc/PID/status, read before stopping); then strace -c for
+#      another WINDOW s (syscalls and fsyncs per second); then SIGTERM (must exit 0).
+#      Then twice more for WINDOW s, to split the CPU: steps only (probe_interval =
+#      interval) and probes only (interval 1h: one step at start, then a probe every 50 ms).
 #   5. prometheus-node-exporter --collector.disable-defaults --collector.conntrack on
 #      127.0.0.1:PORT: CPU per second idle and scraped once a second, scrape wall time
 #      with hyperfine (a curl process per scrape, like the dry run's own exec) and curl's
 #      request time, the collector's self-reported duration, CPU per scrape, VmHWM.
-#   6. Unless FILL=0: the same read-only probes inside a scratch network namespace, empty
-#      and then holding FILL conntrack entries (UDP flows on its loopback; no host sysctl
-#      is touched, the namespace and its entries are deleted at exit): the count pread
-#      (the agent_cost bench binary, `count` cases), the dry run, and a node-exporter
-#      scrape, to show whether either costs more with a bigger table.
+#   6. Unless FILL=0: the same read-only probes inside a scratch network namespace, empty,
+#      then holding FILL conntrack entries (UDP flows on its loopback), then flushed again
+#      with `conntrack -F` (no host sysctl is touched; the namespace and its entries are
+#      deleted at exit): the count pread (the agent_cost bench binary, `count` cases),
+#      the dry run, and a node-exporter scrape, to show whether either costs more with a
+#      bigger table.
 #
-# Knobs (environment): RUNS=200 WINDOW=10 PORT=19100 FILL=100000.
+# Output: the machine, one markdown table ctune vs node-exporter, the table-size table,
+# and the agent's strace -c summary on stdout; progress on stderr. Takes ~2 minutes.
+# Knobs (environment): RUNS=200 WINDOW=10 PORT=19100 (and PORT+1) FILL=100000.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -66,6 +70,7 @@ if [ "$FILL" -gt 0 ]; then
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "cost.sh: installing ${missing[*]}" >&2
@@ -190,8 +195,9 @@ check_unchanged "dry run"
 # --- 2. the agent -------------------------------------------------------------------------
 # Starts `ctune run` with config $1 and its own etc/state dirs below $2; sets APID.
 start_agent() {
-  mkdir -p "$2/etc" "$2/state"
-  CTUNE_LOG=info "$BIN" run --config "$1" --etc-root "$2/etc" --state-dir "$2/state" 2>"$2/agent.log" &
+  mkdir -p "$2/etc" "$2/state" "$2/run"
+  CTUNE_LOG=info "$BIN" run --config "$1" --etc-root "$2/etc" --state-dir "$2/state" \
+    --run-root "$2/run" 2>"$2/agent.log" &
   APID=$!
   PIDS+=("$APID")
 }
@@ -327,6 +333,11 @@ print(refused)
 EOF
 )
   measure_ns >>"$fill_rows"
+  # Empty again (flushed), to bracket the machine's drift between the rows.
+  if command -v conntrack >/dev/null 2>&1; then
+    ip netns exec "$NETNS" conntrack -F >/dev/null 2>&1 || true
+    measure_ns >>"$fill_rows"
+  fi
   ip netns del "$NETNS"
   NETNS=""
   check_unchanged "filled namespace"

@@ -91,7 +91,23 @@ impl Engine {
 
     /// Observes, decides, applies, persists, and saves the state.
     pub fn step(&mut self, now: Duration) -> Result<StepReport, ObserveError> {
-        let obs = observe::observe(&self.roots, &self.config.namespaces)?;
+        // Only the timeouts ctune may change (or has changed): a step reads a dozen
+        // files, not every key the kernel has.
+        let mut keys: std::collections::BTreeSet<String> = self
+            .config
+            .timeouts
+            .floors
+            .keys()
+            .map(|k| format!("nf_conntrack_{k}"))
+            .collect();
+        for ns in self.state.policy.namespaces.values() {
+            keys.extend(ns.lowered.keys().cloned());
+        }
+        let obs = observe::observe_keys(
+            &self.roots,
+            &self.config.namespaces,
+            &observe::TimeoutKeys::Only(keys),
+        )?;
         let prev = self.state.policy.clone();
         let (plan, mut next) = crate::policy::decide(&obs, &self.config, &prev, now);
         // The operator's value from before ctune's first change of a global key is saved

@@ -125,8 +125,27 @@ pub enum ObserveError {
     Unreadable(FileError),
 }
 
+/// Which timeout keys to read in each namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeoutKeys {
+    /// Every timeout key the kernel has (the dry run and `status` show them all).
+    All,
+    /// Only these (the agent's step: the keys it may change), read without listing the
+    /// directory; a key this kernel lacks is skipped.
+    Only(std::collections::BTreeSet<String>),
+}
+
 /// Observes the kernel below `roots`, watching the namespaces `ns` asks for.
 pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveError> {
+    observe_keys(roots, ns, &TimeoutKeys::All)
+}
+
+/// Like [`observe`], reading only the timeout keys `keys` names.
+pub fn observe_keys(
+    roots: &Roots,
+    ns: &Namespaces,
+    keys: &TimeoutKeys,
+) -> Result<Observation, ObserveError> {
     let mut notes = Vec::new();
     let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
         Cause::Missing => ObserveError::NotLoaded(e),
@@ -191,14 +210,14 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
         Some(false) => "self",
         _ => "init",
     };
-    let mut own = read_namespace(roots, &roots.stat_file());
+    let mut own = read_namespace(roots, &roots.stat_file(), keys);
     own.id = NetnsId {
         name: own_name.into(),
         inode: discovery.own_inode.unwrap_or(0),
     };
     let mut namespaces = vec![own];
     let readings = netns::read_each(&discovery.others, || {
-        read_namespace(roots, &roots.thread_stat_file())
+        read_namespace(roots, &roots.thread_stat_file(), keys)
     });
     for (handle, reading) in discovery.others.iter().zip(readings) {
         let mut obs = reading.unwrap_or_else(|e| NamespaceObs {
@@ -235,7 +254,7 @@ pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveErr
 }
 
 /// Reads the calling thread's namespace: count, statistics and every timeout key.
-fn read_namespace(roots: &Roots, stat_path: &Path) -> NamespaceObs {
+fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> NamespaceObs {
     let mut problems = Vec::new();
     let count = kfile::read_u64(&roots.sysctl(tunables::COUNT))
         .map_err(|e| problems.push(e.to_string()))
@@ -244,27 +263,7 @@ fn read_namespace(roots: &Roots, stat_path: &Path) -> NamespaceObs {
         .and_then(|t| stat::parse(&t).map_err(|d| FileError::malformed(stat_path, d)))
         .map_err(|e| problems.push(e.to_string()))
         .ok();
-    let mut timeouts = BTreeMap::new();
-    let dir = roots.netfilter_sysctl_dir();
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            for entry in entries.filter_map(Result::ok) {
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                if !tunables::is_timeout_key(&name) {
-                    continue;
-                }
-                match kfile::read_u64(&entry.path()) {
-                    Ok(v) => {
-                        timeouts.insert(name, v);
-                    }
-                    Err(e) => problems.push(e.to_string()),
-                }
-            }
-        }
-        Err(e) => problems.push(FileError::io(&dir, &e).to_string()),
-    }
+    let timeouts = read_timeouts(&roots.netfilter_sysctl_dir(), keys, &mut problems);
     NamespaceObs {
         id: NetnsId {
             name: String::new(),
@@ -276,6 +275,40 @@ fn read_namespace(roots: &Roots, stat_path: &Path) -> NamespaceObs {
         error: (!problems.is_empty()).then(|| problems.join("; ")),
         handle: None,
     }
+}
+
+/// The timeout keys of the reading thread's namespace, in seconds.
+fn read_timeouts(
+    dir: &Path,
+    keys: &TimeoutKeys,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, u64> {
+    let names: Vec<String> = match keys {
+        TimeoutKeys::Only(wanted) => wanted.iter().cloned().collect(),
+        TimeoutKeys::All => match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| tunables::is_timeout_key(n))
+                .collect(),
+            Err(e) => {
+                problems.push(FileError::io(dir, &e).to_string());
+                Vec::new()
+            }
+        },
+    };
+    let mut timeouts = BTreeMap::new();
+    for name in names {
+        match kfile::read_u64(&dir.join(&name)) {
+            Ok(v) => {
+                timeouts.insert(name, v);
+            }
+            // Asked for by name, absent on this kernel: not a problem of this namespace.
+            Err(e) if e.cause == Cause::Missing && matches!(keys, TimeoutKeys::Only(_)) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    timeouts
 }
 
 fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {

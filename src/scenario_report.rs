@@ -113,7 +113,8 @@ impl ScenarioReport {
                     (_, _, Some(s)) => format!("{:.0} ms", s * 1000.0),
                     (_, false, None) if r.grew => "ahead of the watermark".to_string(),
                     (_, false, None) => "never needed".to_string(),
-                    (_, true, None) => "did not react".to_string(),
+                    (true, true, None) => "crossed after its last growth".to_string(),
+                    (false, true, None) => "did not react".to_string(),
                 },
                 match (r.timeouts_lowered, r.timeouts_restored) {
                     (false, _) => "no".to_string(),

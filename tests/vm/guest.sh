@@ -20,24 +20,38 @@ flat() { [ -e "$1" ] && grep -v '^#' "$1" | tr -d ' ' | grep . | paste -sd, - ||
 hashsize() { cat /sys/module/nf_conntrack/parameters/hashsize 2>/dev/null || echo none; }
 present3() { local l=""; for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.d/ctune.conf /etc/modprobe.d/ctune.conf; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
 present() { local l=""; for f in $files; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
+# systemd-modules-load logs "Inserted module 'X'" (to kmsg this early in boot).
+loaded_early() { journalctl -b -o cat | grep -q "Inserted module 'nf_conntrack'"; }
 finish() { info "uptime=$(cut -d' ' -f1 /proc/uptime)"; sync; systemctl poweroff; exit 0; }
+if [ "${1:-}" = snapshot ]; then
+    # ctune-vmsnap.service: after systemd-sysctl, ctune-boot and the firewall, before the
+    # agent: what the boot put in force, before ctune's agent can change anything.
+    if [ -e $nf/nf_conntrack_max ]; then
+        echo "pre_max=$(cat $nf/nf_conntrack_max) pre_buckets=$(cat $nf/nf_conntrack_buckets) pre_hashsize=$(hashsize)" > /run/ctune-vmtest.pre
+    else
+        echo "pre_max=none pre_buckets=none pre_hashsize=none" > /run/ctune-vmtest.pre
+    fi
+    exit 0
+fi
+
 trap finish EXIT
 
-info "phase=$phase kernel=$(uname -r)"
 wait_for 120 test -e $nf/nf_conntrack_max || { mark "$phase error=nf_conntrack_never_loaded"; exit 0; }
 
 # Observations that every phase prints (before any traffic).
 observe() {
     local p=$1
-    [ "$p" = neg ] || wait_for 60 systemctl is-active -q ctune.service || true
+    [ "$p" != boot2 ] || wait_for 60 systemctl is-active -q ctune.service || true
     local early=no
-    journalctl -b -o cat -u systemd-modules-load.service | grep -q "Inserted module 'nf_conntrack'" && early=yes
+    loaded_early && early=yes
+    journalctl -b -o short-monotonic | grep -e "Inserted module" -e "systemd-sysctl" -e "Finished systemd-modules-load" | sed 's/^/CTUNE-VM-INFO early: /' >&3
     local cw
     cw=$(journalctl -b -o cat | grep "Couldn't write" | grep -c netfilter)
     journalctl -b -o cat | grep "Couldn't write" | grep netfilter | sed 's/^/CTUNE-VM-INFO journal: /' >&3
-    mark "$p max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) count=$(cat $nf/nf_conntrack_count) module_loaded_early=$early couldnt_write=$cw agent=$(systemctl is-active ctune.service) boot_unit=$(systemctl is-active ctune-boot.service) boot_result=$(systemctl show -p Result --value ctune-boot.service) persisted=$(flat /etc/sysctl.d/99-ctune.conf) files=$(present)"
+    mark "$p $(cat /run/ctune-vmtest.pre 2>/dev/null || echo pre_max=missing) max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) count=$(cat $nf/nf_conntrack_count) module_loaded_early=$early couldnt_write=$cw agent=$(systemctl is-active ctune.service) boot_unit=$(systemctl is-active ctune-boot.service) boot_result=$(systemctl show -p Result --value ctune-boot.service) persisted=$(flat /etc/sysctl.d/99-ctune.conf) files=$(present)"
 }
 
+info "phase=$phase kernel=$(uname -r)"
 case "$phase" in
 boot1)
     stock_max=$(cat $nf/nf_conntrack_max) stock_buckets=$(cat $nf/nf_conntrack_buckets)
@@ -83,7 +97,7 @@ PY
     journalctl -b -o cat -u ctune.service | tail -25 | sed 's/^/CTUNE-VM-INFO ctune: /' >&3
     mark "boot1 grown=$grown after_s=$i max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) persisted=$(flat /etc/sysctl.d/99-ctune.conf) modules_load=$(flat /etc/modules-load.d/ctune.conf) modprobe=$(flat /etc/modprobe.d/ctune.conf | tr ' ' '_')"
     ;;
-boot2 | neg)
+boot2 | neg | late)
     observe "$phase"
     journalctl -b -o cat -u ctune-boot.service | sed 's/^/CTUNE-VM-INFO ctune-boot: /' >&3
     journalctl -b -o short-monotonic -u systemd-modules-load.service -u systemd-sysctl.service -u nftables.service -u ctune-boot.service -u ctune.service | grep -v '^--' | head -30 | sed 's/^/CTUNE-VM-INFO order: /' >&3
@@ -100,7 +114,7 @@ purge)
     mark "purge rc=$rc before=$before max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) files=$(present) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
     ;;
 boot3)
-    mark "boot3 max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(journalctl -b -o cat -u systemd-modules-load.service | grep -q "Inserted module 'nf_conntrack'" && echo yes || echo no) files=$(present) units=$(ls /etc/systemd/system/*/ctune* /lib/systemd/system/ctune* 2>/dev/null | wc -l)"
+    mark "boot3 max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(loaded_early && echo yes || echo no) files=$(present) units=$(ls -d /etc/systemd/system/*/ctune.service /etc/systemd/system/*/ctune-boot.service /etc/systemd/system/ctune.service /etc/systemd/system/ctune-boot.service /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service /var/lib/systemd/deb-systemd-helper-enabled/ctune* 2>/dev/null | paste -sd, - | grep . || echo none)"
     ;;
 *)
     mark "$phase error=unknown_phase"
