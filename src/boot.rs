@@ -48,9 +48,14 @@ pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
             _ => ObserveError::Unreadable(e),
         })?;
         // Raise-only: a higher live value was set by someone after systemd-sysctl (or by
-        // a later sysctl.d file) and is theirs; 0 (unlimited) is never written.
-        let result =
-            (persisted != 0 && live < persisted).then(|| apply::write_value(&path, key, persisted));
+        // a later sysctl.d file) and is theirs; 0 (unlimited) is never written. One
+        // exception: when the module is loaded with `hashsize=`, the kernel sets max to
+        // 8 x hashsize itself. That is nobody's choice, and may exceed ctune's ceiling.
+        let kernel_default = key == tunables::MAX
+            && kfile::read_u64(&roots.sysctl(tunables::BUCKETS))
+                .is_ok_and(|b| live == b.saturating_mul(8));
+        let result = (persisted != 0 && (live < persisted || (kernel_default && live != persisted)))
+            .then(|| apply::write_value(&path, key, persisted));
         items.push(BootItem {
             key: key.to_string(),
             live,

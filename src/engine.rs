@@ -143,7 +143,13 @@ impl Engine {
             .map(|o| o.change.clone())
             .collect();
         let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
-        let (updates, file_notes) = persist::render(&self.roots, &obs, &effective, &managed);
+        let (updates, file_notes) = persist::render(
+            &self.roots,
+            &obs,
+            &effective,
+            &managed,
+            self.config.hash.ratio,
+        );
         let files = updates
             .into_iter()
             .map(|update| {

@@ -934,3 +934,28 @@ fn missing_buckets_file_skips_the_hash_only() {
         [(MAX.to_string(), t.get(MAX))]
     );
 }
+
+// Found by the VM test: a module loaded with `hashsize=N` (modprobe.d) gets max = 8 x N
+// from the kernel, above what ctune persisted. Boot is raise-only, but that value is the
+// kernel's default, nobody's choice: boot puts the persisted max in force.
+#[test]
+fn boot_lowers_the_kernels_own_8x_hashsize_default() {
+    let t = Tree::new(K419);
+    let buckets = t.get(BUCKETS);
+    t.set(MAX, buckets * 8);
+    let persisted = buckets * 4;
+    let dir = t.etc().join("sysctl.d");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("99-ctune.conf"),
+        format!("{HEADER}net.netfilter.{MAX} = {persisted}\nnet.netfilter.{BUCKETS} = {buckets}\n"),
+    )
+    .unwrap();
+    let out = t.expect(&["boot"], 0);
+    assert_eq!(t.get(MAX), persisted, "{out}");
+    // Any other higher value is someone's: left alone.
+    t.set(MAX, buckets * 8 + 1);
+    let out = t.expect(&["boot"], 0);
+    assert_eq!(t.get(MAX), buckets * 8 + 1, "{out}");
+    assert!(out.contains("only raises"), "{out}");
+}
