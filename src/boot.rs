@@ -54,7 +54,8 @@ pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
         let kernel_default = key == tunables::MAX
             && kfile::read_u64(&roots.sysctl(tunables::BUCKETS))
                 .is_ok_and(|b| live == b.saturating_mul(8));
-        let result = (persisted != 0 && (live < persisted || (kernel_default && live != persisted)))
+        let result = (persisted != 0
+            && (live < persisted || (kernel_default && live != persisted)))
             .then(|| apply::write_value(&path, key, persisted));
         items.push(BootItem {
             key: key.to_string(),

@@ -110,7 +110,8 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
             };
             let (plan, _) = policy::decide(&obs, &cfg, &prev, state::now());
             let managed: Vec<&str> = prev.applied.keys().map(String::as_str).collect();
-            let (files, file_notes) = persist::render(&roots, &obs, &plan, &managed, cfg.hash.ratio);
+            let (files, file_notes) =
+                persist::render(&roots, &obs, &plan, &managed, cfg.hash.ratio);
             notes.extend(file_notes);
             if cli.json {
                 let r = report::PlanReport {

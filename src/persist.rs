@@ -122,12 +122,17 @@ pub fn render(
     }
     // The hash a reboot starts with is the one max needs, even while the live resize
     // waits out hash.min_interval: at boot the table is empty and a resize is free.
-    let max_after = values.iter().find(|(k, _)| *k == tunables::MAX).map(|(_, v)| *v);
+    let max_after = values
+        .iter()
+        .find(|(k, _)| *k == tunables::MAX)
+        .map(|(_, v)| *v);
     if let (Some(max), Some(b)) = (
         max_after,
         values.iter_mut().find(|(k, _)| *k == tunables::BUCKETS),
     ) {
-        b.1 = b.1.max(tunables::round_buckets(max.div_ceil(u64::from(hash_ratio.max(1)))));
+        b.1 = b.1.max(tunables::round_buckets(
+            max.div_ceil(u64::from(hash_ratio.max(1))),
+        ));
     }
     zero_notes.extend(later_files(roots, &values));
     let mut files = Vec::new();
