@@ -222,12 +222,7 @@ fn apply_global(roots: &Roots, obs: &Observation, ch: &Change) -> Result<(), App
     if ch.key == tunables::MAX && ch.new < ch.old {
         // Last look before lowering: the count may have grown since the observation.
         let count = kfile::read_u64(&roots.sysctl(tunables::COUNT)).unwrap_or(u64::MAX);
-        let busiest = obs
-            .namespaces
-            .iter()
-            .filter_map(|n| n.count)
-            .max()
-            .unwrap_or(0);
+        let busiest = obs.peak_count();
         if ch.new <= count.max(busiest) {
             return Err(skipped(
                 ch,

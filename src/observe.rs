@@ -105,6 +105,18 @@ pub struct NamespaceObs {
     pub handle: Option<std::path::PathBuf>,
 }
 
+impl Observation {
+    /// The largest count among the namespaces that could be read: the pressure that
+    /// drives max (each namespace can fill to the global max on its own).
+    pub fn peak_count(&self) -> u64 {
+        self.namespaces
+            .iter()
+            .filter_map(|n| n.count)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl NamespaceObs {
     /// The counter used as a pressure signal, if present.
     pub fn counter(&self, name: &str) -> Option<u64> {

@@ -165,25 +165,7 @@ pub fn decide(
     }
 
     // 1. Ceiling.
-    let filling = match cfg.ceiling.filling_namespaces {
-        FillingNamespaces::Fixed(n) => u64::from(n),
-        // Unreadable namespaces count as filling: unknown must not raise the ceiling.
-        // A namespace counts when it holds at least 1% of max (or cannot be read):
-        // on a Kubernetes node every pod namespace holds a few entries, and dividing the
-        // budget by hundreds of idle namespaces would pin max at min_max.
-        FillingNamespaces::Auto => obs
-            .namespaces
-            .iter()
-            .filter(|n| n.count.is_none_or(|c| c > 0 && c >= obs.global.max / 100))
-            .count() as u64,
-    }
-    .max(1);
-    let ceiling = ceiling::compute(
-        cfg,
-        obs.host.memory.total_bytes,
-        obs.host.entry_bytes,
-        filling,
-    );
+    let ceiling = ceiling_of(obs, cfg);
 
     // Signals per namespace.
     struct Sig {
@@ -627,8 +609,26 @@ pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
 }
 
 /// Re-exported for callers that only need the ceiling.
+/// The ceiling for this observation: the memory budget shared by the namespaces that
+/// fill the table.
 pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
-    decide(obs, cfg, &PolicyState::default(), Duration::ZERO)
-        .0
-        .ceiling
+    let filling = match cfg.ceiling.filling_namespaces {
+        FillingNamespaces::Fixed(n) => u64::from(n),
+        // A namespace counts when it holds at least 1% of max, or cannot be read (unknown
+        // must not raise the ceiling): on a Kubernetes node every pod namespace holds a
+        // few entries, and dividing the budget by hundreds of idle namespaces would pin
+        // max at min_max.
+        FillingNamespaces::Auto => obs
+            .namespaces
+            .iter()
+            .filter(|n| n.count.is_none_or(|c| c > 0 && c >= obs.global.max / 100))
+            .count() as u64,
+    }
+    .max(1);
+    ceiling::compute(
+        cfg,
+        obs.host.memory.total_bytes,
+        obs.host.entry_bytes,
+        filling,
+    )
 }

@@ -63,12 +63,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         ..RestoreReport::default()
     };
     let obs = observe::observe(roots, &cfg.namespaces)?;
-    let peak = obs
-        .namespaces
-        .iter()
-        .filter_map(|n| n.count)
-        .max()
-        .unwrap_or(0);
+    let peak = obs.peak_count();
     let mut changes = Vec::new();
     let mut st = st;
     let mut max_refused = false;

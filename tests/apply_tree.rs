@@ -7,6 +7,8 @@
 //! temporary directory and a config watching only the initial namespace, so nothing on
 //! the host is read or written and the fixtures themselves never change.
 
+mod common;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -48,8 +50,8 @@ impl Tree {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
             .join(kernel);
-        copy_dir(&src.join("proc"), &dir.path().join("proc"));
-        copy_dir(&src.join("sys"), &dir.path().join("sys"));
+        common::copy_tree(&src.join("proc"), &dir.path().join("proc"));
+        common::copy_tree(&src.join("sys"), &dir.path().join("sys"));
         // Outside every root, so snapshots of the roots do not see it.
         fs::write(dir.path().join("test-config.yaml"), INITIAL).expect("write config");
         Tree { dir }
@@ -185,23 +187,6 @@ impl Tree {
             });
         }
         files
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).expect("create dir");
-    for entry in fs::read_dir(src).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            fs::copy(entry.path(), &to).expect("copy fixture file");
-            // Some fixture files keep /proc's 0444; the copy is meant to be mutated.
-            let mut perms = fs::metadata(&to).expect("stat copy").permissions();
-            perms.set_mode(perms.mode() | 0o200);
-            fs::set_permissions(&to, perms).expect("make copy writable");
-        }
     }
 }
 

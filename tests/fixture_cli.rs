@@ -5,6 +5,8 @@
 //! `--run-root`, `--state-dir`) pointing into that directory, so nothing on the host is
 //! read and the fixtures themselves are never changed.
 
+mod common;
+
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -25,8 +27,8 @@ impl Tree {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
             .join(kernel);
-        copy_dir(&src.join("proc"), &dir.path().join("proc"));
-        copy_dir(&src.join("sys"), &dir.path().join("sys"));
+        common::copy_tree(&src.join("proc"), &dir.path().join("proc"));
+        common::copy_tree(&src.join("sys"), &dir.path().join("sys"));
         Tree { dir }
     }
 
@@ -102,23 +104,6 @@ impl Tree {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).expect("create dir");
-    for entry in fs::read_dir(src).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            fs::copy(entry.path(), &to).expect("copy fixture file");
-            // Some fixture files keep /proc's 0444; the copy is meant to be mutated.
-            let mut perms = fs::metadata(&to).expect("stat copy").permissions();
-            perms.set_mode(perms.mode() | 0o200);
-            fs::set_permissions(&to, perms).expect("make copy writable");
-        }
     }
 }
 
