@@ -1,0 +1,68 @@
+//! The boot step (`ctune boot`): before traffic arrives, put the persisted limits in
+//! force and check they stuck.
+//!
+//! systemd-sysctl applies 99-ctune.conf too, but only if the keys exist when it runs (a
+//! modular conntrack may load later), and a resize is cheapest now, while the table is
+//! empty. So the boot step applies the file's max first, then the hash size, each only
+//! when the live value is lower (a higher one is someone else's), each read back.
+
+use crate::act::apply::{self, ApplyError};
+use crate::act::persist;
+use crate::sense::kfile::{self, Cause};
+use crate::sense::observe::ObserveError;
+use crate::sense::roots::Roots;
+use ctune_core::tunables;
+
+/// One persisted key and what the boot step did with it.
+#[derive(Debug)]
+pub struct BootItem {
+    /// The sysctl.
+    pub key: String,
+    /// Live value before.
+    pub live: u64,
+    /// Persisted value.
+    pub persisted: u64,
+    /// None: already in force (or higher: boot only raises); Some(Ok): written;
+    /// Some(Err): failed.
+    pub result: Option<Result<(), ApplyError>>,
+}
+
+/// Applies the persisted values. `Ok(None)`: nothing is persisted.
+pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
+    let file = roots.etc.join(persist::SYSCTL_FILE);
+    let text = match kfile::read_text(&file) {
+        Ok(t) => t,
+        Err(e) if e.cause == Cause::Missing => return Ok(None),
+        Err(e) => return Err(ObserveError::Unreadable(e)),
+    };
+    let values = persist::parse_sysctl_values(&text);
+    let mut items = Vec::new();
+    // Max before buckets: a bigger table never comes before the limit that needs it.
+    for key in [tunables::MAX, tunables::BUCKETS] {
+        let Some(&(_, persisted)) = values.iter().find(|(k, _)| k == key) else {
+            continue;
+        };
+        let path = roots.sysctl(key);
+        let live = kfile::read_u64(&path).map_err(|e| match e.cause {
+            Cause::Missing => ObserveError::NotLoaded(e),
+            _ => ObserveError::Unreadable(e),
+        })?;
+        // Raise-only: a higher live value was set by someone after systemd-sysctl (or by
+        // a later sysctl.d file) and is theirs; 0 (unlimited) is never written. One
+        // exception: when the module is loaded with `hashsize=`, the kernel sets max to
+        // 8 x hashsize itself. That is nobody's choice, and may exceed ctune's ceiling.
+        let kernel_default = key == tunables::MAX
+            && kfile::read_u64(&roots.sysctl(tunables::BUCKETS))
+                .is_ok_and(|b| live == b.saturating_mul(8));
+        let result = (persisted != 0
+            && (live < persisted || (kernel_default && live != persisted)))
+            .then(|| apply::write_value(&path, key, persisted));
+        items.push(BootItem {
+            key: key.to_string(),
+            live,
+            persisted,
+            result,
+        });
+    }
+    Ok(Some(items))
+}

@@ -1,0 +1,218 @@
+//! `ctune restore`: the explicit undo. Puts back the operator's global values from
+//! before ctune first changed them and the timeouts ctune lowered, removes ctune's
+//! persisted files, then its state.
+//!
+//! Stopping the agent rolls nothing back on purpose (lowering max under load drops
+//! flows); this command does, and still refuses to lower max below what the table holds
+//! plus headroom unless forced.
+
+use crate::act::apply::{self, Outcome};
+use crate::act::atomic;
+use crate::act::persist;
+use crate::act::state::{self, StateError};
+use crate::sense::kfile::{self, Cause};
+use crate::sense::observe::{self, ObserveError};
+use crate::sense::roots::Roots;
+use ctune_core::config::Config;
+use ctune_core::plan::{Change, Target};
+use ctune_core::tunables;
+
+/// What restore did.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Kernel values put back (or not).
+    pub outcomes: Vec<Outcome>,
+    /// Values not put back, and why (restore is not complete).
+    pub refused: Vec<String>,
+    /// Values deliberately left as they are (someone else owns them now).
+    pub kept: Vec<String>,
+    /// Files removed, or why not.
+    pub files: Vec<(std::path::PathBuf, Result<bool, atomic::WriteError>)>,
+    /// Whether a state file existed.
+    pub had_state: bool,
+    /// The state file could not be removed.
+    pub state_error: Option<String>,
+}
+
+impl RestoreReport {
+    /// Whether everything was put back and removed.
+    pub fn complete(&self) -> bool {
+        self.refused.is_empty()
+            && self.outcomes.iter().all(|o| o.result.is_ok())
+            && self.files.iter().all(|(_, r)| r.is_ok())
+            && self.state_error.is_none()
+    }
+}
+
+/// Why restore could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The kernel could not be observed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+}
+
+/// Restores. `force` allows lowering max below the live count plus headroom.
+pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport, RestoreError> {
+    let st = state::load(roots)?;
+    let mut report = RestoreReport {
+        had_state: state::path(roots).exists(),
+        ..RestoreReport::default()
+    };
+    let obs = observe::observe(roots, &cfg.namespaces)?;
+    let peak = obs.peak_count();
+    let mut changes = Vec::new();
+    let mut st = st;
+    let mut max_refused = false;
+    for key in [tunables::MAX, tunables::BUCKETS] {
+        let Some(&original) = st.original.get(key) else {
+            continue;
+        };
+        let live = if key == tunables::MAX {
+            Some(obs.global.max)
+        } else {
+            obs.global.buckets
+        };
+        let Some(live) = live.filter(|l| *l != original) else {
+            continue;
+        };
+        // A value someone else set after ctune is theirs now: not ctune's to undo.
+        let set_by_ctune = st.policy.applied.get(key) == Some(&live);
+        if !set_by_ctune || st.policy.operator_held.contains(key) {
+            report.kept.push(format!(
+                "{key}: left at {live}: someone else changed it after ctune set it, so it is theirs (ctune's record of {original} is dropped)"
+            ));
+            st.original.remove(key);
+            st.policy.applied.remove(key);
+            continue;
+        }
+        let safe = (peak as f64 * (1.0 + cfg.max.headroom.get())).ceil() as u64;
+        if key == tunables::MAX && original < safe && !force {
+            report.refused.push(format!(
+                "{key}: not lowering {live} -> {original}: the busiest namespace holds {peak} entries, and {original} would leave less than {} headroom (new flows would be dropped); wait for the load to fall, or use --force",
+                ctune_core::units::fmt_pct(cfg.max.headroom.get())
+            ));
+            max_refused = true;
+            continue;
+        }
+        if key == tunables::BUCKETS && max_refused {
+            // Shrinking the hash under the load that keeps max up would lengthen every
+            // chain and stall inserts during the resize.
+            report.refused.push(format!(
+                "{key}: not shrinking {live} -> {original} while max stays up"
+            ));
+            continue;
+        }
+        changes.push(Change {
+            key: key.to_string(),
+            target: Target::Global,
+            old: live,
+            new: original,
+            reason: "restoring the operator's value from before ctune".into(),
+        });
+    }
+    for n in &obs.namespaces {
+        let Some(ns_state) = st.policy.namespaces.get(&n.id.inode) else {
+            continue;
+        };
+        for (key, lowered) in &ns_state.lowered {
+            match n.timeouts.get(key) {
+                Some(&live) if live == lowered.set => changes.push(Change {
+                    key: key.clone(),
+                    target: Target::Namespace {
+                        netns: n.id.clone(),
+                    },
+                    old: live,
+                    new: lowered.baseline,
+                    reason: "restoring the operator's value from before ctune".into(),
+                }),
+                Some(&live) => report.kept.push(format!(
+                    "{key} in {}: left at {live}: someone else changed it after ctune set {}",
+                    n.id.name, lowered.set
+                )),
+                None => {}
+            }
+        }
+    }
+    report.outcomes = apply::apply(roots, &obs, &changes);
+    for o in report.outcomes.iter().filter(|o| o.result.is_ok()) {
+        match &o.change.target {
+            Target::Global => {
+                st.original.remove(&o.change.key);
+                st.policy.applied.remove(&o.change.key);
+                st.policy.operator_held.remove(&o.change.key);
+            }
+            Target::Namespace { netns } => {
+                if let Some(ns) = st.policy.namespaces.get_mut(&netns.inode) {
+                    ns.lowered.remove(&o.change.key);
+                }
+            }
+        }
+    }
+    if !st.original.is_empty() {
+        // Some global value is still ctune's: it must stay persisted, as it is now
+        // (keys already put back are persisted at their restored values).
+        let managed: Vec<&str> = st.policy.applied.keys().map(String::as_str).collect();
+        match observe::observe(roots, &cfg.namespaces) {
+            Ok(now) => {
+                let empty = ctune_core::plan::Plan {
+                    ceiling: ctune_core::ceiling::compute(
+                        cfg,
+                        now.host.memory.total_bytes,
+                        now.host.entry_bytes,
+                        1,
+                    ),
+                    changes: Vec::new(),
+                    namespaces: Vec::new(),
+                    explanations: Vec::new(),
+                };
+                for f in persist::render(roots, &now, &empty, &managed, cfg.hash.ratio).0 {
+                    if let Err(e) = atomic::write(&f.path, f.new.as_bytes(), 0o644) {
+                        report.refused.push(format!("cannot rewrite {e}"));
+                    }
+                }
+            }
+            Err(e) => report.refused.push(format!(
+                "cannot re-read the kernel to rewrite the persisted files: {e}"
+            )),
+        }
+        if let Err(e) = state::save(roots, &st) {
+            report.state_error = Some(e.to_string());
+        }
+        return Ok(report);
+    }
+    for rel in [
+        persist::SYSCTL_FILE,
+        persist::MODULES_LOAD_FILE,
+        persist::MODPROBE_FILE,
+    ] {
+        let path = roots.etc.join(rel);
+        match kfile::read_text(&path) {
+            Ok(text) if persist::is_ours(&text) => {
+                let r = atomic::remove(&path);
+                report.files.push((path, r));
+            }
+            Ok(_) => report.refused.push(format!(
+                "{}: not removed: it does not carry ctune's header, so someone else wrote it",
+                path.display()
+            )),
+            Err(e) if e.cause == Cause::Missing => {}
+            Err(e) => report.refused.push(format!("{e}: not removed")),
+        }
+    }
+    let outcome = if report.complete() {
+        atomic::remove(&state::path(roots))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        // Keep what is left to restore, without what already was.
+        state::save(roots, &st).map_err(|e| e.to_string())
+    };
+    if report.had_state || !report.complete() {
+        report.state_error = outcome.err();
+    }
+    Ok(report)
+}

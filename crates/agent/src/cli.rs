@@ -1,0 +1,179 @@
+//! The command line, parsed into settings without touching the system, so `--help` and
+//! usage errors work anywhere.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::sense::roots::Roots;
+
+const AFTER_HELP: &str = "\
+Examples:
+  ctune --dry-run              what ctune would change on this host, and why
+  ctune status                 utilisation per namespace, counters, memory
+  ctune status --json          the same for scripts
+  ctune --dry-run --config ./ctune.yaml   try a config before installing it
+  ctune apply                  do it once: apply, read back, persist
+  ctune run                    the agent (normally started by ctune.service)
+  ctune restore                undo everything ctune changed
+
+Exit codes:
+  0  success (a dry run succeeds whether or not it plans changes)
+  1  a file every decision needs could not be read (the message names it)
+  2  invalid command line or config (file, line and key named)
+  3  conntrack is not active: nf_conntrack is not loaded
+  4  partly done: a value or file could not be written (each failure is named)
+
+Nothing in `plan`/`--dry-run` or `status` writes to the kernel or to any file.
+Run as root to see every namespace and the slab's entry size; without root ctune says
+what it could not read and uses safe assumptions.";
+
+/// ctune: keeps the conntrack table from filling by sizing it from the hardware and
+/// reacting to pressure, and explains every decision.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ctune",
+    version,
+    about = "Automatic conntrack tuning: observe the table, decide safe limits, explain why",
+    long_about = "Automatic conntrack tuning for Linux.\n\n\
+ctune reads the connection-tracking table of the host and of every network namespace it\n\
+watches (count, max, hash size, drop counters, timeouts), computes a safe nf_conntrack_max\n\
+within a ceiling derived from memory, a hash size of max / ratio, and pressure levels that\n\
+lower timeouts only while the table is under pressure.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Print what ctune would change and why, and the files it would write; change nothing.
+    /// Same as the `plan` command.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Config file [default: /etc/ctune/ctune.yaml; built-in defaults if that is absent].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print JSON instead of text, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub paths: PathArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Show what ctune would change and why, and the files a real run would write (the
+    /// same as --dry-run). Changes nothing.
+    Plan,
+    /// Show utilisation per namespace, the kernel's counters, and what the table costs
+    /// in memory now and at the ceiling. Changes nothing.
+    Status,
+    /// Observe, decide, apply (each value read back) and persist once, then print what
+    /// changed. Needs root in the initial network namespace.
+    Apply,
+    /// Run the agent: one control step per `agent.interval`; SIGHUP reloads the config,
+    /// SIGTERM/SIGINT stop it. Stopping rolls nothing back (see `restore`).
+    Run,
+    /// Boot step, before traffic: apply the persisted max and hash size (from
+    /// /etc/sysctl.d/99-ctune.conf) and check they stuck.
+    Boot,
+    /// Undo: put back the operator's values from before ctune first changed them, and
+    /// remove ctune's persisted files and state. Stop the agent first.
+    Restore {
+        /// Lower max even below what the table holds now plus headroom (drops flows).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where the kernel and configuration files are, for containers (a host's /proc mounted
+/// elsewhere) and tests.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Paths")]
+pub struct PathArgs {
+    /// procfs root.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// sysfs root.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
+    pub sys_root: PathBuf,
+    /// Configuration root (sysctl.d, modprobe.d, modules-load.d, ctune/).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/etc")]
+    pub etc_root: PathBuf,
+    /// Runtime root (named namespaces in netns/).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/run")]
+    pub run_root: PathBuf,
+    /// ctune's state directory.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/ctune"
+    )]
+    pub state_dir: PathBuf,
+}
+
+impl From<&PathArgs> for Roots {
+    fn from(p: &PathArgs) -> Self {
+        Roots {
+            proc: p.proc_root.clone(),
+            sys: p.sys_root.clone(),
+            etc: p.etc_root.clone(),
+            run: p.run_root.clone(),
+            state: p.state_dir.clone(),
+        }
+    }
+}
+
+impl Command {
+    /// The subcommand as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Plan => "plan",
+            Command::Status => "status",
+            Command::Apply => "apply",
+            Command::Run => "run",
+            Command::Boot => "boot",
+            Command::Restore { .. } => "restore",
+        }
+    }
+}
+
+impl Cli {
+    /// The command to run; `--dry-run` means `plan`. None: nothing was asked for.
+    pub fn resolved_command(&self) -> Option<Command> {
+        match (self.command.clone(), self.dry_run) {
+            (Some(c), _) => Some(c),
+            (None, true) => Some(Command::Plan),
+            (None, false) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dry_run_means_plan() {
+        let c = Cli::try_parse_from(["ctune", "--dry-run"]).unwrap();
+        assert_eq!(c.resolved_command(), Some(Command::Plan));
+        let c = Cli::try_parse_from(["ctune", "status", "--json", "--proc-root", "/x"]).unwrap();
+        assert_eq!(c.resolved_command(), Some(Command::Status));
+        assert!(c.json);
+        assert_eq!(Roots::from(&c.paths).proc, PathBuf::from("/x"));
+        assert_eq!(
+            Cli::try_parse_from(["ctune"]).unwrap().resolved_command(),
+            None
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Top-level errors and the exit codes they map to.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success (a dry run succeeds whether or not it plans changes) |
+//! | 1 | a file every decision needs could not be read (named in the message) |
+//! | 2 | invalid command line or config (file, line and key named) |
+//! | 3 | conntrack is not active on this kernel (nf_conntrack not loaded) |
+//! | 4 | partly done: a value or file could not be written (each failure named) |
+
+use crate::sense::observe::ObserveError;
+use ctune_core::config::ConfigError;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a required kernel file could not be read.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad command line or config.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: conntrack not loaded.
+pub const EXIT_NO_CONNTRACK: u8 = 3;
+/// Exit code: some changes or files did not take effect.
+pub const EXIT_PARTIAL: u8 = 4;
+
+/// Any error that ends a ctune command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel could not be observed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// Output could not be written (closed pipe, full disk).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] crate::act::state::StateError),
+    /// Another ctune holds the lock.
+    #[error(transparent)]
+    Lock(#[from] crate::act::lock::LockError),
+    /// Some of the work did not take effect; the details were printed.
+    #[error("{0}")]
+    Partial(String),
+}
+
+impl From<crate::act::restore::RestoreError> for Error {
+    fn from(e: crate::act::restore::RestoreError) -> Self {
+        match e {
+            crate::act::restore::RestoreError::State(s) => Error::State(s),
+            crate::act::restore::RestoreError::Observe(o) => Error::Observe(o),
+        }
+    }
+}
+
+impl Error {
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => EXIT_USAGE,
+            Error::Observe(ObserveError::NotLoaded(_)) => EXIT_NO_CONNTRACK,
+            Error::Observe(ObserveError::Unreadable(_)) | Error::Output(_) | Error::State(_) => {
+                EXIT_FAILURE
+            }
+            Error::Partial(_) => EXIT_PARTIAL,
+            Error::Lock(_) => EXIT_FAILURE,
+        }
+    }
+}

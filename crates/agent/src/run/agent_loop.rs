@@ -1,0 +1,345 @@
+//! The background agent (`ctune run`): a tokio loop that takes one control step per
+//! interval, reloads its config on SIGHUP, and ends cleanly on SIGTERM/SIGINT.
+//!
+//! Stopping rolls nothing back: lowering max under load drops flows, and peers that
+//! rolled back on exit caused outages. `ctune restore` is the explicit undo.
+//! Logs one event per change; a failure or note is logged when it appears, not every
+//! tick while it lasts.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::MissedTickBehavior;
+
+use crate::act::state;
+use crate::run::engine::{Engine, StepReport};
+use crate::run::notify::Notifier;
+use crate::sense::netns::{self, Handle};
+use crate::sense::roots::Roots;
+use ctune_core::config;
+use ctune_core::plan::Target;
+use ctune_core::pressure::Level;
+use ctune_core::probe::{self, Reading};
+use ctune_core::tunables;
+use ctune_core::units::{fmt_count, fmt_pct};
+
+/// Where the config is reloaded from on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// `--config`, if given (must exist).
+    pub explicit: Option<PathBuf>,
+    /// The default path (may be absent: embedded defaults).
+    pub default_path: PathBuf,
+}
+
+/// Remembers what was logged so a lasting condition is logged once.
+#[derive(Debug, Default)]
+struct Quiet {
+    /// Lasting failures, by what failed (not by the full message, whose planned value
+    /// may change every tick), with the message last logged.
+    errors: HashMap<String, String>,
+    notes: HashSet<String>,
+}
+
+impl Quiet {
+    fn log(&mut self, r: &StepReport) {
+        let mut errors = HashMap::new();
+        for o in &r.outcomes {
+            let ns = match &o.change.target {
+                Target::Global => "global".to_string(),
+                Target::Namespace { netns } => netns.name.clone(),
+            };
+            match &o.result {
+                Ok(()) => tracing::info!(
+                    key = %o.change.key,
+                    netns = %ns,
+                    old = o.change.old,
+                    new = o.change.new,
+                    "{} {} -> {}: {}",
+                    o.change.key,
+                    o.change.old,
+                    o.change.new,
+                    o.change.reason
+                ),
+                Err(e) => {
+                    errors.insert(format!("{}@{ns}", o.change.key), e.to_string());
+                }
+            }
+        }
+        for f in &r.files {
+            match &f.result {
+                Ok(crate::act::atomic::Outcome::Written) => {
+                    let settings: Vec<&str> = f
+                        .update
+                        .new
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        .collect();
+                    tracing::info!(
+                        path = %f.update.path.display(),
+                        "persisted {}: {}",
+                        f.update.path.display(),
+                        settings.join("; ")
+                    )
+                }
+                Ok(crate::act::atomic::Outcome::Unchanged) => {}
+                Err(e) => {
+                    errors.insert(f.update.path.display().to_string(), e.to_string());
+                }
+            }
+        }
+        if let Some(e) = &r.state_error {
+            errors.insert("state".into(), e.to_string());
+        }
+        for (what, msg) in &errors {
+            if !self.errors.contains_key(what) {
+                tracing::error!("{msg}");
+            }
+        }
+        for (what, msg) in &self.errors {
+            if !errors.contains_key(what) {
+                tracing::info!("resolved: {msg}");
+            }
+        }
+        self.errors = errors;
+        for n in &r.notes {
+            if self.notes.len() >= 1000 {
+                // Bounded memory on hosts with ever-changing namespaces: start afresh.
+                self.notes.clear();
+            }
+            if self.notes.insert(n.clone()) {
+                tracing::warn!("{n}");
+            }
+        }
+        for e in &r.plan.explanations {
+            tracing::debug!("{e}");
+        }
+    }
+
+    fn failed(&mut self, msg: String) {
+        if self.errors.len() != 1 || self.errors.get("observe") != Some(&msg) {
+            tracing::error!("{msg}");
+            self.errors = HashMap::from([("observe".to_string(), msg)]);
+        }
+    }
+}
+
+/// Open `nf_conntrack_count` files of the watched namespaces. A sysctl file opened
+/// inside a namespace keeps reading that namespace's value from any thread, so a probe
+/// costs one pread per namespace and no setns.
+#[derive(Debug, Default)]
+struct Probe {
+    counts: Vec<(u64, File)>,
+    last: HashMap<u64, Reading>,
+    max: u64,
+    /// Probing paused after the last step ([`probe::paused_after`]).
+    blocked: bool,
+}
+
+impl Probe {
+    /// Re-opens the count files when the set of namespaces changed, and takes the max
+    /// now in force from the step.
+    fn refresh(&mut self, roots: &Roots, r: &StepReport, cfg: &config::Config) {
+        let raised = r
+            .outcomes
+            .iter()
+            .any(|o| o.change.key == tunables::MAX && o.result.is_ok());
+        self.max = r
+            .plan
+            .global_change(tunables::MAX)
+            .filter(|_| raised)
+            .map_or(r.observation.global.max, |c| c.new);
+        self.blocked = probe::paused_after(&r.plan, raised, cfg);
+        let inodes: Vec<u64> = r
+            .observation
+            .namespaces
+            .iter()
+            .map(|n| n.id.inode)
+            .collect();
+        if inodes == self.counts.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
+            return;
+        }
+        self.counts.clear();
+        self.last.clear();
+        let count_path = roots.sysctl(tunables::COUNT);
+        let mut others = Vec::new();
+        for n in &r.observation.namespaces {
+            match &n.handle {
+                None => {
+                    if let Ok(f) = File::open(&count_path) {
+                        self.counts.push((n.id.inode, f));
+                    }
+                }
+                Some(path) => others.push(Handle {
+                    id: n.id.clone(),
+                    path: path.clone(),
+                }),
+            }
+        }
+        for (h, f) in others
+            .iter()
+            .zip(netns::read_each(&others, || File::open(&count_path)))
+        {
+            if let Ok(Ok(f)) = f {
+                self.counts.push((h.id.inode, f));
+            }
+        }
+    }
+
+    /// Reads every count; true when a namespace calls for a step now.
+    fn due(&mut self, now: Duration, next_step: Duration, cfg: &config::Config) -> bool {
+        if self.blocked {
+            return false;
+        }
+        let mut due = false;
+        let mut buf = [0u8; 32];
+        for (inode, f) in &self.counts {
+            let Ok(n) = f.read_at(&mut buf, 0) else {
+                continue;
+            };
+            let Some(count) = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            else {
+                continue;
+            };
+            let reading = Reading { at: now, count };
+            let prev = self.last.insert(*inode, reading);
+            due |= probe::step_now(prev, reading, self.max, next_step, cfg);
+        }
+        due
+    }
+}
+
+/// One line for `systemctl status`.
+fn summary(r: &StepReport) -> String {
+    let max = r
+        .plan
+        .global_change(ctune_core::tunables::MAX)
+        .map_or(r.observation.global.max, |c| c.new);
+    let busiest = r
+        .plan
+        .namespaces
+        .iter()
+        .filter_map(|v| v.utilisation_after.map(|u| (u, v.netns.name.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let pressed = r
+        .plan
+        .namespaces
+        .iter()
+        .filter(|v| v.level > Level::Normal)
+        .count();
+    format!(
+        "max {} (ceiling {}), busiest {}, {} namespace(s) watched, {} under pressure",
+        fmt_count(max),
+        fmt_count(r.plan.ceiling.value),
+        busiest.map_or("-".into(), |(u, n)| format!("{n} at {}", fmt_pct(u))),
+        r.plan.namespaces.len(),
+        pressed
+    )
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()> {
+    let notifier = Notifier::from_env();
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut interval = engine.config.agent.interval;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Keep-alives at half the watchdog timeout, from the same task as the control step:
+    // if a step hangs, the keep-alives stop and systemd restarts ctune.
+    let wd_period = notifier
+        .watchdog()
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut wd = tokio::time::interval(wd_period);
+    let mut quiet = Quiet::default();
+    let mut ready = false;
+    let mut probe = Probe::default();
+    let mut probe_every = engine.config.agent.probe_interval;
+    let mut probe_tick = tokio::time::interval(probe_every);
+    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_step = tokio::time::Instant::now();
+    tracing::info!(
+        interval = %humantime::format_duration(interval),
+        "ctune agent started"
+    );
+    loop {
+        let early = tokio::select! {
+            _ = tick.tick() => false,
+            _ = probe_tick.tick() => {
+                let next_step = interval.saturating_sub(last_step.elapsed());
+                if !probe.due(state::now(), next_step, &engine.config) {
+                    continue;
+                }
+                true
+            }
+            _ = wd.tick() => {
+                notifier.keepalive();
+                continue;
+            }
+            _ = hup.recv() => {
+                notifier.reloading();
+                match crate::sense::config_file::load(source.explicit.as_deref(), &source.default_path) {
+                    Ok((cfg, src)) => {
+                        tracing::info!("config reloaded from {}", src.path().display());
+                        engine.config = cfg;
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
+                }
+                if engine.config.agent.interval != interval {
+                    interval = engine.config.agent.interval;
+                    tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                if engine.config.agent.probe_interval != probe_every {
+                    probe_every = engine.config.agent.probe_interval;
+                    probe_tick = tokio::time::interval(probe_every);
+                    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                notifier.send("READY=1");
+                continue;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping; nothing is rolled back (`ctune restore` undoes ctune's changes)");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping; nothing is rolled back");
+                break;
+            }
+        };
+        if early {
+            tracing::debug!("count probe: table filling, stepping early");
+            // The regular schedule restarts from this step.
+            tick.reset();
+        }
+        last_step = tokio::time::Instant::now();
+        let status = match engine.step(state::now()) {
+            Ok(report) => {
+                quiet.log(&report);
+                probe.refresh(&engine.roots, &report, &engine.config);
+                summary(&report)
+            }
+            Err(e) => {
+                let msg = format!("cannot observe: {e}");
+                quiet.failed(msg.clone());
+                msg
+            }
+        };
+        if ready {
+            notifier.status(&status);
+        } else {
+            notifier.ready(&status);
+            ready = true;
+        }
+    }
+    notifier.stopping();
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! One control step, shared by `ctune apply` and the agent: observe, decide, apply,
+//! persist, remember. Everything that can fail is tried and reported; nothing is left
+//! half-written (files are replaced atomically, the state last).
+
+use std::time::Duration;
+
+use crate::act::apply::{self, Outcome};
+use crate::act::atomic;
+use crate::act::persist::{self, FileUpdate};
+use crate::act::state::{self, State, StateError};
+use crate::sense::observe::{self, ObserveError};
+use crate::sense::roots::Roots;
+use ctune_core::config::Config;
+use ctune_core::model::Observation;
+use ctune_core::plan::{Plan, Target};
+
+/// One file a step wrote (or failed to write).
+#[derive(Debug)]
+pub struct FileResult {
+    /// What was to be written.
+    pub update: FileUpdate,
+    /// Written, unchanged, or why not.
+    pub result: Result<atomic::Outcome, atomic::WriteError>,
+}
+
+/// What one step did.
+#[derive(Debug)]
+pub struct StepReport {
+    /// What was read.
+    pub observation: Observation,
+    /// What was decided.
+    pub plan: Plan,
+    /// Each change and whether it took effect.
+    pub outcomes: Vec<Outcome>,
+    /// Persisted files.
+    pub files: Vec<FileResult>,
+    /// Notes from observation and rendering.
+    pub notes: Vec<String>,
+    /// The state could not be saved.
+    pub state_error: Option<StateError>,
+}
+
+impl StepReport {
+    /// What went wrong, in one sentence, or None when everything took effect.
+    pub fn failure_summary(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let failed = self.outcomes.iter().filter(|o| o.result.is_err()).count();
+        Some(
+            if self.outcomes.is_empty() && !self.plan.changes.is_empty() {
+                "nothing was changed: ctune's state (the operator's values, for `ctune restore`) could not be saved first".into()
+            } else if failed > 0 {
+                format!("{failed} change(s) did not take effect (see above)")
+            } else if self.files.iter().any(|f| f.result.is_err()) {
+                "the kernel values are in force, but not all were persisted: they would not survive a reboot (see above)".into()
+            } else {
+                "the kernel values are in force and persisted, but ctune's state could not be saved (see above)".into()
+            },
+        )
+    }
+
+    /// Whether everything planned took effect and was persisted.
+    pub fn complete(&self) -> bool {
+        self.outcomes.iter().all(|o| o.result.is_ok())
+            && self.files.iter().all(|f| f.result.is_ok())
+            && self.state_error.is_none()
+    }
+}
+
+/// The imperative shell around the policy.
+#[derive(Debug)]
+pub struct Engine {
+    /// Where everything lives.
+    pub roots: Roots,
+    /// The config in force.
+    pub config: Config,
+    /// What ctune remembers.
+    pub state: State,
+}
+
+impl Engine {
+    /// Loads the state and prepares a step.
+    pub fn new(roots: Roots, config: Config) -> Result<Engine, StateError> {
+        let state = state::load(&roots)?;
+        Ok(Engine {
+            roots,
+            config,
+            state,
+        })
+    }
+
+    /// Observes, decides, applies, persists, and saves the state.
+    pub fn step(&mut self, now: Duration) -> Result<StepReport, ObserveError> {
+        // Only the timeouts ctune may change (or has changed): a step reads a dozen
+        // files, not every key the kernel has.
+        let mut keys: std::collections::BTreeSet<String> = self
+            .config
+            .timeouts
+            .floors
+            .keys()
+            .map(|k| format!("nf_conntrack_{k}"))
+            .collect();
+        for ns in self.state.policy.namespaces.values() {
+            keys.extend(ns.lowered.keys().cloned());
+        }
+        let obs = observe::observe_keys(
+            &self.roots,
+            &self.config.namespaces,
+            &observe::TimeoutKeys::Only(keys),
+        )?;
+        let prev = self.state.policy.clone();
+        let (plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+        // The operator's value from before ctune's first change of a global key is saved
+        // before the kernel is touched: if it cannot be, nothing is changed, so `restore`
+        // can always put it back.
+        let mut originals_added = false;
+        for ch in plan.changes.iter().filter(|c| c.target == Target::Global) {
+            if !self.state.original.contains_key(&ch.key) {
+                self.state.original.insert(ch.key.clone(), ch.old);
+                originals_added = true;
+            }
+        }
+        if originals_added && let Err(e) = state::save(&self.roots, &self.state) {
+            let notes = obs.notes.clone();
+            return Ok(StepReport {
+                observation: obs,
+                plan,
+                outcomes: Vec::new(),
+                files: Vec::new(),
+                notes,
+                state_error: Some(e),
+            });
+        }
+        let outcomes = apply::apply(&self.roots, &obs, &plan.changes);
+        for o in outcomes.iter().filter(|o| o.result.is_err()) {
+            next.forget_failed(&prev, &o.change);
+        }
+        // Persist what is in force now: the plan without the changes that failed.
+        let mut effective = plan.clone();
+        effective.changes = outcomes
+            .iter()
+            .filter(|o| o.result.is_ok())
+            .map(|o| o.change.clone())
+            .collect();
+        let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
+        let (updates, file_notes) = persist::render(
+            &self.roots,
+            &obs,
+            &effective,
+            &managed,
+            self.config.hash.ratio,
+        );
+        let files = updates
+            .into_iter()
+            .map(|update| {
+                let result = atomic::write(&update.path, update.new.as_bytes(), 0o644);
+                FileResult { update, result }
+            })
+            .collect();
+        self.state.policy = next;
+        let state_error = state::save(&self.roots, &self.state).err();
+        let mut notes = obs.notes.clone();
+        notes.extend(file_notes);
+        Ok(StepReport {
+            observation: obs,
+            plan,
+            outcomes,
+            files,
+            notes,
+            state_error,
+        })
+    }
+}

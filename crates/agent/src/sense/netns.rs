@@ -1,0 +1,328 @@
+//! Finding network namespaces and reading conntrack state inside them.
+//!
+//! The count and the timeouts are per namespace and `/proc/sys` shows the reading
+//! thread's namespace, so another namespace is read by a helper thread that enters it
+//! with setns(2). The helper reads statistics through `/proc/thread-self/net`, because
+//! `/proc/net` follows the thread-group leader, not the thread.
+
+use nix::sched::{CloneFlags, setns};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::sense::kfile::FileError;
+use crate::sense::roots::Roots;
+use ctune_core::config::{NamespaceMode, Namespaces};
+use ctune_core::model::NetnsId;
+
+/// A namespace to read, and the file whose descriptor enters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    /// Who it is.
+    pub id: NetnsId,
+    /// /run/netns/NAME or /proc/PID/ns/net.
+    pub path: PathBuf,
+}
+
+/// What discovery found: ctune's own namespace, the others, and what it could not see.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// Inode of ctune's own namespace, when readable.
+    pub own_inode: Option<u64>,
+    /// Whether ctune's namespace is PID 1's (the host's), when both are readable.
+    pub own_is_initial: Option<bool>,
+    /// Other namespaces, in a stable order, each once.
+    pub others: Vec<Handle>,
+    /// Problems worth telling the operator (missing names, unreadable processes).
+    pub notes: Vec<String>,
+}
+
+fn inode_of(path: &std::path::Path) -> Result<u64, FileError> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| FileError::io(path, &e))
+}
+
+/// Finds the namespaces the config asks for, deduplicated by inode; ctune's own is not
+/// among `others`.
+pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
+    let mut d = Discovery::default();
+    match inode_of(&roots.proc.join("self/ns/net")) {
+        Ok(ino) => d.own_inode = Some(ino),
+        Err(e) => d.notes.push(format!("cannot identify own namespace: {e}")),
+    }
+    d.own_is_initial = match (d.own_inode, inode_of(&roots.pid_netns("1"))) {
+        (Some(own), Ok(init)) => Some(own == init),
+        _ => None,
+    };
+    let mut seen: BTreeSet<u64> = d.own_inode.into_iter().collect();
+    let mut push = |d: &mut Discovery, name: String, path: PathBuf| match inode_of(&path) {
+        Ok(inode) => {
+            if seen.insert(inode) {
+                d.others.push(Handle {
+                    id: NetnsId { name, inode },
+                    path,
+                });
+            }
+        }
+        Err(e) => d.notes.push(format!("namespace {name}: {e}")),
+    };
+    match cfg.mode {
+        NamespaceMode::Initial => {}
+        NamespaceMode::Named => {
+            for name in &cfg.names {
+                push(&mut d, name.clone(), roots.named_netns_dir().join(name));
+            }
+        }
+        NamespaceMode::All => {
+            for name in list_dir(&roots.named_netns_dir(), &mut d.notes, true) {
+                let path = roots.named_netns_dir().join(&name);
+                push(&mut d, name, path);
+            }
+            let mut pids: Vec<u32> = list_dir(&roots.proc, &mut d.notes, false)
+                .into_iter()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            pids.sort_unstable();
+            let mut denied = 0usize;
+            for pid in pids {
+                let path = roots.pid_netns(&pid.to_string());
+                match inode_of(&path) {
+                    Ok(inode) if seen.insert(inode) => {
+                        let comm =
+                            std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
+                                .map(|c| c.trim().to_string())
+                                .unwrap_or_default();
+                        let name = if comm.is_empty() {
+                            format!("pid {pid}")
+                        } else {
+                            format!("pid {pid} ({comm})")
+                        };
+                        d.others.push(Handle {
+                            id: NetnsId { name, inode },
+                            path,
+                        });
+                    }
+                    Ok(_) => {}
+                    // Processes exit between listing and stat: not worth a note.
+                    Err(e) if e.cause == crate::sense::kfile::Cause::Missing => {}
+                    Err(_) => denied += 1,
+                }
+            }
+            if denied > 0 {
+                let hint = if nix::unistd::geteuid().is_root() {
+                    "even as root: a sandbox or ptrace restriction hides them"
+                } else {
+                    "run as root to see them"
+                };
+                d.notes.push(format!(
+                    "the namespaces of {denied} process(es) could not be inspected (permission denied; {hint})"
+                ));
+            }
+        }
+    }
+    d
+}
+
+fn list_dir(dir: &std::path::Path, notes: &mut Vec<String>, missing_ok: bool) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            names
+        }
+        Err(e) => {
+            if !(missing_ok && e.kind() == std::io::ErrorKind::NotFound) {
+                notes.push(format!("cannot list {}: {e}", dir.display()));
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Runs `read` inside each namespace, on one helper thread that moves from namespace to
+/// namespace, so ctune's own threads never change namespace. A namespace that cannot be
+/// entered yields its error instead of a reading.
+pub fn read_each<T: Send>(
+    handles: &[Handle],
+    read: impl Fn() -> T + Sync,
+) -> Vec<Result<T, String>> {
+    if handles.is_empty() {
+        return Vec::new();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            handles
+                .iter()
+                .map(|h| {
+                    enter(h)?;
+                    Ok(read())
+                })
+                .collect()
+        })
+        .join()
+        .expect("namespace reader thread panicked")
+    })
+}
+
+/// Moves the calling thread into the namespace of `h`, after checking that the handle
+/// still names the namespace it named at discovery (a PID can exit and be reused, a
+/// /run/netns name can be deleted and created again).
+pub fn enter(h: &Handle) -> Result<(), String> {
+    let file = File::open(&h.path).map_err(|e| FileError::io(&h.path, &e).to_string())?;
+    let inode = file
+        .metadata()
+        .map(|m| m.ino())
+        .map_err(|e| FileError::io(&h.path, &e).to_string())?;
+    if inode != h.id.inode {
+        return Err(format!(
+            "{}: now names another namespace (inode {inode}, was {}): it was deleted or its process exited",
+            h.path.display(),
+            h.id.inode
+        ));
+    }
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        let why = match errno {
+            nix::errno::Errno::EINVAL => " (not a network namespace)",
+            nix::errno::Errno::EPERM => " (needs CAP_SYS_ADMIN)",
+            _ => "",
+        };
+        format!("{}: setns failed: {errno:?}{why}", h.path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree() -> (tempfile::TempDir, Roots) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            proc: dir.path().join("proc"),
+            sys: dir.path().join("sys"),
+            etc: dir.path().join("etc"),
+            run: dir.path().join("run"),
+            state: dir.path().join("state"),
+        };
+        (dir, roots)
+    }
+
+    fn ns_file(path: &std::path::Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "").unwrap();
+    }
+
+    #[test]
+    fn all_mode_dedups_by_inode_and_skips_own() {
+        let (_d, roots) = tree();
+        ns_file(&roots.proc.join("self/ns/net"));
+        ns_file(&roots.pid_netns("1"));
+        ns_file(&roots.named_netns_dir().join("fw"));
+        // pid 7 is in namespace fw (same inode: a hard link), pid 9 in its own.
+        fs::create_dir_all(roots.proc.join("7/ns")).unwrap();
+        fs::hard_link(roots.named_netns_dir().join("fw"), roots.pid_netns("7")).unwrap();
+        ns_file(&roots.pid_netns("9"));
+        fs::write(roots.proc.join("9/comm"), "dnsmasq\n").unwrap();
+        // pid 5 shares ctune's namespace.
+        fs::create_dir_all(roots.proc.join("5/ns")).unwrap();
+        fs::hard_link(roots.proc.join("self/ns/net"), roots.pid_netns("5")).unwrap();
+
+        let d = discover(
+            &roots,
+            &Namespaces {
+                mode: NamespaceMode::All,
+                names: vec![],
+            },
+        );
+        let names: Vec<_> = d.others.iter().map(|h| h.id.name.as_str()).collect();
+        assert_eq!(names, ["fw", "pid 1", "pid 9 (dnsmasq)"]);
+        assert!(names.contains(&"fw"));
+        assert!(names.contains(&"pid 9 (dnsmasq)"));
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("pid 7") || n.starts_with("pid 5")),
+            "{names:?}"
+        );
+        assert_eq!(
+            d.own_is_initial,
+            Some(false),
+            "pid 1 has its own inode in this tree"
+        );
+    }
+
+    #[test]
+    fn named_mode_reports_missing_names() {
+        let (_d, roots) = tree();
+        ns_file(&roots.proc.join("self/ns/net"));
+        ns_file(&roots.named_netns_dir().join("a"));
+        let d = discover(
+            &roots,
+            &Namespaces {
+                mode: NamespaceMode::Named,
+                names: vec!["a".into(), "gone".into()],
+            },
+        );
+        assert_eq!(d.others.len(), 1);
+        assert_eq!(d.others[0].id.name, "a");
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("gone") && n.contains("not found")),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn initial_mode_sees_nothing_else() {
+        let (_d, roots) = tree();
+        ns_file(&roots.proc.join("self/ns/net"));
+        ns_file(&roots.named_netns_dir().join("a"));
+        let d = discover(
+            &roots,
+            &Namespaces {
+                mode: NamespaceMode::Initial,
+                names: vec![],
+            },
+        );
+        assert!(d.others.is_empty());
+    }
+
+    #[test]
+    fn entering_a_regular_file_fails_with_its_path() {
+        let (_d, roots) = tree();
+        let p = roots.named_netns_dir().join("fake");
+        ns_file(&p);
+        let inode = std::fs::metadata(&p).unwrap().ino();
+        let handle = Handle {
+            id: NetnsId {
+                name: "fake".into(),
+                inode,
+            },
+            path: p.clone(),
+        };
+        let err = read_each(std::slice::from_ref(&handle), || 42)
+            .remove(0)
+            .unwrap_err();
+        assert!(
+            err.contains(p.to_str().unwrap())
+                && err.contains("setns failed: EINVAL (not a network namespace)"),
+            "{err}"
+        );
+        let stale = Handle {
+            id: NetnsId {
+                name: "fake".into(),
+                inode: inode + 1,
+            },
+            ..handle
+        };
+        let err = read_each(&[stale], || 42).remove(0).unwrap_err();
+        assert!(err.contains("another namespace"), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! Reading the live conntrack state: the global table, each watched namespace, the host.
+//!
+//! Observation only reads. A key absent on this kernel or a file ctune may not read is a
+//! note in the result, not a failure; only what no decision can do without (the global
+//! max, memory size) fails the observation.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::sense::kfile::{self, Cause, FileError};
+use crate::sense::netns;
+use crate::sense::roots::Roots;
+use ctune_core::config::Namespaces;
+use ctune_core::model::NetnsId;
+use ctune_core::model::meminfo;
+use ctune_core::model::slab;
+use ctune_core::model::stat;
+use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::tunables;
+
+/// Why no observation could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// No `nf_conntrack_max`: the module is not loaded (or no conntrack in this kernel).
+    #[error(
+        "conntrack is not active: {0}\n  nf_conntrack is not loaded; it loads when a firewall rule uses connection tracking (e.g. `ct state`), or with `modprobe nf_conntrack`"
+    )]
+    NotLoaded(FileError),
+    /// A file every decision needs could not be read.
+    #[error("{0}")]
+    Unreadable(FileError),
+}
+
+/// Which timeout keys to read in each namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeoutKeys {
+    /// Every timeout key the kernel has (the dry run and `status` show them all).
+    All,
+    /// Only these (the agent's step: the keys it may change), read without listing the
+    /// directory; a key this kernel lacks is skipped.
+    Only(std::collections::BTreeSet<String>),
+}
+
+/// Observes the kernel below `roots`, watching the namespaces `ns` asks for.
+pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveError> {
+    observe_keys(roots, ns, &TimeoutKeys::All)
+}
+
+/// Like [`observe`], reading only the timeout keys `keys` names.
+pub fn observe_keys(
+    roots: &Roots,
+    ns: &Namespaces,
+    keys: &TimeoutKeys,
+) -> Result<Observation, ObserveError> {
+    let mut notes = Vec::new();
+    let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
+        Cause::Missing => ObserveError::NotLoaded(e),
+        _ => ObserveError::Unreadable(e),
+    })?;
+    let module = if roots.module_initstate().exists() {
+        ModuleState::Module
+    } else {
+        ModuleState::BuiltIn
+    };
+    let mut optional = |path: &Path| match kfile::read_u64(path) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            notes.push(e.to_string());
+            None
+        }
+    };
+    let buckets = optional(&roots.sysctl(tunables::BUCKETS));
+    let hashsize = optional(&roots.hashsize_param());
+    let expect_max = optional(&roots.sysctl(tunables::EXPECT_MAX));
+    let write_access = match kfile::writable(&roots.sysctl(tunables::MAX)) {
+        Ok(()) => Access {
+            writable: true,
+            reason: None,
+            root_could: true,
+        },
+        Err(e) => Access {
+            writable: false,
+            root_could: e.cause == Cause::Denied
+                && std::fs::metadata(roots.sysctl(tunables::MAX))
+                    .is_ok_and(|m| m.permissions().mode() & 0o200 != 0),
+            reason: Some(match e.cause {
+                Cause::Denied => format!(
+                    "{e}: global keys are writable only by root in the initial network namespace"
+                ),
+                Cause::ReadOnly => format!("{e}: /proc/sys is mounted read-only (a container?)"),
+                _ => e.to_string(),
+            }),
+        },
+    };
+    let memory = kfile::read_text(&roots.meminfo())
+        .and_then(|t| meminfo::parse(&t).map_err(|d| FileError::malformed(&roots.meminfo(), d)))
+        .map_err(ObserveError::Unreadable)?;
+    let (entry_bytes, entry_bytes_source) = entry_size(roots, &mut notes);
+    let host = Host {
+        cpus: cpu_count(roots),
+        memory,
+        entry_bytes,
+        entry_bytes_source,
+    };
+
+    let mut discovery = netns::discover(roots, ns);
+    if discovery.own_is_initial.is_none() {
+        // PID 1 is hidden (a sandbox, hidepid): the kernel itself tells, because outside
+        // the initial namespace it makes nf_conntrack_max read-only (mode 0444).
+        discovery.own_is_initial = std::fs::metadata(roots.sysctl(tunables::MAX))
+            .ok()
+            .map(|m| m.permissions().mode() & 0o200 != 0);
+    }
+    notes.extend(discovery.notes.iter().cloned());
+    let own_name = match discovery.own_is_initial {
+        Some(false) => "self",
+        _ => "init",
+    };
+    let mut own = read_namespace(roots, &roots.stat_file(), keys);
+    own.id = NetnsId {
+        name: own_name.into(),
+        inode: discovery.own_inode.unwrap_or(0),
+    };
+    let mut namespaces = vec![own];
+    let readings = netns::read_each(&discovery.others, || {
+        read_namespace(roots, &roots.thread_stat_file(), keys)
+    });
+    for (handle, reading) in discovery.others.iter().zip(readings) {
+        let mut obs = reading.unwrap_or_else(|e| NamespaceObs {
+            id: handle.id.clone(),
+            count: None,
+            stat: None,
+            timeouts: BTreeMap::new(),
+            error: Some(format!("cannot enter: {e}")),
+            handle: None,
+        });
+        obs.id = handle.id.clone();
+        obs.handle = Some(handle.path.clone());
+        namespaces.push(obs);
+    }
+    for n in &namespaces {
+        if let Some(err) = &n.error {
+            notes.push(format!("namespace {}: {err}", n.id.name));
+        }
+    }
+    Ok(Observation {
+        module,
+        in_initial_netns: discovery.own_is_initial,
+        global: Global {
+            max,
+            buckets,
+            hashsize,
+            expect_max,
+            write_access,
+        },
+        host,
+        namespaces,
+        notes,
+    })
+}
+
+/// Reads the calling thread's namespace: count, statistics and every timeout key.
+fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> NamespaceObs {
+    let mut problems = Vec::new();
+    let count = kfile::read_u64(&roots.sysctl(tunables::COUNT))
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let stat = kfile::read_text(stat_path)
+        .and_then(|t| stat::parse(&t).map_err(|d| FileError::malformed(stat_path, d)))
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let timeouts = read_timeouts(&roots.netfilter_sysctl_dir(), keys, &mut problems);
+    NamespaceObs {
+        id: NetnsId {
+            name: String::new(),
+            inode: 0,
+        },
+        count,
+        stat,
+        timeouts,
+        error: (!problems.is_empty()).then(|| problems.join("; ")),
+        handle: None,
+    }
+}
+
+/// The timeout keys of the reading thread's namespace, in seconds.
+fn read_timeouts(
+    dir: &Path,
+    keys: &TimeoutKeys,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, u64> {
+    let names: Vec<String> = match keys {
+        TimeoutKeys::Only(wanted) => wanted.iter().cloned().collect(),
+        TimeoutKeys::All => match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| tunables::is_timeout_key(n))
+                .collect(),
+            Err(e) => {
+                problems.push(FileError::io(dir, &e).to_string());
+                Vec::new()
+            }
+        },
+    };
+    let mut timeouts = BTreeMap::new();
+    for name in names {
+        match kfile::read_u64(&dir.join(&name)) {
+            Ok(v) => {
+                timeouts.insert(name, v);
+            }
+            // Asked for by name, absent on this kernel: not a problem of this namespace.
+            Err(e) if e.cause == Cause::Missing && matches!(keys, TimeoutKeys::Only(_)) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    timeouts
+}
+
+fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {
+    match kfile::read_u64(&roots.slab_size_file()) {
+        Ok(v) if v > 0 => return (v, "sysfs".into()),
+        Ok(_) => {}
+        Err(e) if e.cause == Cause::Missing => {}
+        Err(e) => notes.push(e.to_string()),
+    }
+    match kfile::read_text(&roots.slabinfo()).and_then(|t| {
+        slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d))
+    }) {
+        Ok(v) => (v, "slabinfo".into()),
+        Err(e) => {
+            notes.push(format!(
+                "{e}; assuming {} B per entry",
+                slab::FALLBACK_ENTRY_BYTES
+            ));
+            (slab::FALLBACK_ENTRY_BYTES, "fallback".into())
+        }
+    }
+}
+
+/// Online CPUs from sysfs ("0-3,8"), else what the process may use.
+fn cpu_count(roots: &Roots) -> u64 {
+    let from_sysfs = kfile::read_text(&roots.sys.join("devices/system/cpu/online"))
+        .ok()
+        .and_then(|t| parse_cpu_list(&t));
+    from_sysfs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1)
+    })
+}
+
+/// Counts the CPUs in a kernel CPU list such as "0-3,8,10-11".
+pub fn parse_cpu_list(text: &str) -> Option<u64> {
+    let mut n = 0u64;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?),
+            None => {
+                let v = part.parse::<u64>().ok()?;
+                (v, v)
+            }
+        };
+        n += b.checked_sub(a)? + 1;
+    }
+    (n > 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! Helpers for tests that touch the live kernel: namespaces and nftables tables they
+//! create and always delete, global values saved and restored (also on panic), a lock
+//! that serializes tests changing global values, and a bounded UDP flow generator.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
+
+/// Live tests need root (namespaces, setns, nftables). CI runs as root; elsewhere the
+/// test says why it did nothing.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("{test}: skipped, needs root (CI runs it as root)");
+        false
+    }
+}
+
+/// Runs a command and fails the test with its output if it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace for one test, with loopback up and conntrack active (an nftables
+/// rule that uses `ct state`). Deleted on drop, which also deletes its nftables table.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(tag: &str) -> TestNetns {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "ctune-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh("ip", &["netns", "add", &name]);
+        let ns = TestNetns { name };
+        sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns.exec_stdin(
+            &["nft", "-f", "-"],
+            "table inet ctune_test {\n  chain out {\n    type filter hook output priority 0;\n    ct state new counter accept\n  }\n}\n",
+        );
+        // Keep the generated UDP entries for the whole test (the default is 30 s).
+        ns.write_sysctl("nf_conntrack_udp_timeout", 600);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace with `ip netns exec`.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        Command::new("ip")
+            .args(&full)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn exec_stdin(&self, args: &[&str], input: &str) {
+        use std::io::Write;
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        let mut child = Command::new("ip")
+            .args(&full)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip netns exec");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "{args:?} failed in {}",
+            self.name
+        );
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let fd = File::open(&path).expect("open netns");
+                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    pub fn write_sysctl(&self, key: &str, value: u64) {
+        self.run_in(|| {
+            std::fs::write(Path::new(SYSCTL_DIR).join(key), value.to_string())
+                .unwrap_or_else(|e| panic!("write {key}: {e}"))
+        });
+    }
+
+    pub fn read_sysctl(&self, key: &str) -> u64 {
+        self.run_in(|| read_u64(&Path::new(SYSCTL_DIR).join(key)))
+    }
+
+    /// Sends one datagram to each of `n` distinct destinations on 127.0.0.0/8 from
+    /// inside the namespace: `n` new conntrack entries while the table has room.
+    /// Returns how many sends the kernel refused (EPERM: table full).
+    pub fn udp_flows(&self, n: usize) -> usize {
+        self.udp_flows_paced(0, n, None)
+    }
+
+    /// Like `udp_flows`, for flows numbered `first..first + n` (distinct numbers are
+    /// distinct flows), at most `per_sec` a second when given.
+    pub fn udp_flows_paced(&self, first: usize, n: usize, per_sec: Option<usize>) -> usize {
+        self.run_in(|| {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(120);
+            let mut refused = 0;
+            for i in first..first + n {
+                assert!(Instant::now() < deadline, "flow generation took over 120 s");
+                if let Some(rate) = per_sec {
+                    let due = started + Duration::from_secs_f64((i - first) as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let port = 10_000 + (i % 50_000) as u16;
+                let host = (i / 50_000) as u8;
+                let dst = SocketAddrV4::new(Ipv4Addr::new(127, 0, 1, host.wrapping_add(1)), port);
+                if sock.send_to(&[0], dst).is_err() {
+                    refused += 1;
+                }
+            }
+            refused
+        })
+    }
+
+    /// The summed per-CPU counter `name` of this namespace's conntrack statistics.
+    pub fn stat_counter(&self, name: &str) -> u64 {
+        self.run_in(|| {
+            let text = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").unwrap();
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+            let col = header.iter().position(|h| *h == name).expect("column");
+            lines
+                .map(|l| u64::from_str_radix(l.split_whitespace().nth(col).unwrap(), 16).unwrap())
+                .sum()
+        })
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn read_u64(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Serializes the tests of this process that change global values.
+pub fn global_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Saves `nf_conntrack_max` and `nf_conntrack_buckets` and restores them on drop, also
+/// when the test panics. Holds the global lock for its lifetime.
+pub struct GlobalGuard {
+    max: u64,
+    buckets: u64,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl GlobalGuard {
+    pub fn save() -> GlobalGuard {
+        let lock = global_lock();
+        GlobalGuard {
+            max: read_u64(&Path::new(SYSCTL_DIR).join("nf_conntrack_max")),
+            buckets: read_u64(&Path::new(SYSCTL_DIR).join("nf_conntrack_buckets")),
+            _lock: lock,
+        }
+    }
+
+    /// Sets the hash size (a resize: cheap while the table is nearly empty).
+    pub fn set_buckets(&self, buckets: u64) {
+        std::fs::write(
+            Path::new(SYSCTL_DIR).join("nf_conntrack_buckets"),
+            buckets.to_string(),
+        )
+        .unwrap();
+    }
+
+    /// Sets the global max, refusing 0 and anything below what the initial namespace
+    /// holds now (plus room), so the host's own flows never hit the limit.
+    pub fn set_max(&self, max: u64) {
+        let init_count = read_u64(&Path::new(SYSCTL_DIR).join("nf_conntrack_count"));
+        assert!(
+            max > 0 && max >= init_count * 2 + 1024,
+            "refusing to set max {max} (host holds {init_count})"
+        );
+        std::fs::write(
+            Path::new(SYSCTL_DIR).join("nf_conntrack_max"),
+            max.to_string(),
+        )
+        .unwrap();
+    }
+
+    pub fn original_max(&self) -> u64 {
+        self.max
+    }
+}
+
+impl Drop for GlobalGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            Path::new(SYSCTL_DIR).join("nf_conntrack_max"),
+            self.max.to_string(),
+        );
+        let now = std::fs::read_to_string(Path::new(SYSCTL_DIR).join("nf_conntrack_buckets"))
+            .unwrap_or_default();
+        if now.trim() != self.buckets.to_string() {
+            let _ = std::fs::write(
+                Path::new(SYSCTL_DIR).join("nf_conntrack_buckets"),
+                self.buckets.to_string(),
+            );
+        }
+    }
+}
+
+/// Reads a global conntrack sysctl of the initial namespace.
+pub fn global(key: &str) -> u64 {
+    read_u64(&Path::new(SYSCTL_DIR).join(key))
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the ctune binary, returning (exit code, stdout, stderr).
+pub fn ctune(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
+        .args(args)
+        .output()
+        .expect("run ctune");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config file watching exactly the given named namespaces.
+pub fn named_config(dir: &Path, names: &[&str]) -> PathBuf {
+    let path = dir.join("ctune.yaml");
+    let list = names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &path,
+        format!("namespaces:\n  mode: named\n  names: [{list}]\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// Copies a directory tree (files and directories; owner-writable so tests can edit it).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+            let mut perm = std::fs::metadata(&to).unwrap().permissions();
+            perm.set_mode(perm.mode() | 0o200);
+            std::fs::set_permissions(&to, perm).unwrap();
+        }
+    }
+}
+
+/// A copy of a fixture kernel tree and the root flags that point ctune at it.
+pub struct FixtureTree {
+    pub dir: tempfile::TempDir,
+}
+
+impl FixtureTree {
+    pub fn new(kernel: &str) -> FixtureTree {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(kernel);
+        copy_tree(&src, dir.path());
+        FixtureTree { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn root_args(&self) -> Vec<String> {
+        let p = self.dir.path();
+        [
+            ("--proc-root", "proc"),
+            ("--sys-root", "sys"),
+            ("--etc-root", "etc"),
+            ("--run-root", "run"),
+            ("--state-dir", "state"),
+        ]
+        .iter()
+        .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
+        .collect()
+    }
+}

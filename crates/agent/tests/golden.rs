@@ -1,0 +1,95 @@
+//! Golden outputs: `ctune --dry-run` and `ctune status`, text and JSON, on copies of the
+//! fixture kernel trees in four states (two kernels, a table near full, a 256 MiB host
+//! with the table near full). Any change to the decision or its rendering shows up here
+//! as a diff to review; when it is intended, rerun with `CTUNE_BLESS=1` and commit the
+//! new files in tests/golden/ with the change.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+/// A fixture tree in one of the recorded states.
+fn tree(variant: &str) -> common::FixtureTree {
+    let kernel = if variant == "k419" {
+        "kernel-4.19"
+    } else {
+        "kernel-6.18"
+    };
+    let t = common::FixtureTree::new(kernel);
+    let netfilter = t.path().join("proc/sys/net/netfilter");
+    if variant.starts_with("k618-") {
+        std::fs::write(netfilter.join("nf_conntrack_count"), "250000\n").unwrap();
+    }
+    if variant == "k618-small" {
+        let meminfo = t.path().join("proc/meminfo");
+        let text = std::fs::read_to_string(&meminfo).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| match l.split(':').next() {
+                Some("MemTotal") => "MemTotal:         262144 kB".to_string(),
+                Some("MemAvailable") => "MemAvailable:     131072 kB".to_string(),
+                _ => l.to_string(),
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(&meminfo, text).unwrap();
+    }
+    t
+}
+
+/// Runs ctune on the tree; the temporary root and the fixture's namespace inode (a
+/// temporary file's) become placeholders so the output is the same on every machine.
+fn output(t: &common::FixtureTree, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
+        .env_remove("CTUNE_LOG")
+        .args(t.root_args())
+        .args(args)
+        .output()
+        .expect("run ctune");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let inode = std::fs::metadata(t.path().join("proc/self/ns/net"))
+        .unwrap()
+        .ino()
+        .to_string();
+    text.replace(&t.path().display().to_string(), "<root>")
+        .replace(&inode, "<inode>")
+}
+
+/// Compares with tests/golden/NAME, or writes it under `CTUNE_BLESS=1`.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("CTUNE_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (record it with CTUNE_BLESS=1)", path.display()));
+    if expected != actual {
+        let diff = similar::TextDiff::from_lines(&expected, actual);
+        panic!(
+            "{} differs from this build's output (review, then CTUNE_BLESS=1 to accept):\n{}",
+            path.display(),
+            diff.unified_diff().context_radius(3)
+        );
+    }
+}
+
+#[test]
+fn plan_and_status_match_the_golden_files() {
+    for variant in ["k618", "k419", "k618-full", "k618-small"] {
+        let t = tree(variant);
+        for (args, suffix) in [
+            (&["plan"][..], "plan.txt"),
+            (&["plan", "--json"][..], "plan.json"),
+            (&["status"][..], "status.txt"),
+            (&["status", "--json"][..], "status.json"),
+        ] {
+            assert_golden(&format!("{variant}-{suffix}"), &output(&t, args));
+        }
+    }
+}

@@ -1,0 +1,864 @@
+//! ctune's settings: the YAML file, its embedded defaults, and validation.
+//!
+//! A config is either entirely valid or rejected with the file, line and key named; no
+//! part of ctune runs on a half-understood config. Durations use humantime ("90s", "2h",
+//! "5d"), sizes binary units ("512MiB"). `config/ctune.yaml` is the commented default and
+//! is embedded in the binary, so a missing file means exactly those values.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::tunables;
+use crate::units;
+
+/// The commented default config, shipped as `config/ctune.yaml`.
+pub const DEFAULT_YAML: &str = include_str!("../../../config/ctune.yaml");
+
+/// TCP keepalive's common default (2 h): an established timeout below it drops idle
+/// sessions that keepalive was meant to hold.
+pub const KEEPALIVE_SECS: u64 = 7200;
+
+/// Everything ctune can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which network namespaces to observe.
+    pub namespaces: Namespaces,
+    /// How the hardware ceiling for `nf_conntrack_max` is derived.
+    pub ceiling: Ceiling,
+    /// When and how `nf_conntrack_max` changes.
+    pub max: MaxPolicy,
+    /// How the hash table follows max.
+    pub hash: HashPolicy,
+    /// Pressure levels and their hysteresis.
+    pub pressure: Pressure,
+    /// Which timeouts may be lowered under pressure, and how far.
+    pub timeouts: Timeouts,
+    /// The background agent (`ctune run`).
+    pub agent: Agent,
+}
+
+/// The agent's loop and its manners.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Time between samples; reading the table costs microseconds, a decision less.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Time between count probes: between steps, the watched counts are read and a step
+    /// is taken at once when a namespace reaches the high watermark or, at its current
+    /// growth rate, would before the next step.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
+    /// When someone else changes a value ctune set, adopt theirs and leave it alone
+    /// until it becomes unsafe (drops, or the critical level); false: ctune's plan wins.
+    pub respect_operator: bool,
+}
+
+/// Which namespaces count.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespaces {
+    /// `initial`, `named` or `all`.
+    pub mode: NamespaceMode,
+    /// Names under /run/netns, for `mode: named`.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// How namespaces are found; the initial (own) namespace is always observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceMode {
+    /// Only ctune's own namespace.
+    Initial,
+    /// Plus the namespaces listed in `names` (/run/netns/NAME).
+    Named,
+    /// Plus every namespace in /run/netns and /proc/*/ns/net, deduplicated by inode.
+    All,
+}
+
+/// Inputs of the hardware ceiling.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ceiling {
+    /// Share of MemTotal that all conntrack entries together may cost.
+    pub memory_fraction: Fraction,
+    /// Absolute memory cap in bytes on top of the fraction; null for none.
+    #[serde(
+        deserialize_with = "de_opt_size",
+        serialize_with = "ser_opt_size",
+        default
+    )]
+    pub memory_cap: Option<u64>,
+    /// Bytes per entry for extensions (NAT, accounting, timestamps, labels), which are
+    /// allocated beside the slab object.
+    pub extension_bytes: u64,
+    /// ctune never sets max below this.
+    pub min_max: u64,
+    /// ctune never sets max above this, whatever the memory allows.
+    pub max_cap: u64,
+    /// Namespaces assumed to fill the table each on its own: `auto` counts the observed
+    /// namespaces that hold entries.
+    pub filling_namespaces: FillingNamespaces,
+}
+
+/// How many namespaces the ceiling divides the budget between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FillingNamespaces {
+    /// Count the observed namespaces whose table holds entries (at least 1).
+    Auto,
+    /// A fixed number, for hosts whose namespaces ctune cannot see.
+    Fixed(u32),
+}
+
+impl<'de> Deserialize<'de> for FillingNamespaces {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Err(serde::de::Error::custom("must be at least 1 (or auto)")),
+            Raw::N(n) => Ok(FillingNamespaces::Fixed(n)),
+            Raw::S(s) if s == "auto" => Ok(FillingNamespaces::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "expected `auto` or a number, found {s:?}"
+            ))),
+        }
+    }
+}
+
+/// Growth (and optional shrinking) of `nf_conntrack_max`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPolicy {
+    /// Grow when the busiest namespace's count reaches this share of max.
+    pub high_watermark: Fraction,
+    /// After growing, the busiest namespace should sit at about this share of max.
+    pub target_utilisation: Fraction,
+    /// Grow by at least this factor (never by +1: each step may resize the hash).
+    pub grow_factor: f64,
+    /// Max never goes below count x (1 + headroom).
+    pub headroom: Fraction,
+    /// Shrinking, off by default.
+    pub shrink: Shrink,
+}
+
+/// Slow, hysteretic shrinking of max toward demand.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shrink {
+    /// Whether max may ever go down.
+    pub enabled: bool,
+    /// Shrink only after utilisation stayed below this share...
+    pub low_watermark: Fraction,
+    /// ...for this long.
+    #[serde(with = "duration")]
+    pub after: Duration,
+    /// Each shrink multiplies max by this factor (0.5 ..= 0.95).
+    pub factor: f64,
+}
+
+/// Hash size as a function of max.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    /// buckets = max / ratio. Each entry is hashed twice, so the average chain of a full
+    /// table is 2 x ratio.
+    pub ratio: u32,
+    /// Resize only when the current size is off by more than this share.
+    pub tolerance: Fraction,
+    /// At most one resize per this interval: a resize stalls every insert.
+    #[serde(with = "duration")]
+    pub min_interval: Duration,
+}
+
+/// Pressure levels with hysteresis.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pressure {
+    /// Thresholds of `elevated` (lowers transient timeouts).
+    pub elevated: Band,
+    /// Thresholds of `critical` (also lowers established).
+    pub critical: Band,
+    /// A level is held at least this long before stepping down.
+    #[serde(with = "duration")]
+    pub hold: Duration,
+}
+
+/// Enter at or above `enter`; leave only below `exit`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Band {
+    /// Utilisation (count / max) at which the level is entered.
+    pub enter: Fraction,
+    /// Utilisation below which the level may be left.
+    pub exit: Fraction,
+}
+
+/// Timeout management.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Whether ctune lowers timeouts at all.
+    pub manage: bool,
+    /// The lowest value per key, named without the `nf_conntrack_` prefix. Keys not
+    /// listed are never touched.
+    #[serde(deserialize_with = "de_floors", serialize_with = "ser_floors")]
+    pub floors: BTreeMap<String, u64>,
+    /// Permit an established floor below 2 h (TCP keepalive).
+    #[serde(default)]
+    pub allow_established_below_keepalive: bool,
+}
+
+impl Timeouts {
+    /// The floor of a full sysctl key name, if the key is managed.
+    pub fn floor_of(&self, key: &str) -> Option<u64> {
+        key.strip_prefix("nf_conntrack_")
+            .and_then(|short| self.floors.get(short))
+            .copied()
+    }
+}
+
+/// A number in (0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Fraction(pub f64);
+
+impl Fraction {
+    /// The raw value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_finite() && v > 0.0 && v <= 1.0 {
+            Ok(Fraction(v))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{v} is out of range: expected a fraction greater than 0 and at most 1 (e.g. 0.75)"
+            )))
+        }
+    }
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+/// Parses a humantime duration ("90s", "2h", "5d"), naming the accepted forms on error.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 2h, 5d"))
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::N(n)) => Ok(Some(n)),
+        Some(Raw::S(s)) => units::parse_size(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+fn ser_opt_size<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(n) => s.serialize_u64(*n),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_floors<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    for (key, value) in raw {
+        if !tunables::is_timeout_key(&format!("nf_conntrack_{key}")) {
+            return Err(serde::de::Error::custom(format!(
+                "{key:?} is not a conntrack timeout key (name it without the nf_conntrack_ prefix, e.g. generic_timeout)"
+            )));
+        }
+        let secs = parse_duration(&value)
+            .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))?
+            .as_secs();
+        if secs == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "{key}: a floor of 0 s would expire entries at once"
+            )));
+        }
+        out.insert(key, secs);
+    }
+    Ok(out)
+}
+
+fn ser_floors<S: serde::Serializer>(v: &BTreeMap<String, u64>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (k, secs) in v {
+        m.serialize_entry(k, &units::fmt_secs(*secs))?;
+    }
+    m.end()
+}
+
+/// A config that could not be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// YAML that does not match the schema (the message carries line, column and snippet).
+    #[error("invalid config {path}:\n{message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// serde-saphyr's rendering, with the offending line.
+        message: String,
+    },
+    /// Values that parse but contradict each other or the kernel.
+    #[error("invalid config {path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Line of the key, when found.
+        line: Option<usize>,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+}
+
+/// Where a config came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file on disk.
+    File(PathBuf),
+    /// The defaults compiled into the binary (no file at the default location).
+    Embedded,
+}
+
+impl Source {
+    /// The file, or a label for the embedded defaults.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Source::File(p) => p.clone(),
+            Source::Embedded => PathBuf::from("<embedded config/ctune.yaml>"),
+        }
+    }
+}
+
+static DEFAULT: std::sync::LazyLock<Config> = std::sync::LazyLock::new(|| {
+    parse(DEFAULT_YAML, Path::new("config/ctune.yaml")).expect("embedded default config is valid")
+});
+
+impl Default for Config {
+    fn default() -> Self {
+        DEFAULT.clone()
+    }
+}
+
+/// Parses and validates YAML text; `path` is only used in messages. Keys missing from
+/// the text take their default, so a file may hold only what it changes.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let merged = merged_with_defaults(text, path)?;
+    let cfg: Config = serde_saphyr::from_str(&merged).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    validate(&cfg, text, path)?;
+    Ok(cfg)
+}
+
+/// Overlays the operator's file on the defaults at the YAML-value level, after checking
+/// the file alone against the schema so that errors point into the operator's own lines.
+fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> {
+    let parse_err = |e: serde_saphyr::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        // The snippet names its source `<input>`; name the file instead.
+        message: e
+            .to_string()
+            .replace("<input>:", &format!("{}:", path.display())),
+    };
+    // Schema check of the operator's text with every field optional.
+    let _: partial::Config = serde_saphyr::from_str(text).map_err(parse_err)?;
+    let user: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_saphyr::from_str(text).map_err(parse_err)?
+    };
+    let mut base: serde_json::Value =
+        serde_saphyr::from_str(DEFAULT_YAML).expect("embedded default config is YAML");
+    overlay(&mut base, user);
+    Ok(serde_json::to_string(&base).expect("JSON value serializes"))
+}
+
+fn overlay(base: &mut serde_json::Value, user: serde_json::Value) {
+    match (base, user) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(u)) => {
+            for (k, v) in u {
+                // `floors` replaces the whole map: an operator listing floors means
+                // exactly those keys are managed.
+                if k == "floors" {
+                    b.insert(k, v);
+                    continue;
+                }
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (_, serde_json::Value::Null) => {}
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Every field optional, same names and checks: used to validate a partial file.
+mod partial {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    pub struct Config {
+        namespaces: Option<Namespaces>,
+        ceiling: Option<Ceiling>,
+        max: Option<MaxPolicy>,
+        hash: Option<HashPolicy>,
+        pressure: Option<Pressure>,
+        timeouts: Option<Timeouts>,
+        agent: Option<Agent>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Agent {
+        #[serde(deserialize_with = "opt_duration", default)]
+        interval: Option<Duration>,
+        #[serde(deserialize_with = "opt_duration", default)]
+        probe_interval: Option<Duration>,
+        respect_operator: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Namespaces {
+        mode: Option<NamespaceMode>,
+        names: Option<Vec<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Ceiling {
+        memory_fraction: Option<Fraction>,
+        #[serde(deserialize_with = "de_opt_size", default)]
+        memory_cap: Option<u64>,
+        extension_bytes: Option<u64>,
+        min_max: Option<u64>,
+        max_cap: Option<u64>,
+        filling_namespaces: Option<FillingNamespaces>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct MaxPolicy {
+        high_watermark: Option<Fraction>,
+        target_utilisation: Option<Fraction>,
+        grow_factor: Option<f64>,
+        headroom: Option<Fraction>,
+        shrink: Option<Shrink>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shrink {
+        enabled: Option<bool>,
+        low_watermark: Option<Fraction>,
+        #[serde(deserialize_with = "opt_duration", default)]
+        after: Option<Duration>,
+        factor: Option<f64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct HashPolicy {
+        ratio: Option<u32>,
+        tolerance: Option<Fraction>,
+        #[serde(deserialize_with = "opt_duration", default)]
+        min_interval: Option<Duration>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Pressure {
+        elevated: Option<Band>,
+        critical: Option<Band>,
+        #[serde(deserialize_with = "opt_duration", default)]
+        hold: Option<Duration>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Timeouts {
+        manage: Option<bool>,
+        #[serde(deserialize_with = "opt_floors", default)]
+        floors: Option<BTreeMap<String, u64>>,
+        allow_established_below_keepalive: Option<bool>,
+    }
+
+    fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    fn opt_floors<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
+        super::de_floors(d).map(Some)
+    }
+}
+
+fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: locate(text, key),
+        key: key.to_string(),
+        message,
+    };
+    let c = &cfg.ceiling;
+    if c.min_max < 1024 {
+        return Err(fail(
+            "ceiling.min_max",
+            format!("{} is below 1024; a smaller table fills at once", c.min_max),
+        ));
+    }
+    if c.max_cap > tunables::KERNEL_MAX_LIMIT {
+        return Err(fail(
+            "ceiling.max_cap",
+            format!(
+                "{} exceeds the kernel's limit {} (INT_MAX)",
+                c.max_cap,
+                tunables::KERNEL_MAX_LIMIT
+            ),
+        ));
+    }
+    if c.max_cap < c.min_max {
+        return Err(fail(
+            "ceiling.max_cap",
+            format!("{} is below ceiling.min_max {}", c.max_cap, c.min_max),
+        ));
+    }
+    if c.extension_bytes > 65536 {
+        return Err(fail(
+            "ceiling.extension_bytes",
+            format!(
+                "{} bytes per entry is not plausible (at most 65536)",
+                c.extension_bytes
+            ),
+        ));
+    }
+    if let Some(cap) = c.memory_cap
+        && cap < 1 << 20
+    {
+        return Err(fail(
+            "ceiling.memory_cap",
+            format!("{cap} bytes is below 1MiB"),
+        ));
+    }
+    let m = &cfg.max;
+    if !(m.grow_factor.is_finite() && (1.1..=16.0).contains(&m.grow_factor)) {
+        return Err(fail(
+            "max.grow_factor",
+            format!("{} is out of range 1.1 ..= 16", m.grow_factor),
+        ));
+    }
+    if m.target_utilisation.get() >= m.high_watermark.get() {
+        return Err(fail(
+            "max.target_utilisation",
+            format!(
+                "{} must be below max.high_watermark {}, or growth would not relieve the pressure",
+                m.target_utilisation.get(),
+                m.high_watermark.get()
+            ),
+        ));
+    }
+    let s = &m.shrink;
+    if !(s.factor.is_finite() && (0.5..=0.95).contains(&s.factor)) {
+        return Err(fail(
+            "max.shrink.factor",
+            format!("{} is out of range 0.5 ..= 0.95", s.factor),
+        ));
+    }
+    if s.low_watermark.get() >= m.target_utilisation.get() {
+        return Err(fail(
+            "max.shrink.low_watermark",
+            format!(
+                "{} must be below max.target_utilisation {} so grow and shrink cannot alternate",
+                s.low_watermark.get(),
+                m.target_utilisation.get()
+            ),
+        ));
+    }
+    if s.after < Duration::from_secs(60) {
+        return Err(fail(
+            "max.shrink.after",
+            "must be at least 1m so a short lull does not shrink the table".into(),
+        ));
+    }
+    let h = &cfg.hash;
+    if !(1..=64).contains(&h.ratio) {
+        return Err(fail(
+            "hash.ratio",
+            format!(
+                "{} is out of range 1 ..= 64 (chains over 64 refuse inserts)",
+                h.ratio
+            ),
+        ));
+    }
+    let p = &cfg.pressure;
+    for (name, band) in [("elevated", p.elevated), ("critical", p.critical)] {
+        if band.exit.get() >= band.enter.get() {
+            return Err(fail(
+                &format!("pressure.{name}.exit"),
+                format!(
+                    "{} must be below pressure.{name}.enter {} (hysteresis)",
+                    band.exit.get(),
+                    band.enter.get()
+                ),
+            ));
+        }
+    }
+    if p.critical.enter.get() <= p.elevated.enter.get() {
+        return Err(fail(
+            "pressure.critical.enter",
+            format!(
+                "{} must be above pressure.elevated.enter {}",
+                p.critical.enter.get(),
+                p.elevated.enter.get()
+            ),
+        ));
+    }
+    let interval = cfg.agent.interval;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(fail(
+            "agent.interval",
+            format!(
+                "{} is out of range 100ms ..= 1h",
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let probe = cfg.agent.probe_interval;
+    if probe < Duration::from_millis(10) || probe > interval {
+        return Err(fail(
+            "agent.probe_interval",
+            format!(
+                "{} is out of range 10ms ..= agent.interval ({})",
+                humantime::format_duration(probe),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    if let Some(&est) = cfg.timeouts.floors.get("tcp_timeout_established")
+        && est < KEEPALIVE_SECS
+        && !cfg.timeouts.allow_established_below_keepalive
+    {
+        return Err(fail(
+            "timeouts.floors.tcp_timeout_established",
+            format!(
+                "{} is below TCP keepalive's 2h and would drop idle SSH and database sessions; \
+                 set timeouts.allow_established_below_keepalive: true to allow it",
+                units::fmt_secs(est)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the line (1-based) of a dotted key in YAML text by indentation, for messages.
+pub fn locate(text: &str, dotted: &str) -> Option<usize> {
+    let mut parts = dotted.split('.').peekable();
+    let mut want = parts.next()?;
+    let mut min_indent: isize = -1;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let indent = (line.len() - trimmed.len()) as isize;
+        if indent <= min_indent {
+            continue;
+        }
+        if trimmed
+            .strip_prefix(want)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+        {
+            match parts.next() {
+                Some(next) => {
+                    want = next;
+                    min_indent = indent;
+                }
+                None => return Some(i + 1),
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/ctune/ctune.yaml"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_documented_values_hold() {
+        let c = Config::default();
+        assert_eq!(c.hash.ratio, 4);
+        assert_eq!(c.namespaces.mode, NamespaceMode::All);
+        assert!(!c.max.shrink.enabled);
+        assert_eq!(c.timeouts.floors["generic_timeout"], 120);
+        assert_eq!(c.timeouts.floors["tcp_timeout_established"], 54000);
+        assert_eq!(
+            c.timeouts.floor_of("nf_conntrack_generic_timeout"),
+            Some(120)
+        );
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(p("").unwrap(), Config::default());
+        assert_eq!(p("# nothing\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_overrides_only_what_it_names() {
+        let c = p("hash:\n  ratio: 2\n").unwrap();
+        assert_eq!(c.hash.ratio, 2);
+        assert_eq!(c.hash.min_interval, Config::default().hash.min_interval);
+        assert_eq!(c.max, Config::default().max);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = p("hash:\n  ratio: 4\n  ratoi: 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/ctune/ctune.yaml"), "{err}");
+        assert!(err.contains("ratoi"), "{err}");
+        assert!(err.contains('3'), "line number missing: {err}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_with_key() {
+        let err = p("hash:\n  ratio: four\n").unwrap_err().to_string();
+        assert!(err.contains("four") || err.contains("ratio"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_fraction_is_rejected() {
+        let err = p("max:\n  high_watermark: 1.5\n").unwrap_err().to_string();
+        assert!(err.contains("1.5") && err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_rejected() {
+        let err = p("hash:\n  min_interval: soon\n").unwrap_err().to_string();
+        assert!(err.contains("soon") && err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_errors_name_line_and_key() {
+        let text = "pressure:\n  elevated:\n    enter: 0.8\n    exit: 0.9\n";
+        let err = p(text).unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/ctune/ctune.yaml:4: pressure.elevated.exit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn established_floor_below_keepalive_needs_consent() {
+        let text = "timeouts:\n  floors:\n    tcp_timeout_established: 1h\n";
+        let err = p(text).unwrap_err().to_string();
+        assert!(
+            err.contains(":3: timeouts.floors.tcp_timeout_established"),
+            "{err}"
+        );
+        let ok = p("timeouts:\n  allow_established_below_keepalive: true\n  floors:\n    tcp_timeout_established: 1h\n").unwrap();
+        assert_eq!(ok.timeouts.floors.len(), 1, "floors replaces the whole map");
+    }
+
+    #[test]
+    fn floor_key_must_be_a_timeout() {
+        let err = p("timeouts:\n  floors:\n    tcp_loose: 1h\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tcp_loose"), "{err}");
+    }
+
+    #[test]
+    fn max_cap_beyond_kernel_limit() {
+        let err = p("ceiling:\n  max_cap: 4294967296\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("INT_MAX"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_filling_namespaces() {
+        let c = p("ceiling:\n  memory_cap: 2GiB\n  filling_namespaces: 3\n").unwrap();
+        assert_eq!(c.ceiling.memory_cap, Some(2 << 30));
+        assert_eq!(c.ceiling.filling_namespaces, FillingNamespaces::Fixed(3));
+        assert!(p("ceiling:\n  filling_namespaces: 0\n").is_err());
+        assert!(p("ceiling:\n  memory_cap: 2GB\n").is_err());
+    }
+
+    #[test]
+    fn locate_follows_nesting() {
+        let text = "a:\n  b: 1\nc:\n  # b: no\n  b: 2\n";
+        assert_eq!(locate(text, "a.b"), Some(2));
+        assert_eq!(locate(text, "c.b"), Some(5));
+        assert_eq!(locate(text, "c.x"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The observation model: what a decision is made from, as plain data.
+//!
+//! The agent fills it from the kernel (`ctune::sense::observe`), the simulator from its
+//! model of the table; the decision reads only this. The parsers of the kernel's text
+//! formats live beside the types they produce ([`stat`], [`meminfo`], [`slab`]), as
+//! functions of text.
+
+pub mod meminfo;
+pub mod slab;
+pub mod stat;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub use meminfo::MemInfo;
+pub use stat::ConntrackStat;
+
+/// A namespace's identity: the inode of its nsfs handle, and a name for people.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct NetnsId {
+    /// `init` (the host's), `self` (ctune's own when that is not the host's), the name
+    /// under /run/netns, or `pid N (comm)`.
+    pub name: String,
+    /// Inode of the namespace; the same namespace seen twice has the same inode.
+    pub inode: u64,
+}
+
+/// Everything a decision is made from, as read at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    /// How conntrack is present in this kernel.
+    pub module: ModuleState,
+    /// Whether ctune runs in the host's network namespace (None: PID 1 not readable).
+    pub in_initial_netns: Option<bool>,
+    /// The machine-wide values.
+    pub global: Global,
+    /// Memory, CPUs, entry size.
+    pub host: Host,
+    /// ctune's own namespace first, then the others found.
+    pub namespaces: Vec<NamespaceObs>,
+    /// What could not be read, and why, for the operator.
+    pub notes: Vec<String>,
+}
+
+/// Whether nf_conntrack is built in, a loaded module, or absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleState {
+    /// Part of the kernel image: /etc/modprobe.d does not apply; the hash size at boot
+    /// comes from the kernel command line or a runtime write.
+    BuiltIn,
+    /// A loadable module, loaded now: `options nf_conntrack hashsize=` applies at load.
+    Module,
+}
+
+/// The global table limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Global {
+    /// `nf_conntrack_max`.
+    pub max: u64,
+    /// `nf_conntrack_buckets` (None: not readable here).
+    pub buckets: Option<u64>,
+    /// The `hashsize` module parameter (root-only).
+    pub hashsize: Option<u64>,
+    /// `nf_conntrack_expect_max`.
+    pub expect_max: Option<u64>,
+    /// Whether ctune could write the global keys, and if not, why.
+    pub write_access: Access,
+}
+
+/// Writability of the global keys, checked with access(2) as the kernel decides it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    /// True when a write would be permitted.
+    pub writable: bool,
+    /// Why not: the file and the cause (EACCES in a child namespace, EROFS in a
+    /// container with a read-only /proc/sys).
+    pub reason: Option<String>,
+    /// Whether root here could write them: false in a child namespace (the kernel makes
+    /// them 0444) or on a read-only /proc/sys. A dry run as non-root still plans what a
+    /// run as root would do; nothing is planned for keys no one here can write.
+    pub root_could: bool,
+}
+
+/// The host's resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    /// Online CPUs.
+    pub cpus: u64,
+    /// Memory totals.
+    pub memory: MemInfo,
+    /// Bytes one entry costs in the slab, and where that figure came from.
+    pub entry_bytes: u64,
+    /// `sysfs`, `slabinfo` or `fallback`.
+    pub entry_bytes_source: String,
+}
+
+/// One namespace's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespaceObs {
+    /// Who it is.
+    pub id: NetnsId,
+    /// Entries now (None: could not be read).
+    pub count: Option<u64>,
+    /// Summed per-CPU counters.
+    pub stat: Option<ConntrackStat>,
+    /// Every timeout key this kernel has in this namespace, in seconds.
+    pub timeouts: BTreeMap<String, u64>,
+    /// Why the namespace could not be read, if it could not.
+    pub error: Option<String>,
+    /// The handle that enters it (/run/netns/NAME, /proc/PID/ns/net); None for ctune's own.
+    pub handle: Option<std::path::PathBuf>,
+}
+
+impl Observation {
+    /// The largest count among the namespaces that could be read: the pressure that
+    /// drives max (each namespace can fill to the global max on its own).
+    pub fn peak_count(&self) -> u64 {
+        self.namespaces
+            .iter()
+            .filter_map(|n| n.count)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl NamespaceObs {
+    /// The counter used as a pressure signal, if present.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.stat.as_ref().and_then(|s| s.get(name))
+    }
+}

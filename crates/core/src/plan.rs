@@ -1,0 +1,81 @@
+//! The output of a decision: what would change, in which order, and why.
+
+use serde::Serialize;
+
+use crate::ceiling::Ceiling;
+use crate::model::NetnsId;
+use crate::pressure::Level;
+
+/// Where a change applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum Target {
+    /// A machine-wide key, written from the initial namespace.
+    Global,
+    /// A per-namespace key, written from inside that namespace.
+    Namespace {
+        /// The namespace.
+        netns: NetnsId,
+    },
+}
+
+/// One key changing from `old` to `new`, with the reason in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The sysctl name (`nf_conntrack_max`, `nf_conntrack_generic_timeout`, ...).
+    pub key: String,
+    /// Global or the namespace it belongs to.
+    pub target: Target,
+    /// The value now.
+    pub old: u64,
+    /// The value ctune would set.
+    pub new: u64,
+    /// Why, readable by an operator who has not read the code.
+    pub reason: String,
+}
+
+/// The per-namespace part of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespaceVerdict {
+    /// Which namespace.
+    pub netns: NetnsId,
+    /// Entries now.
+    pub count: Option<u64>,
+    /// count / max now.
+    pub utilisation: Option<f64>,
+    /// count / max after the planned max change.
+    pub utilisation_after: Option<f64>,
+    /// `drop` increase since the previous sample (None on the first sample).
+    pub drop_delta: Option<u64>,
+    /// `early_drop` increase since the previous sample.
+    pub early_drop_delta: Option<u64>,
+    /// `chainlength` increase since the previous sample (inserts refused by long chains).
+    pub chainlength_delta: Option<u64>,
+    /// The pressure level after this decision.
+    pub level: Level,
+    /// Why the level is what it is.
+    pub level_reason: String,
+}
+
+/// Everything one decision produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The hardware ceiling and how it was derived.
+    pub ceiling: Ceiling,
+    /// Changes in the order they must be applied: max before a bigger hash, then
+    /// timeouts per namespace.
+    pub changes: Vec<Change>,
+    /// Levels and signals per namespace.
+    pub namespaces: Vec<NamespaceVerdict>,
+    /// Why things that might be expected to change do not (held, deferred, capped).
+    pub explanations: Vec<String>,
+}
+
+impl Plan {
+    /// The planned change of a global key, if any.
+    pub fn global_change(&self, key: &str) -> Option<&Change> {
+        self.changes
+            .iter()
+            .find(|c| c.key == key && c.target == Target::Global)
+    }
+}

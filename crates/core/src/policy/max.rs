@@ -1,0 +1,223 @@
+//! Phase 3 of a decision: `nf_conntrack_max`. It grows, by a factor, when the busiest
+//! namespace crosses the high watermark (or will by the step after next), or when the
+//! kernel reports drops or early drops; never above the ceiling. It shrinks only when
+//! enabled, slowly, and never below count + headroom or the operator's own value.
+
+use crate::ceiling::Ceiling;
+use crate::plan::{Change, Target};
+use crate::tunables;
+use crate::units::fmt_pct;
+
+use super::signals::Signals;
+use super::{Draft, Inputs, ceil_div_f, ceil_mul};
+
+/// Plans max; returns the max in force after the plan.
+pub(super) fn decide(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &mut Draft) -> u64 {
+    let cfg = input.cfg;
+    let trigger = trigger(input, sig, draft);
+    // Unsafe enough to override an operator's value: packets lost, or the critical level.
+    let unsafe_now = sig.dropping.is_some() || sig.util >= cfg.pressure.critical.enter.get();
+    let max_held = draft.next.operator_held.contains(tunables::MAX);
+    match trigger {
+        Some(why) if max_held && !unsafe_now => {
+            draft.explanations.push(format!(
+                "{why}, but max {} was set by someone else: respected until packets drop or count reaches {} of max",
+                sig.current_max,
+                fmt_pct(cfg.pressure.critical.enter.get())
+            ));
+            sig.current_max
+        }
+        Some(why) => {
+            let new_max = grow(input, sig, ceiling, &why, max_held, draft);
+            draft.next.low_since = None;
+            new_max
+        }
+        // Explained with the hash.
+        None if sig.unlimited => sig.current_max,
+        None if cfg.max.shrink.enabled
+            && !max_held
+            && sig.util < cfg.max.shrink.low_watermark.get() =>
+        {
+            shrink(input, sig, draft)
+        }
+        None => {
+            explain_hold(input, sig, ceiling, draft);
+            sig.current_max
+        }
+    }
+}
+
+/// Why max should grow now, if it should.
+fn trigger(input: &Inputs, sig: &Signals, draft: &mut Draft) -> Option<String> {
+    let m = &input.cfg.max;
+    let access = &input.obs.global.write_access;
+    if sig.unlimited {
+        None
+    } else if !access.root_could {
+        draft.explanations.push(format!(
+            "global keys cannot be written from here ({}): max and the hash are the host's to set; pressure levels lower this namespace's timeouts instead",
+            access.reason.as_deref().unwrap_or("not writable")
+        ));
+        None
+    } else if let Some((n, d)) = sig.dropping {
+        Some(format!(
+            "drop counter rose by {d} in netns {} (table full, packets lost)",
+            n.id.name
+        ))
+    } else if let Some((n, d)) = sig.evicting {
+        Some(format!(
+            "early_drop rose by {d} in netns {} (table full, entries evicted)",
+            n.id.name
+        ))
+    } else if sig.util >= m.high_watermark.get() {
+        Some(format!(
+            "count {} of max in netns {} (grows at {})",
+            fmt_pct(sig.util),
+            sig.busiest_name,
+            fmt_pct(m.high_watermark.get())
+        ))
+    } else {
+        let watermark = m.high_watermark.get() * sig.current_max as f64;
+        sig.projected
+            .filter(|p| p.count as f64 >= watermark)
+            .map(|p| {
+                format!(
+                    "count in netns {} rising {:.0}/s: {} of max within {:.1} s at that rate (grows at {})",
+                    p.name,
+                    p.rate,
+                    fmt_pct(p.count as f64 / sig.current_max as f64),
+                    sig.horizon,
+                    fmt_pct(m.high_watermark.get())
+                )
+            })
+    }
+}
+
+/// Raises max toward the target utilisation, within the ceiling, in steps worth a
+/// possible hash resize; returns the max after the plan.
+fn grow(
+    input: &Inputs,
+    sig: &Signals,
+    ceiling: &Ceiling,
+    why: &str,
+    max_held: bool,
+    draft: &mut Draft,
+) -> u64 {
+    let (cfg, current_max) = (input.cfg, sig.current_max);
+    let m = &cfg.max;
+    let projected_peak = sig.projected.map_or(0, |p| p.count);
+    let want = ceil_mul(current_max, m.grow_factor)
+        .max(ceil_div_f(
+            sig.peak.max(projected_peak),
+            m.target_utilisation.get(),
+        ))
+        .max(ceil_mul(sig.peak, 1.0 + m.headroom.get()))
+        .max(cfg.ceiling.min_max);
+    let target = want.min(ceiling.value);
+    // Never +1: a step smaller than 1/16 of max is not worth a possible resize.
+    // The last step up to the ceiling is always taken.
+    let worth_it =
+        target == ceiling.value || target >= current_max.saturating_add((current_max / 16).max(1));
+    if target <= current_max || !worth_it {
+        let why_not = if target > current_max {
+            "is within 1/16 of the"
+        } else {
+            "is already at or above the"
+        };
+        draft.explanations.push(format!(
+            "{why}, but max {current_max} {why_not} {}: max cannot {}grow, pressure levels lower timeouts instead",
+            ceiling.explain(),
+            if target > current_max { "usefully " } else { "" }
+        ));
+        return current_max;
+    }
+    let capped = if want > ceiling.value {
+        " (capped at the ceiling)"
+    } else {
+        ""
+    };
+    let overridden = if max_held {
+        " (the operator's value became unsafe)"
+    } else {
+        ""
+    };
+    draft.changes.push(Change {
+        key: tunables::MAX.into(),
+        target: Target::Global,
+        old: current_max,
+        new: target,
+        reason: format!(
+            "{why}{overridden}; raising max {current_max} -> {target}{capped}; {}",
+            ceiling.explain()
+        ),
+    });
+    let next = &mut draft.next;
+    next.baseline_max.get_or_insert(current_max);
+    next.applied.insert(tunables::MAX.into(), target);
+    next.operator_held.remove(tunables::MAX);
+    target
+}
+
+/// Lowers max after utilisation stayed low long enough, if shrinking is enabled;
+/// returns the max after the plan.
+fn shrink(input: &Inputs, sig: &Signals, draft: &mut Draft) -> u64 {
+    let (cfg, prev, now, current_max) = (input.cfg, input.prev, input.now, sig.current_max);
+    let m = &cfg.max;
+    let since = prev.low_since.unwrap_or(now);
+    let held = now.saturating_sub(since);
+    // Never below what growth would aim for (or grow and shrink would alternate), nor
+    // below the operator's own value: shrinking only undoes ctune's growth.
+    let floor = ceil_mul(sig.peak, 1.0 + m.headroom.get())
+        .max(ceil_div_f(sig.peak, m.target_utilisation.get()))
+        .max(cfg.ceiling.min_max)
+        .max(prev.baseline_max.unwrap_or(current_max));
+    let candidate = ((current_max as f64) * m.shrink.factor).floor() as u64;
+    let target = candidate.max(floor);
+    if held < m.shrink.after || target >= current_max {
+        draft.next.low_since = Some(since);
+        draft.explanations.push(format!(
+            "max {current_max} held: count {} of max in netns {}; may shrink after {} below {}",
+            fmt_pct(sig.util),
+            sig.busiest_name,
+            humantime::format_duration(m.shrink.after),
+            fmt_pct(m.shrink.low_watermark.get())
+        ));
+        return current_max;
+    }
+    draft.changes.push(Change {
+        key: tunables::MAX.into(),
+        target: Target::Global,
+        old: current_max,
+        new: target,
+        reason: format!(
+            "count at most {} of max for {} (shrinks below {}); lowering max {current_max} -> {target} (never below count + {} headroom, min_max or the operator's {})",
+            fmt_pct(sig.util),
+            humantime::format_duration(held),
+            fmt_pct(m.shrink.low_watermark.get()),
+            fmt_pct(m.headroom.get()),
+            prev.baseline_max.map_or("value".to_string(), |b| b.to_string()),
+        ),
+    });
+    draft.next.low_since = Some(now);
+    draft.next.applied.insert(tunables::MAX.into(), target);
+    target
+}
+
+/// Says why max stays as it is when nothing asks it to move.
+fn explain_hold(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &mut Draft) {
+    let above = if sig.current_max > ceiling.value {
+        format!(
+            "; the operator's max is above the {}, and ctune never lowers it",
+            ceiling.explain()
+        )
+    } else {
+        String::new()
+    };
+    draft.explanations.push(format!(
+        "max {} held: busiest netns {} at {} of max (grows at {}){above}",
+        sig.current_max,
+        sig.busiest_name,
+        fmt_pct(sig.util),
+        fmt_pct(input.cfg.max.high_watermark.get()),
+    ));
+}

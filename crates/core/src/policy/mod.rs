@@ -1,0 +1,239 @@
+//! The decision: observation + config + previous state in, plan + next state out.
+//!
+//! Pure: no I/O, no clock (the caller passes monotonic `now`), so every rule here is
+//! tested with tables of cases and property tests. [`decide`] runs five phases, each in
+//! a module of its own:
+//! 1. [`operator`]: a global value someone else changed since ctune set it is adopted.
+//! 2. [`signals`]: counter rises, the busiest and the fastest-filling namespace.
+//! 3. [`max`]: max grows toward the target utilisation within the ceiling (memory
+//!    budget / bytes per entry / filling namespaces), or shrinks when enabled.
+//! 4. [`hash`]: the hash follows max / ratio, grows only, at most once per interval.
+//! 5. [`namespaces`]: each namespace's pressure level and the timeouts that follow it.
+
+mod hash;
+mod max;
+mod namespaces;
+mod operator;
+mod signals;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::ceiling::{self, Ceiling};
+use crate::config::{Config, FillingNamespaces};
+use crate::model::Observation;
+use crate::plan::{Change, Plan, Target};
+use crate::pressure::LevelState;
+use crate::timeouts::Lowered;
+use crate::tunables;
+
+/// What ctune remembers between decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// Per namespace, by inode.
+    pub namespaces: BTreeMap<u64, NamespaceState>,
+    /// When the hash was last resized (monotonic).
+    pub last_resize: Option<Duration>,
+    /// Since when utilisation has been below the shrink watermark.
+    pub low_since: Option<Duration>,
+    /// The operator's max before ctune first changed it: never shrunk below.
+    pub baseline_max: Option<u64>,
+    /// Global values as ctune last set them: a live value that differs was changed by
+    /// someone else (an admin, kube-proxy, tuned).
+    #[serde(default)]
+    pub applied: BTreeMap<String, u64>,
+    /// Global keys someone else changed after ctune set them, left alone until unsafe.
+    #[serde(default)]
+    pub operator_held: BTreeSet<String>,
+}
+
+impl PolicyState {
+    /// Undoes what `decide` recorded for a change that did not take effect, so the next
+    /// decision sees the truth (and tries again).
+    pub fn forget_failed(&mut self, prev: &PolicyState, ch: &Change) {
+        match &ch.target {
+            Target::Global => {
+                match prev.applied.get(&ch.key) {
+                    Some(v) => self.applied.insert(ch.key.clone(), *v),
+                    None => self.applied.remove(&ch.key),
+                };
+                if ch.key == tunables::BUCKETS {
+                    self.last_resize = prev.last_resize;
+                }
+                if ch.key == tunables::MAX {
+                    self.baseline_max = prev.baseline_max;
+                    self.low_since = prev.low_since;
+                }
+                if prev.operator_held.contains(&ch.key) {
+                    self.operator_held.insert(ch.key.clone());
+                }
+            }
+            Target::Namespace { netns } => {
+                if let Some(ns) = self.namespaces.get_mut(&netns.inode) {
+                    match prev
+                        .namespaces
+                        .get(&netns.inode)
+                        .and_then(|p| p.lowered.get(&ch.key))
+                    {
+                        Some(l) => ns.lowered.insert(ch.key.clone(), *l),
+                        None => ns.lowered.remove(&ch.key),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// What ctune remembers of one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceState {
+    /// Name at the last sample, for people reading the state file.
+    pub name: String,
+    /// Counters at the last sample, to see them rise.
+    pub counters: Option<Counters>,
+    /// The pressure level.
+    pub level: Option<LevelState>,
+    /// Timeouts ctune lowered, with the operator's values.
+    pub lowered: BTreeMap<String, Lowered>,
+    /// Timeouts someone else changed while lowered: not lowered again until this
+    /// namespace is back to normal.
+    #[serde(default)]
+    pub held: BTreeSet<String>,
+    /// The count and when it was read, to see how fast the table fills. Not saved: it
+    /// changes every step, and a rate across a restart would be stale anyway.
+    #[serde(skip)]
+    pub last_count: Option<(u64, Duration)>,
+}
+
+/// The loss counters of a sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// `drop`.
+    pub drop: Option<u64>,
+    /// `early_drop`.
+    pub early_drop: Option<u64>,
+    /// `chainlength`.
+    pub chainlength: Option<u64>,
+}
+
+/// What every phase reads: the inputs of one decision.
+struct Inputs<'a> {
+    obs: &'a Observation,
+    cfg: &'a Config,
+    prev: &'a PolicyState,
+    now: Duration,
+}
+
+/// The decision in the making: the next state, and the changes and explanations in the
+/// order the phases add them.
+struct Draft {
+    next: PolicyState,
+    changes: Vec<Change>,
+    explanations: Vec<String>,
+}
+
+/// Makes the plan and the state to keep for the next decision. The next state assumes
+/// the plan is applied; the caller adjusts it for changes that fail.
+pub fn decide(
+    obs: &Observation,
+    cfg: &Config,
+    prev: &PolicyState,
+    now: Duration,
+) -> (Plan, PolicyState) {
+    let input = Inputs {
+        obs,
+        cfg,
+        prev,
+        now,
+    };
+    let mut draft = Draft {
+        next: PolicyState {
+            last_resize: prev.last_resize,
+            baseline_max: prev.baseline_max,
+            ..PolicyState::default()
+        },
+        changes: Vec::new(),
+        explanations: Vec::new(),
+    };
+    operator::adopt_changes(&input, &mut draft);
+    let ceiling = ceiling_of(obs, cfg);
+    let sig = signals::read(&input);
+    let new_max = max::decide(&input, &sig, &ceiling, &mut draft);
+    hash::decide(&input, &sig, &ceiling, new_max, &mut draft);
+    let verdicts = namespaces::decide(&input, &sig, new_max, &mut draft);
+    // Established last across all namespaces, not only within each.
+    let first_timeout = draft
+        .changes
+        .iter()
+        .position(|c| c.target != Target::Global)
+        .unwrap_or(draft.changes.len());
+    draft.changes[first_timeout..].sort_by_key(|c| tunables::tier_of(&c.key));
+    if prev.namespaces.is_empty() {
+        draft.explanations.push(
+            "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on".into(),
+        );
+    }
+    let plan = Plan {
+        ceiling,
+        changes: draft.changes,
+        namespaces: verdicts,
+        explanations: draft.explanations,
+    };
+    (plan, draft.next)
+}
+
+/// ceil(n * f), saturating.
+fn ceil_mul(n: u64, f: f64) -> u64 {
+    let v = (n as f64 * f).ceil();
+    if v >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        v as u64
+    }
+}
+
+/// ceil(n / f) for f in (0, 1], saturating.
+fn ceil_div_f(n: u64, f: f64) -> u64 {
+    ceil_mul(n, 1.0 / f)
+}
+
+/// The ceiling's view of memory, for `status`.
+pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
+    let entries = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| n.count)
+        .fold(0u64, u64::saturating_add);
+    ceiling::memory_now(
+        entries,
+        obs.global.buckets.unwrap_or(0),
+        obs.host.entry_bytes,
+        cfg.ceiling.extension_bytes,
+    )
+}
+
+/// Re-exported for callers that only need the ceiling.
+/// The ceiling for this observation: the memory budget shared by the namespaces that
+/// fill the table.
+pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
+    let filling = match cfg.ceiling.filling_namespaces {
+        FillingNamespaces::Fixed(n) => u64::from(n),
+        // A namespace counts when it holds at least 1% of max, or cannot be read (unknown
+        // must not raise the ceiling): on a Kubernetes node every pod namespace holds a
+        // few entries, and dividing the budget by hundreds of idle namespaces would pin
+        // max at min_max.
+        FillingNamespaces::Auto => obs
+            .namespaces
+            .iter()
+            .filter(|n| n.count.is_none_or(|c| c > 0 && c >= obs.global.max / 100))
+            .count() as u64,
+    }
+    .max(1);
+    ceiling::compute(
+        cfg,
+        obs.host.memory.total_bytes,
+        obs.host.entry_bytes,
+        filling,
+    )
+}

@@ -1,0 +1,134 @@
+//! Phase 5 of a decision: each namespace gets a pressure level from its utilisation
+//! under the new max and from loss that growth cannot answer, and its timeouts follow
+//! the level.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::NamespaceObs;
+use crate::plan::{NamespaceVerdict, Target};
+use crate::pressure::{self, Level, LevelState, Signal};
+use crate::timeouts::{self, TimeoutPlan};
+use crate::tunables;
+
+use super::signals::{Rises, Signals};
+use super::{Draft, Inputs, NamespaceState};
+
+/// Plans levels and timeouts for every namespace; returns the verdicts.
+pub(super) fn decide(
+    input: &Inputs,
+    sig: &Signals,
+    new_max: u64,
+    draft: &mut Draft,
+) -> Vec<NamespaceVerdict> {
+    let growing = new_max > sig.current_max;
+    let mut verdicts = Vec::new();
+    for (n, rise) in input.obs.namespaces.iter().zip(&sig.rises) {
+        let prev_ns = input.prev.namespaces.get(&n.id.inode);
+        let after = n.count.map(|c| c as f64 / new_max as f64);
+        let (level, level_reason) = level_of(input, n, rise, after, growing, prev_ns);
+        let tp = timeouts_of(input, n, level.level, &level_reason, prev_ns);
+        draft.changes.extend(tp.changes);
+        // Floors for keys this kernel lacks are noted once, for the own namespace.
+        let first = verdicts.is_empty();
+        draft.explanations.extend(
+            tp.notes
+                .into_iter()
+                .filter(|note| first || !note.starts_with("timeouts.floors.")),
+        );
+        if let Some(c) = rise.chain.filter(|c| *c > 0) {
+            draft.explanations.push(format!(
+                "netns {}: {c} inserts refused for hash chains over {} since the last sample: the hash is too small for the load (lower hash.ratio) or under a hash attack",
+                n.id.name,
+                tunables::MAX_CHAIN_LENGTH
+            ));
+        }
+        verdicts.push(NamespaceVerdict {
+            netns: n.id.clone(),
+            count: n.count,
+            utilisation: n.count.map(|c| c as f64 / sig.current_max as f64),
+            utilisation_after: after,
+            drop_delta: rise.drop,
+            early_drop_delta: rise.early,
+            chainlength_delta: rise.chain,
+            level: level.level,
+            level_reason,
+        });
+        draft.next.namespaces.insert(
+            n.id.inode,
+            NamespaceState {
+                name: n.id.name.clone(),
+                counters: Some(rise.counters),
+                level: Some(level),
+                lowered: tp.lowered,
+                held: tp.held,
+                last_count: n.count.map(|c| (c, input.now)),
+            },
+        );
+    }
+    verdicts
+}
+
+/// The namespace's level and why. Loss that growth answers is not pressure on the
+/// timeouts; an unreadable count is not idle, so the level is kept.
+fn level_of(
+    input: &Inputs,
+    n: &NamespaceObs,
+    rise: &Rises,
+    after: Option<f64>,
+    growing: bool,
+    prev_ns: Option<&NamespaceState>,
+) -> (LevelState, String) {
+    let before = prev_ns.and_then(|p| p.level);
+    if n.count.is_none() {
+        let kept = before.unwrap_or(LevelState {
+            level: Level::Normal,
+            since: input.now,
+        });
+        let why = format!("count not readable; level kept at {}", kept.level);
+        return (kept, why);
+    }
+    let signal = Signal {
+        utilisation: after.unwrap_or(0.0),
+        dropping: !growing && rise.drop.is_some_and(|d| d > 0),
+        evicting: !growing && rise.early.is_some_and(|d| d > 0),
+    };
+    pressure::next(before, signal, &input.cfg.pressure, input.now)
+}
+
+/// The timeout changes for the namespace's level. A namespace that could not be read
+/// keeps what ctune had lowered there.
+fn timeouts_of(
+    input: &Inputs,
+    n: &NamespaceObs,
+    level: Level,
+    level_reason: &str,
+    prev_ns: Option<&NamespaceState>,
+) -> TimeoutPlan {
+    let empty = BTreeMap::new();
+    let empty_held = BTreeSet::new();
+    let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
+    let held_before = prev_ns.map_or(&empty_held, |p| &p.held);
+    if n.error.is_some() && n.timeouts.is_empty() {
+        return TimeoutPlan {
+            changes: Vec::new(),
+            lowered: lowered_before.clone(),
+            held: held_before.clone(),
+            notes: Vec::new(),
+        };
+    }
+    timeouts::plan(
+        &timeouts::Inputs {
+            target: &Target::Namespace {
+                netns: n.id.clone(),
+            },
+            ns_name: &n.id.name,
+            live: &n.timeouts,
+            level,
+            level_reason,
+            respect_operator: input.cfg.agent.respect_operator,
+        },
+        &input.cfg.timeouts,
+        lowered_before,
+        held_before,
+    )
+}

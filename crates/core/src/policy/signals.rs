@@ -1,0 +1,143 @@
+//! Phase 2 of a decision: the signals read from one observation against the previous
+//! state: counter rises per namespace, the busiest table, the fastest-filling one and
+//! where it will be by the step after next, and who is dropping or evicting.
+
+use crate::model::NamespaceObs;
+
+use super::{Counters, Inputs};
+
+/// One namespace's counters now and their rise since the previous sample.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rises {
+    /// The counters now, kept for the next sample.
+    pub counters: Counters,
+    /// `drop` rise (None on a first sample or a missing column).
+    pub drop: Option<u64>,
+    /// `early_drop` rise.
+    pub early: Option<u64>,
+    /// `chainlength` rise.
+    pub chain: Option<u64>,
+}
+
+/// A namespace whose count, at its current growth rate, is heading for the watermark.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Projection<'a> {
+    /// The count expected by the step after next.
+    pub count: u64,
+    /// Entries per second.
+    pub rate: f64,
+    /// Which namespace.
+    pub name: &'a str,
+}
+
+/// Everything the later phases read from the observation.
+pub(super) struct Signals<'a> {
+    /// Per namespace, in the observation's order.
+    pub rises: Vec<Rises>,
+    /// `nf_conntrack_max` is 0: no limit, no early drop.
+    pub unlimited: bool,
+    /// The max in force (u64::MAX when unlimited).
+    pub current_max: u64,
+    /// The busiest namespace's count.
+    pub peak: u64,
+    /// The busiest namespace's name (`?` when no count could be read).
+    pub busiest_name: &'a str,
+    /// peak / current max.
+    pub util: f64,
+    /// Seconds until the step after next: growth must land before the table fills.
+    pub horizon: f64,
+    /// The namespace projected highest by then, if any is growing.
+    pub projected: Option<Projection<'a>>,
+    /// The first namespace whose `drop` rose, with the rise.
+    pub dropping: Option<(&'a NamespaceObs, u64)>,
+    /// The first namespace whose `early_drop` rose, with the rise.
+    pub evicting: Option<(&'a NamespaceObs, u64)>,
+}
+
+fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
+    Some(now?.saturating_sub(before?))
+}
+
+/// The rise of each namespace's loss counters since the previous sample.
+fn rises(input: &Inputs) -> Vec<Rises> {
+    input
+        .obs
+        .namespaces
+        .iter()
+        .map(|n| {
+            let counters = Counters {
+                drop: n.counter("drop"),
+                early_drop: n.counter("early_drop"),
+                chainlength: n.counter("chainlength"),
+            };
+            let before = input
+                .prev
+                .namespaces
+                .get(&n.id.inode)
+                .and_then(|s| s.counters);
+            Rises {
+                counters,
+                drop: before.and_then(|b| delta(counters.drop, b.drop)),
+                early: before.and_then(|b| delta(counters.early_drop, b.early_drop)),
+                chain: before.and_then(|b| delta(counters.chainlength, b.chainlength)),
+            }
+        })
+        .collect()
+}
+
+/// Where each growing namespace's count will be by the step after next, at the rate
+/// seen since the previous sample; the highest.
+fn projection<'a>(input: &Inputs<'a>, horizon: f64) -> Option<Projection<'a>> {
+    input
+        .obs
+        .namespaces
+        .iter()
+        .filter_map(|n| {
+            let count = n.count?;
+            let (before, at) = input.prev.namespaces.get(&n.id.inode)?.last_count?;
+            let dt = input.now.checked_sub(at)?.as_secs_f64();
+            (dt > 0.0 && count > before).then(|| {
+                let rate = (count - before) as f64 / dt;
+                Projection {
+                    count: count.saturating_add((rate * horizon).ceil() as u64),
+                    rate,
+                    name: n.id.name.as_str(),
+                }
+            })
+        })
+        .max_by_key(|p| p.count)
+}
+
+/// Reads the signals of one observation.
+pub(super) fn read<'a>(input: &Inputs<'a>) -> Signals<'a> {
+    let obs = input.obs;
+    let rises = rises(input);
+    // 0 means unlimited (and no early drop): ctune does not put a limit on such a table.
+    let unlimited = obs.global.max == 0;
+    let current_max = if unlimited { u64::MAX } else { obs.global.max };
+    let busiest = obs
+        .namespaces
+        .iter()
+        .filter_map(|n| n.count.map(|c| (c, n.id.name.as_str())))
+        .max_by_key(|(c, _)| *c);
+    let peak = busiest.map_or(0, |(c, _)| c);
+    let horizon = (input.cfg.agent.interval + input.cfg.agent.probe_interval).as_secs_f64();
+    let first_rise = |rise: fn(&Rises) -> Option<u64>| {
+        obs.namespaces
+            .iter()
+            .zip(&rises)
+            .find_map(|(n, r)| rise(r).filter(|d| *d > 0).map(|d| (n, d)))
+    };
+    Signals {
+        dropping: first_rise(|r| r.drop),
+        evicting: first_rise(|r| r.early),
+        projected: projection(input, horizon),
+        rises,
+        unlimited,
+        current_max,
+        peak,
+        busiest_name: busiest.map_or("?", |(_, n)| n),
+        util: peak as f64 / current_max as f64,
+        horizon,
+    }
+}

@@ -1,0 +1,158 @@
+//! The conntrack keys ctune knows, as data: name, scope, and the role each plays.
+//!
+//! Which keys are global and which per namespace is the fact most tools get wrong: the
+//! size of the table (`nf_conntrack_max`, `nf_conntrack_buckets`, `expect_max`) is global
+//! and writable only from the initial namespace, while the count and every timeout belong
+//! to each network namespace, and a new namespace starts from built-in defaults.
+
+use serde::Serialize;
+
+/// Global table limit; the table-full check compares each namespace's count with it.
+pub const MAX: &str = "nf_conntrack_max";
+/// Global hash size (same resize as the `hashsize` module parameter).
+pub const BUCKETS: &str = "nf_conntrack_buckets";
+/// Per-namespace entry count (read-only).
+pub const COUNT: &str = "nf_conntrack_count";
+/// Global limit of expectations (helpers such as FTP); observed, not tuned.
+pub const EXPECT_MAX: &str = "nf_conntrack_expect_max";
+/// The established-TCP timeout, lowered last and never below a keepalive-safe floor.
+pub const ESTABLISHED: &str = "nf_conntrack_tcp_timeout_established";
+
+/// The kernel's upper bound for `nf_conntrack_max` (the sysctl range is 0..INT_MAX).
+pub const KERNEL_MAX_LIMIT: u64 = i32::MAX as u64;
+/// The kernel's upper bound for buckets: the table is INT_MAX/8 bytes of 8-byte heads.
+pub const KERNEL_BUCKETS_LIMIT: u64 = (i32::MAX as u64 / 8) / BUCKET_ALIGN * BUCKET_ALIGN;
+/// The kernel rounds the hash table size up to a multiple of this many buckets.
+pub const BUCKET_ALIGN: u64 = 512;
+/// Bytes per hash bucket (`struct hlist_nulls_head`).
+pub const BUCKET_BYTES: u64 = 8;
+/// Hash chains longer than this make the kernel refuse the insert (`chainlength`).
+pub const MAX_CHAIN_LENGTH: u64 = 64;
+
+/// Where a key lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One value for the whole machine, writable only from the initial namespace.
+    Global,
+    /// One value per network namespace.
+    Namespace,
+}
+
+/// Scope of a conntrack sysctl by name.
+pub fn scope_of(key: &str) -> Scope {
+    match key {
+        MAX | BUCKETS | EXPECT_MAX => Scope::Global,
+        _ => Scope::Namespace,
+    }
+}
+
+/// The order in which pressure lowers timeouts. Entries in early tiers are either not
+/// confirmed by the peer (unreplied, half-open) or already ending, so cutting them loses
+/// nothing a user notices; established flows are cut last because a too-short timeout
+/// silently breaks idle SSH and database sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutTier {
+    /// Generic, unreplied, half-open, closing and datagram states: lowered at `elevated`.
+    Transient,
+    /// Established TCP: lowered only at `critical`.
+    Established,
+}
+
+/// Whether a sysctl name is a conntrack timeout key (the list differs per kernel, so
+/// timeouts are discovered by name rather than hard-coded).
+pub fn is_timeout_key(key: &str) -> bool {
+    key.starts_with("nf_conntrack_") && key.contains("timeout") && !key.contains("frag6")
+}
+
+/// The tier a timeout key belongs to.
+pub fn tier_of(key: &str) -> TimeoutTier {
+    // TCP's, and the likes of sctp_timeout_established: live sessions, cut last.
+    if key == ESTABLISHED || key.ends_with("_established") {
+        TimeoutTier::Established
+    } else {
+        TimeoutTier::Transient
+    }
+}
+
+/// Rounds a bucket count the way the kernel does (`nf_ct_alloc_hashtable` rounds the
+/// allocation up to whole 512-entry blocks).
+pub fn round_buckets(buckets: u64) -> u64 {
+    buckets
+        .div_ceil(BUCKET_ALIGN)
+        .saturating_mul(BUCKET_ALIGN)
+        .clamp(BUCKET_ALIGN, KERNEL_BUCKETS_LIMIT)
+}
+
+/// The hash size for a max: max / ratio buckets, rounded as the kernel rounds. Each
+/// entry is hashed twice, so a full table averages 2 x ratio entries per chain.
+pub fn buckets_for(max: u64, ratio: u32) -> u64 {
+    round_buckets(max.div_ceil(u64::from(ratio.max(1))))
+}
+
+/// Kernel 6.x default timeouts in seconds, as a fresh namespace has them (checked on the
+/// 6.18 fixture): the simulator's start, and the tests' kernel.
+pub const KERNEL_DEFAULT_TIMEOUTS: &[(&str, u64)] = &[
+    ("nf_conntrack_generic_timeout", 600),
+    ("nf_conntrack_gre_timeout", 30),
+    ("nf_conntrack_gre_timeout_stream", 180),
+    ("nf_conntrack_icmp_timeout", 30),
+    ("nf_conntrack_icmpv6_timeout", 30),
+    ("nf_conntrack_sctp_timeout_closed", 10),
+    ("nf_conntrack_sctp_timeout_cookie_echoed", 3),
+    ("nf_conntrack_sctp_timeout_cookie_wait", 3),
+    ("nf_conntrack_sctp_timeout_established", 210),
+    ("nf_conntrack_sctp_timeout_heartbeat_sent", 30),
+    ("nf_conntrack_sctp_timeout_shutdown_ack_sent", 3),
+    ("nf_conntrack_sctp_timeout_shutdown_recd", 3),
+    ("nf_conntrack_sctp_timeout_shutdown_sent", 3),
+    ("nf_conntrack_tcp_timeout_close", 10),
+    ("nf_conntrack_tcp_timeout_close_wait", 60),
+    ("nf_conntrack_tcp_timeout_established", 432000),
+    ("nf_conntrack_tcp_timeout_fin_wait", 120),
+    ("nf_conntrack_tcp_timeout_last_ack", 30),
+    ("nf_conntrack_tcp_timeout_max_retrans", 300),
+    ("nf_conntrack_tcp_timeout_syn_recv", 60),
+    ("nf_conntrack_tcp_timeout_syn_sent", 120),
+    ("nf_conntrack_tcp_timeout_time_wait", 120),
+    ("nf_conntrack_tcp_timeout_unacknowledged", 300),
+    ("nf_conntrack_udp_timeout", 30),
+    ("nf_conntrack_udp_timeout_stream", 120),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        assert_eq!(scope_of(MAX), Scope::Global);
+        assert_eq!(scope_of(BUCKETS), Scope::Global);
+        assert_eq!(scope_of("nf_conntrack_generic_timeout"), Scope::Namespace);
+        assert_eq!(scope_of(COUNT), Scope::Namespace);
+    }
+
+    #[test]
+    fn timeout_keys_by_name() {
+        assert!(is_timeout_key("nf_conntrack_udp_timeout_stream"));
+        assert!(is_timeout_key(ESTABLISHED));
+        assert!(!is_timeout_key("nf_conntrack_frag6_timeout"));
+        assert!(!is_timeout_key("nf_conntrack_tcp_max_retrans"));
+        assert_eq!(tier_of(ESTABLISHED), TimeoutTier::Established);
+        assert_eq!(
+            tier_of("nf_conntrack_generic_timeout"),
+            TimeoutTier::Transient
+        );
+    }
+
+    #[test]
+    fn bucket_rounding() {
+        assert_eq!(round_buckets(1), 512);
+        assert_eq!(round_buckets(512), 512);
+        assert_eq!(round_buckets(513), 1024);
+        assert_eq!(round_buckets(65536), 65536);
+        assert_eq!(round_buckets(u64::MAX), KERNEL_BUCKETS_LIMIT);
+        assert!(KERNEL_BUCKETS_LIMIT <= i32::MAX as u64 / 8);
+    }
+}

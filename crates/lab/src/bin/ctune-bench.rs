@@ -1,0 +1,109 @@
+//! `ctune-bench`: the live benchmark. Runs traffic scenarios through network namespaces
+//! it creates, under the static, kube-proxy and ctune policies one after another from the
+//! same start, and writes a markdown table and a timeline plot per scenario. Root only.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ctune_lab::livebench::{self, Policy, Topology};
+use ctune_lab::scenario_report::ScenarioReport;
+
+/// Live benchmark of conntrack policies (root; namespaces only; restores global values).
+#[derive(Debug, Parser)]
+#[command(name = "ctune-bench", version)]
+struct Args {
+    /// Scenarios to run: ramp, step, flood, or all.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// The short form used by the test suite (seconds, not minutes).
+    #[arg(long)]
+    short: bool,
+    /// Where traffic flows: nat (client -> NAT router -> server) or loopback.
+    #[arg(long, default_value = "nat")]
+    topology: String,
+    /// Output directory for the tables (.md), plots (.svg) and raw results (.json).
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The ctune binary the agent runs from [default: next to this one].
+    #[arg(long)]
+    ctune: Option<PathBuf>,
+    /// Policies to run, comma-separated.
+    #[arg(long, default_value = "static,kube-proxy,ctune")]
+    policies: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("ctune-bench: needs root (network namespaces, global conntrack values)");
+        return ExitCode::from(2);
+    }
+    let topology = match args.topology.as_str() {
+        "nat" => Topology::NatRouter,
+        "loopback" => Topology::Loopback,
+        other => {
+            eprintln!("ctune-bench: unknown topology {other:?}: nat or loopback");
+            return ExitCode::from(2);
+        }
+    };
+    let bin = args.ctune.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ctune")))
+            .unwrap_or_else(|| PathBuf::from("ctune"))
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("ctune-bench: {}: {e}", args.out.display());
+        return ExitCode::from(1);
+    }
+    let mut failed = false;
+    for sc in livebench::scenarios(args.short, topology) {
+        if args.scenario != "all" && args.scenario != sc.name {
+            continue;
+        }
+        let mut report = ScenarioReport {
+            scenario: sc.name.clone(),
+            source: "live".into(),
+            runs: Vec::new(),
+        };
+        for name in args.policies.split(',') {
+            let policy = match name {
+                "static" => Policy::Static,
+                "kube-proxy" => Policy::KubeProxy,
+                "ctune" => Policy::Ctune {
+                    bin: bin.clone(),
+                    config: livebench::ctune_config(args.short, &sc.name),
+                },
+                other => {
+                    eprintln!("ctune-bench: unknown policy {other:?}");
+                    return ExitCode::from(2);
+                }
+            };
+            eprintln!("ctune-bench: {} under {} ...", sc.name, policy.name());
+            match livebench::run(&sc, &policy, &args.out, cpus) {
+                Ok(run) => report.runs.push(run),
+                Err(e) => {
+                    eprintln!("ctune-bench: {} under {}: {e}", sc.name, policy.name());
+                    failed = true;
+                }
+            }
+        }
+        print!("{}", report.markdown());
+        let base = args.out.join(&sc.name);
+        let _ = std::fs::write(base.with_extension("md"), report.markdown());
+        let _ = std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        );
+        if let Err(e) = report.plot_svg(&base.with_extension("svg")) {
+            eprintln!("ctune-bench: plot: {e}");
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,1286 @@
+//! `ctune simulate`: a deterministic model of one namespace's conntrack table, driven by
+//! the same decision code as the agent ([`policy::decide`] and [`probe::step_now`]), so a
+//! change to the policy can be judged against traffic that no test machine can make (an
+//! hour of traffic against a 10M-entry table runs in about a second in a release build).
+//!
+//! # The model, and why each simplification is faithful enough
+//!
+//! - **Time** advances in fixed ticks (`tick`, 10 ms by default). Flows created within a
+//!   tick are created together; the rate of each class is evaluated at the middle of the
+//!   tick and fractional flows are carried to the next tick, so the number of flows over
+//!   any window is exact to within one flow. 10 ms is below the agent's probe interval
+//!   (50 ms) and far below every timeout the classes use (10 s and up), so nothing the policy sees is
+//!   finer than a tick.
+//! - **Entries are cohorts**, not individuals: per traffic class, a `BTreeMap` from expiry
+//!   tick to the number of entries that expire then. Expiring a whole cohort is one map
+//!   operation, so 10M entries cost what 1k cost; the map holds at most one key per tick
+//!   of a class's timeout, whatever the entry count.
+//! - **Classes** stand for the states that fill real tables. Which timeout applies, and
+//!   whether the entry is assured (early drop skips assured entries), follows the kernel:
+//!   - `udp_unreplied` (scans, DNS to a dead server): `nf_conntrack_udp_timeout`, not
+//!     assured;
+//!   - `udp_request_response` (DNS, NTP): a reply within 2 s keeps `udp_timeout` and, on
+//!     6.x kernels, does *not* set assured (only a flow still active after 2 s is a
+//!     "stream" and is assured), so these are early-droppable too;
+//!   - `tcp_short` (connect, request, close): the entry outlives the connection by
+//!     `tcp_timeout_time_wait`; assured since the handshake completed;
+//!   - `tcp_idle` (long-lived, idle): `tcp_timeout_established`, assured.
+//!
+//!   The handshake and data phase of `tcp_short` (milliseconds) are folded into its
+//!   creation. The timeout is the one in force when the entry is created: a changed
+//!   timeout applies to an entry only at its next packet, and these idle or finished
+//!   entries get none, so lowering a timeout helps only new entries (kernel fact), which
+//!   is exactly why the policy grows max first.
+//! - **Table full**: at count >= max a new flow first early-drops one unassured entry if
+//!   the table holds any (the `early_drop` counter; the new flow is admitted), else it is
+//!   lost (`drop` and one failed attempt). `max = 0` is unlimited. The kernel evicts
+//!   every unassured entry of the first of up to 8 hash chains near the new flow's hash
+//!   that has one, and may find none when unassured entries are sparse; evicting exactly
+//!   one, from whichever unassured cohort expires soonest, conserves the count the same
+//!   way (one admission per eviction) and differs only in which entry goes, which the
+//!   kernel chooses by hash, blind to age. Lost flows are not retried (a dropped SYN
+//!   would be retransmitted a second later and count again in the kernel's `drop`), so
+//!   losses are counted once per flow, for every policy alike.
+//! - **Garbage collection** is immediate: an expired entry leaves the count in the tick
+//!   it expires. The kernel reaps lazily (the GC worker, or a lookup that meets the dead
+//!   entry; early drop also reaps expired entries of the chains it scans), so the real
+//!   count can lag briefly; the lag is short against the timeouts. The GC worker's own
+//!   early drop (after a failed insert, at 95 % of max it also evicts closing TCP states
+//!   such as TIME_WAIT) is not modelled: it would soften losses of static limits a
+//!   little, once the table is already dropping.
+//! - **Hash**: the bucket count is tracked (it is part of memory, and of the average
+//!   chain length in [`RunDetails::peak_chain`]) but chain-length refusals are not
+//!   modelled (`chainlength` stays 0), nor is the insert stall of a resize (~0.5 s per
+//!   million entries: senders are delayed, not refused).
+//! - **One namespace**, the initial one, holds all entries; host memory, CPUs and the
+//!   slab entry size come from the scenario. Timeouts start at the 6.x kernel defaults.
+//! - **Policies** act at tick boundaries and their changes take effect at once (a sysctl
+//!   write takes microseconds). `ctune` runs the agent's loop as `agent::run` schedules
+//!   it: a full step (observe, [`policy::decide`] with the state it returned last time,
+//!   apply every change) every `agent.interval` from t = 0, and a probe every
+//!   `agent.probe_interval` that compares the count with the previous probe's and takes
+//!   an immediate step when [`probe::step_now`] says so; an early step restarts the
+//!   regular schedule from itself, and probing pauses while the last step found the
+//!   table past the watermark without raising max (at the ceiling), as in the agent. A probe that falls on a regular step is skipped (the
+//!   step has just read the count). `kube-proxy` does what kube-proxy does at its
+//!   start: max to max(131072, 32768 x CPUs) (raise-only, as kube-proxy became), the
+//!   hash to max / 4 when smaller, established 1 d, close_wait 1 h. `static` changes
+//!   nothing.
+//!
+//! Everything is integer or deterministic floating-point arithmetic in a fixed order, so
+//! a scenario gives the same report byte for byte on every run.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::scenario_report::{self, PolicyRun, Sample, ScenarioReport};
+use ctune_core::ceiling;
+use ctune_core::config::{self, Config, ConfigError};
+use ctune_core::model::NetnsId;
+use ctune_core::model::meminfo::MemInfo;
+use ctune_core::model::stat::ConntrackStat;
+use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::policy::{self, PolicyState};
+use ctune_core::probe::{self, Reading};
+use ctune_core::schedule::{Due, Schedule};
+use ctune_core::tunables;
+use ctune_core::units;
+
+use crate::traffic::{Class, Peer, Profile, kube_proxy};
+
+/// Kernel 6.x default timeouts: the start of every run, and what "lowered" is
+/// measured against.
+pub use ctune_core::tunables::KERNEL_DEFAULT_TIMEOUTS;
+
+/// The initial namespace's inode on Linux (`PROC_NET_INIT_INO`), so the simulated
+/// namespace looks like the host's to the policy.
+const INIT_NET_INODE: u64 = 0xF000_0000;
+
+/// Highest rate a profile may ask for: beyond what any host creates (one core makes
+/// ~77k flows/s), and low enough that flows per tick stay exact in an f64.
+const MAX_RATE: f64 = 1e8;
+
+// ---------------------------------------------------------------------------------------
+// Scenario: the file format and its validation.
+
+/// The simulated host: what the ceiling and kube-proxy's formula are made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimHost {
+    /// MemTotal in bytes.
+    pub memory_bytes: u64,
+    /// Online CPUs.
+    pub cpus: u64,
+    /// Slab bytes per entry.
+    pub entry_bytes: u64,
+}
+
+/// A validated scenario, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Name of the report and of the files `--out` writes.
+    pub name: String,
+    /// Free text from the file, for people.
+    pub description: Option<String>,
+    /// Simulated time.
+    pub duration: Duration,
+    /// Model resolution.
+    pub tick: Duration,
+    /// Time between timeline samples in the report.
+    pub sample_interval: Duration,
+    /// `nf_conntrack_max` at t = 0 for every policy.
+    pub start_max: u64,
+    /// `nf_conntrack_buckets` at t = 0 for every policy.
+    pub start_buckets: u64,
+    /// The host.
+    pub host: SimHost,
+    /// Policies to run, in report order.
+    pub policies: Vec<Peer>,
+    /// Rate terms per class (every class present, maybe with no terms).
+    pub traffic: BTreeMap<Class, Vec<Profile>>,
+    /// The config the `ctune` policy decides with (`ctune_config:`, else the defaults).
+    /// Probes happen at most once per tick whatever it says.
+    pub ctune: Config,
+}
+
+/// A scenario that cannot be run, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file cannot be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The scenario file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// YAML that does not match the schema (the message carries line, column and key).
+    #[error("invalid scenario {path}:\n{message}")]
+    Parse {
+        /// The scenario file.
+        path: PathBuf,
+        /// serde-saphyr's rendering, with the offending line.
+        message: String,
+    },
+    /// Values that parse but cannot be simulated.
+    #[error("invalid scenario {path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The scenario file.
+        path: PathBuf,
+        /// Line of the key, when found.
+        line: Option<usize>,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+    /// `ctune_config:` is not a valid ctune config (its lines are the scenario's).
+    #[error("in ctune_config: {0}")]
+    Config(#[from] ConfigError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    duration: String,
+    #[serde(default)]
+    tick: Option<String>,
+    #[serde(default)]
+    sample_interval: Option<String>,
+    #[serde(default)]
+    start: Option<RawStart>,
+    host: RawHost,
+    #[serde(default)]
+    policies: Option<Vec<Peer>>,
+    traffic: RawTraffic,
+    #[serde(default)]
+    ctune_config: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStart {
+    #[serde(default)]
+    max: Option<u64>,
+    #[serde(default)]
+    buckets: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    memory: RawSize,
+    cpus: u64,
+    #[serde(default)]
+    entry_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    N(u64),
+    S(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    #[serde(default)]
+    udp_unreplied: Vec<RawProfile>,
+    #[serde(default)]
+    udp_request_response: Vec<RawProfile>,
+    #[serde(default)]
+    tcp_short: Vec<RawProfile>,
+    #[serde(default)]
+    tcp_idle: Vec<RawProfile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawProfile {
+    Constant(f64),
+    Ramp(RawRamp),
+    Step(RawStep),
+    Flood(RawFlood),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRamp {
+    from: f64,
+    to: f64,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    end: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    before: f64,
+    after: f64,
+    at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlood {
+    rate: f64,
+    start: String,
+    end: String,
+}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates scenario text; `path` names the file in messages and gives the
+/// default name (its stem).
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| ScenarioError::Parse {
+        path: path.to_path_buf(),
+        message: e
+            .to_string()
+            .replace("<input>:", &format!("{}:", path.display())),
+    })?;
+    let v = Validator { text, path };
+
+    let name = match raw.name {
+        Some(n) => n,
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".into()),
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(v.fail(
+            "name",
+            format!("{name:?} must be letters, digits, '-', '_' or '.' (it names the files --out writes)"),
+        ));
+    }
+
+    let duration = v.duration("duration", &raw.duration)?;
+    if duration.is_zero() || duration > Duration::from_secs(7 * 86400) {
+        return Err(v.fail("duration", "must be more than 0s and at most 7d".into()));
+    }
+    let tick = match &raw.tick {
+        Some(t) => v.duration("tick", t)?,
+        None => Duration::from_millis(10),
+    };
+    if tick < Duration::from_millis(1) || tick > Duration::from_secs(1) {
+        return Err(v.fail("tick", "must be between 1ms and 1s".into()));
+    }
+    let ticks = duration.as_nanos().div_ceil(tick.as_nanos());
+    if ticks > 100_000_000 {
+        return Err(v.fail(
+            "tick",
+            format!("{ticks} ticks over the duration: at most 100M (use a longer tick)"),
+        ));
+    }
+    let sample_interval = match &raw.sample_interval {
+        Some(s) => v.duration("sample_interval", s)?,
+        None => Duration::from_millis(100),
+    };
+    if sample_interval < tick || sample_interval > duration {
+        return Err(v.fail(
+            "sample_interval",
+            "must be between the tick and the duration".into(),
+        ));
+    }
+    if duration.as_nanos() / sample_interval.as_nanos() > 1_000_000 {
+        return Err(v.fail(
+            "sample_interval",
+            "more than 1M samples per run: use a longer interval".into(),
+        ));
+    }
+
+    let memory_bytes = match raw.host.memory {
+        RawSize::N(n) => n,
+        RawSize::S(s) => units::parse_size(&s).map_err(|e| v.fail("host.memory", e))?,
+    };
+    if memory_bytes < 64 << 20 {
+        return Err(v.fail("host.memory", "must be at least 64MiB".into()));
+    }
+    if !(1..=65536).contains(&raw.host.cpus) {
+        return Err(v.fail("host.cpus", "must be between 1 and 65536".into()));
+    }
+    let entry_bytes = raw.host.entry_bytes.unwrap_or(256);
+    if !(64..=65536).contains(&entry_bytes) {
+        return Err(v.fail(
+            "host.entry_bytes",
+            format!("{entry_bytes} is not a plausible slab size (64 ..= 65536)"),
+        ));
+    }
+    let host = SimHost {
+        memory_bytes,
+        cpus: raw.host.cpus,
+        entry_bytes,
+    };
+
+    let default_buckets = kernel_default_buckets(memory_bytes);
+    let (start_max, start_buckets) = match raw.start {
+        None => (default_buckets, default_buckets),
+        Some(s) => (
+            s.max.unwrap_or(default_buckets),
+            s.buckets.unwrap_or(default_buckets),
+        ),
+    };
+    if start_max > tunables::KERNEL_MAX_LIMIT {
+        return Err(v.fail(
+            "start.max",
+            format!("{start_max} exceeds the kernel's limit (INT_MAX)"),
+        ));
+    }
+    if start_buckets == 0 || start_buckets > tunables::KERNEL_BUCKETS_LIMIT {
+        return Err(v.fail(
+            "start.buckets",
+            format!(
+                "must be between 1 and {} (INT_MAX/8)",
+                tunables::KERNEL_BUCKETS_LIMIT
+            ),
+        ));
+    }
+    // The kernel allocates whole 512-bucket blocks and reads back the rounded size.
+    let start_buckets = tunables::round_buckets(start_buckets);
+
+    let policies = raw
+        .policies
+        .unwrap_or_else(|| vec![Peer::Static, Peer::KubeProxy, Peer::Ctune]);
+    if policies.is_empty() {
+        return Err(v.fail("policies", "lists no policy to run".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for p in &policies {
+        if !seen.insert(p.name()) {
+            return Err(v.fail("policies", format!("{} is listed twice", p.name())));
+        }
+    }
+
+    let dur_s = duration.as_secs_f64();
+    let mut traffic = BTreeMap::new();
+    let RawTraffic {
+        udp_unreplied,
+        udp_request_response,
+        tcp_short,
+        tcp_idle,
+    } = raw.traffic;
+    for (class, items) in [
+        (Class::UdpUnreplied, udp_unreplied),
+        (Class::UdpRequestResponse, udp_request_response),
+        (Class::TcpShort, tcp_short),
+        (Class::TcpIdle, tcp_idle),
+    ] {
+        let mut profiles = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            profiles.push(v.profile(class, i, item, dur_s)?);
+        }
+        traffic.insert(class, profiles);
+    }
+    if traffic.values().all(Vec::is_empty) {
+        return Err(v.fail("traffic", "has no rate for any class".into()));
+    }
+
+    let ctune = match &raw.ctune_config {
+        None | Some(serde_json::Value::Null) => Config::default(),
+        Some(value @ (serde_json::Value::Object(_) | serde_json::Value::String(_))) => {
+            config::parse(&ctune_config_text(text, value), path)?
+        }
+        Some(_) => {
+            return Err(v.fail(
+                "ctune_config",
+                "expected a mapping of ctune config keys (as in /etc/ctune/ctune.yaml)".into(),
+            ));
+        }
+    };
+    if policies.contains(&Peer::Ctune) && tick > ctune.agent.probe_interval {
+        return Err(v.fail(
+            "tick",
+            format!(
+                "{} is longer than ctune's agent.probe_interval {}: the model could not probe that often",
+                humantime::format_duration(tick),
+                humantime::format_duration(ctune.agent.probe_interval)
+            ),
+        ));
+    }
+
+    Ok(Scenario {
+        name,
+        description: raw.description,
+        duration,
+        tick,
+        sample_interval,
+        start_max,
+        start_buckets,
+        host,
+        policies,
+        traffic,
+        ctune,
+    })
+}
+
+/// The kernel's default hash size (and, since 5.15, max) for a host's memory:
+/// RAM / 16384 / 8, 65536 above 1 GiB, 262144 above 4 GiB, at least 1024.
+pub fn kernel_default_buckets(memory_bytes: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    let b = if memory_bytes > 4 * GIB {
+        262_144
+    } else if memory_bytes > GIB {
+        65_536
+    } else {
+        (memory_bytes / 16384 / 8).max(1024)
+    };
+    tunables::round_buckets(b)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn fail(&self, key: &str, message: String) -> ScenarioError {
+        self.fail_at(key, config::locate(self.text, key), message)
+    }
+
+    fn fail_at(&self, key: &str, line: Option<usize>, message: String) -> ScenarioError {
+        ScenarioError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn duration(&self, key: &str, text: &str) -> Result<Duration, ScenarioError> {
+        config::parse_duration(text).map_err(|e| self.fail(key, e))
+    }
+
+    fn profile(
+        &self,
+        class: Class,
+        index: usize,
+        raw: RawProfile,
+        duration: f64,
+    ) -> Result<Profile, ScenarioError> {
+        let list = format!("traffic.{}", class.name());
+        let line = locate_item(self.text, &list, index);
+        let (kind, p) = match raw {
+            RawProfile::Constant(rate) => ("constant", Profile::Constant { rate }),
+            RawProfile::Ramp(r) => {
+                let start = self.at(&list, index, "ramp.start", r.start.as_deref(), 0.0)?;
+                let end = self.at(&list, index, "ramp.end", r.end.as_deref(), duration)?;
+                (
+                    "ramp",
+                    Profile::Ramp {
+                        from: r.from,
+                        to: r.to,
+                        start,
+                        end,
+                    },
+                )
+            }
+            RawProfile::Step(s) => {
+                let at = self.at(&list, index, "step.at", Some(&s.at), 0.0)?;
+                (
+                    "step",
+                    Profile::Step {
+                        before: s.before,
+                        after: s.after,
+                        at,
+                    },
+                )
+            }
+            RawProfile::Flood(f) => {
+                let start = self.at(&list, index, "flood.start", Some(&f.start), 0.0)?;
+                let end = self.at(&list, index, "flood.end", Some(&f.end), duration)?;
+                (
+                    "flood",
+                    Profile::Flood {
+                        rate: f.rate,
+                        start,
+                        end,
+                    },
+                )
+            }
+        };
+        let key = format!("{list}[{index}].{kind}");
+        let rates: Vec<f64> = match p {
+            Profile::Constant { rate } | Profile::Flood { rate, .. } => vec![rate],
+            Profile::Ramp { from, to, .. } => vec![from, to],
+            Profile::Step { before, after, .. } => vec![before, after],
+        };
+        if let Some(bad) = rates
+            .iter()
+            .find(|r| !(r.is_finite() && (0.0..=MAX_RATE).contains(*r)))
+        {
+            return Err(self.fail_at(
+                &key,
+                line,
+                format!("rate {bad} is out of range 0 ..= {MAX_RATE} new flows per second"),
+            ));
+        }
+        match p {
+            Profile::Ramp { start, end, .. } | Profile::Flood { start, end, .. }
+                if start >= end =>
+            {
+                Err(self.fail_at(
+                    &key,
+                    line,
+                    format!("start {start}s is not before end {end}s"),
+                ))
+            }
+            _ => Ok(p),
+        }
+    }
+
+    /// A time within the run, in seconds.
+    fn at(
+        &self,
+        list: &str,
+        index: usize,
+        field: &str,
+        text: Option<&str>,
+        default: f64,
+    ) -> Result<f64, ScenarioError> {
+        let key = format!("{list}[{index}].{field}");
+        let Some(text) = text else {
+            return Ok(default);
+        };
+        let line = locate_item(self.text, list, index);
+        let d = config::parse_duration(text).map_err(|e| self.fail_at(&key, line, e))?;
+        Ok(d.as_secs_f64())
+    }
+}
+
+/// Line (1-based) of item `index` of the block list under a dotted key, else the key's.
+fn locate_item(text: &str, dotted: &str, index: usize) -> Option<usize> {
+    let key_line = config::locate(text, dotted)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let key_indent = indent_of(lines[key_line - 1]);
+    let mut item_indent = None;
+    let mut n = 0;
+    for (i, line) in lines.iter().enumerate().skip(key_line) {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let indent = indent_of(line);
+        if indent < key_indent || (indent == key_indent && !t.starts_with('-')) {
+            break;
+        }
+        if t.starts_with('-') && *item_indent.get_or_insert(indent) == indent {
+            if n == index {
+                return Some(i + 1);
+            }
+            n += 1;
+        }
+    }
+    Some(key_line)
+}
+
+/// The `ctune_config:` value as config text whose line numbers are the scenario's, so a
+/// config error names the scenario's line: the block's lines dedented, every other line
+/// blank.
+fn ctune_config_text(text: &str, value: &serde_json::Value) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(at) = lines.iter().position(|l| {
+        l.strip_prefix("ctune_config")
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    }) else {
+        return fallback_text(value, 0);
+    };
+    let rest = lines[at]
+        .split_once(':')
+        .map_or("", |(_, r)| r)
+        .split(" #")
+        .next()
+        .unwrap_or("")
+        .trim();
+    let mut out = "\n".repeat(at + 1);
+    if (rest.starts_with('|') || rest.starts_with('>'))
+        && let serde_json::Value::String(s) = value
+    {
+        out.push_str(s);
+        return out;
+    }
+    if !rest.is_empty() {
+        return fallback_text(value, at);
+    }
+    let block: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| {
+            let t = l.trim_start();
+            t.is_empty() || t.starts_with('#') || l.len() > t.len()
+        })
+        .copied()
+        .collect();
+    let indent = block
+        .iter()
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    for l in block {
+        let t = l.trim_start();
+        if !t.is_empty() && !t.starts_with('#') {
+            out.push_str(&l[indent..]);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A flow-style or scalar value on the key's own line: JSON is YAML.
+fn fallback_text(value: &serde_json::Value, at: usize) -> String {
+    let body = match value {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    format!("{}{body}\n", "\n".repeat(at))
+}
+
+// ---------------------------------------------------------------------------------------
+// The table.
+
+/// The conntrack table of one namespace, as cohorts of entries per class.
+struct Table {
+    max: u64,
+    buckets: u64,
+    timeouts: BTreeMap<String, u64>,
+    /// Per class: expiry tick -> entries that expire then.
+    cohorts: [BTreeMap<u64, u64>; 4],
+    count: u64,
+    unassured: u64,
+    drop: u64,
+    early_drop: u64,
+    attempts: u64,
+}
+
+impl Table {
+    fn new(max: u64, buckets: u64) -> Table {
+        Table {
+            max,
+            buckets,
+            timeouts: KERNEL_DEFAULT_TIMEOUTS
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
+            cohorts: Default::default(),
+            count: 0,
+            unassured: 0,
+            drop: 0,
+            early_drop: 0,
+            attempts: 0,
+        }
+    }
+
+    /// Removes every cohort whose expiry tick is `k` or earlier.
+    fn expire(&mut self, k: u64) {
+        for class in Class::ALL {
+            let map = &mut self.cohorts[class.index()];
+            while let Some(entry) = map.first_entry() {
+                if *entry.key() > k {
+                    break;
+                }
+                let n = entry.remove();
+                self.count -= n;
+                if !class.assured() {
+                    self.unassured -= n;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, class: Class, n: u64, k: u64, tick_ns: u128) {
+        if n == 0 {
+            return;
+        }
+        let secs = self.timeouts.get(class.timeout_key()).copied().unwrap_or(0);
+        let life = (u128::from(secs) * 1_000_000_000)
+            .div_ceil(tick_ns)
+            .max(1)
+            .min(u128::from(u64::MAX / 2)) as u64;
+        *self.cohorts[class.index()].entry(k + life).or_insert(0) += n;
+        self.count += n;
+        if !class.assured() {
+            self.unassured += n;
+        }
+    }
+
+    /// Evicts `n` unassured entries, soonest to expire first.
+    fn evict(&mut self, mut n: u64) {
+        while n > 0 {
+            let pick = Class::ALL
+                .iter()
+                .filter(|c| !c.assured())
+                .filter_map(|c| {
+                    self.cohorts[c.index()]
+                        .first_key_value()
+                        .map(|(k, _)| (*k, *c))
+                })
+                .min();
+            let Some((_, class)) = pick else {
+                break;
+            };
+            let mut entry = self.cohorts[class.index()]
+                .first_entry()
+                .expect("picked cohort exists");
+            let take = n.min(*entry.get());
+            *entry.get_mut() -= take;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+            self.count -= take;
+            self.unassured -= take;
+            n -= take;
+        }
+    }
+
+    /// Admits one tick's new flows: free slots first, then one early drop per flow while
+    /// unassured entries remain, the rest lost. Shares go to classes in proportion to
+    /// their arrivals, so no class is favoured by the order of evaluation.
+    fn admit(&mut self, arrivals: [u64; 4], k: u64, tick_ns: u128) {
+        let total: u64 = arrivals.iter().sum();
+        self.attempts += total;
+        if total == 0 {
+            return;
+        }
+        if self.max == 0 {
+            for class in Class::ALL {
+                self.insert(class, arrivals[class.index()], k, tick_ns);
+            }
+            return;
+        }
+        let free = self.max.saturating_sub(self.count).min(total);
+        let got = share(&arrivals, free);
+        let mut rest = [0u64; 4];
+        for class in Class::ALL {
+            let i = class.index();
+            self.insert(class, got[i], k, tick_ns);
+            rest[i] = arrivals[i] - got[i];
+        }
+        let waiting: u64 = rest.iter().sum();
+        if waiting == 0 {
+            return;
+        }
+        let evicted = waiting.min(self.unassured);
+        self.evict(evicted);
+        self.early_drop += evicted;
+        self.drop += waiting - evicted;
+        let got = share(&rest, evicted);
+        for class in Class::ALL {
+            self.insert(class, got[class.index()], k, tick_ns);
+        }
+    }
+
+    /// What the agent would read from the kernel now.
+    fn observation(&self, host: &SimHost) -> Observation {
+        let counters: BTreeMap<String, u64> = [
+            ("drop", self.drop),
+            ("early_drop", self.early_drop),
+            ("chainlength", 0),
+            ("insert_failed", 0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Observation {
+            module: ModuleState::BuiltIn,
+            in_initial_netns: Some(true),
+            global: Global {
+                max: self.max,
+                buckets: Some(self.buckets),
+                hashsize: Some(self.buckets),
+                expect_max: Some((self.buckets / 256).max(1)),
+                write_access: Access {
+                    writable: true,
+                    reason: None,
+                    root_could: true,
+                },
+            },
+            host: Host {
+                cpus: host.cpus,
+                memory: MemInfo {
+                    total_bytes: host.memory_bytes,
+                    available_bytes: None,
+                },
+                entry_bytes: host.entry_bytes,
+                entry_bytes_source: "scenario".into(),
+            },
+            namespaces: vec![NamespaceObs {
+                id: NetnsId {
+                    name: "init".into(),
+                    inode: INIT_NET_INODE,
+                },
+                count: Some(self.count),
+                stat: Some(ConntrackStat {
+                    entries: self.count,
+                    counters,
+                }),
+                timeouts: self.timeouts.clone(),
+                error: None,
+                handle: None,
+            }],
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Splits `amount` (at most the sum of `weights`) in proportion to `weights`, remainders
+/// to the largest fractions (ties: class order): exact and deterministic.
+fn share(weights: &[u64; 4], amount: u64) -> [u64; 4] {
+    let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    let mut out = [0u64; 4];
+    if total == 0 || amount == 0 {
+        return out;
+    }
+    let amount = u128::from(amount).min(total);
+    let mut rems = [(0u128, 0usize); 4];
+    let mut given = 0u128;
+    for (i, w) in weights.iter().enumerate() {
+        let exact = amount * u128::from(*w);
+        out[i] = (exact / total) as u64;
+        given += exact / total;
+        rems[i] = (exact % total, i);
+    }
+    rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in rems.iter().take((amount - given) as usize) {
+        out[*i] += 1;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Policies and runs.
+
+/// A timeout a policy changed, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutChange {
+    /// Milliseconds since the start of the run.
+    pub at_ms: u64,
+    /// The sysctl.
+    pub key: String,
+    /// Before.
+    pub old: u64,
+    /// After.
+    pub new: u64,
+}
+
+/// What the report does not show of a run, for tests and for judging the policy: how
+/// often it stepped, whether an invariant ever broke, and when timeouts moved.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunDetails {
+    /// The policy.
+    pub policy: String,
+    /// Full steps on the regular grid (`ctune` only).
+    pub regular_steps: u64,
+    /// Extra steps the probe asked for (`ctune` only).
+    pub early_steps: u64,
+    /// The highest ceiling any of ctune's plans computed.
+    pub ceiling: Option<u64>,
+    /// Max changes that set max above the ceiling of their own plan (must stay 0).
+    pub max_above_ceiling: u64,
+    /// Ticks that ended with more entries than max (must stay 0).
+    pub ticks_over_max: u64,
+    /// Every max change: (milliseconds, old, new).
+    pub max_changes: Vec<(u64, u64, u64)>,
+    /// Hash resizes.
+    pub resizes: u64,
+    /// The highest average chain length seen (2 x count / buckets: both tuples hashed);
+    /// the kernel refuses inserts into chains longer than 50 to 80.
+    pub peak_chain: f64,
+    /// Every timeout change, in order.
+    pub timeout_changes: Vec<TimeoutChange>,
+}
+
+/// A scenario's report, with the details of each run in the same order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Simulation {
+    /// What `ctune simulate` prints.
+    pub report: ScenarioReport,
+    /// One per run.
+    pub details: Vec<RunDetails>,
+}
+
+/// ctune's agent loop over the model, on the agent's own schedule
+/// ([`ctune_core::schedule`]) and probe rule ([`probe`]).
+struct Agent {
+    cfg: Config,
+    state: PolicyState,
+    schedule: Schedule,
+    /// The previous probe's reading (steps do not update it, as in the agent).
+    last: Option<Reading>,
+    /// Probing paused after the last step ([`probe::paused_after`]).
+    paused: bool,
+}
+
+impl Agent {
+    fn new(cfg: Config) -> Agent {
+        Agent {
+            schedule: Schedule::new(cfg.agent.interval, cfg.agent.probe_interval, Duration::ZERO),
+            cfg,
+            state: PolicyState::default(),
+            last: None,
+            paused: false,
+        }
+    }
+
+    /// The agent at `now`: a regular step or a probe when one is due; a probe may take
+    /// an early step, which restarts the regular schedule.
+    fn act(&mut self, now_ns: u128, table: &mut Table, host: &SimHost, d: &mut RunDetails) {
+        let now = duration_of(now_ns);
+        match self.schedule.due(now) {
+            Due::Step => {
+                d.regular_steps += 1;
+                self.step(now, table, host, d);
+            }
+            Due::Probe { until_step } if !self.paused => {
+                let reading = Reading {
+                    at: now,
+                    count: table.count,
+                };
+                let prev = self.last.replace(reading);
+                if probe::step_now(prev, reading, table.max, until_step, &self.cfg) {
+                    d.early_steps += 1;
+                    self.step(now, table, host, d);
+                    self.schedule.stepped_early(now);
+                }
+            }
+            Due::Probe { .. } | Due::Nothing => {}
+        }
+    }
+
+    /// One full step: observe the model, decide, apply every change.
+    fn step(&mut self, now: Duration, table: &mut Table, host: &SimHost, d: &mut RunDetails) {
+        let obs = table.observation(host);
+        let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
+        d.ceiling = Some(
+            d.ceiling
+                .map_or(plan.ceiling.value, |c| c.max(plan.ceiling.value)),
+        );
+        let at_ms = now.as_millis() as u64;
+        for ch in &plan.changes {
+            match ch.key.as_str() {
+                tunables::MAX => {
+                    if ch.new > plan.ceiling.value {
+                        d.max_above_ceiling += 1;
+                    }
+                    d.max_changes.push((at_ms, table.max, ch.new));
+                    table.max = ch.new;
+                }
+                tunables::BUCKETS => {
+                    d.resizes += 1;
+                    table.buckets = ch.new;
+                }
+                key => set_timeout(table, key, ch.new, at_ms, d),
+            }
+        }
+        // Every change takes effect in the model.
+        let raised = plan.global_change(tunables::MAX).is_some();
+        self.paused = probe::paused_after(&plan, raised, &self.cfg);
+        self.state = next;
+    }
+}
+
+fn set_timeout(table: &mut Table, key: &str, new: u64, at_ms: u64, d: &mut RunDetails) {
+    let old = table.timeouts.insert(key.to_string(), new).unwrap_or(0);
+    if old != new {
+        d.timeout_changes.push(TimeoutChange {
+            at_ms,
+            key: key.to_string(),
+            old,
+            new,
+        });
+    }
+}
+
+/// kube-proxy's start ([`kube_proxy`]): max raised to its formula, the hash grown to
+/// max / 4 when smaller, its two timeouts set.
+fn kube_proxy_start(table: &mut Table, host: &SimHost, d: &mut RunDetails) {
+    let target = kube_proxy::max(host.cpus);
+    if table.max != 0 && table.max < target {
+        d.max_changes.push((0, table.max, target));
+        table.max = target;
+    }
+    if table.buckets < kube_proxy::buckets(target) {
+        d.resizes += 1;
+        table.buckets = tunables::round_buckets(kube_proxy::buckets(target));
+    }
+    for (key, secs) in kube_proxy::TIMEOUTS {
+        set_timeout(table, key, secs, 0, d);
+    }
+}
+
+fn duration_of(ns: u128) -> Duration {
+    Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
+}
+
+/// Runs every policy of the scenario from the same start.
+pub fn run(sc: &Scenario) -> Simulation {
+    let mut runs = Vec::new();
+    let mut details = Vec::new();
+    for kind in &sc.policies {
+        let (r, d) = run_policy(sc, *kind);
+        runs.push(r);
+        details.push(d);
+    }
+    Simulation {
+        report: ScenarioReport {
+            scenario: sc.name.clone(),
+            source: "simulated".into(),
+            runs,
+        },
+        details,
+    }
+}
+
+fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
+    let tick_ns = sc.tick.as_nanos();
+    let dt = sc.tick.as_secs_f64();
+    let n_ticks = sc.duration.as_nanos().div_ceil(tick_ns) as u64;
+    let sample_ns = sc.sample_interval.as_nanos();
+    let mut table = Table::new(sc.start_max, sc.start_buckets);
+    let start_timeouts = table.timeouts.clone();
+    let mut d = RunDetails {
+        policy: kind.name().into(),
+        ..RunDetails::default()
+    };
+    let mut agent = (kind == Peer::Ctune).then(|| Agent::new(sc.ctune.clone()));
+    let rates: Vec<(Class, &[Profile])> =
+        sc.traffic.iter().map(|(c, p)| (*c, p.as_slice())).collect();
+    let mut carry = [0f64; 4];
+    let mut samples = Vec::new();
+    let mut next_sample_ns = 0u128;
+    let mut peak = 0u64;
+    let mut peak_memory = 0u64;
+    let mut lowered: BTreeSet<String> = BTreeSet::new();
+    let mut changes_seen = 0usize;
+
+    for k in 0..=n_ticks {
+        let now_ns = u128::from(k) * tick_ns;
+        table.expire(k);
+        match (kind, agent.as_mut()) {
+            (Peer::KubeProxy, _) if k == 0 => kube_proxy_start(&mut table, &sc.host, &mut d),
+            (Peer::Ctune, Some(a)) => a.act(now_ns, &mut table, &sc.host, &mut d),
+            _ => {}
+        }
+        for ch in &d.timeout_changes[changes_seen..] {
+            if start_timeouts.get(&ch.key).is_some_and(|s| ch.new < *s) {
+                lowered.insert(ch.key.clone());
+            }
+        }
+        changes_seen = d.timeout_changes.len();
+        if now_ns >= next_sample_ns || k == n_ticks {
+            samples.push(Sample {
+                t: now_ns as f64 / 1e9,
+                count: table.count,
+                max: table.max,
+            });
+            while next_sample_ns <= now_ns {
+                next_sample_ns += sample_ns;
+            }
+        }
+        if k == n_ticks {
+            break;
+        }
+        let mid = (now_ns as f64 / 1e9) + dt / 2.0;
+        let mut arrivals = [0u64; 4];
+        for (class, profiles) in &rates {
+            let i = class.index();
+            let rate: f64 = profiles.iter().map(|p| p.rate_at(mid)).sum();
+            let x = rate * dt + carry[i];
+            let n = x.floor();
+            carry[i] = x - n;
+            arrivals[i] = n as u64;
+        }
+        table.admit(arrivals, k, tick_ns);
+        peak = peak.max(table.count);
+        if table.max != 0 && table.count > table.max {
+            d.ticks_over_max += 1;
+        }
+        d.peak_chain = d
+            .peak_chain
+            .max(2.0 * table.count as f64 / table.buckets.max(1) as f64);
+        peak_memory = peak_memory.max(ceiling::memory_now(
+            table.count,
+            table.buckets,
+            sc.host.entry_bytes,
+            sc.ctune.ceiling.extension_bytes,
+        ));
+    }
+
+    let cfg = &sc.ctune;
+    let restored = lowered
+        .iter()
+        .all(|k| table.timeouts.get(k) == start_timeouts.get(k));
+    let run = PolicyRun {
+        policy: kind.name().into(),
+        kernel_drops: table.drop,
+        failed_attempts: table.drop,
+        attempts: table.attempts,
+        early_drops: table.early_drop,
+        peak_count: peak,
+        final_max: table.max,
+        final_buckets: table.buckets,
+        memory_bytes: peak_memory,
+        grew: d.max_changes.iter().any(|(_, old, new)| new > old),
+        crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
+        reaction_latency: scenario_report::reaction_latency(&samples, cfg.max.high_watermark.get()),
+        timeouts_lowered: !lowered.is_empty(),
+        timeouts_restored: restored,
+        samples,
+    };
+    (run, d)
+}
+
+/// Writes `DIR/<scenario>.md` (the table) and `DIR/<scenario>.svg` (the timeline),
+/// creating DIR; returns the paths written.
+pub fn write_outputs(report: &ScenarioReport, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let with_path = |p: &Path, e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("cannot write {}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| with_path(dir, &e))?;
+    let md = dir.join(format!("{}.md", report.scenario));
+    std::fs::write(&md, report.markdown()).map_err(|e| with_path(&md, &e))?;
+    let svg = dir.join(format!("{}.svg", report.scenario));
+    report.plot_svg(&svg).map_err(|e| with_path(&svg, &e))?;
+    Ok(vec![md, svg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_is_exact_and_proportional() {
+        assert_eq!(share(&[1, 1, 1, 1], 4), [1, 1, 1, 1]);
+        assert_eq!(share(&[3, 1, 0, 0], 2), [2, 0, 0, 0]);
+        assert_eq!(share(&[1, 1, 0, 0], 1), [1, 0, 0, 0]);
+        assert_eq!(share(&[0, 0, 0, 0], 5), [0, 0, 0, 0]);
+        let s = share(&[7, 11, 13, 0], 17);
+        assert_eq!(s.iter().sum::<u64>(), 17);
+    }
+
+    #[test]
+    fn profiles() {
+        let r = Profile::Ramp {
+            from: 0.0,
+            to: 100.0,
+            start: 10.0,
+            end: 20.0,
+        };
+        assert_eq!(r.rate_at(0.0), 0.0);
+        assert_eq!(r.rate_at(15.0), 50.0);
+        assert_eq!(r.rate_at(30.0), 100.0);
+        let f = Profile::Flood {
+            rate: 5.0,
+            start: 1.0,
+            end: 2.0,
+        };
+        assert_eq!(
+            (f.rate_at(0.5), f.rate_at(1.0), f.rate_at(2.0)),
+            (0.0, 5.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn full_table_early_drops_unassured_then_drops() {
+        let mut t = Table::new(10, 1024);
+        let tick = 10_000_000u128;
+        t.admit([6, 0, 4, 0], 0, tick);
+        assert_eq!((t.count, t.unassured), (10, 6));
+        // Full: 8 TCP flows evict 6 UDP entries, then 2 are lost.
+        t.admit([0, 0, 8, 0], 1, tick);
+        assert_eq!((t.count, t.unassured, t.early_drop, t.drop), (10, 0, 6, 2));
+        // UDP expires after 30 s, TIME_WAIT after 120 s (created at tick 1).
+        t.expire(3_001);
+        assert_eq!(t.count, 10, "UDP is gone, TIME_WAIT is not");
+        t.expire(12_001);
+        assert_eq!(t.count, 0);
+    }
+
+    #[test]
+    fn kernel_default_hash() {
+        assert_eq!(kernel_default_buckets(24 << 30), 262_144);
+        assert_eq!(kernel_default_buckets(2 << 30), 65_536);
+        assert_eq!(kernel_default_buckets(512 << 20), 4096);
+        assert_eq!(kernel_default_buckets(64 << 20), 1024);
+    }
+
+    #[test]
+    fn item_lines() {
+        let text = "traffic:\n  tcp_short:\n    # c\n    - constant: 1\n    - ramp:\n        from: 1\n        to: 2\n  tcp_idle: []\n";
+        assert_eq!(locate_item(text, "traffic.tcp_short", 0), Some(4));
+        assert_eq!(locate_item(text, "traffic.tcp_short", 1), Some(5));
+        assert_eq!(locate_item(text, "traffic.tcp_short", 5), Some(2));
+    }
+
+    #[test]
+    fn config_block_keeps_scenario_lines() {
+        let text = "a: 1\nctune_config:\n  agent:\n    interval: 2s\nb: 2\n";
+        let v: serde_json::Value = serde_json::json!({"agent": {"interval": "2s"}});
+        let t = ctune_config_text(text, &v);
+        assert_eq!(t, "\n\nagent:\n  interval: 2s\n");
+        assert_eq!(config::locate(&t, "agent.interval"), Some(4));
+    }
+}

@@ -1,0 +1,115 @@
+//! The live benchmark's short form: the same traffic under static, kube-proxy and ctune
+//! through a NAT router namespace, with the outcomes the design promises asserted.
+//! Needs root; every run restores the global values and deletes its namespaces.
+
+use ctune_lab::livebench::{self, Policy, Topology};
+use ctune_lab::scenario_report::{PolicyRun, ScenarioReport};
+use std::path::PathBuf;
+
+/// The `ctune` binary of this build: the agent crate's, beside this test's directory
+/// (`cargo test` at the workspace root builds it).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("ctune"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (`cargo build -p ctune`, or `cargo test` at the workspace root)",
+        bin.display()
+    );
+    bin
+}
+
+fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("{test}: skipped (needs root: network namespaces and global conntrack values)");
+    false
+}
+
+fn harmed(r: &PolicyRun) -> u64 {
+    r.kernel_drops + r.failed_attempts + r.early_drops
+}
+
+fn run_scenario(name: &str, out: &std::path::Path) -> ScenarioReport {
+    let sc = livebench::scenarios(true, Topology::NatRouter)
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let policies = [
+        Policy::Static,
+        Policy::KubeProxy,
+        Policy::Ctune {
+            bin: agent_binary(),
+            config: livebench::ctune_config(true, name),
+        },
+    ];
+    let runs = policies
+        .iter()
+        .map(|p| {
+            livebench::run(&sc, p, out, cpus)
+                .unwrap_or_else(|e| panic!("{name} under {}: {e}", p.name()))
+        })
+        .collect();
+    let report = ScenarioReport {
+        scenario: name.into(),
+        source: "live".into(),
+        runs,
+    };
+    eprintln!("{}", report.markdown());
+    report
+}
+
+#[test]
+fn short_benchmark_outcomes() {
+    if !require_root("short_benchmark_outcomes") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let interval = ctune_core::config::Config::default()
+        .agent
+        .interval
+        .as_secs_f64();
+    for name in ["ramp", "step"] {
+        let r = run_scenario(name, out.path());
+        let (stat, ctune) = (&r.runs[0], &r.runs[2]);
+        // The peak fits under ctune's ceiling: ctune loses nothing, static loses many.
+        assert_eq!(
+            harmed(ctune),
+            0,
+            "{name}: ctune lost flows\n{}",
+            r.markdown()
+        );
+        assert!(
+            harmed(stat) > 10_000,
+            "{name}: static should lose many\n{}",
+            r.markdown()
+        );
+        assert!(
+            ctune.grew && ctune.reaction_latency.is_none_or(|l| l <= interval),
+            "{name}: reaction\n{}",
+            r.markdown()
+        );
+        assert!(ctune.final_max <= 173_846 + 1, "within the ceiling");
+    }
+    let r = run_scenario("flood", out.path());
+    let (stat, kube, ctune) = (&r.runs[0], &r.runs[1], &r.runs[2]);
+    // Beyond any safe ceiling: ctune loses fewer than both peers, lowers timeouts at
+    // the ceiling and restores them when the flood is over.
+    assert!(
+        harmed(ctune) < harmed(kube) && harmed(ctune) < harmed(stat),
+        "{}",
+        r.markdown()
+    );
+    assert!(
+        ctune.timeouts_lowered && ctune.timeouts_restored,
+        "{}",
+        r.markdown()
+    );
+    assert!(!stat.timeouts_lowered);
+}

@@ -1,0 +1,396 @@
+//! The simulator: determinism, the control law on the shipped scenarios (ctune against
+//! static limits and kube-proxy), its invariants (count <= max, max <= ceiling), and the
+//! `ctune-lab simulate` command's output and exit codes.
+//!
+//! Every run here is a real simulation of minutes of traffic at 10 ms resolution; they
+//! stay fast in a debug build because cost does not depend on the number of entries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::LazyLock;
+
+use ctune_lab::scenario_report::PolicyRun;
+use ctune_lab::simulate::{self, RunDetails, Simulation};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctune-lab");
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.yaml"))
+}
+
+fn simulate_file(name: &str) -> Simulation {
+    let sc = simulate::load(&scenario_path(name))
+        .unwrap_or_else(|e| panic!("scenario {name} should be valid: {e}"));
+    simulate::run(&sc)
+}
+
+// Each shipped scenario is simulated once and shared by the tests that judge it.
+static RAMP: LazyLock<Simulation> = LazyLock::new(|| simulate_file("ramp"));
+static STEP: LazyLock<Simulation> = LazyLock::new(|| simulate_file("step"));
+static FLOOD: LazyLock<Simulation> = LazyLock::new(|| simulate_file("flood"));
+
+/// A flood that the host can afford (ceiling ~4.4M) but that fills the start table in
+/// about a second, starting between two regular steps: only the probe can catch it.
+const SUDDEN: &str = "\
+name: sudden
+duration: 3m
+start: {max: 65536, buckets: 16384}
+host: {memory: 32GiB, cpus: 4}
+traffic:
+  tcp_short:
+    - constant: 100
+    - flood: {rate: 40000, start: 60500ms, end: 90s}
+";
+
+static SUDDEN_SIM: LazyLock<Simulation> = LazyLock::new(|| {
+    simulate::run(&simulate::parse(SUDDEN, Path::new("sudden.yaml")).expect("valid scenario"))
+});
+
+fn run<'a>(sim: &'a Simulation, policy: &str) -> (&'a PolicyRun, &'a RunDetails) {
+    let i = sim
+        .report
+        .runs
+        .iter()
+        .position(|r| r.policy == policy)
+        .unwrap_or_else(|| panic!("no {policy} run"));
+    (&sim.report.runs[i], &sim.details[i])
+}
+
+#[test]
+fn same_scenario_twice_gives_identical_json() {
+    let a = serde_json::to_string(&simulate_file("flood").report).unwrap();
+    let b = serde_json::to_string(&FLOOD.report).unwrap();
+    assert!(a == b, "two runs of the flood scenario differ");
+    // And through the binary, byte for byte (a shorter scenario: this is a debug build).
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "sudden.yaml", SUDDEN);
+    let (code1, out1, _) = ctune(&["simulate", "--json", &p]);
+    let (code2, out2, _) = ctune(&["simulate", "--json", &p]);
+    assert_eq!((code1, code2), (0, 0));
+    assert!(out1 == out2, "two runs of `ctune simulate --json` differ");
+    let v: serde_json::Value = serde_json::from_str(&out1).expect("--json prints JSON");
+    assert_eq!(v["source"], "simulated");
+    assert_eq!(v["scenario"], "sudden");
+    let in_process: serde_json::Value =
+        serde_json::to_value(&SUDDEN_SIM.report).expect("report serializes");
+    assert_eq!(v, in_process, "the binary and the library agree");
+}
+
+#[test]
+fn ramp_and_step_ctune_loses_nothing_where_static_loses_many() {
+    for (name, sim) in [("ramp", &*RAMP), ("step", &*STEP)] {
+        let (st, _) = run(sim, "static");
+        let (kp, _) = run(sim, "kube-proxy");
+        let (ct, d) = run(sim, "ctune");
+        assert!(
+            st.kernel_drops > 100_000 && st.failed_attempts == st.kernel_drops,
+            "{name}: static should lose many flows: {st:?}"
+        );
+        assert!(
+            kp.kernel_drops > 0,
+            "{name}: kube-proxy's fixed max is too small"
+        );
+        assert_eq!(
+            (ct.kernel_drops, ct.failed_attempts, ct.early_drops),
+            (0, 0, 0),
+            "{name}: ctune lost flows; max changes {:?}",
+            d.max_changes
+        );
+        assert!(ct.final_max > kp.final_max && ct.peak_count > kp.final_max);
+        // The peak fits under the ceiling: growth, not timeouts, carries it.
+        assert!(
+            !ct.timeouts_lowered,
+            "{name}: timeouts lowered: {:?}",
+            d.timeout_changes
+        );
+        assert_eq!(st.attempts, ct.attempts, "same traffic for every policy");
+    }
+}
+
+#[test]
+fn flood_ctune_loses_least_then_restores_timeouts() {
+    let (st, _) = run(&FLOOD, "static");
+    let (kp, _) = run(&FLOOD, "kube-proxy");
+    let (ct, d) = run(&FLOOD, "ctune");
+    assert!(
+        ct.kernel_drops > 0,
+        "the flood exceeds every safe ceiling: ctune must lose some"
+    );
+    assert!(
+        ct.kernel_drops < st.kernel_drops && ct.kernel_drops < kp.kernel_drops,
+        "ctune {} static {} kube-proxy {}",
+        ct.kernel_drops,
+        st.kernel_drops,
+        kp.kernel_drops
+    );
+    assert_eq!(Some(ct.final_max), d.ceiling.map(|c| c.min(ct.final_max)));
+    // The flood runs from 2m to 3m: TIME_WAIT is lowered during it, restored after it.
+    let tw = "nf_conntrack_tcp_timeout_time_wait";
+    let lowered = d
+        .timeout_changes
+        .iter()
+        .find(|c| c.key == tw && c.new < c.old)
+        .expect("TIME_WAIT lowered");
+    assert!(
+        (120_000..180_000).contains(&lowered.at_ms),
+        "lowered at {} ms",
+        lowered.at_ms
+    );
+    let restored = d
+        .timeout_changes
+        .iter()
+        .find(|c| c.key == tw && c.new == 120)
+        .expect("TIME_WAIT restored");
+    assert!(restored.at_ms > 180_000);
+    assert!(ct.timeouts_lowered && ct.timeouts_restored, "{ct:?}");
+    // kube-proxy lowers established for good: lowered, never restored.
+    assert!(kp.timeouts_lowered && !kp.timeouts_restored);
+    assert!(!st.timeouts_lowered);
+}
+
+#[test]
+fn ctune_reacts_within_one_interval() {
+    let interval = 1.0; // agent.interval of every scenario here
+    let hw = 0.75;
+    for (name, sim) in [
+        ("ramp", &*RAMP),
+        ("step", &*STEP),
+        ("flood", &*FLOOD),
+        ("sudden", &*SUDDEN_SIM),
+    ] {
+        let (ct, d) = run(sim, "ctune");
+        if let Some(l) = ct.reaction_latency {
+            assert!(l <= interval, "{name}: reaction latency {l} s");
+        }
+        // Stronger than the first crossing: the count never stays at or above the
+        // watermark for more than one interval while max could still usefully grow
+        // (by 1/16 within the ceiling).
+        let ceiling = d.ceiling.expect("ctune planned") as f64;
+        let mut since: Option<f64> = None;
+        for s in &ct.samples {
+            let can_grow = (s.max as f64) * 17.0 / 16.0 <= ceiling;
+            if can_grow && s.count as f64 >= hw * s.max as f64 {
+                let t0 = *since.get_or_insert(s.t);
+                assert!(
+                    s.t - t0 <= interval,
+                    "{name}: above the watermark since {t0} s at {} s",
+                    s.t
+                );
+            } else {
+                since = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_probe_catches_a_flood_between_steps() {
+    let (ct, d) = run(&SUDDEN_SIM, "ctune");
+    let (st, _) = run(&SUDDEN_SIM, "static");
+    assert!(st.kernel_drops > 100_000);
+    // No flow lost to a full table. (The model does not refuse inserts for long hash
+    // chains: here the hash, resized once at the first growth and then held by
+    // hash.min_interval, averages far more than 8 entries per chain at the peak.)
+    assert_eq!(ct.kernel_drops, 0, "max changes {:?}", d.max_changes);
+    assert!(d.early_steps > 0, "the probe never stepped early: {d:?}");
+}
+
+#[test]
+fn table_never_exceeds_max() {
+    for sim in [&*RAMP, &*STEP, &*FLOOD, &*SUDDEN_SIM] {
+        for (r, d) in sim.report.runs.iter().zip(&sim.details) {
+            assert_eq!(d.ticks_over_max, 0, "{}/{}", sim.report.scenario, r.policy);
+            assert!(r.peak_count <= r.samples.iter().map(|s| s.max).max().unwrap());
+            for s in &r.samples {
+                assert!(s.max == 0 || s.count <= s.max, "{s:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn max_never_exceeds_the_ceiling_of_the_plan() {
+    for sim in [&*RAMP, &*STEP, &*FLOOD, &*SUDDEN_SIM] {
+        let (ct, d) = run(sim, "ctune");
+        let ceiling = d.ceiling.expect("ctune planned");
+        assert_eq!(d.max_above_ceiling, 0, "{}", sim.report.scenario);
+        assert!(ct.samples.iter().all(|s| s.max <= ceiling));
+        for (_, old, new) in &d.max_changes {
+            assert!(new > old, "ctune only raises max (shrink is off)");
+        }
+    }
+    // In the flood, max stops at the ceiling's neighbourhood and the ceiling holds.
+    let (ct, d) = run(&FLOOD, "ctune");
+    assert!(ct.final_max * 17 / 16 > d.ceiling.unwrap());
+}
+
+#[test]
+fn big_table_shortened_reaches_millions_quickly() {
+    // The hour compressed into 4 minutes: the ramps still end at ~10M entries.
+    let text = std::fs::read_to_string(scenario_path("big-table"))
+        .unwrap()
+        .replace("duration: 1h", "duration: 4m");
+    let sc = simulate::parse(&text, Path::new("big-table.yaml")).unwrap();
+    let started = std::time::Instant::now();
+    let sim = simulate::run(&sc);
+    let elapsed = started.elapsed();
+    let (ct, d) = run(&sim, "ctune");
+    assert!(ct.peak_count > 5_000_000, "{}", ct.peak_count);
+    assert_eq!(d.ticks_over_max, 0);
+    assert_eq!(d.max_above_ceiling, 0);
+    // Debug build; the full hour runs in about a second in release.
+    assert!(elapsed.as_secs() < 10, "took {elapsed:?}");
+}
+
+#[test]
+fn kube_proxy_sets_its_formula_at_start() {
+    let (kp, d) = run(&STEP, "kube-proxy");
+    // 16 CPUs: 32768 x 16 = 524288 > 131072; the hash (262144) is already >= max / 4.
+    assert_eq!(kp.final_max, 524_288);
+    assert_eq!(kp.final_buckets, 262_144);
+    assert_eq!(d.max_changes, vec![(0, 262_144, 524_288)]);
+    let (kp, _) = run(&RAMP, "kube-proxy");
+    assert_eq!((kp.final_max, kp.final_buckets), (131_072, 32_768));
+}
+
+// ---------------------------------------------------------------------------------------
+// The command.
+
+fn path_str(name: &str) -> String {
+    scenario_path(name).display().to_string()
+}
+
+/// Runs `ctune-lab` (it reads no host config).
+fn ctune(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run ctune-lab");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn command_prints_the_table_and_writes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) = ctune(&[
+        "simulate",
+        path_str("flood").as_str(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("### flood (simulated)"), "{stdout}");
+    for policy in ["| static |", "| kube-proxy |", "| ctune |"] {
+        assert!(stdout.contains(policy), "{stdout}");
+    }
+    let md = std::fs::read_to_string(out.join("flood.md")).unwrap();
+    assert_eq!(md, stdout);
+    let svg = std::fs::read_to_string(out.join("flood.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+}
+
+#[test]
+fn invalid_scenarios_exit_2_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "duration: 1m\nhost:\n  memory: 1GiB\n  cpus: 1\ntraffic:\n  tcp_short:\n    - constant: 10\n";
+
+    // Unknown key.
+    let p = write(dir.path(), "typo.yaml", &base.replace("cpus", "cpu"));
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("typo.yaml") && err.contains("line 4") && err.contains("cpu"),
+        "{err}"
+    );
+
+    // A value out of range, on a list item: the item's line.
+    let text = format!("{base}    - ramp: {{from: 10, to: 20, start: 50s, end: 40s}}\n");
+    let p = write(dir.path(), "window.yaml", &text);
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("window.yaml:8: traffic.tcp_short[1].ramp"),
+        "{err}"
+    );
+
+    // Unknown profile.
+    let p = write(
+        dir.path(),
+        "profile.yaml",
+        &base.replace("constant: 10", "burst: 10"),
+    );
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("profile.yaml") && err.contains("burst"),
+        "{err}"
+    );
+
+    // A bad duration names its key and line.
+    let p = write(
+        dir.path(),
+        "dur.yaml",
+        &base.replace("duration: 1m", "duration: soon"),
+    );
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("dur.yaml:1: duration"), "{err}");
+
+    // An invalid ctune config inside the scenario: the scenario's line.
+    let text = format!("{base}ctune_config:\n  agent:\n    interval: 1s\n    probe_interval: 5s\n");
+    let p = write(dir.path(), "cfg.yaml", &text);
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cfg.yaml:11: agent.probe_interval"), "{err}");
+    let text = format!("{base}ctune_config:\n  hash:\n    ratoi: 2\n");
+    let p = write(dir.path(), "cfg2.yaml", &text);
+    let (code, _, err) = ctune(&["simulate", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cfg2.yaml") && err.contains("ratoi") && err.contains("line 10"),
+        "{err}"
+    );
+
+    // A missing file.
+    let missing = dir.path().join("nope.yaml");
+    let (code, _, err) = ctune(&["simulate", missing.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope.yaml"), "{err}");
+}
+
+#[test]
+fn config_flag_replaces_the_scenarios_ctune_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // A config that never lets max grow past 65536: ctune then behaves like static.
+    let cfg = write(
+        dir.path(),
+        "ctune.yaml",
+        "ceiling:\n  max_cap: 65536\n  min_max: 16384\n",
+    );
+    let (code, out, err) = ctune(&[
+        "simulate",
+        "--json",
+        "--config",
+        &cfg,
+        path_str("ramp").as_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ct = &v["runs"][2];
+    assert_eq!(ct["policy"], "ctune");
+    assert_eq!(ct["final_max"], 65536);
+    assert!(ct["kernel_drops"].as_u64().unwrap() > 0);
+}
