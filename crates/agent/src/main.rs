@@ -11,10 +11,10 @@ use ctune::cli::{Cli, Command};
 use ctune::error::{EXIT_USAGE, Error};
 use ctune::report;
 use ctune::run::agent_loop as agent;
-use ctune::run::engine::Engine;
+use ctune::run::engine::{self, Engine};
 use ctune::sense::observe;
 use ctune::sense::roots::Roots;
-use ctune_core::policy::{self, PolicyState};
+use ctune_core::policy::PolicyState;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -103,17 +103,15 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                     PolicyState::default()
                 }
             };
-            let (plan, _) = policy::decide(&obs, &cfg, &prev, state::now());
-            let managed: Vec<&str> = prev.applied.keys().map(String::as_str).collect();
-            let (files, file_notes) =
-                persist::render(&roots, &obs, &plan, &managed, cfg.hash.ratio);
-            notes.extend(file_notes);
+            let preview = engine::preview(&roots, &cfg, &obs, &prev, state::now());
+            let (plan, files) = (&preview.plan, &preview.files);
+            notes.extend(preview.notes.iter().cloned());
             if cli.json {
                 let r = report::PlanReport {
                     config: source.path().display().to_string(),
                     observation: &obs,
-                    plan: &plan,
-                    files: &files,
+                    plan,
+                    files,
                     notes: &notes,
                 };
                 serde_json::to_writer_pretty(&mut stdout, &r).map_err(std::io::Error::from)?;
@@ -122,7 +120,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                 write!(
                     stdout,
                     "{}",
-                    report::plan_text(&obs, &plan, &files, &notes, &source)
+                    report::plan_text(&obs, plan, files, &notes, &source)
                 )?;
             }
         }

@@ -556,159 +556,187 @@ mod partial {
     }
 }
 
+/// A key that failed validation and why.
+type Invalid = (String, String);
+
+fn bad(key: &str, message: String) -> Result<(), Invalid> {
+    Err((key.to_string(), message))
+}
+
+/// Checks what the schema cannot: ranges and relations between keys.
 fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
-    let fail = |key: &str, message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        line: locate(text, key),
-        key: key.to_string(),
-        message,
-    };
+    check_ceiling(cfg)
+        .and_then(|()| check_max(cfg))
+        .and_then(|()| check_hash_and_pressure(cfg))
+        .and_then(|()| check_agent_and_timeouts(cfg))
+        .map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: locate(text, &key),
+            key,
+            message,
+        })
+}
+
+/// Validates the memory budget and the bounds of max.
+fn check_ceiling(cfg: &Config) -> Result<(), Invalid> {
     let c = &cfg.ceiling;
     if c.min_max < 1024 {
-        return Err(fail(
+        return bad(
             "ceiling.min_max",
             format!("{} is below 1024; a smaller table fills at once", c.min_max),
-        ));
+        );
     }
     if c.max_cap > tunables::KERNEL_MAX_LIMIT {
-        return Err(fail(
+        return bad(
             "ceiling.max_cap",
             format!(
                 "{} exceeds the kernel's limit {} (INT_MAX)",
                 c.max_cap,
                 tunables::KERNEL_MAX_LIMIT
             ),
-        ));
+        );
     }
     if c.max_cap < c.min_max {
-        return Err(fail(
+        return bad(
             "ceiling.max_cap",
             format!("{} is below ceiling.min_max {}", c.max_cap, c.min_max),
-        ));
+        );
     }
     if c.extension_bytes > 65536 {
-        return Err(fail(
+        return bad(
             "ceiling.extension_bytes",
             format!(
                 "{} bytes per entry is not plausible (at most 65536)",
                 c.extension_bytes
             ),
-        ));
+        );
     }
     if let Some(cap) = c.memory_cap
         && cap < 1 << 20
     {
-        return Err(fail(
-            "ceiling.memory_cap",
-            format!("{cap} bytes is below 1MiB"),
-        ));
+        return bad("ceiling.memory_cap", format!("{cap} bytes is below 1MiB"));
     }
+    Ok(())
+}
+
+/// Validates growth and shrinking.
+fn check_max(cfg: &Config) -> Result<(), Invalid> {
     let m = &cfg.max;
     if !(m.grow_factor.is_finite() && (1.1..=16.0).contains(&m.grow_factor)) {
-        return Err(fail(
+        return bad(
             "max.grow_factor",
             format!("{} is out of range 1.1 ..= 16", m.grow_factor),
-        ));
+        );
     }
     if m.target_utilisation.get() >= m.high_watermark.get() {
-        return Err(fail(
+        return bad(
             "max.target_utilisation",
             format!(
                 "{} must be below max.high_watermark {}, or growth would not relieve the pressure",
                 m.target_utilisation.get(),
                 m.high_watermark.get()
             ),
-        ));
+        );
     }
     let s = &m.shrink;
     if !(s.factor.is_finite() && (0.5..=0.95).contains(&s.factor)) {
-        return Err(fail(
+        return bad(
             "max.shrink.factor",
             format!("{} is out of range 0.5 ..= 0.95", s.factor),
-        ));
+        );
     }
     if s.low_watermark.get() >= m.target_utilisation.get() {
-        return Err(fail(
+        return bad(
             "max.shrink.low_watermark",
             format!(
                 "{} must be below max.target_utilisation {} so grow and shrink cannot alternate",
                 s.low_watermark.get(),
                 m.target_utilisation.get()
             ),
-        ));
+        );
     }
     if s.after < Duration::from_secs(60) {
-        return Err(fail(
+        return bad(
             "max.shrink.after",
             "must be at least 1m so a short lull does not shrink the table".into(),
-        ));
+        );
     }
+    Ok(())
+}
+
+/// Validates the hash ratio and the pressure bands.
+fn check_hash_and_pressure(cfg: &Config) -> Result<(), Invalid> {
     let h = &cfg.hash;
     if !(1..=64).contains(&h.ratio) {
-        return Err(fail(
+        return bad(
             "hash.ratio",
             format!(
                 "{} is out of range 1 ..= 64 (chains over 64 refuse inserts)",
                 h.ratio
             ),
-        ));
+        );
     }
     let p = &cfg.pressure;
     for (name, band) in [("elevated", p.elevated), ("critical", p.critical)] {
         if band.exit.get() >= band.enter.get() {
-            return Err(fail(
+            return bad(
                 &format!("pressure.{name}.exit"),
                 format!(
                     "{} must be below pressure.{name}.enter {} (hysteresis)",
                     band.exit.get(),
                     band.enter.get()
                 ),
-            ));
+            );
         }
     }
     if p.critical.enter.get() <= p.elevated.enter.get() {
-        return Err(fail(
+        return bad(
             "pressure.critical.enter",
             format!(
                 "{} must be above pressure.elevated.enter {}",
                 p.critical.enter.get(),
                 p.elevated.enter.get()
             ),
-        ));
+        );
     }
+    Ok(())
+}
+
+/// Validates the agent's clock and the established floor.
+fn check_agent_and_timeouts(cfg: &Config) -> Result<(), Invalid> {
     let interval = cfg.agent.interval;
     if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
-        return Err(fail(
+        return bad(
             "agent.interval",
             format!(
                 "{} is out of range 100ms ..= 1h",
                 humantime::format_duration(interval)
             ),
-        ));
+        );
     }
     let probe = cfg.agent.probe_interval;
     if probe < Duration::from_millis(10) || probe > interval {
-        return Err(fail(
+        return bad(
             "agent.probe_interval",
             format!(
                 "{} is out of range 10ms ..= agent.interval ({})",
                 humantime::format_duration(probe),
                 humantime::format_duration(interval)
             ),
-        ));
+        );
     }
     if let Some(&est) = cfg.timeouts.floors.get("tcp_timeout_established")
         && est < KEEPALIVE_SECS
         && !cfg.timeouts.allow_established_below_keepalive
     {
-        return Err(fail(
+        return bad(
             "timeouts.floors.tcp_timeout_established",
             format!(
                 "{} is below TCP keepalive's 2h and would drop idle SSH and database sessions; \
                  set timeouts.allow_established_below_keepalive: true to allow it",
                 units::fmt_secs(est)
             ),
-        ));
+        );
     }
     Ok(())
 }

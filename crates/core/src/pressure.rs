@@ -97,24 +97,14 @@ pub fn next(
     now: Duration,
 ) -> (LevelState, String) {
     let (want, why) = wanted(sig, cfg);
-    let Some(prev) = prev else {
-        return (
-            LevelState {
-                level: want,
-                since: now,
-            },
-            why,
-        );
+    let entered = LevelState {
+        level: want,
+        since: now,
     };
-    if want > prev.level {
-        return (
-            LevelState {
-                level: want,
-                since: now,
-            },
-            why,
-        );
-    }
+    let Some(prev) = prev.filter(|p| want <= p.level) else {
+        // A first sample, or a higher level: entered at once.
+        return (entered, why);
+    };
     if want == prev.level {
         // The level's condition is still met: the hold counts from the last time it was.
         // Normal has no hold, so its time is left alone (and the state file with it).

@@ -74,7 +74,7 @@ pub fn plan(
         ns_name,
         live,
         level,
-        level_reason,
+        level_reason: _,
         respect_operator,
     } = *inp;
     // A hold lasts for one pressure episode.
@@ -100,12 +100,7 @@ pub fn plan(
         let baseline = match lowered.get(key) {
             Some(l) if l.set == current => l.baseline,
             Some(l) => {
-                notes.push(format!(
-                    "{key} in {ns_name} is {} but ctune set {}: someone else changed it; adopting {} as the operator's value",
-                    fmt_secs(current),
-                    fmt_secs(l.set),
-                    fmt_secs(current)
-                ));
+                notes.push(adopted(key, ns_name, current, l.set));
                 if respect_operator && level != Level::Normal {
                     held.insert(key.clone());
                 }
@@ -130,48 +125,71 @@ pub fn plan(
         if desired == current {
             continue;
         }
-        let reason = if lower {
-            format!(
-                "{ns_name} at {level} ({level_reason}): lowering {} {} -> {} (floor)",
-                short(key),
-                fmt_secs(current),
-                fmt_secs(desired)
-            )
-        } else {
-            format!(
-                "{ns_name} at {level}: restoring {} {} -> {} (operator's value)",
-                short(key),
-                fmt_secs(current),
-                fmt_secs(desired)
-            )
-        };
         changes.push(Change {
             key: key.clone(),
             target: target.clone(),
             old: current,
             new: desired,
-            reason,
+            reason: reason(inp, key, lower, current, desired),
         });
     }
-    // A key missing from this sample (a read error) keeps its record: the operator's value
-    // must still come back once it can be read again.
-    for (key, l) in lowered {
-        if !live.contains_key(key) {
-            record.insert(key.clone(), *l);
-        }
-    }
-    for key in cfg.floors.keys() {
-        if !live.contains_key(&format!("nf_conntrack_{key}")) {
-            notes.push(format!(
-                "timeouts.floors.{key}: no such key in {ns_name} on this kernel; ignored"
-            ));
-        }
-    }
+    carry_over(inp, cfg, lowered, &mut record, &mut notes);
     TimeoutPlan {
         changes,
         lowered: record,
         held,
         notes,
+    }
+}
+
+/// Why a key is lowered to its floor or restored to the operator's value.
+fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) -> String {
+    let (ns_name, level) = (inp.ns_name, inp.level);
+    let (verb, why, source) = if lower {
+        ("lowering", format!(" ({})", inp.level_reason), "floor")
+    } else {
+        ("restoring", String::new(), "operator's value")
+    };
+    format!(
+        "{ns_name} at {level}{why}: {verb} {} {} -> {} ({source})",
+        short(key),
+        fmt_secs(current),
+        fmt_secs(desired)
+    )
+}
+
+/// The note for a key someone else changed while ctune had it lowered.
+fn adopted(key: &str, ns_name: &str, current: u64, set: u64) -> String {
+    format!(
+        "{key} in {ns_name} is {} but ctune set {}: someone else changed it; adopting {} as the operator's value",
+        fmt_secs(current),
+        fmt_secs(set),
+        fmt_secs(current)
+    )
+}
+
+/// A key missing from this sample (a read error) keeps its record: the operator's value
+/// must still come back once it can be read again. A floor for a key this kernel lacks
+/// is noted.
+fn carry_over(
+    inp: &Inputs<'_>,
+    cfg: &Timeouts,
+    lowered: &BTreeMap<String, Lowered>,
+    record: &mut BTreeMap<String, Lowered>,
+    notes: &mut Vec<String>,
+) {
+    for (key, l) in lowered {
+        if !inp.live.contains_key(key) {
+            record.insert(key.clone(), *l);
+        }
+    }
+    for key in cfg.floors.keys() {
+        if !inp.live.contains_key(&format!("nf_conntrack_{key}")) {
+            notes.push(format!(
+                "timeouts.floors.{key}: no such key in {} on this kernel; ignored",
+                inp.ns_name
+            ));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::sense::roots::Roots;
 use ctune_core::config::Config;
 use ctune_core::model::Observation;
 use ctune_core::plan::{Plan, Target};
+use ctune_core::policy::PolicyState;
 
 /// One file a step wrote (or failed to write).
 #[derive(Debug)]
@@ -66,6 +67,44 @@ impl StepReport {
             && self.files.iter().all(|f| f.result.is_ok())
             && self.state_error.is_none()
     }
+}
+
+/// What a step would do now, before anything is written: the plan decided from ctune's
+/// saved state, and the files a step would write for it. The dry run shows this.
+#[derive(Debug)]
+pub struct Preview {
+    /// What would change, and why.
+    pub plan: Plan,
+    /// The persisted files, with their current content for a diff.
+    pub files: Vec<FileUpdate>,
+    /// Notes from rendering the files.
+    pub notes: Vec<String>,
+}
+
+/// Decides as a step would from `prev` and renders the files it would write.
+pub fn preview(
+    roots: &Roots,
+    cfg: &Config,
+    obs: &Observation,
+    prev: &PolicyState,
+    now: Duration,
+) -> Preview {
+    let (plan, next) = ctune_core::policy::decide(obs, cfg, prev, now);
+    let (files, notes) = files_for(roots, cfg, obs, &plan, &next);
+    Preview { plan, files, notes }
+}
+
+/// The files for the values in force after `plan`: the keys it changes and every key
+/// ctune manages in the state that follows it (so a persist that failed is retried).
+fn files_for(
+    roots: &Roots,
+    cfg: &Config,
+    obs: &Observation,
+    plan: &Plan,
+    next: &PolicyState,
+) -> (Vec<FileUpdate>, Vec<String>) {
+    let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
+    persist::render(roots, obs, plan, &managed, cfg.hash.ratio)
 }
 
 /// The imperative shell around the policy.
@@ -143,14 +182,7 @@ impl Engine {
             .filter(|o| o.result.is_ok())
             .map(|o| o.change.clone())
             .collect();
-        let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
-        let (updates, file_notes) = persist::render(
-            &self.roots,
-            &obs,
-            &effective,
-            &managed,
-            self.config.hash.ratio,
-        );
+        let (updates, file_notes) = files_for(&self.roots, &self.config, &obs, &effective, &next);
         let files = updates
             .into_iter()
             .map(|update| {
