@@ -79,9 +79,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 echo "cost.sh: building release" >&2
-cargo build --release --locked -q
+cargo build --release --locked -q -p ctune
 BIN=$PWD/target/release/ctune
-BENCH=$(cargo bench --bench agent_cost --no-run --locked --message-format=json 2>/dev/null |
+BENCH=$(cargo bench -p ctune --bench agent_cost --no-run --locked --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "agent_cost") | .executable // empty' |
   tail -n1)
 
@@ -166,7 +166,7 @@ echo
 echo "- kernel $(uname -r); $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo))"
 echo "- $(awk '/MemTotal/ {printf "MemTotal %.1f GiB", $2/1048576}' /proc/meminfo); $(rustc -V)"
 if rev=$(git rev-parse --short HEAD 2>/dev/null); then
-  git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || rev="$rev + uncommitted changes in src/ or Cargo.*"
+  git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || rev="$rev + uncommitted changes in crates/ or Cargo.*"
 else
   rev="${CTUNE_REV:-unknown (not a git checkout)}"
 fi

@@ -24,10 +24,15 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=amd64
 [ "$(dpkg --print-architecture)" = "$arch" ] || { echo "build-deb: only $arch is packaged" >&2; exit 2; }
 if [ "$build" = 1 ]; then
-    cargo build --release --locked --bin ctune
+    cargo build --release --locked -p ctune --bin ctune
 fi
 bin=target/release/ctune
 [ -x "$bin" ] || { echo "build-deb: $bin missing (build it or drop --no-build)" >&2; exit 1; }
+# The product carries no lab code: the simulator's plotter lives in ctune-lab.
+if grep -qa plotters "$bin"; then
+    echo "build-deb: $bin links the plotting crate; the lab must stay out of the package" >&2
+    exit 1
+fi
 
 root=target/debian/ctune_${version}_${arch}
 out=target/debian/ctune_${version}_${arch}.deb

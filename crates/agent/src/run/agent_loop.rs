@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::time::MissedTickBehavior;
 
 use crate::act::state;
 use crate::run::engine::{Engine, StepReport};
@@ -24,6 +23,7 @@ use ctune_core::config;
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
 use ctune_core::probe::{self, Reading};
+use ctune_core::schedule::{Due, Schedule};
 use ctune_core::tunables;
 use ctune_core::units::{fmt_count, fmt_pct};
 
@@ -243,15 +243,15 @@ fn summary(r: &StepReport) -> String {
     )
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT. Steps and probes follow the core's
+/// [`Schedule`], the same clock the simulator models.
 pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()> {
     let notifier = Notifier::from_env();
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut interval = engine.config.agent.interval;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let agent_cfg = &engine.config.agent;
+    let mut schedule = Schedule::new(agent_cfg.interval, agent_cfg.probe_interval, state::now());
     // Keep-alives at half the watchdog timeout, from the same task as the control step:
     // if a step hangs, the keep-alives stop and systemd restarts ctune.
     let wd_period = notifier
@@ -262,23 +262,23 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut quiet = Quiet::default();
     let mut ready = false;
     let mut probe = Probe::default();
-    let mut probe_every = engine.config.agent.probe_interval;
-    let mut probe_tick = tokio::time::interval(probe_every);
-    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_step = tokio::time::Instant::now();
     tracing::info!(
-        interval = %humantime::format_duration(interval),
+        interval = %humantime::format_duration(agent_cfg.interval),
         "ctune agent started"
     );
     loop {
-        let early = tokio::select! {
-            _ = tick.tick() => false,
-            _ = probe_tick.tick() => {
-                let next_step = interval.saturating_sub(last_step.elapsed());
-                if !probe.due(state::now(), next_step, &engine.config) {
-                    continue;
+        let wake = schedule.next_wake().saturating_sub(state::now());
+        tokio::select! {
+            _ = tokio::time::sleep(wake) => {
+                let now = state::now();
+                match schedule.due(now) {
+                    Due::Step => {}
+                    Due::Probe { until_step } if probe.due(now, until_step, &engine.config) => {
+                        tracing::debug!("count probe: table filling, stepping early");
+                        schedule.stepped_early(now);
+                    }
+                    Due::Probe { .. } | Due::Nothing => continue,
                 }
-                true
             }
             _ = wd.tick() => {
                 notifier.keepalive();
@@ -286,23 +286,9 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
             }
             _ = hup.recv() => {
                 notifier.reloading();
-                match crate::sense::config_file::load(source.explicit.as_deref(), &source.default_path) {
-                    Ok((cfg, src)) => {
-                        tracing::info!("config reloaded from {}", src.path().display());
-                        engine.config = cfg;
-                    }
-                    Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
-                }
-                if engine.config.agent.interval != interval {
-                    interval = engine.config.agent.interval;
-                    tick = tokio::time::interval(interval);
-                    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                }
-                if engine.config.agent.probe_interval != probe_every {
-                    probe_every = engine.config.agent.probe_interval;
-                    probe_tick = tokio::time::interval(probe_every);
-                    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                }
+                reload(&mut engine, &source);
+                let a = &engine.config.agent;
+                schedule.set_periods(a.interval, a.probe_interval);
                 notifier.send("READY=1");
                 continue;
             }
@@ -314,25 +300,8 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 tracing::info!("SIGINT: stopping; nothing is rolled back");
                 break;
             }
-        };
-        if early {
-            tracing::debug!("count probe: table filling, stepping early");
-            // The regular schedule restarts from this step.
-            tick.reset();
         }
-        last_step = tokio::time::Instant::now();
-        let status = match engine.step(state::now()) {
-            Ok(report) => {
-                quiet.log(&report);
-                probe.refresh(&engine.roots, &report, &engine.config);
-                summary(&report)
-            }
-            Err(e) => {
-                let msg = format!("cannot observe: {e}");
-                quiet.failed(msg.clone());
-                msg
-            }
-        };
+        let status = step(&mut engine, &mut quiet, &mut probe);
         if ready {
             notifier.status(&status);
         } else {
@@ -342,4 +311,31 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     }
     notifier.stopping();
     Ok(())
+}
+
+/// SIGHUP: the new config, or the old one kept when the new one is invalid.
+fn reload(engine: &mut Engine, source: &ConfigSource) {
+    match crate::sense::config_file::load(source.explicit.as_deref(), &source.default_path) {
+        Ok((cfg, src)) => {
+            tracing::info!("config reloaded from {}", src.path().display());
+            engine.config = cfg;
+        }
+        Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
+    }
+}
+
+/// One control step; returns the line for `systemctl status`.
+fn step(engine: &mut Engine, quiet: &mut Quiet, probe: &mut Probe) -> String {
+    match engine.step(state::now()) {
+        Ok(report) => {
+            quiet.log(&report);
+            probe.refresh(&engine.roots, &report, &engine.config);
+            summary(&report)
+        }
+        Err(e) => {
+            let msg = format!("cannot observe: {e}");
+            quiet.failed(msg.clone());
+            msg
+        }
+    }
 }
