@@ -25,24 +25,31 @@ pub const KEEPALIVE_SECS: u64 = 7200;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Which network namespaces to observe.
+    #[serde(default, deserialize_with = "section")]
     pub namespaces: Namespaces,
     /// How the hardware ceiling for `nf_conntrack_max` is derived.
+    #[serde(default, deserialize_with = "section")]
     pub ceiling: Ceiling,
     /// When and how `nf_conntrack_max` changes.
+    #[serde(default, deserialize_with = "section")]
     pub max: MaxPolicy,
     /// How the hash table follows max.
+    #[serde(default, deserialize_with = "section")]
     pub hash: HashPolicy,
     /// Pressure levels and their hysteresis.
+    #[serde(default, deserialize_with = "section")]
     pub pressure: Pressure,
     /// Which timeouts may be lowered under pressure, and how far.
+    #[serde(default, deserialize_with = "section")]
     pub timeouts: Timeouts,
     /// The background agent (`ctune run`).
+    #[serde(default, deserialize_with = "section")]
     pub agent: Agent,
 }
 
 /// The agent's loop and its manners.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Agent {
     /// Time between samples; reading the table costs microseconds, a decision less.
     #[serde(with = "duration")]
@@ -58,8 +65,8 @@ pub struct Agent {
 }
 
 /// Which namespaces count.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Namespaces {
     /// `initial`, `named` or `all`.
     pub mode: NamespaceMode,
@@ -69,10 +76,11 @@ pub struct Namespaces {
 }
 
 /// How namespaces are found; the initial (own) namespace is always observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum NamespaceMode {
     /// Only ctune's own namespace.
+    #[default]
     Initial,
     /// Plus the namespaces listed in `names` (/run/netns/NAME).
     Named,
@@ -81,8 +89,8 @@ pub enum NamespaceMode {
 }
 
 /// Inputs of the hardware ceiling.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Ceiling {
     /// Share of MemTotal that all conntrack entries together may cost.
     pub memory_fraction: Fraction,
@@ -106,9 +114,10 @@ pub struct Ceiling {
 }
 
 /// How many namespaces the ceiling divides the budget between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum FillingNamespaces {
     /// Count the observed namespaces whose table holds entries (at least 1).
+    #[default]
     Auto,
     /// A fixed number, for hosts whose namespaces ctune cannot see.
     Fixed(u32),
@@ -134,8 +143,8 @@ impl<'de> Deserialize<'de> for FillingNamespaces {
 }
 
 /// Growth (and optional shrinking) of `nf_conntrack_max`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct MaxPolicy {
     /// Grow when the busiest namespace's count reaches this share of max.
     pub high_watermark: Fraction,
@@ -150,8 +159,8 @@ pub struct MaxPolicy {
 }
 
 /// Slow, hysteretic shrinking of max toward demand.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Shrink {
     /// Whether max may ever go down.
     pub enabled: bool,
@@ -165,8 +174,8 @@ pub struct Shrink {
 }
 
 /// Hash size as a function of max.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct HashPolicy {
     /// buckets = max / ratio. Each entry is hashed twice, so the average chain of a full
     /// table is 2 x ratio.
@@ -179,8 +188,8 @@ pub struct HashPolicy {
 }
 
 /// Pressure levels with hysteresis.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Pressure {
     /// Thresholds of `elevated` (lowers transient timeouts).
     pub elevated: Band,
@@ -192,8 +201,8 @@ pub struct Pressure {
 }
 
 /// Enter at or above `enter`; leave only below `exit`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Band {
     /// Utilisation (count / max) at which the level is entered.
     pub enter: Fraction,
@@ -202,8 +211,8 @@ pub struct Band {
 }
 
 /// Timeout management.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Whether ctune lowers timeouts at all.
     pub manage: bool,
@@ -226,7 +235,7 @@ impl Timeouts {
 }
 
 /// A number in (0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
 #[serde(transparent)]
 pub struct Fraction(pub f64);
 
@@ -268,6 +277,12 @@ mod duration {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 2h, 5d"))
+}
+
+/// A section of the file: absent or empty (`agent:` with every key commented out)
+/// means all of its keys take their defaults.
+fn section<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -408,8 +423,10 @@ fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> 
             .to_string()
             .replace("<input>:", &format!("{}:", path.display())),
     };
-    // Schema check of the operator's text with every field optional.
-    let _: partial::Config = serde_saphyr::from_str(text).map_err(parse_err)?;
+    // Schema check of the operator's own text, so errors point into its lines: every
+    // section and field may be absent (`#[serde(default)]`; the placeholder values of a
+    // missing field are discarded, the embedded defaults fill it below).
+    let _: Config = serde_saphyr::from_str(text).map_err(parse_err)?;
     let user: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Null
     } else {
@@ -441,118 +458,6 @@ fn overlay(base: &mut serde_json::Value, user: serde_json::Value) {
         }
         (_, serde_json::Value::Null) => {}
         (slot, v) => *slot = v,
-    }
-}
-
-/// Every field optional, same names and checks: used to validate a partial file.
-mod partial {
-    use super::*;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    pub struct Config {
-        namespaces: Option<Namespaces>,
-        ceiling: Option<Ceiling>,
-        max: Option<MaxPolicy>,
-        hash: Option<HashPolicy>,
-        pressure: Option<Pressure>,
-        timeouts: Option<Timeouts>,
-        agent: Option<Agent>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Agent {
-        #[serde(deserialize_with = "opt_duration", default)]
-        interval: Option<Duration>,
-        #[serde(deserialize_with = "opt_duration", default)]
-        probe_interval: Option<Duration>,
-        respect_operator: Option<bool>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Namespaces {
-        mode: Option<NamespaceMode>,
-        names: Option<Vec<String>>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Ceiling {
-        memory_fraction: Option<Fraction>,
-        #[serde(deserialize_with = "de_opt_size", default)]
-        memory_cap: Option<u64>,
-        extension_bytes: Option<u64>,
-        min_max: Option<u64>,
-        max_cap: Option<u64>,
-        filling_namespaces: Option<FillingNamespaces>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct MaxPolicy {
-        high_watermark: Option<Fraction>,
-        target_utilisation: Option<Fraction>,
-        grow_factor: Option<f64>,
-        headroom: Option<Fraction>,
-        shrink: Option<Shrink>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Shrink {
-        enabled: Option<bool>,
-        low_watermark: Option<Fraction>,
-        #[serde(deserialize_with = "opt_duration", default)]
-        after: Option<Duration>,
-        factor: Option<f64>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct HashPolicy {
-        ratio: Option<u32>,
-        tolerance: Option<Fraction>,
-        #[serde(deserialize_with = "opt_duration", default)]
-        min_interval: Option<Duration>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Pressure {
-        elevated: Option<Band>,
-        critical: Option<Band>,
-        #[serde(deserialize_with = "opt_duration", default)]
-        hold: Option<Duration>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Timeouts {
-        manage: Option<bool>,
-        #[serde(deserialize_with = "opt_floors", default)]
-        floors: Option<BTreeMap<String, u64>>,
-        allow_established_below_keepalive: Option<bool>,
-    }
-
-    fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
-    }
-
-    fn opt_floors<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
-        super::de_floors(d).map(Some)
     }
 }
 
@@ -880,6 +785,45 @@ mod tests {
         assert_eq!(c.ceiling.filling_namespaces, FillingNamespaces::Fixed(3));
         assert!(p("ceiling:\n  filling_namespaces: 0\n").is_err());
         assert!(p("ceiling:\n  memory_cap: 2GB\n").is_err());
+    }
+
+    /// The schema check lets any field be absent, with a placeholder value; the merged
+    /// config must therefore never need one: the embedded file names every field.
+    #[test]
+    fn embedded_default_names_every_field() {
+        fn keys(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+            if let serde_json::Value::Object(m) = v {
+                for (k, v) in m {
+                    let path = format!("{at}.{k}");
+                    out.push(path.clone());
+                    if k != "floors" {
+                        keys(v, &path, out);
+                    }
+                }
+            }
+        }
+        let (mut schema, mut file) = (Vec::new(), Vec::new());
+        keys(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut schema,
+        );
+        let text: serde_json::Value = serde_saphyr::from_str(DEFAULT_YAML).unwrap();
+        keys(&text, "", &mut file);
+        schema.sort();
+        file.sort();
+        assert_eq!(
+            schema, file,
+            "config/ctune.yaml must set every key of the schema"
+        );
+    }
+
+    #[test]
+    fn an_empty_section_means_its_defaults() {
+        let c = p("agent:\nhash:\n  ratio: 2\n").unwrap();
+        assert_eq!(c.agent, Config::default().agent);
+        assert_eq!(c.hash.ratio, 2);
+        assert_eq!(c.hash.min_interval, Config::default().hash.min_interval);
     }
 
     #[test]
