@@ -220,7 +220,8 @@ pub struct Timeouts {
     /// listed are never touched.
     #[serde(deserialize_with = "de_floors", serialize_with = "ser_floors")]
     pub floors: BTreeMap<String, u64>,
-    /// Permit an established floor below 2 h (TCP keepalive).
+    /// Permit an established floor below 2 h (TCP keepalive), and an unacknowledged or
+    /// max_retrans floor below 2 min (TCP's largest retransmission interval).
     #[serde(default)]
     pub allow_established_below_keepalive: bool,
 }
@@ -630,18 +631,31 @@ fn check_agent_and_timeouts(cfg: &Config) -> Result<(), Invalid> {
             ),
         );
     }
-    if let Some(&est) = cfg.timeouts.floors.get("tcp_timeout_established")
-        && est < KEEPALIVE_SECS
-        && !cfg.timeouts.allow_established_below_keepalive
-    {
-        return bad(
-            "timeouts.floors.tcp_timeout_established",
-            format!(
-                "{} is below TCP keepalive's 2h and would drop idle SSH and database sessions; \
-                 set timeouts.allow_established_below_keepalive: true to allow it",
-                units::fmt_secs(est)
-            ),
-        );
+    let t = &cfg.timeouts;
+    for (key, &floor) in &t.floors {
+        let full = format!("nf_conntrack_{key}");
+        let (least, what) = if full.ends_with("_established") {
+            (
+                KEEPALIVE_SECS,
+                "TCP keepalive's 2h and would drop idle SSH and database sessions",
+            )
+        } else if tunables::STALLED_ESTABLISHED.contains(&full.as_str()) {
+            (
+                tunables::TCP_RTO_MAX_SECS,
+                "TCP's largest retransmission interval (2m) and would drop stalled sessions",
+            )
+        } else {
+            continue;
+        };
+        if floor < least && !t.allow_established_below_keepalive {
+            return bad(
+                &format!("timeouts.floors.{key}"),
+                format!(
+                    "{} is below {what}; set timeouts.allow_established_below_keepalive: true to allow it",
+                    units::fmt_secs(floor)
+                ),
+            );
+        }
     }
     Ok(())
 }

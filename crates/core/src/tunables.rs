@@ -56,7 +56,9 @@ pub fn scope_of(key: &str) -> Scope {
 pub enum TimeoutTier {
     /// Generic, unreplied, half-open, closing and datagram states: lowered at `elevated`.
     Transient,
-    /// Established TCP: lowered only at `critical`.
+    /// Keys that govern established flows (idle established TCP and SCTP, and TCP
+    /// established with unacknowledged data, retransmissions or a zero window): lowered
+    /// only at `critical`.
     Established,
 }
 
@@ -66,10 +68,25 @@ pub fn is_timeout_key(key: &str) -> bool {
     key.starts_with("nf_conntrack_") && key.contains("timeout") && !key.contains("frag6")
 }
 
+/// The timeouts the kernel applies to established TCP flows that are stalled rather than
+/// idle (unacknowledged data, retransmissions, a zero window).
+pub const STALLED_ESTABLISHED: [&str; 2] = [
+    "nf_conntrack_tcp_timeout_unacknowledged",
+    "nf_conntrack_tcp_timeout_max_retrans",
+];
+
+/// TCP's largest retransmission interval (TCP_RTO_MAX, 120 s): a stalled session's entry
+/// must outlive the gap between two retransmissions.
+pub const TCP_RTO_MAX_SECS: u64 = 120;
+
 /// The tier a timeout key belongs to.
 pub fn tier_of(key: &str) -> TimeoutTier {
-    // TCP's, and the likes of sctp_timeout_established: live sessions, cut last.
-    if key == ESTABLISHED || key.ends_with("_established") {
+    // Live sessions, cut last: TCP's and SCTP's established state, and the two timeouts
+    // the kernel applies to ESTABLISHED TCP flows whose data is unacknowledged or
+    // retransmitted, or whose window is zero (`tcp_timeout_unacknowledged`,
+    // `tcp_timeout_max_retrans` in nf_conntrack_proto_tcp.c): a session stalled longer
+    // than that loses its entry.
+    if key == ESTABLISHED || key.ends_with("_established") || STALLED_ESTABLISHED.contains(&key) {
         TimeoutTier::Established
     } else {
         TimeoutTier::Transient

@@ -45,8 +45,8 @@ const DEFAULT_FLOORS: &[(&str, u64)] = &[
     ("nf_conntrack_tcp_timeout_close_wait", 30),
     ("nf_conntrack_tcp_timeout_last_ack", 15),
     ("nf_conntrack_tcp_timeout_time_wait", 30),
-    ("nf_conntrack_tcp_timeout_max_retrans", 60),
-    ("nf_conntrack_tcp_timeout_unacknowledged", 60),
+    ("nf_conntrack_tcp_timeout_max_retrans", 180),
+    ("nf_conntrack_tcp_timeout_unacknowledged", 180),
     ("nf_conntrack_tcp_timeout_established", 54000),
 ];
 
@@ -448,11 +448,15 @@ fn check_plan(
             }
         }
     }
-    // Across all namespaces: established after every transient key.
-    let first_established = plan.changes.iter().position(|c| c.key == ESTABLISHED);
+    // Across all namespaces: the established tier after every transient key.
+    let established = |c: &Change| {
+        c.target != Target::Global
+            && tunables::tier_of(&c.key) == tunables::TimeoutTier::Established
+    };
+    let first_established = plan.changes.iter().position(established);
     if let Some(first) = first_established {
         prop_assert!(
-            plan.changes[first..].iter().all(|c| c.key == ESTABLISHED),
+            plan.changes[first..].iter().all(established),
             "a transient timeout after an established one: {:?}",
             plan.changes
         );
@@ -709,9 +713,19 @@ fn drops_at_the_ceiling_lower_timeouts_established_last() {
         .map(|(k, floor)| (*k, kernel_timeouts()[*k], *floor))
         .filter(|(_, old, floor)| old > floor)
         .collect();
-    want.sort_by_key(|(k, _, _)| (*k == ESTABLISHED, *k));
+    let established = |k: &str| tunables::tier_of(k) == tunables::TimeoutTier::Established;
+    want.sort_by_key(|(k, _, _)| (established(k), *k));
     assert_eq!(got, want);
-    assert_eq!(got.last().unwrap(), &(ESTABLISHED, 432_000, 54_000));
+    // The established tier last: idle established TCP, and the stalled-session keys.
+    let tail: Vec<&str> = got[got.len() - 3..].iter().map(|c| c.0).collect();
+    assert_eq!(
+        tail,
+        [
+            ESTABLISHED,
+            "nf_conntrack_tcp_timeout_max_retrans",
+            "nf_conntrack_tcp_timeout_unacknowledged"
+        ]
+    );
     assert!(changes.iter().all(|c| c.reason.contains("critical")));
     // Keys without a floor (gre, sctp, tcp close) stay untouched.
     assert!(
@@ -741,21 +755,32 @@ fn timeouts_restored_after_pressure_ends_and_hold_passes() {
         assert!(plan.changes.is_empty(), "at {t:?}: {:#?}", plan.changes);
         assert_eq!(sim.level(1), Some(Level::Critical));
     }
-    // Hold over: one step down; established comes back first.
+    // Hold over: one step down; the established tier comes back first.
     let plan = sim.tick_at(t_critical + hold);
     assert_eq!(sim.level(1), Some(Level::Elevated));
     let restored: Vec<_> = timeout_changes(&plan, 1)
         .iter()
         .map(|c| (c.key.clone(), c.new))
         .collect();
-    assert_eq!(restored, [(ESTABLISHED.to_string(), 432_000)]);
+    assert_eq!(
+        restored,
+        [
+            (ESTABLISHED.to_string(), 432_000),
+            ("nf_conntrack_tcp_timeout_max_retrans".to_string(), 300),
+            ("nf_conntrack_tcp_timeout_unacknowledged".to_string(), 300),
+        ]
+    );
     assert!(plan.changes[0].reason.contains("restoring"));
     // Another hold at elevated: the transient keys come back, to the operator's values.
     let plan = sim.tick_at(t_critical + hold + hold - secs(1));
     assert!(plan.changes.is_empty());
     let plan = sim.tick_at(t_critical + hold + hold);
     assert_eq!(sim.level(1), Some(Level::Normal));
-    assert_eq!(timeout_changes(&plan, 1).len(), 13);
+    assert_eq!(
+        timeout_changes(&plan, 1).len(),
+        11,
+        "the transient tier: 14 floored keys less the three of the established tier"
+    );
     assert_eq!(sim.obs.namespaces[0].timeouts, kernel_timeouts());
     assert!(sim.state.namespaces[&1].lowered.is_empty());
     // And it stays that way.
@@ -1262,7 +1287,15 @@ fn arb_config() -> impl Strategy<Value = Config> {
             .zip(&t.1)
             .map(|((k, _), v)| {
                 let short = k.strip_prefix("nf_conntrack_").unwrap().to_string();
-                (short, if *k == ESTABLISHED { t.2 } else { *v })
+                // The established tier's floors stay where validation accepts them.
+                let floor = if *k == ESTABLISHED {
+                    t.2
+                } else if tunables::STALLED_ESTABLISHED.contains(k) {
+                    v + tunables::TCP_RTO_MAX_SECS
+                } else {
+                    *v
+                };
+                (short, floor)
             })
             .collect();
         cfg
