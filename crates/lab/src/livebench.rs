@@ -103,12 +103,27 @@ fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 pub struct GlobalGuard {
     max: u64,
     buckets: u64,
+    /// Held until the values are restored (fields drop after `Drop::drop`).
+    _machine: nix::fcntl::Flock<File>,
 }
 
+/// The lock file that serializes, across processes, every test and benchmark that
+/// changes global conntrack values (the agent's live tests take it too).
+pub const MACHINE_LOCK: &str = "/run/ctune-test-globals.lock";
+
 impl GlobalGuard {
-    /// Saves max and buckets.
+    /// Waits for the machine-wide lock, then saves max and buckets.
     pub fn save() -> Result<GlobalGuard, BenchError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(MACHINE_LOCK)
+            .map_err(|e| err(format!("{MACHINE_LOCK}: {e}")))?;
+        let machine = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| err(format!("flock {MACHINE_LOCK}: {e}")))?;
         Ok(GlobalGuard {
+            _machine: machine,
             max: read_u64(&Path::new(SYSCTL).join(tunables::MAX))?,
             buckets: read_u64(&Path::new(SYSCTL).join(tunables::BUCKETS))?,
         })

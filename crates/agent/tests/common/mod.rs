@@ -190,18 +190,47 @@ pub fn read_u64(path: &Path) -> u64 {
         .unwrap()
 }
 
-/// Serializes the tests of this process that change global values.
-pub fn global_lock() -> MutexGuard<'static, ()> {
+/// Held while a test changes (or relies on) global values.
+pub struct GlobalLock {
+    _process: MutexGuard<'static, ()>,
+    _machine: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Serializes the tests that change global values: those of this process (a mutex) and
+/// those of any other process on the machine ([`machine_lock`]).
+pub fn global_lock() -> GlobalLock {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let process = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    GlobalLock {
+        _process: process,
+        _machine: machine_lock(),
+    }
+}
+
+/// The lock file that serializes, across processes, every test and benchmark that
+/// changes global conntrack values (`crates/lab/src/livebench.rs` takes it too): two
+/// `cargo test` runs on one machine must not fight over nf_conntrack_max.
+pub const MACHINE_LOCK: &str = "/run/ctune-test-globals.lock";
+
+/// Takes the machine-wide lock, waiting for another process that holds it.
+pub fn machine_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .unwrap_or_else(|e| panic!("open {MACHINE_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {MACHINE_LOCK}: {e}"))
 }
 
 /// Saves `nf_conntrack_max` and `nf_conntrack_buckets` and restores them on drop, also
-/// when the test panics. Holds the global lock for its lifetime.
+/// when the test panics. Holds the global lock for its lifetime (dropped after the
+/// values are restored).
 pub struct GlobalGuard {
     max: u64,
     buckets: u64,
-    _lock: MutexGuard<'static, ()>,
+    _lock: GlobalLock,
 }
 
 impl GlobalGuard {
