@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use crate::act::persist::FileUpdate;
 use ctune_core::ceiling::Ceiling;
 use ctune_core::config::{self, Config};
+use ctune_core::model::stat::split_drops;
 use ctune_core::model::{ModuleState, Observation};
 use ctune_core::plan::{Plan, Target};
 use ctune_core::policy;
@@ -39,8 +40,12 @@ pub struct NamespaceStatus {
     pub count: Option<u64>,
     /// count / nf_conntrack_max.
     pub utilisation: Option<f64>,
-    /// Cumulative `drop` (packets lost to a full table) since the namespace started.
+    /// Cumulative `drop` since the namespace started: packets lost to a full table and
+    /// to insert clashes.
     pub drop: Option<u64>,
+    /// Of `drop`, those from unresolved insert clashes (`drop` matched by
+    /// `insert_failed` that was not a chain refusal): NAT'd UDP races, not a full table.
+    pub clash_drops: Option<u64>,
     /// Cumulative `early_drop`.
     pub early_drop: Option<u64>,
     /// Cumulative `insert_failed`.
@@ -92,6 +97,9 @@ pub fn status(obs: &Observation, cfg: &Config) -> StatusReport {
                 count: n.count,
                 utilisation: n.count.map(|c| c as f64 / obs.global.max.max(1) as f64),
                 drop: n.counter("drop"),
+                clash_drops: n.counter("drop").map(|d| {
+                    split_drops(d, n.counter("insert_failed"), n.counter("chainlength")).clash
+                }),
                 early_drop: n.counter("early_drop"),
                 insert_failed: n.counter("insert_failed"),
                 chainlength: n.counter("chainlength"),
@@ -184,18 +192,19 @@ pub fn plan_text(
     let _ = writeln!(out, "\nNamespaces");
     let _ = writeln!(
         out,
-        "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8}  LEVEL",
-        "NAME", "COUNT", "USE", "AFTER", "+DROP", "+EARLY"
+        "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8}  LEVEL",
+        "NAME", "COUNT", "USE", "AFTER", "+DROP", "+CLASH", "+EARLY"
     );
     for v in &plan.namespaces {
         let _ = writeln!(
             out,
-            "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8}  {} ({})",
+            "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8}  {} ({})",
             truncate(&v.netns.name, 24),
             opt(v.count),
             v.utilisation.map_or("-".into(), fmt_pct),
             v.utilisation_after.map_or("-".into(), fmt_pct),
             opt(v.drop_delta),
+            opt(v.clash_delta),
             opt(v.early_drop_delta),
             v.level,
             v.level_reason
@@ -279,17 +288,18 @@ pub fn status_text(s: &StatusReport) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<24} {:>10} {:>6} {:>10} {:>10} {:>13} {:>11}",
-        "NAMESPACE", "COUNT", "USE", "DROP", "EARLY_DROP", "INSERT_FAILED", "CHAINLENGTH"
+        "\n{:<24} {:>10} {:>6} {:>10} {:>10} {:>10} {:>13} {:>11}",
+        "NAMESPACE", "COUNT", "USE", "DROP", "CLASH", "EARLY_DROP", "INSERT_FAILED", "CHAINLENGTH"
     );
     for n in &s.namespaces {
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>6} {:>10} {:>10} {:>13} {:>11}",
+            "{:<24} {:>10} {:>6} {:>10} {:>10} {:>10} {:>13} {:>11}",
             truncate(&n.name, 24),
             opt(n.count),
             n.utilisation.map_or("-".into(), fmt_pct),
             opt(n.drop),
+            opt(n.clash_drops),
             opt(n.early_drop),
             opt(n.insert_failed),
             opt(n.chainlength)
@@ -297,7 +307,7 @@ pub fn status_text(s: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "(counters are cumulative since each namespace started)"
+        "(counters are cumulative since each namespace started; CLASH: the drops that came\n with an insert clash, two packets of one new flow racing (NAT'd DNS), not a full table)"
     );
     let _ = writeln!(
         out,

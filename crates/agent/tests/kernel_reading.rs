@@ -44,6 +44,91 @@ fn changed_keys(plan: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Adds `by` to a column of the fixture's /proc/net/stat/nf_conntrack (first CPU row).
+fn bump_stat(t: &FixtureTree, column: &str, by: u64) {
+    let path = t.path().join("proc/net/stat/nf_conntrack");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let col = lines[0]
+        .split_whitespace()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    let mut fields: Vec<String> = lines[1].split_whitespace().map(str::to_string).collect();
+    let v = u64::from_str_radix(&fields[col], 16).unwrap() + by;
+    fields[col] = format!("{v:08x}");
+    lines[1] = fields.join(" ");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Finding 1: the kernel counts in `drop` both a packet lost to a full table and one
+/// lost to an unresolved insert clash (`nf_ct_resolve_clash`: drop and insert_failed
+/// together). Clashes at 0.4 % of max are reported and change nothing.
+#[test]
+fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
+    let t = FixtureTree::new("kernel-6.18");
+    set(&t, "nf_conntrack_count", 1_000); // 0.4 % of 262144
+    let (code, _, err) = ctune(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    bump_stat(&t, "drop", 10);
+    bump_stat(&t, "insert_failed", 10);
+    // The dry run decides from the state the apply saved, as the next apply would.
+    let v = plan_json(&t);
+    let text = v.to_string();
+    assert!(
+        v["plan"]["changes"]
+            .as_array()
+            .is_some_and(|c| c.is_empty()),
+        "clashes changed something: {text}"
+    );
+    let ns = &v["plan"]["namespaces"][0];
+    assert_eq!(
+        (&ns["clash_delta"], &ns["drop_delta"]),
+        (&Value::from(10), &Value::from(0)),
+        "{text}"
+    );
+    assert_eq!(ns["level"], "normal");
+    assert!(text.contains("insert clashes"), "{text}");
+    // status names them too.
+    let (code, out, _) = ctune(&t, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["namespaces"][0]["clash_drops"], 11, "{s:#}");
+    let (_, out, _) = ctune(&t, &["status"]);
+    assert!(out.contains("CLASH"), "{out}");
+}
+
+/// Finding 1 (stale samples): an `apply` long after the previous one measures no rise
+/// against it: an old drop does not grow max hours later.
+#[test]
+fn a_drop_against_an_old_sample_grows_nothing() {
+    let t = FixtureTree::new("kernel-6.18");
+    let (code, _, err) = ctune(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    // Age the saved sample: its time is moved two hours back.
+    let state_path = t.path().join("state/state.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    for ns in state["policy"]["namespaces"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        let at = &mut ns["counters"]["at"];
+        let secs = at["secs"].as_u64().unwrap();
+        at["secs"] = Value::from(secs.saturating_sub(7200));
+    }
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
+    bump_stat(&t, "drop", 10);
+    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["changes"].as_array().is_some_and(|c| c.is_empty()),
+        "{v:#}"
+    );
+    assert!(v.to_string().contains("the previous sample is"), "{v:#}");
+}
+
 /// Finding 3: the kernel applies `tcp_timeout_unacknowledged` and
 /// `tcp_timeout_max_retrans` to ESTABLISHED flows (unacknowledged data, retransmissions,
 /// zero window): they belong to the established tier, untouched at `elevated`.

@@ -45,8 +45,13 @@ pub struct NamespaceVerdict {
     pub utilisation: Option<f64>,
     /// count / max after the planned max change.
     pub utilisation_after: Option<f64>,
-    /// `drop` increase since the previous sample (None on the first sample).
+    /// Packets lost to a full table since the previous sample: the `drop` rise less
+    /// the clashes (None on a first sample, or when the previous one is too old).
     pub drop_delta: Option<u64>,
+    /// Packets lost to unresolved insert clashes since the previous sample (`drop` and
+    /// `insert_failed` rising together, at any utilisation): never a reason to grow max
+    /// or lower timeouts.
+    pub clash_delta: Option<u64>,
     /// `early_drop` increase since the previous sample.
     pub early_drop_delta: Option<u64>,
     /// `chainlength` increase since the previous sample (inserts refused by long chains).

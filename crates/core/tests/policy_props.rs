@@ -650,7 +650,7 @@ fn rising_drop_counter_grows_max() {
         let obs = ObsBuilder::new(262_144)
             .ns_counters("init", 7, 50_000, 1_000, 1_000)
             .build();
-        let mut sim = Sim::new(obs, default_cfg());
+        let mut sim = Sim::new(obs, sampled_every_30s());
         // First sample: counters are cumulative since boot, their level says nothing.
         let plan = sim.tick_at(secs(100));
         assert!(max_change(&plan).is_none(), "{counter}: {:?}", plan.changes);
@@ -680,13 +680,68 @@ fn rising_drop_counter_grows_max() {
 }
 
 /// A namespace at 50% of a max that already equals the ceiling.
+/// The defaults with a 30 s agent interval, for simulations that step every 30 s: a
+/// counter's rise is only measured against a sample a few intervals old.
+fn sampled_every_30s() -> Config {
+    cfg_yaml("agent:\n  interval: 30s\n")
+}
+
 fn at_ceiling_sim() -> (Sim, u64) {
-    let cfg = default_cfg();
+    let cfg = sampled_every_30s();
     let ceiling = ceiling_for(&ObsBuilder::new(1).ns("init", 1, 1).build(), &cfg);
     let obs = ObsBuilder::new(ceiling)
         .ns_counters("init", 1, ceiling / 2, 10, 0)
         .build();
     (Sim::new(obs, cfg), ceiling)
+}
+
+/// A drop rise measured against a sample older than a few intervals is no signal
+/// (issue: an `apply` hours after an old drop grew max).
+#[test]
+fn a_stale_sample_is_a_first_sample() {
+    let (mut sim, _) = at_ceiling_sim();
+    sim.tick_at(secs(0));
+    bump(&mut sim.obs, 1, "drop", 10);
+    // 2 hours later (the agent was stopped): the rise could have happened any time.
+    let plan = sim.tick_at(secs(7200));
+    assert_eq!(sim.level(1), Some(Level::Normal), "{plan:#?}");
+    assert!(plan.changes.is_empty(), "{:#?}", plan.changes);
+    assert!(
+        explains(&plan, "the previous sample is 2h old"),
+        "{:#?}",
+        plan.explanations
+    );
+    // From this sample on, rises count again.
+    bump(&mut sim.obs, 1, "drop", 10);
+    sim.tick(secs(30));
+    assert_eq!(sim.level(1), Some(Level::Critical));
+}
+
+/// Drops that come with as many insert failures are clashes (`nf_ct_resolve_clash`),
+/// not a full table: at 0.4 % of max and at the ceiling alike, nothing moves.
+#[test]
+fn clashes_are_not_a_full_table() {
+    let (mut sim, _) = at_ceiling_sim();
+    bump(&mut sim.obs, 1, "insert_failed", 0);
+    sim.tick_at(secs(0));
+    bump(&mut sim.obs, 1, "drop", 6);
+    bump(&mut sim.obs, 1, "insert_failed", 6);
+    let plan = sim.tick(secs(30));
+    assert!(plan.changes.is_empty(), "{:#?}", plan.changes);
+    assert_eq!(sim.level(1), Some(Level::Normal));
+    assert_eq!(plan.namespaces[0].clash_delta, Some(6));
+    assert_eq!(plan.namespaces[0].drop_delta, Some(0));
+    assert!(
+        explains(&plan, "insert clashes"),
+        "{:#?}",
+        plan.explanations
+    );
+    // A full table on top of the clashes still counts.
+    bump(&mut sim.obs, 1, "drop", 9);
+    bump(&mut sim.obs, 1, "insert_failed", 4);
+    let plan = sim.tick(secs(30));
+    assert_eq!(plan.namespaces[0].drop_delta, Some(5));
+    assert_eq!(sim.level(1), Some(Level::Critical));
 }
 
 #[test]
@@ -1633,6 +1688,8 @@ fn arb_extreme_state() -> impl Strategy<Value = PolicyState> {
                     drop: Some(counter),
                     early_drop: Some(counter),
                     chainlength: None,
+                    insert_failed: None,
+                    at: Some(Duration::from_secs(since)),
                 });
                 ns.level = Some(LevelState {
                     level,

@@ -45,6 +45,36 @@ impl ConntrackStat {
     }
 }
 
+/// The kernel's `drop` counter, split by cause. `drop` counts two different events:
+/// a packet for which no entry could be made because the table is full
+/// (`nf_conntrack_in` after `__nf_conntrack_alloc` found count > max and nothing to
+/// early-drop), and a packet dropped because its entry clashed at confirm time with an
+/// entry of the same tuple that could not be merged (`nf_ct_resolve_clash`, which counts
+/// `drop` and `insert_failed` together; the NAT'd DNS A/AAAA race). `insert_failed` also
+/// counts inserts refused for long chains (`chaintoolong`, with `chainlength`, without
+/// `drop`), so the clashes are the drops matched by insert failures that are not chain
+/// refusals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Packets lost to a full table.
+    pub table_full: u64,
+    /// Packets lost to unresolved insert clashes, at any utilisation.
+    pub clash: u64,
+}
+
+/// Splits a `drop` count (cumulative or a rise) by cause, with the `insert_failed` and
+/// `chainlength` counts of the same span (absent columns count as 0).
+pub fn split_drops(drop: u64, insert_failed: Option<u64>, chainlength: Option<u64>) -> Drops {
+    let clash_inserts = insert_failed
+        .unwrap_or(0)
+        .saturating_sub(chainlength.unwrap_or(0));
+    let clash = drop.min(clash_inserts);
+    Drops {
+        table_full: drop - clash,
+        clash,
+    }
+}
+
 /// Parses the file's text. Errors say which line and column went wrong.
 pub fn parse(text: &str) -> Result<ConntrackStat, String> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -99,6 +129,49 @@ pub fn parse(text: &str) -> Result<ConntrackStat, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_split_by_cause() {
+        // Clashes: drop and insert_failed rise together.
+        assert_eq!(
+            split_drops(10, Some(10), Some(0)),
+            Drops {
+                table_full: 0,
+                clash: 10
+            }
+        );
+        // A full table: drop alone.
+        assert_eq!(
+            split_drops(10, Some(0), Some(0)),
+            Drops {
+                table_full: 10,
+                clash: 0
+            }
+        );
+        // Chain refusals count in insert_failed without drop: not clashes.
+        assert_eq!(
+            split_drops(10, Some(7), Some(5)),
+            Drops {
+                table_full: 8,
+                clash: 2
+            }
+        );
+        // More insert failures than drops (dying entries): at most every drop a clash.
+        assert_eq!(
+            split_drops(3, Some(9), None),
+            Drops {
+                table_full: 0,
+                clash: 3
+            }
+        );
+        assert_eq!(
+            split_drops(4, None, None),
+            Drops {
+                table_full: 4,
+                clash: 0
+            }
+        );
+    }
 
     const KERNEL_6_18: &str =
         include_str!("../../../../fixtures/kernel-6.18/proc/net/stat/nf_conntrack");

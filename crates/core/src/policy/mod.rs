@@ -106,7 +106,7 @@ pub struct NamespaceState {
     pub last_count: Option<(u64, Duration)>,
 }
 
-/// The loss counters of a sample.
+/// The loss counters of a sample, and when it was taken.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// `drop`.
@@ -115,7 +115,19 @@ pub struct Counters {
     pub early_drop: Option<u64>,
     /// `chainlength`.
     pub chainlength: Option<u64>,
+    /// `insert_failed` (clashes and chain refusals).
+    #[serde(default)]
+    pub insert_failed: Option<u64>,
+    /// When (monotonic, this boot). A sample without a time, or older than
+    /// [`MAX_BASELINE_INTERVALS`] intervals, is no baseline for a rise.
+    #[serde(default)]
+    pub at: Option<Duration>,
 }
+
+/// A counter's rise is measured only against a sample at most this many agent
+/// intervals old: a rise over hours (an `apply` long after the last one) says nothing
+/// about now.
+pub const MAX_BASELINE_INTERVALS: u32 = 3;
 
 /// What every phase reads: the inputs of one decision.
 struct Inputs<'a> {
@@ -173,6 +185,18 @@ pub fn decide(
         draft.explanations.push(
             "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on".into(),
         );
+    } else if let Some(age) = sig.stale_baseline {
+        let age = if age == Duration::MAX {
+            "of unknown age".to_string()
+        } else {
+            format!(
+                "{} old",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            )
+        };
+        draft.explanations.push(format!(
+            "the previous sample is {age} (more than {MAX_BASELINE_INTERVALS} x agent.interval): counter rises are measured from this sample on"
+        ));
     }
     let plan = Plan {
         ceiling,

@@ -35,6 +35,12 @@ pub(super) fn decide(
                 .into_iter()
                 .filter(|note| first || !note.starts_with("timeouts.floors.")),
         );
+        if let Some(c) = rise.clash.filter(|c| *c > 0) {
+            draft.explanations.push(format!(
+                "netns {}: {c} packets dropped by insert clashes since the last sample (drop and insert_failed rose together: two packets of one new flow raced, as NAT'd DNS A/AAAA lookups do); not a full table, so max and timeouts stay",
+                n.id.name
+            ));
+        }
         if let Some(c) = rise.chain.filter(|c| *c > 0) {
             draft.explanations.push(format!(
                 "netns {}: {c} inserts refused for hash chains over {} since the last sample: the hash is too small for the load (lower hash.ratio) or under a hash attack",
@@ -48,6 +54,7 @@ pub(super) fn decide(
             utilisation: n.count.map(|c| c as f64 / sig.current_max as f64),
             utilisation_after: after,
             drop_delta: rise.drop,
+            clash_delta: rise.clash,
             early_drop_delta: rise.early,
             chainlength_delta: rise.chain,
             level: level.level,

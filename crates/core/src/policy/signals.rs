@@ -2,17 +2,24 @@
 //! state: counter rises per namespace, the busiest table, the fastest-filling one and
 //! where it will be by the step after next, and who is dropping or evicting.
 
+use std::time::Duration;
+
 use crate::model::NamespaceObs;
+use crate::model::stat::split_drops;
 
-use super::{Counters, Inputs};
+use super::{Counters, Inputs, MAX_BASELINE_INTERVALS};
 
-/// One namespace's counters now and their rise since the previous sample.
+/// One namespace's counters now and their rise since the previous sample. `drop` is
+/// split by cause ([`split_drops`]): only table-full drops are pressure.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Rises {
     /// The counters now, kept for the next sample.
     pub counters: Counters,
-    /// `drop` rise (None on a first sample or a missing column).
+    /// Table-full drops: the `drop` rise less the clashes (None on a first sample, after
+    /// a stale one, or without the column).
     pub drop: Option<u64>,
+    /// Drops from unresolved insert clashes: reported, never pressure.
+    pub clash: Option<u64>,
     /// `early_drop` rise.
     pub early: Option<u64>,
     /// `chainlength` rise.
@@ -52,15 +59,43 @@ pub(super) struct Signals<'a> {
     pub dropping: Option<(&'a NamespaceObs, u64)>,
     /// The first namespace whose `early_drop` rose, with the rise.
     pub evicting: Option<(&'a NamespaceObs, u64)>,
+    /// The age of the oldest previous sample that was too old to measure a rise from.
+    pub stale_baseline: Option<Duration>,
 }
 
 fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
     Some(now?.saturating_sub(before?))
 }
 
-/// The rise of each namespace's loss counters since the previous sample.
-fn rises(input: &Inputs) -> Vec<Rises> {
-    input
+/// How old a previous sample may be to measure a rise from.
+pub(super) fn max_baseline_age(input: &Inputs) -> Duration {
+    input.cfg.agent.interval * MAX_BASELINE_INTERVALS
+}
+
+/// The previous sample of a namespace, when recent enough to measure a rise from; and
+/// the age of one that is not.
+fn baseline(input: &Inputs, n: &NamespaceObs) -> (Option<Counters>, Option<Duration>) {
+    let Some(before) = input
+        .prev
+        .namespaces
+        .get(&n.id.inode)
+        .and_then(|s| s.counters)
+    else {
+        return (None, None);
+    };
+    match before.at.and_then(|at| input.now.checked_sub(at)) {
+        Some(age) if age <= max_baseline_age(input) => (Some(before), None),
+        Some(age) => (None, Some(age)),
+        // No time (a state from an older ctune) or a clock that went back.
+        None => (None, Some(Duration::MAX)),
+    }
+}
+
+/// The rise of each namespace's loss counters since the previous sample, and the age of
+/// the oldest baseline that was too old.
+fn rises(input: &Inputs) -> (Vec<Rises>, Option<Duration>) {
+    let mut stale: Option<Duration> = None;
+    let rises = input
         .obs
         .namespaces
         .iter()
@@ -69,20 +104,28 @@ fn rises(input: &Inputs) -> Vec<Rises> {
                 drop: n.counter("drop"),
                 early_drop: n.counter("early_drop"),
                 chainlength: n.counter("chainlength"),
+                insert_failed: n.counter("insert_failed"),
+                at: Some(input.now),
             };
-            let before = input
-                .prev
-                .namespaces
-                .get(&n.id.inode)
-                .and_then(|s| s.counters);
+            let (before, too_old) = baseline(input, n);
+            stale = stale.max(too_old);
+            let rise = |now: Option<u64>, then: fn(&Counters) -> Option<u64>| {
+                before.and_then(|b| delta(now, then(&b)))
+            };
+            let drop = rise(counters.drop, |c| c.drop);
+            let chain = rise(counters.chainlength, |c| c.chainlength);
+            let split = drop
+                .map(|d| split_drops(d, rise(counters.insert_failed, |c| c.insert_failed), chain));
             Rises {
                 counters,
-                drop: before.and_then(|b| delta(counters.drop, b.drop)),
-                early: before.and_then(|b| delta(counters.early_drop, b.early_drop)),
-                chain: before.and_then(|b| delta(counters.chainlength, b.chainlength)),
+                drop: split.map(|s| s.table_full),
+                clash: split.map(|s| s.clash),
+                early: rise(counters.early_drop, |c| c.early_drop),
+                chain,
             }
         })
-        .collect()
+        .collect();
+    (rises, stale)
 }
 
 /// Where each growing namespace's count will be by the step after next, at the rate
@@ -111,7 +154,7 @@ fn projection<'a>(input: &Inputs<'a>, horizon: f64) -> Option<Projection<'a>> {
 /// Reads the signals of one observation.
 pub(super) fn read<'a>(input: &Inputs<'a>) -> Signals<'a> {
     let obs = input.obs;
-    let rises = rises(input);
+    let (rises, stale_baseline) = rises(input);
     // 0 means unlimited (and no early drop): ctune does not put a limit on such a table.
     let unlimited = obs.global.max == 0;
     let current_max = if unlimited { u64::MAX } else { obs.global.max };
@@ -133,6 +176,7 @@ pub(super) fn read<'a>(input: &Inputs<'a>) -> Signals<'a> {
         evicting: first_rise(|r| r.early),
         projected: projection(input, horizon),
         rises,
+        stale_baseline,
         unlimited,
         current_max,
         peak,
