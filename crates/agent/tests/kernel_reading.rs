@@ -129,6 +129,94 @@ fn a_drop_against_an_old_sample_grows_nothing() {
     assert!(v.to_string().contains("the previous sample is"), "{v:#}");
 }
 
+fn get(t: &FixtureTree, key: &str) -> u64 {
+    std::fs::read_to_string(t.path().join(NETFILTER).join(key))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn persisted(t: &FixtureTree, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(t.path().join("etc/sysctl.d/99-ctune.conf")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == format!("net.netfilter.{key}")).then(|| v.trim().parse().unwrap())
+    })
+}
+
+fn state(t: &FixtureTree) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(t.path().join("state/state.json")).unwrap())
+        .unwrap()
+}
+
+/// Finding 2: while a resize waits out hash.min_interval, the persisted hash is the one
+/// in force and in ctune's state; after a reboot and `ctune boot`, the next step
+/// recognises it as ctune's own and adopts nothing as the operator's.
+#[test]
+fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::create_dir_all(t.path().join("proc/sys/kernel/random")).unwrap();
+    let boot_id = t.path().join("proc/sys/kernel/random/boot_id");
+    std::fs::write(&boot_id, "boot-1\n").unwrap();
+    set(&t, "nf_conntrack_max", 65_536);
+    set(&t, "nf_conntrack_buckets", 16_384);
+    set(&t, "nf_conntrack_count", 60_000);
+    let (code, _, err) = ctune(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    let (max1, buckets1) = (get(&t, "nf_conntrack_max"), get(&t, "nf_conntrack_buckets"));
+    assert!(
+        max1 > 65_536 && buckets1 > 16_384,
+        "first growth resizes: {max1} {buckets1}"
+    );
+    // The table keeps filling: max grows again, the resize waits (10 min).
+    set(&t, "nf_conntrack_count", max1 * 9 / 10);
+    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deferred"), "{out}");
+    let max2 = get(&t, "nf_conntrack_max");
+    assert!(max2 > max1, "{out}");
+    let live = get(&t, "nf_conntrack_buckets");
+    assert_eq!(live, buckets1, "resize deferred");
+    assert_eq!(
+        persisted(&t, "nf_conntrack_buckets"),
+        Some(live),
+        "file = kernel"
+    );
+    assert_eq!(
+        state(&t)["policy"]["applied"]["nf_conntrack_buckets"],
+        live,
+        "state = kernel"
+    );
+    assert_eq!(persisted(&t, "nf_conntrack_max"), Some(max2));
+
+    // Reboot: a new boot id, the kernel's stock values, an empty table; then the boot step.
+    std::fs::write(&boot_id, "boot-2\n").unwrap();
+    set(&t, "nf_conntrack_max", 65_536);
+    set(&t, "nf_conntrack_buckets", 16_384);
+    set(&t, "nf_conntrack_count", 100);
+    let (code, out, err) = ctune(&t, &["boot"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        (get(&t, "nf_conntrack_max"), get(&t, "nf_conntrack_buckets")),
+        (max2, live)
+    );
+    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("someone else"),
+        "ctune took its own value for the operator's:\n{out}"
+    );
+    let st = state(&t);
+    assert_eq!(
+        st["policy"]["operator_held"],
+        serde_json::json!([]),
+        "{st:#}"
+    );
+    // With the rate limit gone at boot, the hash now follows max.
+    assert!(get(&t, "nf_conntrack_buckets") >= max2 / 4, "{out}");
+}
+
 /// Finding 3: the kernel applies `tcp_timeout_unacknowledged` and
 /// `tcp_timeout_max_retrans` to ESTABLISHED flows (unacknowledged data, retransmissions,
 /// zero window): they belong to the established tier, untouched at `elevated`.

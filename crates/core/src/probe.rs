@@ -49,17 +49,22 @@ pub fn step_now(
     now.count as f64 + rate * horizon >= watermark
 }
 
-/// Whether probing should pause after a step: when a watched table was already past
-/// the watermark and the step did not raise max (the ceiling, an operator's value, a
-/// failed write), an early step would change nothing, so the regular schedule takes
-/// over. `max_raised`: a max change of this step took effect.
-pub fn paused_after(plan: &Plan, max_raised: bool, cfg: &Config) -> bool {
+/// Whether probing should pause after a step: a watched table is past the watermark
+/// and an early step could change nothing, because max is at the ceiling or the step's
+/// own raise of max did not take effect (a failed write, retried on schedule rather than
+/// at the probe's rate). While max is below the ceiling (an operator's value that is
+/// respected only until it is unsafe), the probe keeps running: the step that overrides
+/// it at the critical level or on drops must not wait for the schedule.
+/// `max_raised`: a max change of this step took effect; `max_in_force`: the max now.
+pub fn paused_after(plan: &Plan, max_raised: bool, max_in_force: u64, cfg: &Config) -> bool {
     let watermark = cfg.max.high_watermark.get();
     let pressed = plan
         .namespaces
         .iter()
         .any(|v| v.utilisation.is_some_and(|u| u >= watermark));
-    pressed && !max_raised
+    let raise_failed = plan.global_change(crate::tunables::MAX).is_some() && !max_raised;
+    let at_ceiling = max_in_force >= plan.ceiling.value;
+    pressed && !max_raised && (at_ceiling || raise_failed)
 }
 
 #[cfg(test)]

@@ -1037,7 +1037,7 @@ impl Agent {
         }
         // Every change takes effect in the model.
         let raised = plan.global_change(tunables::MAX).is_some();
-        self.paused = probe::paused_after(&plan, raised, &self.cfg);
+        self.paused = probe::paused_after(&plan, raised, table.max, &self.cfg);
         self.state = next;
     }
 }

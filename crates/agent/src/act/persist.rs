@@ -63,7 +63,6 @@ pub fn render(
     obs: &Observation,
     plan: &Plan,
     managed: &[&str],
-    hash_ratio: u32,
 ) -> (Vec<FileUpdate>, Vec<String>) {
     let mut notes = Vec::new();
     let mut read = |rel: &str| -> Option<String> {
@@ -120,18 +119,11 @@ pub fn render(
             values.push((key, v));
         }
     }
-    // The hash a reboot starts with is the one max needs, even while the live resize
-    // waits out hash.min_interval: at boot the table is empty and a resize is free.
-    let max_after = values
-        .iter()
-        .find(|(k, _)| *k == tunables::MAX)
-        .map(|(_, v)| *v);
-    if let (Some(max), Some(b)) = (
-        max_after,
-        values.iter_mut().find(|(k, _)| *k == tunables::BUCKETS),
-    ) {
-        b.1 = b.1.max(tunables::buckets_for(max, hash_ratio));
-    }
+    // The hash persisted is the one in force, the one ctune's state records: while a
+    // resize waits out hash.min_interval the file keeps the live size (a `sysctl
+    // --system` meanwhile must not resize a full table outside the rate limit), and after
+    // a reboot ctune recognises the value as its own. The first step after a reboot may
+    // resize at once: the rate limit does not outlive the boot, and the table is small.
     zero_notes.extend(later_files(roots, &values));
     let mut files = Vec::new();
     if values.is_empty() {

@@ -169,7 +169,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
                     namespaces: Vec::new(),
                     explanations: Vec::new(),
                 };
-                for f in persist::render(roots, &now, &empty, &managed, cfg.hash.ratio).0 {
+                for f in persist::render(roots, &now, &empty, &managed).0 {
                     if let Err(e) = atomic::write(&f.path, f.new.as_bytes(), 0o644) {
                         report.refused.push(format!("cannot rewrite {e}"));
                     }

@@ -153,7 +153,7 @@ impl Probe {
             .global_change(tunables::MAX)
             .filter(|_| raised)
             .map_or(r.observation.global.max, |c| c.new);
-        self.blocked = probe::paused_after(&r.plan, raised, cfg);
+        self.blocked = probe::paused_after(&r.plan, raised, self.max, cfg);
         let inodes: Vec<u64> = r
             .observation
             .namespaces

@@ -90,7 +90,7 @@ pub fn preview(
     now: Duration,
 ) -> Preview {
     let (plan, next) = ctune_core::policy::decide(obs, cfg, prev, now);
-    let (files, notes) = files_for(roots, cfg, obs, &plan, &next);
+    let (files, notes) = files_for(roots, obs, &plan, &next);
     Preview { plan, files, notes }
 }
 
@@ -98,13 +98,12 @@ pub fn preview(
 /// ctune manages in the state that follows it (so a persist that failed is retried).
 fn files_for(
     roots: &Roots,
-    cfg: &Config,
     obs: &Observation,
     plan: &Plan,
     next: &PolicyState,
 ) -> (Vec<FileUpdate>, Vec<String>) {
     let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
-    persist::render(roots, obs, plan, &managed, cfg.hash.ratio)
+    persist::render(roots, obs, plan, &managed)
 }
 
 /// The imperative shell around the policy.
@@ -116,6 +115,8 @@ pub struct Engine {
     pub config: Config,
     /// What ctune remembers.
     pub state: State,
+    /// The state as last saved (or loaded).
+    saved: State,
 }
 
 impl Engine {
@@ -125,8 +126,22 @@ impl Engine {
         Ok(Engine {
             roots,
             config,
+            saved: state.clone(),
             state,
         })
+    }
+
+    /// Saves the state when it changed in more than the times of the counter samples:
+    /// the agent steps every second, and a router's flash should not be rewritten for a
+    /// timestamp. A later `ctune apply` then sees an older sample, which only makes it
+    /// measure no rise from it.
+    fn save_if_changed(&mut self) -> Result<(), StateError> {
+        if state::same_but_sample_times(&self.state, &self.saved) {
+            return Ok(());
+        }
+        state::save(&self.roots, &self.state)?;
+        self.saved = self.state.clone();
+        Ok(())
     }
 
     /// Observes, decides, applies, persists, and saves the state.
@@ -160,7 +175,7 @@ impl Engine {
                 originals_added = true;
             }
         }
-        if originals_added && let Err(e) = state::save(&self.roots, &self.state) {
+        if originals_added && let Err(e) = self.save_if_changed() {
             let notes = obs.notes.clone();
             return Ok(StepReport {
                 observation: obs,
@@ -182,7 +197,7 @@ impl Engine {
             .filter(|o| o.result.is_ok())
             .map(|o| o.change.clone())
             .collect();
-        let (updates, file_notes) = files_for(&self.roots, &self.config, &obs, &effective, &next);
+        let (updates, file_notes) = files_for(&self.roots, &obs, &effective, &next);
         let files = updates
             .into_iter()
             .map(|update| {
@@ -191,7 +206,7 @@ impl Engine {
             })
             .collect();
         self.state.policy = next;
-        let state_error = state::save(&self.roots, &self.state).err();
+        let state_error = self.save_if_changed().err();
         let mut notes = obs.notes.clone();
         notes.extend(file_notes);
         Ok(StepReport {
