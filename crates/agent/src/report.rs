@@ -82,7 +82,7 @@ pub struct StatusReport {
 /// Builds the status from an observation.
 pub fn status(obs: &Observation, cfg: &Config) -> StatusReport {
     let ceiling = policy::ceiling_of(obs, cfg);
-    let ceiling_buckets = tunables::buckets_for(ceiling.value, cfg.hash.ratio);
+    let ceiling_buckets = tunables::buckets_for(ceiling.value, cfg.hash.ratio, obs.host.page_size);
     StatusReport {
         max: obs.global.max,
         buckets: obs.global.buckets,

@@ -217,6 +217,37 @@ fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
     assert!(get(&t, "nf_conntrack_buckets") >= max2 / 4, "{out}");
 }
 
+/// Finding 6: the kernel allocates the hash in whole pages, PAGE_SIZE / 8 buckets: on
+/// a 64 KiB-page kernel (arm64, ppc64le) every size is a multiple of 8192. ctune plans
+/// sizes the kernel keeps as written, so a resize reads back as written and is never
+/// taken for someone else's change.
+#[test]
+fn a_64k_page_kernel_resizes_to_whole_pages() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::write(
+        t.path().join("proc/self/auxv"),
+        ctune_core::model::auxv::encode(65_536),
+    )
+    .unwrap();
+    set(&t, "nf_conntrack_max", 65_536);
+    set(&t, "nf_conntrack_buckets", 8_192);
+    set(&t, "nf_conntrack_count", 60_000);
+    let (code, out, err) = ctune(&t, &["apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let buckets = get(&t, "nf_conntrack_buckets");
+    assert!(buckets > 8_192, "{out}");
+    assert_eq!(
+        buckets % 8_192,
+        0,
+        "{buckets} is not whole 64 KiB pages: {out}"
+    );
+    // The kernel would keep that size as written; the next step adopts nothing.
+    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("someone else"), "{out}");
+    assert!(!out.contains("did not stick"), "{out}");
+}
+
 /// Finding 3: the kernel applies `tcp_timeout_unacknowledged` and
 /// `tcp_timeout_max_retrans` to ESTABLISHED flows (unacknowledged data, retransmissions,
 /// zero window): they belong to the established tier, untouched at `elevated`.

@@ -7,18 +7,22 @@ use common::*;
 use std::process::Command;
 
 #[test]
-fn hash_size_reads_back_rounded_to_512_and_leaves_max_alone() {
-    if !require_root("hash_size_reads_back_rounded_to_512_and_leaves_max_alone") {
+fn hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone() {
+    if !require_root("hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone") {
         return;
     }
     let guard = GlobalGuard::save();
     let max = global("nf_conntrack_max");
+    // The page size as ctune reads it (its auxiliary vector).
+    let auxv = std::fs::read("/proc/self/auxv").unwrap();
+    let page = ctune_core::model::auxv::page_size(&auxv, std::mem::size_of::<usize>())
+        .expect("AT_PAGESZ in /proc/self/auxv");
     guard.set_buckets(1000);
-    assert_eq!(global("nf_conntrack_buckets"), 1024);
+    let read_back = global("nf_conntrack_buckets");
     assert_eq!(
-        ctune_core::tunables::round_buckets(1000),
-        1024,
-        "ctune rounds as the kernel does"
+        ctune_core::tunables::round_buckets(1000, page),
+        read_back,
+        "ctune rounds as the kernel does ({page} B pages)"
     );
     assert_eq!(
         global("nf_conntrack_max"),

@@ -55,6 +55,7 @@ pub fn compute(
     mem_total: u64,
     slab_bytes: u64,
     filling_namespaces: u64,
+    page_size: u64,
 ) -> Ceiling {
     let c = &cfg.ceiling;
     let ratio = u128::from(cfg.hash.ratio.max(1));
@@ -74,13 +75,13 @@ pub fn compute(
     // max <= budget * ratio / ((per_entry * ratio + 8) * namespaces)
     let filling = u128::from(filling_namespaces.max(1));
     let denom = (per_entry * ratio + u128::from(tunables::BUCKET_BYTES)).saturating_mul(filling);
-    // The kernel rounds the hash up to whole 512-bucket blocks: keep that slack out of
+    // The kernel rounds the hash up to whole pages of buckets: keep that slack out of
     // the budget so the worst case at the ceiling still fits.
-    let slack = u128::from((tunables::BUCKET_ALIGN - 1) * tunables::BUCKET_BYTES);
+    let slack = u128::from((tunables::bucket_align(page_size) - 1) * tunables::BUCKET_BYTES);
     let usable = u128::from(budget).saturating_sub(slack);
     let by_memory = (usable * ratio / denom.max(1)).min(u128::from(u64::MAX)) as u64;
     let kernel = tunables::KERNEL_MAX_LIMIT
-        .min(tunables::KERNEL_BUCKETS_LIMIT.saturating_mul(u64::from(cfg.hash.ratio)));
+        .min(tunables::buckets_limit(page_size).saturating_mul(u64::from(cfg.hash.ratio)));
     let (mut value, mut limited_by) = (by_memory, Limit::Memory);
     if c.max_cap < value {
         (value, limited_by) = (c.max_cap, Limit::MaxCap);
@@ -168,11 +169,11 @@ mod tests {
     #[test]
     fn derives_from_memory_and_entry_size() {
         let cfg = Config::default();
-        let c = compute(&cfg, 24 * GIB, 256, 1);
+        let c = compute(&cfg, 24 * GIB, 256, 1, 4096);
         // 5% of 24 GiB = 1288490188 B; per entry 256 + 128 + 8/4 = 386 B.
         assert_eq!(c.bytes_per_entry, 386);
         assert_eq!(c.value, (1288490188 - 511 * 8) * 4 / (384 * 4 + 8));
-        let buckets = tunables::round_buckets(c.value.div_ceil(4));
+        let buckets = tunables::round_buckets(c.value.div_ceil(4), 4096);
         assert!(c.memory_at(c.value, buckets) <= c.budget_bytes);
         assert_eq!(c.limited_by, Limit::Memory);
         assert!(
@@ -186,11 +187,11 @@ mod tests {
     #[test]
     fn namespaces_share_the_budget() {
         let cfg = Config::default();
-        let one = compute(&cfg, 24 * GIB, 256, 1).value;
-        let four = compute(&cfg, 24 * GIB, 256, 4).value;
+        let one = compute(&cfg, 24 * GIB, 256, 1, 4096).value;
+        let four = compute(&cfg, 24 * GIB, 256, 4, 4096).value;
         assert!(four <= one / 4 + 1 && four >= one / 4 - 1);
         assert!(
-            compute(&cfg, 24 * GIB, 256, 4)
+            compute(&cfg, 24 * GIB, 256, 4, 4096)
                 .explain()
                 .contains("4 filling namespaces")
         );
@@ -200,34 +201,34 @@ mod tests {
     fn caps_and_floor() {
         let mut cfg = Config::default();
         cfg.ceiling.memory_cap = Some(64 << 20);
-        let c = compute(&cfg, 24 * GIB, 256, 1);
+        let c = compute(&cfg, 24 * GIB, 256, 1, 4096);
         assert!(c.capped_by_memory_cap);
         assert_eq!(c.value, ((64u64 << 20) - 511 * 8) * 4 / (384 * 4 + 8));
         assert!(c.explain().contains("memory cap 64.0 MiB"));
 
-        let c = compute(&Config::default(), 64 << 20, 256, 1);
+        let c = compute(&Config::default(), 64 << 20, 256, 1, 4096);
         assert_eq!(c.limited_by, Limit::MinMax);
         assert_eq!(c.value, 16384);
 
-        let c = compute(&Config::default(), u64::MAX, u64::MAX, u64::MAX);
+        let c = compute(&Config::default(), u64::MAX, u64::MAX, u64::MAX, 4096);
         assert_eq!(
             c.value, 16384,
             "absurd entry size and namespace count cannot overflow"
         );
 
-        let c = compute(&Config::default(), u64::MAX, 1, 1);
+        let c = compute(&Config::default(), u64::MAX, 1, 1, 4096);
         assert_eq!(c.limited_by, Limit::MaxCap);
         let mut cfg = Config::default();
         cfg.ceiling.max_cap = tunables::KERNEL_MAX_LIMIT;
         cfg.hash.ratio = 1;
-        let c = compute(&cfg, u64::MAX, 1, 1);
+        let c = compute(&cfg, u64::MAX, 1, 1, 4096);
         assert_eq!(c.limited_by, Limit::Kernel);
-        assert_eq!(c.value, tunables::KERNEL_BUCKETS_LIMIT);
+        assert_eq!(c.value, tunables::buckets_limit(4096));
     }
 
     #[test]
     fn memory_figures() {
-        let c = compute(&Config::default(), 24 * GIB, 256, 2);
+        let c = compute(&Config::default(), 24 * GIB, 256, 2, 4096);
         assert_eq!(c.memory_at(1000, 512), 2 * 1000 * 384 + 512 * 8);
         assert_eq!(memory_now(10, 512, 256, 128), 3840 + 4096);
     }

@@ -20,10 +20,8 @@ pub const ESTABLISHED: &str = "nf_conntrack_tcp_timeout_established";
 
 /// The kernel's upper bound for `nf_conntrack_max` (the sysctl range is 0..INT_MAX).
 pub const KERNEL_MAX_LIMIT: u64 = i32::MAX as u64;
-/// The kernel's upper bound for buckets: the table is INT_MAX/8 bytes of 8-byte heads.
-pub const KERNEL_BUCKETS_LIMIT: u64 = (i32::MAX as u64 / 8) / BUCKET_ALIGN * BUCKET_ALIGN;
-/// The kernel rounds the hash table size up to a multiple of this many buckets.
-pub const BUCKET_ALIGN: u64 = 512;
+/// The page size assumed when the kernel's cannot be read (x86, most arm64).
+pub const DEFAULT_PAGE_SIZE: u64 = 4096;
 /// Bytes per hash bucket (`struct hlist_nulls_head`).
 pub const BUCKET_BYTES: u64 = 8;
 /// Hash chains longer than this make the kernel refuse the insert (`chainlength`).
@@ -93,19 +91,33 @@ pub fn tier_of(key: &str) -> TimeoutTier {
     }
 }
 
-/// Rounds a bucket count the way the kernel does (`nf_ct_alloc_hashtable` rounds the
-/// allocation up to whole 512-entry blocks).
-pub fn round_buckets(buckets: u64) -> u64 {
+/// The kernel allocates the hash table in whole pages of 8-byte heads
+/// (`nf_ct_alloc_hashtable` rounds the size up to PAGE_SIZE / 8 buckets): 512 with 4 KiB
+/// pages, 8192 with the 64 KiB pages of some arm64 and ppc64le kernels.
+pub fn bucket_align(page_size: u64) -> u64 {
+    (page_size / BUCKET_BYTES).max(1)
+}
+
+/// The kernel's upper bound for buckets: the table is at most INT_MAX/8 bytes of heads,
+/// in whole pages.
+pub fn buckets_limit(page_size: u64) -> u64 {
+    let align = bucket_align(page_size);
+    (KERNEL_MAX_LIMIT / BUCKET_BYTES) / align * align
+}
+
+/// Rounds a bucket count the way the kernel does, for its page size.
+pub fn round_buckets(buckets: u64, page_size: u64) -> u64 {
+    let align = bucket_align(page_size);
     buckets
-        .div_ceil(BUCKET_ALIGN)
-        .saturating_mul(BUCKET_ALIGN)
-        .clamp(BUCKET_ALIGN, KERNEL_BUCKETS_LIMIT)
+        .div_ceil(align)
+        .saturating_mul(align)
+        .clamp(align, buckets_limit(page_size))
 }
 
 /// The hash size for a max: max / ratio buckets, rounded as the kernel rounds. Each
 /// entry is hashed twice, so a full table averages 2 x ratio entries per chain.
-pub fn buckets_for(max: u64, ratio: u32) -> u64 {
-    round_buckets(max.div_ceil(u64::from(ratio.max(1))))
+pub fn buckets_for(max: u64, ratio: u32, page_size: u64) -> u64 {
+    round_buckets(max.div_ceil(u64::from(ratio.max(1))), page_size)
 }
 
 /// Kernel 6.x default timeouts in seconds, as a fresh namespace has them (checked on the
@@ -165,11 +177,16 @@ mod tests {
 
     #[test]
     fn bucket_rounding() {
-        assert_eq!(round_buckets(1), 512);
-        assert_eq!(round_buckets(512), 512);
-        assert_eq!(round_buckets(513), 1024);
-        assert_eq!(round_buckets(65536), 65536);
-        assert_eq!(round_buckets(u64::MAX), KERNEL_BUCKETS_LIMIT);
-        assert!(KERNEL_BUCKETS_LIMIT <= i32::MAX as u64 / 8);
+        let page = DEFAULT_PAGE_SIZE;
+        assert_eq!(round_buckets(1, page), 512);
+        assert_eq!(round_buckets(512, page), 512);
+        assert_eq!(round_buckets(513, page), 1024);
+        assert_eq!(round_buckets(65536, page), 65536);
+        assert_eq!(round_buckets(u64::MAX, page), buckets_limit(page));
+        assert!(buckets_limit(page) <= i32::MAX as u64 / 8);
+        // 64 KiB pages (arm64, ppc64le): whole 8192-bucket pages.
+        assert_eq!(round_buckets(1, 65536), 8192);
+        assert_eq!(round_buckets(16_384 + 1, 65536), 24_576);
+        assert_eq!(buckets_limit(65536) % 8192, 0);
     }
 }

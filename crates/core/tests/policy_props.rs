@@ -18,7 +18,15 @@ use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observa
 use ctune_core::plan::{Change, Plan, Target};
 use ctune_core::policy::{self, PolicyState, decide};
 use ctune_core::pressure::{Level, LevelState};
-use ctune_core::tunables::{self, BUCKETS, ESTABLISHED, KERNEL_BUCKETS_LIMIT, MAX};
+use ctune_core::tunables::{self, BUCKETS, ESTABLISHED, MAX};
+
+/// The x86 page size the observations here carry.
+const PAGE: u64 = tunables::DEFAULT_PAGE_SIZE;
+
+/// The kernel's bucket limit for that page size.
+fn kernel_buckets_limit() -> u64 {
+    tunables::buckets_limit(PAGE)
+}
 use ctune_core::units::fmt_secs;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -124,7 +132,7 @@ impl ObsBuilder {
     fn new(max: u64) -> Self {
         ObsBuilder {
             max,
-            buckets: Some(tunables::round_buckets(max.div_ceil(4))),
+            buckets: Some(tunables::round_buckets(max.div_ceil(4), PAGE)),
             mem_total: 24 * GIB,
             entry_bytes: 256,
             namespaces: Vec::new(),
@@ -197,6 +205,7 @@ impl ObsBuilder {
                 },
                 entry_bytes: self.entry_bytes,
                 entry_bytes_source: "sysfs".into(),
+                page_size: PAGE,
             },
             namespaces: self.namespaces,
             notes: Vec::new(),
@@ -377,10 +386,10 @@ fn check_plan(
         let ratio = u64::from(cfg.hash.ratio);
         // An operator's max above the ceiling gets the ceiling's hash.
         let want = round_up_512(new_max.min(ceiling).div_ceil(ratio));
-        prop_assert_eq!(b.new, want.min(KERNEL_BUCKETS_LIMIT));
+        prop_assert_eq!(b.new, want.min(kernel_buckets_limit()));
         if !max_changes.is_empty() {
             prop_assert!(
-                want <= KERNEL_BUCKETS_LIMIT,
+                want <= kernel_buckets_limit(),
                 "a max ctune sets needs no clamp"
             );
         }
@@ -1735,4 +1744,30 @@ fn hash_rate_limit_gives_way_to_chains_that_would_refuse_inserts() {
     let (plan, _) = decide(&obs, &cfg, &prev, secs(1060));
     assert!(bucket_change(&plan).is_none());
     assert!(explains(&plan, "deferred"));
+}
+
+/// Finding 5 of the kernel review: while an operator's max is respected below the
+/// ceiling, the count probe keeps running (the step that overrides it at the critical
+/// level must not wait for the schedule); at the ceiling it pauses.
+#[test]
+fn the_probe_runs_while_an_operators_max_is_held() {
+    let cfg = default_cfg();
+    let mut prev = PolicyState::default();
+    prev.applied.insert(MAX.into(), 200_000);
+    // The operator lowered max to 100000; the table is at 80 % (past the 75 % watermark,
+    // below critical): respected.
+    let obs = ObsBuilder::new(100_000).ns("init", 1, 80_000).build();
+    let (plan, next) = decide(&obs, &cfg, &prev, secs(10));
+    assert!(next.operator_held.contains(MAX), "{:#?}", plan.explanations);
+    assert!(max_change(&plan).is_none());
+    assert!(!ctune_core::probe::paused_after(
+        &plan, false, 100_000, &cfg
+    ));
+    // At the ceiling, an early step changes nothing: the probe pauses.
+    let ceiling = plan.ceiling.value;
+    let obs = ObsBuilder::new(ceiling)
+        .ns("init", 1, ceiling * 8 / 10)
+        .build();
+    let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
+    assert!(ctune_core::probe::paused_after(&plan, false, ceiling, &cfg));
 }

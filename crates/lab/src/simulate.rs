@@ -387,17 +387,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
             format!("{start_max} exceeds the kernel's limit (INT_MAX)"),
         ));
     }
-    if start_buckets == 0 || start_buckets > tunables::KERNEL_BUCKETS_LIMIT {
+    if start_buckets == 0 || start_buckets > tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE) {
         return Err(v.fail(
             "start.buckets",
             format!(
                 "must be between 1 and {} (INT_MAX/8)",
-                tunables::KERNEL_BUCKETS_LIMIT
+                tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE)
             ),
         ));
     }
     // The kernel allocates whole 512-bucket blocks and reads back the rounded size.
-    let start_buckets = tunables::round_buckets(start_buckets);
+    let start_buckets = tunables::round_buckets(start_buckets, tunables::DEFAULT_PAGE_SIZE);
 
     let policies = raw
         .policies
@@ -485,7 +485,7 @@ pub fn kernel_default_buckets(memory_bytes: u64) -> u64 {
     } else {
         (memory_bytes / 16384 / 8).max(1024)
     };
-    tunables::round_buckets(b)
+    tunables::round_buckets(b, tunables::DEFAULT_PAGE_SIZE)
 }
 
 struct Validator<'a> {
@@ -866,6 +866,8 @@ impl Table {
                 },
                 entry_bytes: host.entry_bytes,
                 entry_bytes_source: "scenario".into(),
+                // The model is of an x86 host.
+                page_size: tunables::DEFAULT_PAGE_SIZE,
             },
             namespaces: vec![NamespaceObs {
                 id: NetnsId {
@@ -1064,7 +1066,8 @@ fn kube_proxy_start(table: &mut Table, host: &SimHost, d: &mut RunDetails) {
     }
     if table.buckets < kube_proxy::buckets(target) {
         d.resizes += 1;
-        table.buckets = tunables::round_buckets(kube_proxy::buckets(target));
+        table.buckets =
+            tunables::round_buckets(kube_proxy::buckets(target), tunables::DEFAULT_PAGE_SIZE);
     }
     for (key, secs) in kube_proxy::TIMEOUTS {
         set_timeout(table, key, secs, 0, d);

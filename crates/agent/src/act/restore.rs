@@ -164,6 +164,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
                         now.host.memory.total_bytes,
                         now.host.entry_bytes,
                         1,
+                        now.host.page_size,
                     ),
                     changes: Vec::new(),
                     namespaces: Vec::new(),

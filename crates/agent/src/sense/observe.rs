@@ -13,10 +13,10 @@ use crate::sense::netns;
 use crate::sense::roots::Roots;
 use ctune_core::config::Namespaces;
 use ctune_core::model::NetnsId;
-use ctune_core::model::meminfo;
 use ctune_core::model::slab;
 use ctune_core::model::stat;
 use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::model::{auxv, meminfo};
 use ctune_core::tunables;
 
 /// Why no observation could be made.
@@ -102,6 +102,7 @@ pub fn observe_keys(
         memory,
         entry_bytes,
         entry_bytes_source,
+        page_size: page_size(roots, &mut notes),
     };
 
     let mut discovery = netns::discover(roots, ns);
@@ -235,6 +236,30 @@ fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {
                 slab::FALLBACK_ENTRY_BYTES
             ));
             (slab::FALLBACK_ENTRY_BYTES, "fallback".into())
+        }
+    }
+}
+
+/// The kernel's page size, from ctune's own auxiliary vector (`AT_PAGESZ`).
+fn page_size(roots: &Roots, notes: &mut Vec<String>) -> u64 {
+    let path = roots.proc.join("self/auxv");
+    let word = std::mem::size_of::<usize>();
+    match std::fs::read(&path) {
+        Ok(bytes) => auxv::page_size(&bytes, word).unwrap_or_else(|| {
+            notes.push(format!(
+                "{}: no plausible AT_PAGESZ; assuming {} B pages",
+                path.display(),
+                tunables::DEFAULT_PAGE_SIZE
+            ));
+            tunables::DEFAULT_PAGE_SIZE
+        }),
+        Err(e) => {
+            notes.push(format!(
+                "{}; assuming {} B pages",
+                FileError::io(&path, &e),
+                tunables::DEFAULT_PAGE_SIZE
+            ));
+            tunables::DEFAULT_PAGE_SIZE
         }
     }
 }

@@ -5,6 +5,7 @@
 //! formats live beside the types they produce ([`stat`], [`meminfo`], [`slab`]), as
 //! functions of text.
 
+pub mod auxv;
 pub mod meminfo;
 pub mod slab;
 pub mod stat;
@@ -93,6 +94,9 @@ pub struct Host {
     pub entry_bytes: u64,
     /// `sysfs`, `slabinfo` or `fallback`.
     pub entry_bytes_source: String,
+    /// The kernel's page size in bytes: the hash table is allocated in whole pages, so
+    /// bucket counts round to page size / 8 ([`crate::tunables::round_buckets`]).
+    pub page_size: u64,
 }
 
 /// One namespace's state.

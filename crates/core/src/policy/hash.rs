@@ -24,7 +24,11 @@ pub(super) fn decide(
     let cfg = input.cfg;
     let ratio = u64::from(cfg.hash.ratio.max(1));
     // An operator's max above the ceiling gets the ceiling's hash, not a bigger one.
-    let desired = tunables::buckets_for(new_max.min(ceiling.value), cfg.hash.ratio);
+    let desired = tunables::buckets_for(
+        new_max.min(ceiling.value),
+        cfg.hash.ratio,
+        input.obs.host.page_size,
+    );
     let chains_refused = sig.rises.iter().any(|r| r.chain.is_some_and(|c| c > 0));
     let buckets_held = draft.next.operator_held.contains(tunables::BUCKETS);
     let note = match input.obs.global.buckets {

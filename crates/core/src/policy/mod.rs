@@ -259,5 +259,6 @@ pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
         obs.host.memory.total_bytes,
         obs.host.entry_bytes,
         filling,
+        obs.host.page_size,
     )
 }
