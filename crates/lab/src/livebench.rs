@@ -404,7 +404,9 @@ fn generate(load: Load, addr: Ipv4Addr, duration: f64, counters: &Counters, stop
                     let port = 20_000 + (sent % 40_000) as u16;
                     sock.send_to(&[0], SocketAddrV4::new(addr, port)).is_ok()
                 }
-                Class::UdpRequestResponse => UdpSocket::bind("0.0.0.0:0")
+                // The live benchmark makes the lookup, not the race between its two
+                // packets (crates/agent/tests/live_clash.rs makes that).
+                Class::UdpRequestResponse | Class::DnsRace => UdpSocket::bind("0.0.0.0:0")
                     .and_then(|s| {
                         s.set_read_timeout(Some(Duration::from_millis(200)))?;
                         s.send_to(&[1], SocketAddrV4::new(addr, 9000))?;
@@ -555,6 +557,8 @@ pub fn run(
     }
 
     let drops_before = stat_counter(&lab.measured, "drop")?;
+    let insert_failed_before = stat_counter(&lab.measured, "insert_failed")?;
+    let chainlength_before = stat_counter(&lab.measured, "chainlength")?;
     let early_before = stat_counter(&lab.measured, "early_drop")?;
     let stop = Arc::new(AtomicBool::new(false));
     let servers = start_servers(&lab, &stop);
@@ -632,9 +636,15 @@ pub fn run(
         .iter()
         .zip(&start_timeouts)
         .all(|(v, s)| v.get() >= *s);
+    let drops = ctune_core::model::stat::split_drops(
+        stat_counter(&lab.measured, "drop")? - drops_before,
+        Some(stat_counter(&lab.measured, "insert_failed")? - insert_failed_before),
+        Some(stat_counter(&lab.measured, "chainlength")? - chainlength_before),
+    );
     let run = PolicyRun {
         policy: policy.name().into(),
-        kernel_drops: stat_counter(&lab.measured, "drop")? - drops_before,
+        kernel_drops: drops.table_full,
+        clash_drops: drops.clash,
         failed_attempts: counters.failed.load(Ordering::Relaxed),
         attempts: counters.attempts.load(Ordering::Relaxed),
         early_drops: stat_counter(&lab.measured, "early_drop")? - early_before,

@@ -24,8 +24,13 @@ pub struct Sample {
 pub struct PolicyRun {
     /// `static`, `kube-proxy`, `ctune`.
     pub policy: String,
-    /// Packets the kernel dropped for lack of an entry (`drop` in the measured namespace).
+    /// Packets the kernel dropped for lack of an entry (`drop` in the measured namespace,
+    /// less the clashes).
     pub kernel_drops: u64,
+    /// Packets lost to unresolved insert clashes (`drop` with `insert_failed`): the same
+    /// under every policy, since no limit or timeout prevents a race.
+    #[serde(default)]
+    pub clash_drops: u64,
     /// Flow attempts the generator saw fail (refused sends, failed connects).
     pub failed_attempts: u64,
     /// Flow attempts made.
@@ -93,15 +98,19 @@ impl ScenarioReport {
         let _ = writeln!(out, "### {} ({})\n", self.scenario, self.source);
         let _ = writeln!(
             out,
-            "| policy | lost (kernel drop) | failed attempts | evicted (early drop) | peak count | final max | final hash | memory at peak | reaction | timeouts lowered / restored |"
+            "| policy | lost (kernel drop) | clash drops | failed attempts | evicted (early drop) | peak count | final max | final hash | memory at peak | reaction | timeouts lowered / restored |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for r in &self.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} of {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.policy,
                 r.kernel_drops,
+                r.clash_drops,
                 r.failed_attempts,
                 r.attempts,
                 r.early_drops,
@@ -228,6 +237,7 @@ mod tests {
         let run = PolicyRun {
             policy: "static".into(),
             kernel_drops: 5,
+            clash_drops: 0,
             failed_attempts: 5,
             attempts: 100,
             early_drops: 0,

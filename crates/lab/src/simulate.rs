@@ -24,7 +24,11 @@
 //!     "stream" and is assured), so these are early-droppable too;
 //!   - `tcp_short` (connect, request, close): the entry outlives the connection by
 //!     `tcp_timeout_time_wait`; assured since the handshake completed;
-//!   - `tcp_idle` (long-lived, idle): `tcp_timeout_established`, assured.
+//!   - `tcp_idle` (long-lived, idle): `tcp_timeout_established`, assured;
+//!   - `dns_race` (lookups through a NAT'd service, A and AAAA racing): an entry like
+//!     `udp_request_response`, and one packet per flow lost to an unresolved insert
+//!     clash, counted in `drop` and `insert_failed` as `nf_ct_resolve_clash` does, at any
+//!     utilisation. Reported as clash drops, apart from the table-full loss.
 //!
 //!   The handshake and data phase of `tcp_short` (milliseconds) are folded into its
 //!   creation. The timeout is the one in force when the entry is created: a changed
@@ -238,6 +242,8 @@ struct RawTraffic {
     tcp_short: Vec<RawProfile>,
     #[serde(default)]
     tcp_idle: Vec<RawProfile>,
+    #[serde(default)]
+    dns_race: Vec<RawProfile>,
 }
 
 #[derive(Deserialize)]
@@ -419,12 +425,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         udp_request_response,
         tcp_short,
         tcp_idle,
+        dns_race,
     } = raw.traffic;
     for (class, items) in [
         (Class::UdpUnreplied, udp_unreplied),
         (Class::UdpRequestResponse, udp_request_response),
         (Class::TcpShort, tcp_short),
         (Class::TcpIdle, tcp_idle),
+        (Class::DnsRace, dns_race),
     ] {
         let mut profiles = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
@@ -708,10 +716,13 @@ struct Table {
     buckets: u64,
     timeouts: BTreeMap<String, u64>,
     /// Per class: expiry tick -> entries that expire then.
-    cohorts: [BTreeMap<u64, u64>; 4],
+    cohorts: [BTreeMap<u64, u64>; Class::COUNT],
     count: u64,
     unassured: u64,
+    /// Packets lost to a full table.
     drop: u64,
+    /// Packets lost to insert clashes (`dns_race`): in `drop` and `insert_failed` too.
+    clash: u64,
     early_drop: u64,
     attempts: u64,
 }
@@ -729,6 +740,7 @@ impl Table {
             count: 0,
             unassured: 0,
             drop: 0,
+            clash: 0,
             early_drop: 0,
             attempts: 0,
         }
@@ -799,9 +811,11 @@ impl Table {
     /// Admits one tick's new flows: free slots first, then one early drop per flow while
     /// unassured entries remain, the rest lost. Shares go to classes in proportion to
     /// their arrivals, so no class is favoured by the order of evaluation.
-    fn admit(&mut self, arrivals: [u64; 4], k: u64, tick_ns: u128) {
+    fn admit(&mut self, arrivals: [u64; Class::COUNT], k: u64, tick_ns: u128) {
         let total: u64 = arrivals.iter().sum();
         self.attempts += total;
+        // The racing twin of each lookup is lost at confirm time whatever the table holds.
+        self.clash += arrivals[Class::DnsRace.index()];
         if total == 0 {
             return;
         }
@@ -813,7 +827,7 @@ impl Table {
         }
         let free = self.max.saturating_sub(self.count).min(total);
         let got = share(&arrivals, free);
-        let mut rest = [0u64; 4];
+        let mut rest = [0u64; Class::COUNT];
         for class in Class::ALL {
             let i = class.index();
             self.insert(class, got[i], k, tick_ns);
@@ -836,10 +850,10 @@ impl Table {
     /// What the agent would read from the kernel now.
     fn observation(&self, host: &SimHost) -> Observation {
         let counters: BTreeMap<String, u64> = [
-            ("drop", self.drop),
+            ("drop", self.drop + self.clash),
             ("early_drop", self.early_drop),
             ("chainlength", 0),
-            ("insert_failed", 0),
+            ("insert_failed", self.clash),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -890,14 +904,14 @@ impl Table {
 
 /// Splits `amount` (at most the sum of `weights`) in proportion to `weights`, remainders
 /// to the largest fractions (ties: class order): exact and deterministic.
-fn share(weights: &[u64; 4], amount: u64) -> [u64; 4] {
+fn share(weights: &[u64; Class::COUNT], amount: u64) -> [u64; Class::COUNT] {
     let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
-    let mut out = [0u64; 4];
+    let mut out = [0u64; Class::COUNT];
     if total == 0 || amount == 0 {
         return out;
     }
     let amount = u128::from(amount).min(total);
-    let mut rems = [(0u128, 0usize); 4];
+    let mut rems = [(0u128, 0usize); Class::COUNT];
     let mut given = 0u128;
     for (i, w) in weights.iter().enumerate() {
         let exact = amount * u128::from(*w);
@@ -1111,7 +1125,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
     let mut agent = (kind == Peer::Ctune).then(|| Agent::new(sc.ctune.clone()));
     let rates: Vec<(Class, &[Profile])> =
         sc.traffic.iter().map(|(c, p)| (*c, p.as_slice())).collect();
-    let mut carry = [0f64; 4];
+    let mut carry = [0f64; Class::COUNT];
     let mut samples = Vec::new();
     let mut next_sample_ns = 0u128;
     let mut peak = 0u64;
@@ -1147,7 +1161,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
             break;
         }
         let mid = (now_ns as f64 / 1e9) + dt / 2.0;
-        let mut arrivals = [0u64; 4];
+        let mut arrivals = [0u64; Class::COUNT];
         for (class, profiles) in &rates {
             let i = class.index();
             let rate: f64 = profiles.iter().map(|p| p.rate_at(mid)).sum();
@@ -1179,6 +1193,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
     let run = PolicyRun {
         policy: kind.name().into(),
         kernel_drops: table.drop,
+        clash_drops: table.clash,
         failed_attempts: table.drop,
         attempts: table.attempts,
         early_drops: table.early_drop,
@@ -1216,11 +1231,11 @@ mod tests {
 
     #[test]
     fn share_is_exact_and_proportional() {
-        assert_eq!(share(&[1, 1, 1, 1], 4), [1, 1, 1, 1]);
-        assert_eq!(share(&[3, 1, 0, 0], 2), [2, 0, 0, 0]);
-        assert_eq!(share(&[1, 1, 0, 0], 1), [1, 0, 0, 0]);
-        assert_eq!(share(&[0, 0, 0, 0], 5), [0, 0, 0, 0]);
-        let s = share(&[7, 11, 13, 0], 17);
+        assert_eq!(share(&[1, 1, 1, 1, 0], 4), [1, 1, 1, 1, 0]);
+        assert_eq!(share(&[3, 1, 0, 0, 0], 2), [2, 0, 0, 0, 0]);
+        assert_eq!(share(&[1, 1, 0, 0, 0], 1), [1, 0, 0, 0, 0]);
+        assert_eq!(share(&[0, 0, 0, 0, 0], 5), [0, 0, 0, 0, 0]);
+        let s = share(&[7, 11, 13, 0, 5], 17);
         assert_eq!(s.iter().sum::<u64>(), 17);
     }
 
@@ -1250,10 +1265,10 @@ mod tests {
     fn full_table_early_drops_unassured_then_drops() {
         let mut t = Table::new(10, 1024);
         let tick = 10_000_000u128;
-        t.admit([6, 0, 4, 0], 0, tick);
+        t.admit([6, 0, 4, 0, 0], 0, tick);
         assert_eq!((t.count, t.unassured), (10, 6));
         // Full: 8 TCP flows evict 6 UDP entries, then 2 are lost.
-        t.admit([0, 0, 8, 0], 1, tick);
+        t.admit([0, 0, 8, 0, 0], 1, tick);
         assert_eq!((t.count, t.unassured, t.early_drop, t.drop), (10, 0, 6, 2));
         // UDP expires after 30 s, TIME_WAIT after 120 s (created at tick 1).
         t.expire(3_001);

@@ -17,15 +17,24 @@ pub enum Class {
     TcpShort,
     /// Long-lived idle TCP: `tcp_timeout_established`, assured.
     TcpIdle,
+    /// UDP lookups through a NAT'd service whose two first packets race (the DNS A/AAAA
+    /// race on Kubernetes nodes): one entry like `UdpRequestResponse`, and the twin
+    /// packet lost to an unresolved insert clash (`drop` and `insert_failed`), at any
+    /// utilisation and under every policy.
+    DnsRace,
 }
 
 impl Class {
+    /// How many classes there are.
+    pub const COUNT: usize = 5;
+
     /// Every class, in the order the report and the model use.
-    pub const ALL: [Class; 4] = [
+    pub const ALL: [Class; Class::COUNT] = [
         Class::UdpUnreplied,
         Class::UdpRequestResponse,
         Class::TcpShort,
         Class::TcpIdle,
+        Class::DnsRace,
     ];
 
     /// The scenario key.
@@ -35,13 +44,16 @@ impl Class {
             Class::UdpRequestResponse => "udp_request_response",
             Class::TcpShort => "tcp_short",
             Class::TcpIdle => "tcp_idle",
+            Class::DnsRace => "dns_race",
         }
     }
 
     /// The timeout sysctl in force when an entry of this class is created.
     pub fn timeout_key(self) -> &'static str {
         match self {
-            Class::UdpUnreplied | Class::UdpRequestResponse => "nf_conntrack_udp_timeout",
+            Class::UdpUnreplied | Class::UdpRequestResponse | Class::DnsRace => {
+                "nf_conntrack_udp_timeout"
+            }
             Class::TcpShort => "nf_conntrack_tcp_timeout_time_wait",
             Class::TcpIdle => tunables::ESTABLISHED,
         }

@@ -394,3 +394,35 @@ fn config_flag_replaces_the_scenarios_ctune_config() {
     assert_eq!(ct["final_max"], 65536);
     assert!(ct["kernel_drops"].as_u64().unwrap() > 0);
 }
+
+/// A Kubernetes node with the DNS race: clashes at a third of max are the same loss
+/// under every policy and never make ctune grow max or lower a timeout.
+#[test]
+fn dns_race_clashes_move_nothing() {
+    let sim = simulate_file("k8s-dns-race");
+    let runs = &sim.report.runs;
+    let ctune = runs.iter().find(|r| r.policy == "ctune").unwrap();
+    for r in runs {
+        assert!(
+            r.clash_drops > 10_000,
+            "{}: {}",
+            r.policy,
+            sim.report.markdown()
+        );
+        assert_eq!(
+            r.clash_drops,
+            ctune.clash_drops,
+            "{}",
+            sim.report.markdown()
+        );
+        assert_eq!(r.kernel_drops, 0, "{}", sim.report.markdown());
+    }
+    assert!(!ctune.grew, "{}", sim.report.markdown());
+    assert!(!ctune.timeouts_lowered, "{}", sim.report.markdown());
+    let details = sim.details.iter().find(|d| d.policy == "ctune").unwrap();
+    assert!(
+        details.timeout_changes.is_empty(),
+        "{:?}",
+        details.timeout_changes
+    );
+}
