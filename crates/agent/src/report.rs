@@ -188,6 +188,7 @@ pub fn plan_text(
             .saturating_sub(c.slab_bytes + c.extension_bytes),
         fmt_bytes(c.budget_bytes)
     );
+    out.push_str(&budget_lines(c));
 
     let _ = writeln!(out, "\nNamespaces");
     let _ = writeln!(
@@ -323,6 +324,44 @@ pub fn status_text(s: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// The budget's terms, each with the numbers it came from.
+fn budget_lines(c: &Ceiling) -> String {
+    let spare = match (c.available_bytes, c.spare_bytes) {
+        (Some(a), Some(s)) => format!(
+            "spare {} (MemAvailable {} + table {} - reserve {}){}",
+            fmt_bytes(s),
+            fmt_bytes(a),
+            fmt_bytes(c.table_bytes),
+            fmt_bytes(c.reserve_bytes),
+            if c.memory_short {
+                "; the host is short of memory"
+            } else {
+                ""
+            }
+        ),
+        _ => "spare unknown (no MemAvailable)".into(),
+    };
+    format!(
+        "  budget = smallest of: share {} ({} of {}, at least the floor), {spare}{}\n  table now {} ({} entries in every namespace, {} outside the busiest){}\n",
+        fmt_bytes(c.share_bytes),
+        fmt_pct(c.memory_fraction),
+        fmt_bytes(c.mem_total_bytes),
+        if c.bound == ctune_core::ceiling::Bound::Cap {
+            format!(", memory cap {}", fmt_bytes(c.budget_bytes))
+        } else {
+            String::new()
+        },
+        fmt_bytes(c.table_bytes),
+        c.table_entries,
+        c.other_entries,
+        if c.over_budget() {
+            ": over the budget"
+        } else {
+            ""
+        }
+    )
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -24,6 +24,10 @@ pub const KEEPALIVE_SECS: u64 = 7200;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// What the host is for: it sets the defaults of the memory budget (a preset from
+    /// config/roles/, under the operator's own keys).
+    #[serde(default)]
+    pub role: Role,
     /// Which network namespaces to observe.
     #[serde(default, deserialize_with = "section")]
     pub namespaces: Namespaces,
@@ -45,6 +49,34 @@ pub struct Config {
     /// The background agent (`ctune run`).
     #[serde(default, deserialize_with = "section")]
     pub agent: Agent,
+}
+
+/// What the host is for, and so how much of its memory the table may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A server with applications to run: a small share of memory (the default).
+    #[default]
+    Host,
+    /// A Kubernetes or container node: pods' flows fill the table, pods need the memory.
+    Node,
+    /// A NAT router, firewall or resolver: forwarding is its job, so the table may take
+    /// a large share of the memory.
+    Router,
+}
+
+impl Role {
+    /// The preset's YAML (config/roles/NAME.yaml), overlaid on the defaults.
+    pub fn preset(self) -> &'static str {
+        match self {
+            Role::Host => include_str!("../../../config/roles/host.yaml"),
+            Role::Node => include_str!("../../../config/roles/node.yaml"),
+            Role::Router => include_str!("../../../config/roles/router.yaml"),
+        }
+    }
+
+    /// Every role, for documentation and tests.
+    pub const ALL: [Role; 3] = [Role::Host, Role::Node, Role::Router];
 }
 
 /// The agent's loop and its manners.
@@ -92,8 +124,18 @@ pub enum NamespaceMode {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ceiling {
-    /// Share of MemTotal that all conntrack entries together may cost.
+    /// Share of MemTotal that all conntrack entries together may cost...
     pub memory_fraction: Fraction,
+    /// ...but at least this much (a small router's table needs more than a share of
+    /// little), when the host can spare it.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub memory_floor: u64,
+    /// Memory kept for everything else: the table may take what MemAvailable (plus
+    /// what the table already holds) leaves above this share of MemTotal...
+    pub reserve_fraction: Fraction,
+    /// ...and at least this much.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub reserve_min: u64,
     /// Absolute memory cap in bytes on top of the fraction; null for none.
     #[serde(
         deserialize_with = "de_opt_size",
@@ -198,6 +240,10 @@ pub struct Pressure {
     /// A level is held at least this long before stepping down.
     #[serde(with = "duration")]
     pub hold: Duration,
+    /// Memory stall (PSI `some avg10` of /proc/pressure/memory, percent of the last 10 s
+    /// in which some task waited for memory) at which max stops growing and every
+    /// namespace is at least elevated.
+    pub memory_stall: f64,
 }
 
 /// Enter at or above `enter`; leave only below `exit`.
@@ -284,6 +330,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// means all of its keys take their defaults.
 fn section<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_opt_size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required (e.g. 64MiB)"))
+}
+
+fn ser_size<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*v)
 }
 
 fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -435,6 +489,15 @@ fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> 
     };
     let mut base: serde_json::Value =
         serde_saphyr::from_str(DEFAULT_YAML).expect("embedded default config is YAML");
+    // The role's preset sits between the defaults and the operator's own keys.
+    let role: Role = user
+        .get("role")
+        .cloned()
+        .and_then(|r| serde_json::from_value(r).ok())
+        .unwrap_or_default();
+    let preset: serde_json::Value =
+        serde_saphyr::from_str(role.preset()).expect("embedded role preset is YAML");
+    overlay(&mut base, preset);
     overlay(&mut base, user);
     Ok(serde_json::to_string(&base).expect("JSON value serializes"))
 }
@@ -472,6 +535,7 @@ fn bad(key: &str, message: String) -> Result<(), Invalid> {
 /// Checks what the schema cannot: ranges and relations between keys.
 fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     check_ceiling(cfg)
+        .and_then(|()| check_budget(cfg))
         .and_then(|()| check_max(cfg))
         .and_then(|()| check_hash_and_pressure(cfg))
         .and_then(|()| check_agent_and_timeouts(cfg))
@@ -521,6 +585,34 @@ fn check_ceiling(cfg: &Config) -> Result<(), Invalid> {
         && cap < 1 << 20
     {
         return bad("ceiling.memory_cap", format!("{cap} bytes is below 1MiB"));
+    }
+    Ok(())
+}
+
+/// Validates the memory budget's own keys.
+fn check_budget(cfg: &Config) -> Result<(), Invalid> {
+    let c = &cfg.ceiling;
+    if c.memory_floor < 1 << 20 {
+        return bad(
+            "ceiling.memory_floor",
+            format!("{} bytes is below 1MiB", c.memory_floor),
+        );
+    }
+    if c.reserve_fraction.get() >= 0.9 {
+        return bad(
+            "ceiling.reserve_fraction",
+            format!(
+                "{} would leave the table almost nothing (at most 0.9)",
+                c.reserve_fraction.get()
+            ),
+        );
+    }
+    let stall = cfg.pressure.memory_stall;
+    if !(stall.is_finite() && stall > 0.0 && stall <= 100.0) {
+        return bad(
+            "pressure.memory_stall",
+            format!("{stall} is out of range: a percentage greater than 0 and at most 100"),
+        );
     }
     Ok(())
 }

@@ -51,12 +51,19 @@ pub struct Signal {
     pub dropping: bool,
     /// `early_drop` rose: the table is full, entries are being evicted.
     pub evicting: bool,
+    /// The host is short of memory, or the table is over its memory budget: critical
+    /// everywhere (the reason, for the operator).
+    pub memory_short: Option<&'static str>,
+    /// Memory stall at the configured level: at least elevated everywhere.
+    pub memory_stalled: bool,
 }
 
 /// The level the signal asks for if entering were free.
 fn wanted(sig: Signal, cfg: &Pressure) -> (Level, String) {
     let u = sig.utilisation;
-    if sig.dropping {
+    if let Some(why) = sig.memory_short {
+        (Level::Critical, why.into())
+    } else if sig.dropping {
         (
             Level::Critical,
             "drop counter rose: packets lost to a full table".into(),
@@ -74,6 +81,11 @@ fn wanted(sig: Signal, cfg: &Pressure) -> (Level, String) {
         (
             Level::Elevated,
             "early_drop rose: entries evicted from a full table".into(),
+        )
+    } else if sig.memory_stalled {
+        (
+            Level::Elevated,
+            "memory stall (PSI) at pressure.memory_stall: the host is reclaiming".into(),
         )
     } else if u >= cfg.elevated.enter.get() {
         (
@@ -120,9 +132,10 @@ pub fn next(
         _ => cfg.elevated.exit.get(),
     };
     let held = now.saturating_sub(prev.since);
+    let memory = sig.memory_short.is_some();
     let loss = match prev.level {
-        Level::Critical => sig.dropping,
-        _ => sig.dropping || sig.evicting,
+        Level::Critical => sig.dropping || memory,
+        _ => sig.dropping || sig.evicting || memory || sig.memory_stalled,
     };
     if sig.utilisation >= exit || loss {
         return (

@@ -206,6 +206,8 @@ impl ObsBuilder {
                 entry_bytes: self.entry_bytes,
                 entry_bytes_source: "sysfs".into(),
                 page_size: PAGE,
+                table_entries: None,
+                memory_stall: None,
             },
             namespaces: self.namespaces,
             notes: Vec::new(),
@@ -357,6 +359,24 @@ fn check_plan(
                 peak,
                 required
             );
+            // Growth never lets the table's projected memory (the busiest namespace at
+            // the new max, the others as they are, the hash for it) exceed the budget,
+            // unless min_max itself is above what the budget allows.
+            if plan.ceiling.limited_by != ctune_core::ceiling::Limit::MinMax {
+                let buckets = tunables::buckets_for(c.new, cfg.hash.ratio, PAGE);
+                prop_assert!(
+                    plan.ceiling.memory_at(c.new, buckets) <= plan.ceiling.budget_bytes,
+                    "growth to {} costs {} over the budget {}: {:?}",
+                    c.new,
+                    plan.ceiling.memory_at(c.new, buckets),
+                    plan.ceiling.budget_bytes,
+                    plan.ceiling
+                );
+            }
+        } else if plan.ceiling.over_budget() {
+            // Memory relief: toward the ceiling, never below what the table holds.
+            prop_assert_eq!(c.new, ceiling.max(peak), "relief to {:?}", c);
+            prop_assert!(c.new >= peak);
         } else {
             prop_assert!(
                 cfg.max.shrink.enabled,
@@ -370,6 +390,20 @@ fn check_plan(
             prop_assert!(c.new >= ceil_mul(peak, 1.0 / cfg.max.target_utilisation.get()));
         }
         new_max = c.new;
+    }
+
+    // A table over its memory budget never keeps a max that lets it grow further.
+    if plan.ceiling.over_budget()
+        && cur != 0
+        && obs.global.write_access.root_could
+        && cur > ceiling.max(peak)
+    {
+        prop_assert_eq!(
+            new_max,
+            ceiling.max(peak),
+            "over budget, max kept at {}",
+            cur
+        );
     }
 
     // (c): the hash follows max / ratio, rounded as the kernel does, and only grows.
@@ -551,9 +585,9 @@ fn max_decisions_on_one_sample() {
         ),
         ("near the ceiling", 3_000_000, &[2_400_000], Expect::Capped),
         (
-            "operator above the ceiling",
+            "operator above the ceiling, table within the budget",
             5_000_000,
-            &[4_500_000],
+            &[2_000_000],
             Expect::Unchanged,
         ),
         (
@@ -630,27 +664,70 @@ fn no_pressure_plans_nothing() {
 
 #[test]
 fn empty_namespaces_do_not_share_the_ceiling() {
-    // A namespace shares the budget once it holds at least 1% of max (2621 here): idle
-    // ones (a Kubernetes node's pods with a few entries each) do not divide it.
+    // The ceiling is what the busiest namespace may reach while the others keep what
+    // they hold: forty empty namespaces change nothing, one holding 100k entries takes
+    // exactly those.
     let cfg = default_cfg();
-    let one = ObsBuilder::new(262_144)
+    let alone = policy::ceiling_of(&ObsBuilder::new(262_144).ns("a", 1, 10_000).build(), &cfg);
+    let mut crowd = ObsBuilder::new(262_144).ns("a", 1, 10_000);
+    for i in 0..40 {
+        crowd = crowd.ns(&format!("empty{i}"), 100 + i, 0);
+    }
+    let crowd = policy::ceiling_of(&crowd.build(), &cfg);
+    assert_eq!(crowd.value, alone.value);
+    let busy = ObsBuilder::new(262_144)
         .ns("a", 1, 10_000)
-        .ns("b", 2, 2_620)
+        .ns("b", 2, 100_000)
         .build();
-    let two = ObsBuilder::new(262_144)
-        .ns("a", 1, 10_000)
-        .ns("b", 2, 2_622)
+    let busy = policy::ceiling_of(&busy, &cfg);
+    assert_eq!(busy.other_entries, 10_000, "the busiest is b");
+    assert_eq!(busy.value, alone.value - 10_000);
+}
+
+/// A table whose real memory passed its budget (namespaces that filled in turn, or
+/// memory that got scarce) brings max back toward the ceiling, never below what the
+/// busiest namespace holds, and every namespace goes critical.
+#[test]
+fn a_table_over_its_budget_brings_max_down_and_goes_critical() {
+    let cfg = default_cfg();
+    let ceiling = policy::ceiling_of(&ObsBuilder::new(1).ns("a", 1, 0).build(), &cfg).value;
+    // Two namespaces at 90 % of the ceiling each: twice the budget.
+    let obs = ObsBuilder::new(ceiling)
+        .ns("a", 1, ceiling * 9 / 10)
+        .ns("b", 2, ceiling * 9 / 10)
         .build();
-    let c1 = policy::ceiling_of(&one, &cfg);
-    let c2 = policy::ceiling_of(&two, &cfg);
-    assert_eq!(c1.filling_namespaces, 1);
-    assert_eq!(c2.filling_namespaces, 2);
+    let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
+    assert!(plan.ceiling.over_budget(), "{:?}", plan.ceiling);
+    let c = max_change(&plan).expect("max comes down");
+    assert_eq!(c.new, ceiling * 9 / 10, "to what the busiest holds: {c:?}");
+    assert!(c.reason.contains("over its budget"), "{}", c.reason);
     assert!(
-        c2.value.abs_diff(c1.value / 2) <= 1,
-        "{} vs {}",
-        c2.value,
-        c1.value
+        plan.namespaces.iter().all(|v| v.level == Level::Critical),
+        "{:#?}",
+        plan.namespaces
     );
+}
+
+/// MemAvailable under the reserve: growth stops and every namespace is critical.
+#[test]
+fn a_host_short_of_memory_stops_growth() {
+    let cfg = default_cfg();
+    let mut obs = ObsBuilder::new(262_144).ns("a", 1, 230_000).build();
+    obs.host.memory.available_bytes = Some(10 << 20);
+    let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
+    assert!(plan.ceiling.memory_short);
+    // Nothing to spare: the table may not grow past what it holds.
+    let c = max_change(&plan).expect("max capped at what the table holds");
+    assert_eq!((c.old, c.new), (262_144, 230_000));
+    assert!(c.reason.contains("short of memory"), "{}", c.reason);
+    assert_eq!(plan.namespaces[0].level, Level::Critical);
+    // Memory stall alone: no growth, elevated.
+    let mut obs = ObsBuilder::new(262_144).ns("a", 1, 200_000).build();
+    obs.host.memory_stall = Some(25.0);
+    let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
+    assert!(max_change(&plan).is_none(), "{:?}", plan.changes);
+    assert!(explains(&plan, "memory stall"), "{:#?}", plan.explanations);
+    assert_eq!(plan.namespaces[0].level, Level::Elevated);
 }
 
 #[test]
@@ -1388,6 +1465,8 @@ fn arb_timeouts() -> impl Strategy<Value = BTreeMap<String, u64>> {
 
 #[derive(Debug, Clone)]
 struct World {
+    /// MemAvailable as a share of MemTotal (None: a kernel without it).
+    available: Option<f64>,
     max: u64,
     /// Buckets as a multiple of max (None: unreadable).
     buckets: Option<f64>,
@@ -1406,9 +1485,11 @@ fn arb_world() -> impl Strategy<Value = World> {
         prop_oneof![1u64..=100_000, Just(256u64)],
         prop::collection::vec((0.0f64..=2.0, arb_timeouts()), 1..=5),
         0u64..=10_000_000,
+        prop::option::weighted(0.7, 0.0f64..=1.0),
     )
         .prop_map(
-            |(max, buckets, mem, entry_bytes, namespaces, start)| World {
+            |(max, buckets, mem, entry_bytes, namespaces, start, available)| World {
+                available,
                 max,
                 buckets,
                 mem,
@@ -1439,6 +1520,7 @@ fn world_obs(w: &World) -> Observation {
     for (n, (_, t)) in obs.namespaces.iter_mut().zip(&w.namespaces) {
         n.timeouts = t.clone();
     }
+    obs.host.memory.available_bytes = w.available.map(|a| (w.mem as f64 * a) as u64);
     obs
 }
 

@@ -260,7 +260,7 @@ mod tests {
         let md = r.markdown();
         assert!(
             md.contains(
-                "| static | 5 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
+                "| static | 5 | 0 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
             ),
             "{md}"
         );

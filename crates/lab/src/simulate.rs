@@ -110,7 +110,7 @@ const MAX_RATE: f64 = 1e8;
 // Scenario: the file format and its validation.
 
 /// The simulated host: what the ceiling and kube-proxy's formula are made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimHost {
     /// MemTotal in bytes.
     pub memory_bytes: u64,
@@ -118,6 +118,26 @@ pub struct SimHost {
     pub cpus: u64,
     /// Slab bytes per entry.
     pub entry_bytes: u64,
+    /// Memory everything else uses over time, in MiB (the terms add up): MemAvailable
+    /// is what it and the table leave.
+    pub used: Vec<Profile>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl SimHost {
+    /// Bytes everything but the table uses at `t` seconds, at most MemTotal.
+    pub fn used_at(&self, t: f64) -> u64 {
+        let mib: f64 = self.used.iter().map(|p| p.rate_at(t)).sum();
+        ((mib * MIB) as u64).min(self.memory_bytes)
+    }
+
+    /// MemAvailable at `t` with the table costing `table_bytes`.
+    pub fn available_at(&self, t: f64, table_bytes: u64) -> u64 {
+        self.memory_bytes
+            .saturating_sub(self.used_at(t))
+            .saturating_sub(table_bytes)
+    }
 }
 
 /// A validated scenario, ready to run.
@@ -222,6 +242,9 @@ struct RawHost {
     cpus: u64,
     #[serde(default)]
     entry_bytes: Option<u64>,
+    /// MiB used by everything but the table, as rate profiles over time.
+    #[serde(default)]
+    used: Vec<RawProfile>,
 }
 
 #[derive(Deserialize)]
@@ -373,10 +396,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
             format!("{entry_bytes} is not a plausible slab size (64 ..= 65536)"),
         ));
     }
+    let mut used = Vec::new();
+    for (i, item) in raw.host.used.into_iter().enumerate() {
+        used.push(v.profile("host.used", i, item, duration.as_secs_f64())?);
+    }
     let host = SimHost {
         memory_bytes,
         cpus: raw.host.cpus,
         entry_bytes,
+        used,
     };
 
     let default_buckets = kernel_default_buckets(memory_bytes);
@@ -436,7 +464,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     ] {
         let mut profiles = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            profiles.push(v.profile(class, i, item, dur_s)?);
+            profiles.push(v.profile(&format!("traffic.{}", class.name()), i, item, dur_s)?);
         }
         traffic.insert(class, profiles);
     }
@@ -521,12 +549,12 @@ impl Validator<'_> {
 
     fn profile(
         &self,
-        class: Class,
+        list: &str,
         index: usize,
         raw: RawProfile,
         duration: f64,
     ) -> Result<Profile, ScenarioError> {
-        let list = format!("traffic.{}", class.name());
+        let list = list.to_string();
         let line = locate_item(self.text, &list, index);
         let (kind, p) = match raw {
             RawProfile::Constant(rate) => ("constant", Profile::Constant { rate }),
@@ -848,7 +876,9 @@ impl Table {
     }
 
     /// What the agent would read from the kernel now.
-    fn observation(&self, host: &SimHost) -> Observation {
+    fn observation(&self, host: &SimHost, t: f64, extension_bytes: u64) -> Observation {
+        let table_bytes =
+            ceiling::memory_now(self.count, self.buckets, host.entry_bytes, extension_bytes);
         let counters: BTreeMap<String, u64> = [
             ("drop", self.drop + self.clash),
             ("early_drop", self.early_drop),
@@ -876,12 +906,15 @@ impl Table {
                 cpus: host.cpus,
                 memory: MemInfo {
                     total_bytes: host.memory_bytes,
-                    available_bytes: None,
+                    available_bytes: Some(host.available_at(t, table_bytes)),
                 },
                 entry_bytes: host.entry_bytes,
                 entry_bytes_source: "scenario".into(),
                 // The model is of an x86 host.
                 page_size: tunables::DEFAULT_PAGE_SIZE,
+                table_entries: Some(self.count),
+                // Reclaim is not modelled; MemAvailable under the reserve stands for it.
+                memory_stall: None,
             },
             namespaces: vec![NamespaceObs {
                 id: NetnsId {
@@ -1028,7 +1061,7 @@ impl Agent {
 
     /// One full step: observe the model, decide, apply every change.
     fn step(&mut self, now: Duration, table: &mut Table, host: &SimHost, d: &mut RunDetails) {
-        let obs = table.observation(host);
+        let obs = table.observation(host, now.as_secs_f64(), self.cfg.ceiling.extension_bytes);
         let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
         d.ceiling = Some(
             d.ceiling

@@ -159,13 +159,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         match observe::observe(roots, &cfg.namespaces) {
             Ok(now) => {
                 let empty = ctune_core::plan::Plan {
-                    ceiling: ctune_core::ceiling::compute(
-                        cfg,
-                        now.host.memory.total_bytes,
-                        now.host.entry_bytes,
-                        1,
-                        now.host.page_size,
-                    ),
+                    ceiling: ctune_core::policy::ceiling_of(&now, cfg),
                     changes: Vec::new(),
                     namespaces: Vec::new(),
                     explanations: Vec::new(),

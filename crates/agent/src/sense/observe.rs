@@ -16,7 +16,7 @@ use ctune_core::model::NetnsId;
 use ctune_core::model::slab;
 use ctune_core::model::stat;
 use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
-use ctune_core::model::{auxv, meminfo};
+use ctune_core::model::{auxv, meminfo, psi};
 use ctune_core::tunables;
 
 /// Why no observation could be made.
@@ -96,13 +96,15 @@ pub fn observe_keys(
     let memory = kfile::read_text(&roots.meminfo())
         .and_then(|t| meminfo::parse(&t).map_err(|d| FileError::malformed(&roots.meminfo(), d)))
         .map_err(ObserveError::Unreadable)?;
-    let (entry_bytes, entry_bytes_source) = entry_size(roots, &mut notes);
+    let (entry_bytes, entry_bytes_source, table_entries) = slab_view(roots, &mut notes);
     let host = Host {
         cpus: cpu_count(roots),
         memory,
         entry_bytes,
         entry_bytes_source,
         page_size: page_size(roots, &mut notes),
+        table_entries,
+        memory_stall: memory_stall(roots, &mut notes),
     };
 
     let mut discovery = netns::discover(roots, ns);
@@ -219,23 +221,43 @@ fn read_timeouts(
     timeouts
 }
 
-fn entry_size(roots: &Roots, notes: &mut Vec<String>) -> (u64, String) {
+/// What the slab says: the bytes of one entry (and where that figure came from), and
+/// the entries of every namespace together (slabinfo's objects in use; root only).
+fn slab_view(roots: &Roots, notes: &mut Vec<String>) -> (u64, String, Option<u64>) {
+    let slabinfo = kfile::read_text(&roots.slabinfo()).and_then(|t| {
+        slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d))
+    });
+    let entries = slabinfo.as_ref().ok().map(|l| l.active_objs);
     match kfile::read_u64(&roots.slab_size_file()) {
-        Ok(v) if v > 0 => return (v, "sysfs".into()),
+        Ok(v) if v > 0 => return (v, "sysfs".into(), entries),
         Ok(_) => {}
         Err(e) if e.cause == Cause::Missing => {}
         Err(e) => notes.push(e.to_string()),
     }
-    match kfile::read_text(&roots.slabinfo()).and_then(|t| {
-        slab::parse_slabinfo(&t).map_err(|d| FileError::malformed(&roots.slabinfo(), d))
-    }) {
-        Ok(v) => (v, "slabinfo".into()),
+    match slabinfo {
+        Ok(l) => (l.objsize, "slabinfo".into(), entries),
         Err(e) => {
             notes.push(format!(
                 "{e}; assuming {} B per entry",
                 slab::FALLBACK_ENTRY_BYTES
             ));
-            (slab::FALLBACK_ENTRY_BYTES, "fallback".into())
+            (slab::FALLBACK_ENTRY_BYTES, "fallback".into(), entries)
+        }
+    }
+}
+
+/// Memory stall (PSI `some avg10`), where the kernel has /proc/pressure/memory.
+fn memory_stall(roots: &Roots, notes: &mut Vec<String>) -> Option<f64> {
+    let path = roots.proc.join("pressure/memory");
+    match kfile::read_text(&path)
+        .and_then(|t| psi::some_avg10(&t).map_err(|d| FileError::malformed(&path, d)))
+    {
+        Ok(v) => Some(v),
+        // No PSI in this kernel (CONFIG_PSI off, or psi=0): the other signals remain.
+        Err(e) if e.cause == Cause::Missing => None,
+        Err(e) => {
+            notes.push(format!("{e}; memory stall not watched"));
+            None
         }
     }
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 pub struct MemInfo {
     /// Physical memory the kernel manages.
     pub total_bytes: u64,
-    /// Memory available for new allocations without swapping (shown, not budgeted on:
-    /// it swings with the page cache, and a ceiling must not move with it).
+    /// Memory available for new allocations without swapping (page cache it can
+    /// reclaim included): what the host can spare, the base of the budget's `spare`.
     pub available_bytes: Option<u64>,
 }
 

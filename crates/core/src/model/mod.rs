@@ -7,6 +7,7 @@
 
 pub mod auxv;
 pub mod meminfo;
+pub mod psi;
 pub mod slab;
 pub mod stat;
 
@@ -84,7 +85,7 @@ pub struct Access {
 }
 
 /// The host's resources.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Host {
     /// Online CPUs.
     pub cpus: u64,
@@ -97,6 +98,12 @@ pub struct Host {
     /// The kernel's page size in bytes: the hash table is allocated in whole pages, so
     /// bucket counts round to page size / 8 ([`crate::tunables::round_buckets`]).
     pub page_size: u64,
+    /// Conntrack entries of every namespace together (the slab's objects in use), when
+    /// readable (root): the table's real size, also counting namespaces ctune cannot
+    /// enter.
+    pub table_entries: Option<u64>,
+    /// Memory stall, percent (PSI `some avg10`), where the kernel reports it.
+    pub memory_stall: Option<f64>,
 }
 
 /// One namespace's state.

@@ -6,7 +6,7 @@
 use crate::ceiling::Ceiling;
 use crate::plan::{Change, Target};
 use crate::tunables;
-use crate::units::fmt_pct;
+use crate::units::{fmt_bytes, fmt_pct};
 
 use super::signals::Signals;
 use super::{Draft, Inputs, ceil_div_f, ceil_mul};
@@ -15,6 +15,15 @@ use super::{Draft, Inputs, ceil_div_f, ceil_mul};
 pub(super) fn decide(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &mut Draft) -> u64 {
     let cfg = input.cfg;
     let trigger = trigger(input, sig, draft);
+    if let Some(lowered) = relieve_memory(input, sig, ceiling, draft) {
+        return lowered;
+    }
+    if let (Some(why), Some(short)) = (&trigger, memory_hold(input, ceiling)) {
+        draft.explanations.push(format!(
+            "{why}, but {short}: max does not grow, pressure levels lower timeouts instead"
+        ));
+        return sig.current_max;
+    }
     // Unsafe enough to override an operator's value: packets lost, or the critical level.
     let unsafe_now = sig.dropping.is_some() || sig.util >= cfg.pressure.critical.enter.get();
     let max_held = draft.next.operator_held.contains(tunables::MAX);
@@ -45,6 +54,66 @@ pub(super) fn decide(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &m
             sig.current_max
         }
     }
+}
+
+/// Why the host cannot give the table more memory now, if it cannot: MemAvailable under
+/// the reserve, or memory stall at the configured level.
+pub(super) fn memory_hold(input: &Inputs, ceiling: &Ceiling) -> Option<String> {
+    if ceiling.memory_short {
+        return Some(format!(
+            "the host is short of memory (MemAvailable {} below the {} reserve)",
+            fmt_bytes(ceiling.available_bytes.unwrap_or(0)),
+            fmt_bytes(ceiling.reserve_bytes)
+        ));
+    }
+    let limit = input.cfg.pressure.memory_stall;
+    input
+        .obs
+        .host
+        .memory_stall
+        .filter(|s| *s >= limit)
+        .map(|s| format!("memory stall {s:.1}% (PSI some avg10) is at or above pressure.memory_stall {limit}%"))
+}
+
+/// When the table's real memory is over its budget (memory got scarce, or namespaces
+/// filled in turn), brings max down toward the ceiling, never below what the busiest
+/// namespace holds, also when the max is an operator's; returns the max after it.
+fn relieve_memory(
+    input: &Inputs,
+    sig: &Signals,
+    ceiling: &Ceiling,
+    draft: &mut Draft,
+) -> Option<u64> {
+    let access = &input.obs.global.write_access;
+    if sig.unlimited || !access.root_could || !ceiling.over_budget() {
+        return None;
+    }
+    let target = ceiling.value.max(sig.peak);
+    if target >= sig.current_max {
+        return None;
+    }
+    let current_max = sig.current_max;
+    let short = memory_hold(input, ceiling).map_or(String::new(), |s| format!("{s}: "));
+    draft.changes.push(Change {
+        key: tunables::MAX.into(),
+        target: Target::Global,
+        old: current_max,
+        new: target,
+        reason: format!(
+            "{short}the table's memory {} is over its budget {} ({}); lowering max {current_max} -> {target} (never below the {} entries netns {} holds); pressure levels lower timeouts",
+            fmt_bytes(ceiling.table_bytes),
+            fmt_bytes(ceiling.budget_bytes),
+            ceiling.explain(),
+            sig.peak,
+            sig.busiest_name
+        ),
+    });
+    let next = &mut draft.next;
+    next.baseline_max.get_or_insert(current_max);
+    next.applied.insert(tunables::MAX.into(), target);
+    next.operator_held.remove(tunables::MAX);
+    next.low_since = None;
+    Some(target)
 }
 
 /// Why max should grow now, if it should.

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::ceiling::{self, Ceiling};
-use crate::config::{Config, FillingNamespaces};
+use crate::config::Config;
 use crate::model::Observation;
 use crate::plan::{Change, Plan, Target};
 use crate::pressure::LevelState;
@@ -173,7 +173,7 @@ pub fn decide(
     let sig = signals::read(&input);
     let new_max = max::decide(&input, &sig, &ceiling, &mut draft);
     hash::decide(&input, &sig, &ceiling, new_max, &mut draft);
-    let verdicts = namespaces::decide(&input, &sig, new_max, &mut draft);
+    let verdicts = namespaces::decide(&input, &sig, &ceiling, new_max, &mut draft);
     // Established last across all namespaces, not only within each.
     let first_timeout = draft
         .changes
@@ -222,43 +222,31 @@ fn ceil_div_f(n: u64, f: f64) -> u64 {
     ceil_mul(n, 1.0 / f)
 }
 
-/// The ceiling's view of memory, for `status`.
+/// What the table costs now, for `status`.
 pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
-    let entries = obs
+    ceiling_of(obs, cfg).table_bytes
+}
+
+/// The ceiling for this observation: what the busiest namespace may reach within the
+/// memory budget while the others keep what they hold. The table's entries are the
+/// slab's (every namespace, also those ctune cannot enter) when readable, else the
+/// counts ctune read.
+pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
+    let counted = obs
         .namespaces
         .iter()
         .filter_map(|n| n.count)
         .fold(0u64, u64::saturating_add);
-    ceiling::memory_now(
-        entries,
-        obs.global.buckets.unwrap_or(0),
-        obs.host.entry_bytes,
-        cfg.ceiling.extension_bytes,
-    )
-}
-
-/// Re-exported for callers that only need the ceiling.
-/// The ceiling for this observation: the memory budget shared by the namespaces that
-/// fill the table.
-pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
-    let filling = match cfg.ceiling.filling_namespaces {
-        FillingNamespaces::Fixed(n) => u64::from(n),
-        // A namespace counts when it holds at least 1% of max, or cannot be read (unknown
-        // must not raise the ceiling): on a Kubernetes node every pod namespace holds a
-        // few entries, and dividing the budget by hundreds of idle namespaces would pin
-        // max at min_max.
-        FillingNamespaces::Auto => obs
-            .namespaces
-            .iter()
-            .filter(|n| n.count.is_none_or(|c| c > 0 && c >= obs.global.max / 100))
-            .count() as u64,
-    }
-    .max(1);
     ceiling::compute(
         cfg,
-        obs.host.memory.total_bytes,
-        obs.host.entry_bytes,
-        filling,
-        obs.host.page_size,
+        &ceiling::Usage {
+            mem_total: obs.host.memory.total_bytes,
+            mem_available: obs.host.memory.available_bytes,
+            slab_bytes: obs.host.entry_bytes,
+            page_size: obs.host.page_size,
+            entries: obs.host.table_entries.unwrap_or(0).max(counted),
+            busiest: obs.peak_count(),
+            buckets: obs.global.buckets.unwrap_or(0),
+        },
     )
 }

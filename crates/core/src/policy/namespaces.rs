@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ceiling::Ceiling;
 use crate::model::NamespaceObs;
 use crate::plan::{NamespaceVerdict, Target};
 use crate::pressure::{self, Level, LevelState, Signal};
@@ -17,15 +18,17 @@ use super::{Draft, Inputs, NamespaceState};
 pub(super) fn decide(
     input: &Inputs,
     sig: &Signals,
+    ceiling: &Ceiling,
     new_max: u64,
     draft: &mut Draft,
 ) -> Vec<NamespaceVerdict> {
     let growing = new_max > sig.current_max;
+    let memory = memory_signal(input, ceiling);
     let mut verdicts = Vec::new();
     for (n, rise) in input.obs.namespaces.iter().zip(&sig.rises) {
         let prev_ns = input.prev.namespaces.get(&n.id.inode);
         let after = n.count.map(|c| c as f64 / new_max as f64);
-        let (level, level_reason) = level_of(input, n, rise, after, growing, prev_ns);
+        let (level, level_reason) = level_of(input, n, rise, after, growing, memory, prev_ns);
         let tp = timeouts_of(input, n, level.level, &level_reason, prev_ns);
         draft.changes.extend(tp.changes);
         // Floors for keys this kernel lacks are noted once, for the own namespace.
@@ -77,12 +80,28 @@ pub(super) fn decide(
 
 /// The namespace's level and why. Loss that growth answers is not pressure on the
 /// timeouts; an unreadable count is not idle, so the level is kept.
+/// What memory asks of every namespace's level: (short of memory or the table over its
+/// budget, memory stalled).
+fn memory_signal(input: &Inputs, ceiling: &Ceiling) -> (Option<&'static str>, bool) {
+    let short = if ceiling.memory_short {
+        Some("the host is short of memory: MemAvailable below the reserve")
+    } else if ceiling.over_budget() {
+        Some("the table's memory is over its budget")
+    } else {
+        None
+    };
+    let limit = input.cfg.pressure.memory_stall;
+    let stalled = input.obs.host.memory_stall.is_some_and(|s| s >= limit);
+    (short, stalled)
+}
+
 fn level_of(
     input: &Inputs,
     n: &NamespaceObs,
     rise: &Rises,
     after: Option<f64>,
     growing: bool,
+    memory: (Option<&'static str>, bool),
     prev_ns: Option<&NamespaceState>,
 ) -> (LevelState, String) {
     let before = prev_ns.and_then(|p| p.level);
@@ -98,6 +117,8 @@ fn level_of(
         utilisation: after.unwrap_or(0.0),
         dropping: !growing && rise.drop.is_some_and(|d| d > 0),
         evicting: !growing && rise.early.is_some_and(|d| d > 0),
+        memory_short: memory.0,
+        memory_stalled: memory.1,
     };
     pressure::next(before, signal, &input.cfg.pressure, input.now)
 }
