@@ -120,6 +120,13 @@ fn share_of(total: u64, fraction: f64) -> u64 {
     }
 }
 
+/// Memory kept for everything but the table: the larger of the reserve's share of
+/// MemTotal and its minimum.
+pub fn reserve_bytes(cfg: &config::Config, mem_total: u64) -> u64 {
+    let c = &cfg.ceiling;
+    share_of(mem_total, c.reserve_fraction.get()).max(c.reserve_min)
+}
+
 /// The budget and its terms: (budget, bound, share, reserve, spare).
 fn budget(
     cfg: &config::Config,
@@ -133,7 +140,7 @@ fn budget(
     } else {
         (by_fraction, Bound::Share)
     };
-    let reserve = share_of(u.mem_total, c.reserve_fraction.get()).max(c.reserve_min);
+    let reserve = reserve_bytes(cfg, u.mem_total);
     let spare = u
         .mem_available
         .map(|a| a.saturating_add(table_bytes).saturating_sub(reserve));

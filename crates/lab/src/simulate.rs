@@ -1000,6 +1000,9 @@ pub struct RunDetails {
     pub peak_chain: f64,
     /// Every timeout change, in order.
     pub timeout_changes: Vec<TimeoutChange>,
+    /// The most the table cost above what the host could spare at that moment
+    /// (MemTotal - other use - ctune's reserve), in bytes; 0 when it always fit.
+    pub peak_over_spare: u64,
 }
 
 /// A scenario's report, with the details of each run in the same order.
@@ -1211,12 +1214,20 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         d.peak_chain = d
             .peak_chain
             .max(2.0 * table.count as f64 / table.buckets.max(1) as f64);
-        peak_memory = peak_memory.max(ceiling::memory_now(
+        let table_bytes = ceiling::memory_now(
             table.count,
             table.buckets,
             sc.host.entry_bytes,
             sc.ctune.ceiling.extension_bytes,
-        ));
+        );
+        peak_memory = peak_memory.max(table_bytes);
+        let t_end = (now_ns as f64 / 1e9) + dt;
+        let spare = sc
+            .host
+            .memory_bytes
+            .saturating_sub(sc.host.used_at(t_end))
+            .saturating_sub(ceiling::reserve_bytes(&sc.ctune, sc.host.memory_bytes));
+        d.peak_over_spare = d.peak_over_spare.max(table_bytes.saturating_sub(spare));
     }
 
     let cfg = &sc.ctune;

@@ -426,3 +426,55 @@ fn dns_race_clashes_move_nothing() {
         details.timeout_changes
     );
 }
+
+fn harmed(r: &PolicyRun) -> u64 {
+    r.kernel_drops + r.failed_attempts + r.early_drops
+}
+
+/// Every shipped scenario: ctune harms (drops, failed attempts, evictions) no more flows
+/// than static or kube-proxy; none where the peak fits in what the host can spare; and
+/// its table never costs more than the host could spare at that moment.
+#[test]
+fn every_scenario_ctune_harms_no_more_than_its_peers_and_fits_what_the_host_spares() {
+    // The scenarios whose peak fits in what the host can spare.
+    const FITS: [&str; 6] = [
+        "ramp",
+        "step",
+        "big-table",
+        "k8s-dns-race",
+        "router-512m",
+        "resolver-upstream-dies",
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in FITS {
+        assert!(names.iter().any(|n| n == name), "scenario {name} missing");
+    }
+    for name in &names {
+        let sim = simulate_file(name);
+        let run = |p: &str| sim.report.runs.iter().find(|r| r.policy == p).unwrap();
+        let (ctune, table) = (run("ctune"), sim.report.markdown());
+        for peer in ["static", "kube-proxy"] {
+            assert!(
+                harmed(ctune) <= harmed(run(peer)),
+                "{name}: ctune harmed {} flows, {peer} {}\n{table}",
+                harmed(ctune),
+                harmed(run(peer))
+            );
+        }
+        if FITS.contains(&name.as_str()) {
+            assert_eq!(harmed(ctune), 0, "{name}: the peak fits, yet\n{table}");
+        }
+        let details = sim.details.iter().find(|d| d.policy == "ctune").unwrap();
+        assert_eq!(
+            details.peak_over_spare, 0,
+            "{name}: ctune's table cost more than the host could spare\n{table}"
+        );
+    }
+}
