@@ -5,63 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A running `ctune run`, killed on drop if the test did not stop it.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(config: &Path, dir: &Path) -> Agent {
-        let log = dir.join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ctune"))
-            .args(["run", "--config"])
-            .arg(config)
-            .arg("--etc-root")
-            .arg(dir.join("etc"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .env("CTUNE_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start ctune run");
-        Agent { child, log }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// Waits up to `limit` for the process to exit; returns its exit code.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn round_buckets(n: u64) -> u64 {
     n.div_ceil(512) * 512

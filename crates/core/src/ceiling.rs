@@ -348,10 +348,11 @@ mod tests {
         let c = compute(&cfg, &usage(256 * MIB, Some(150 * MIB), 0, 0));
         assert_eq!(c.bound, Bound::Floor);
         assert!(c.value > 131_072, "{}", c.explain());
-        // Memory taken by something else: the spare bounds the budget.
-        let c = compute(&cfg, &usage(256 * MIB, Some(100 * MIB), 0, 0));
+        // Memory taken by something else: the spare bounds the budget (the reserve is
+        // the larger of 5 % and 32 MiB).
+        let c = compute(&cfg, &usage(256 * MIB, Some(80 * MIB), 0, 0));
         assert_eq!(c.bound, Bound::Spare);
-        assert_eq!(c.budget_bytes, 100 * MIB - 64 * MIB);
+        assert_eq!(c.budget_bytes, 80 * MIB - 32 * MIB);
         assert!(
             c.explain().contains("the host can spare"),
             "{}",
@@ -361,7 +362,7 @@ mod tests {
         let c = compute(&cfg, &usage(256 * MIB, Some(60 * MIB), 50_000, 50_000));
         assert!(!c.memory_short || c.available_bytes < Some(c.reserve_bytes));
         assert_eq!(c.table_bytes, 50_000 * 384);
-        assert_eq!(c.spare_bytes, Some((60 * MIB + 50_000 * 384) - 64 * MIB));
+        assert_eq!(c.spare_bytes, Some((60 * MIB + 50_000 * 384) - 32 * MIB));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -386,5 +386,59 @@ impl FixtureTree {
         .iter()
         .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
         .collect()
+    }
+}
+
+/// A running `ctune run`, killed on drop if the test did not stop it.
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(config: &Path, dir: &Path) -> Agent {
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ctune"))
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--etc-root")
+            .arg(dir.join("etc"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("CTUNE_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start ctune run");
+        Agent { child, log }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

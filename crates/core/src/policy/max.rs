@@ -77,7 +77,9 @@ pub(super) fn memory_hold(input: &Inputs, ceiling: &Ceiling) -> Option<String> {
 
 /// When the table's real memory is over its budget (memory got scarce, or namespaces
 /// filled in turn), brings max down toward the ceiling, never below what the busiest
-/// namespace holds, also when the max is an operator's; returns the max after it.
+/// namespace holds plus headroom (the table keeps room for the flows it serves while
+/// the lowered timeouts drain it), also when the max is an operator's; returns the max
+/// after it.
 fn relieve_memory(
     input: &Inputs,
     sig: &Signals,
@@ -88,7 +90,9 @@ fn relieve_memory(
     if sig.unlimited || !access.root_could || !ceiling.over_budget() {
         return None;
     }
-    let target = ceiling.value.max(sig.peak);
+    let target = ceiling
+        .value
+        .max(ceil_mul(sig.peak, 1.0 + input.cfg.max.headroom.get()));
     if target >= sig.current_max {
         return None;
     }
@@ -100,7 +104,7 @@ fn relieve_memory(
         old: current_max,
         new: target,
         reason: format!(
-            "{short}the table's memory {} is over its budget {} ({}); lowering max {current_max} -> {target} (never below the {} entries netns {} holds); pressure levels lower timeouts",
+            "{short}the table's memory {} is over its budget {} ({}); lowering max {current_max} -> {target} (never below the {} entries netns {} holds plus headroom); pressure levels lower timeouts",
             fmt_bytes(ceiling.table_bytes),
             fmt_bytes(ceiling.budget_bytes),
             ceiling.explain(),
@@ -183,10 +187,13 @@ fn grow(
         .max(ceil_mul(sig.peak, 1.0 + m.headroom.get()))
         .max(cfg.ceiling.min_max);
     let target = want.min(ceiling.value);
-    // Never +1: a step smaller than 1/16 of max is not worth a possible resize.
-    // The last step up to the ceiling is always taken.
-    let worth_it =
-        target == ceiling.value || target >= current_max.saturating_add((current_max / 16).max(1));
+    // Never +1: a step smaller than 1/16 of max is not worth a possible resize. The
+    // last step up to the ceiling is always taken, unless the ceiling follows what the
+    // host can spare, which moves a little at every step: it would be chased in steps of
+    // a few entries, each one persisted.
+    let stable_ceiling = ceiling.bound != crate::ceiling::Bound::Spare;
+    let worth_it = (target == ceiling.value && stable_ceiling)
+        || target >= current_max.saturating_add((current_max / 16).max(1));
     if target <= current_max || !worth_it {
         let why_not = if target > current_max {
             "is within 1/16 of the"
