@@ -248,6 +248,33 @@ fn a_64k_page_kernel_resizes_to_whole_pages() {
     assert!(!out.contains("did not stick"), "{out}");
 }
 
+/// Per-namespace max (proposed upstream, not in a released kernel): ctune in a child
+/// namespace whose nf_conntrack_max is writable manages that namespace's own max and
+/// leaves the hash, which stays the host's, alone. On kernels without it (the key is
+/// 0444 in a child namespace) nothing changes: see live_status.rs.
+#[test]
+fn a_writable_max_in_a_child_namespace_is_its_own_and_the_hash_is_left_alone() {
+    let t = FixtureTree::new("kernel-6.18");
+    // PID 1 in another namespace than ctune's: a child namespace.
+    std::fs::create_dir_all(t.path().join("proc/1/ns")).unwrap();
+    std::fs::write(t.path().join("proc/1/ns/net"), "host").unwrap();
+    set(&t, "nf_conntrack_max", 65_536);
+    set(&t, "nf_conntrack_buckets", 4_096);
+    set(&t, "nf_conntrack_count", 60_000);
+    let plan = plan_json(&t);
+    assert_eq!(plan["observation"]["in_initial_netns"], false, "{plan:#}");
+    assert_eq!(plan["observation"]["global"]["per_netns_max"], true);
+    let keys = changed_keys(&plan);
+    assert!(keys.contains(&"nf_conntrack_max".to_string()), "{keys:?}");
+    assert!(
+        !keys.contains(&"nf_conntrack_buckets".to_string()),
+        "{keys:?}"
+    );
+    assert!(plan.to_string().contains("per-namespace max"), "{plan:#}");
+    // A kernel without the feature makes the key 0444 in a child namespace, which a
+    // fixture file cannot be for root: live_status.rs pins that case on this kernel.
+}
+
 /// Finding 3: the kernel applies `tcp_timeout_unacknowledged` and
 /// `tcp_timeout_max_retrans` to ESTABLISHED flows (unacknowledged data, retransmissions,
 /// zero window): they belong to the established tier, untouched at `elevated`.

@@ -196,6 +196,7 @@ impl ObsBuilder {
                     reason: None,
                     root_could: true,
                 },
+                per_netns_max: false,
             },
             host: Host {
                 cpus: 2,

@@ -901,6 +901,7 @@ impl Table {
                     reason: None,
                     root_could: true,
                 },
+                per_netns_max: false,
             },
             host: Host {
                 cpus: host.cpus,

@@ -155,6 +155,9 @@ pub fn observe_keys(
             buckets,
             hashsize,
             expect_max,
+            // Outside the initial namespace the kernel makes nf_conntrack_max 0444 unless
+            // it has a per-namespace max: a writable key there is that feature.
+            per_netns_max: discovery.own_is_initial == Some(false) && write_access.writable,
             write_access,
         },
         host,

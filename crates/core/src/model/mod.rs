@@ -68,6 +68,11 @@ pub struct Global {
     pub expect_max: Option<u64>,
     /// Whether ctune could write the global keys, and if not, why.
     pub write_access: Access,
+    /// ctune runs in a child namespace whose `nf_conntrack_max` is writable: a kernel
+    /// with a per-namespace max (the smaller of the namespace's and the host's limits
+    /// applies; proposed upstream, not in a released kernel as of 6.18). max is then this
+    /// namespace's own; the hash stays the host's.
+    pub per_netns_max: bool,
 }
 
 /// Writability of the global keys, checked with access(2) as the kernel decides it.

@@ -33,6 +33,9 @@ pub(super) fn decide(
     let buckets_held = draft.next.operator_held.contains(tunables::BUCKETS);
     let note = match input.obs.global.buckets {
         _ if !input.obs.global.write_access.root_could => None,
+        _ if input.obs.global.per_netns_max => Some(
+            "this namespace has its own nf_conntrack_max (a per-namespace max), but the hash is the host's: not planned here".into(),
+        ),
         _ if sig.unlimited => Some(
             "nf_conntrack_max is 0 (unlimited, no early drop): ctune sets no limit and no hash size for an unlimited table".into(),
         ),
