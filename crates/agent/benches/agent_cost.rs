@@ -287,7 +287,7 @@ impl IdleStep {
         self.written += r
             .files
             .iter()
-            .filter(|f| matches!(f.result, Ok(ctune::act::atomic::Outcome::Written)))
+            .filter(|f| matches!(f.result, Ok(ctune::act::atomic::WriteOutcome::Written)))
             .count();
         let now = state_ident(&self.roots);
         self.rewrites += usize::from(now != self.ident);

@@ -430,8 +430,8 @@ pub fn apply_json(r: &crate::run::engine::StepReport) -> ApplyJson<'_> {
             .map(|f| FileJson {
                 path: f.update.path.display().to_string(),
                 result: match &f.result {
-                    Ok(crate::act::atomic::Outcome::Written) => "written",
-                    Ok(crate::act::atomic::Outcome::Unchanged) => "unchanged",
+                    Ok(crate::act::atomic::WriteOutcome::Written) => "written",
+                    Ok(crate::act::atomic::WriteOutcome::Unchanged) => "unchanged",
                     Err(_) => "failed",
                 },
                 error: f.result.as_ref().err().map(|e| e.to_string()),
@@ -488,10 +488,10 @@ pub fn apply_text(r: &crate::run::engine::StepReport) -> String {
     }
     for f in &r.files {
         let _ = match &f.result {
-            Ok(crate::act::atomic::Outcome::Written) => {
+            Ok(crate::act::atomic::WriteOutcome::Written) => {
                 writeln!(out, "wrote {}", f.update.path.display())
             }
-            Ok(crate::act::atomic::Outcome::Unchanged) => {
+            Ok(crate::act::atomic::WriteOutcome::Unchanged) => {
                 writeln!(out, "unchanged {}", f.update.path.display())
             }
             Err(e) => writeln!(out, "FAILED to write {e}"),

@@ -33,7 +33,7 @@ pub struct Config {
     pub namespaces: Namespaces,
     /// How the hardware ceiling for `nf_conntrack_max` is derived.
     #[serde(default, deserialize_with = "section")]
-    pub ceiling: Ceiling,
+    pub ceiling: CeilingSettings,
     /// When and how `nf_conntrack_max` changes.
     #[serde(default, deserialize_with = "section")]
     pub max: MaxPolicy,
@@ -123,7 +123,7 @@ pub enum NamespaceMode {
 /// Inputs of the hardware ceiling.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct Ceiling {
+pub struct CeilingSettings {
     /// Share of MemTotal that all conntrack entries together may cost...
     pub memory_fraction: Fraction,
     /// ...but at least this much (a small router's table needs more than a share of

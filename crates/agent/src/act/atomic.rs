@@ -35,7 +35,7 @@ fn errno_text(e: &io::Error) -> String {
 
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum WriteOutcome {
     /// The file already had this content; nothing was touched.
     Unchanged,
     /// The file was created or replaced.
@@ -52,7 +52,7 @@ fn err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> Writ
 
 /// Writes `content` to `path` atomically with `mode`, creating the parent directory
 /// (0755) if needed. Unchanged content is not rewritten.
-pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, WriteError> {
+pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<WriteOutcome, WriteError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(WriteError {
@@ -63,7 +63,7 @@ pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, WriteErr
         }
         Ok(m) if m.is_file() => {
             if fs::read(path).map_err(err(path, "read current content"))? == content {
-                return Ok(Outcome::Unchanged);
+                return Ok(WriteOutcome::Unchanged);
             }
         }
         Ok(_) => {
@@ -114,7 +114,7 @@ pub fn write(path: &Path, content: &[u8], mode: u32) -> Result<Outcome, WriteErr
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| Outcome::Written)
+    result.map(|()| WriteOutcome::Written)
 }
 
 /// Removes `path` if it exists and is a regular file; the removal is made durable.
@@ -171,20 +171,20 @@ mod tests {
     fn creates_replaces_and_skips_unchanged() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/dir/f.conf");
-        assert_eq!(write(&p, b"a\n", 0o644).unwrap(), Outcome::Written);
+        assert_eq!(write(&p, b"a\n", 0o644).unwrap(), WriteOutcome::Written);
         assert_eq!(fs::read(&p).unwrap(), b"a\n");
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o644
         );
         let before = fs::metadata(&p).unwrap().ino_and_mtime();
-        assert_eq!(write(&p, b"a\n", 0o644).unwrap(), Outcome::Unchanged);
+        assert_eq!(write(&p, b"a\n", 0o644).unwrap(), WriteOutcome::Unchanged);
         assert_eq!(
             fs::metadata(&p).unwrap().ino_and_mtime(),
             before,
             "unchanged file not rewritten"
         );
-        assert_eq!(write(&p, b"b\n", 0o600).unwrap(), Outcome::Written);
+        assert_eq!(write(&p, b"b\n", 0o600).unwrap(), WriteOutcome::Written);
         assert_eq!(fs::read(&p).unwrap(), b"b\n");
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,

@@ -72,7 +72,7 @@ impl Quiet {
         }
         for f in &r.files {
             match &f.result {
-                Ok(crate::act::atomic::Outcome::Written) => {
+                Ok(crate::act::atomic::WriteOutcome::Written) => {
                     let settings: Vec<&str> = f
                         .update
                         .new
@@ -86,7 +86,7 @@ impl Quiet {
                         settings.join("; ")
                     )
                 }
-                Ok(crate::act::atomic::Outcome::Unchanged) => {}
+                Ok(crate::act::atomic::WriteOutcome::Unchanged) => {}
                 Err(e) => {
                     errors.insert(f.update.path.display().to_string(), e.to_string());
                 }

@@ -21,7 +21,7 @@ pub struct FileResult {
     /// What was to be written.
     pub update: FileUpdate,
     /// Written, unchanged, or why not.
-    pub result: Result<atomic::Outcome, atomic::WriteError>,
+    pub result: Result<atomic::WriteOutcome, atomic::WriteError>,
 }
 
 /// What one step did.

@@ -105,3 +105,61 @@ fn resize(
     draft.next.operator_held.remove(tunables::BUCKETS);
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::signals;
+    use super::super::testkit::{draft, inputs, obs};
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{PolicyState, ceiling_of};
+
+    fn plan_hash(o: &crate::model::Observation, prev: &PolicyState, new_max: u64) -> Draft {
+        let cfg = Config::default();
+        let input = inputs(o, &cfg, prev, 1000);
+        let sig = signals::read(&input);
+        let mut d = draft();
+        decide(&input, &sig, &ceiling_of(o, &cfg), new_max, &mut d);
+        d
+    }
+
+    #[test]
+    fn follows_max_over_ratio() {
+        let mut o = obs(100_000, &[80_000]);
+        o.global.buckets = Some(16_384);
+        let d = plan_hash(&o, &PolicyState::default(), 200_000);
+        assert_eq!((d.changes[0].old, d.changes[0].new), (16_384, 50_176));
+        assert_eq!(d.next.last_resize, Some(Duration::from_secs(1000)));
+    }
+
+    #[test]
+    fn a_resize_waits_out_the_interval_unless_chains_would_refuse_inserts() {
+        let mut o = obs(100_000, &[80_000]);
+        o.global.buckets = Some(16_384);
+        let prev = PolicyState {
+            last_resize: Some(Duration::from_secs(900)),
+            ..PolicyState::default()
+        };
+        let d = plan_hash(&o, &prev, 120_000);
+        assert!(d.changes.is_empty());
+        assert!(
+            d.explanations[0].contains("deferred"),
+            "{:?}",
+            d.explanations
+        );
+        // 2 x 400k / 16384 = 48 per chain at max: more than twice the ratio's 8.
+        let d = plan_hash(&o, &prev, 400_000);
+        assert_eq!(d.changes.len(), 1, "{:?}", d.explanations);
+        assert!(d.changes[0].reason.contains("before hash.min_interval"));
+    }
+
+    #[test]
+    fn a_per_namespace_max_leaves_the_hosts_hash_alone() {
+        let mut o = obs(100_000, &[80_000]);
+        o.global.buckets = Some(16_384);
+        o.global.per_netns_max = true;
+        let d = plan_hash(&o, &PolicyState::default(), 200_000);
+        assert!(d.changes.is_empty());
+        assert!(d.explanations[0].contains("per-namespace max"));
+    }
+}

@@ -297,3 +297,66 @@ fn explain_hold(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &mut Dr
         fmt_pct(input.cfg.max.high_watermark.get()),
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::signals;
+    use super::super::testkit::{draft, inputs, obs};
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{PolicyState, ceiling_of};
+
+    fn plan_max(o: &crate::model::Observation, cfg: &Config) -> (u64, Draft) {
+        let prev = PolicyState::default();
+        let input = inputs(o, cfg, &prev, 1);
+        let sig = signals::read(&input);
+        let ceiling = ceiling_of(o, cfg);
+        let mut d = draft();
+        let new = decide(&input, &sig, &ceiling, &mut d);
+        (new, d)
+    }
+
+    #[test]
+    fn grows_at_the_watermark_toward_the_target_utilisation() {
+        let cfg = Config::default();
+        let (new, d) = plan_max(&obs(100_000, &[80_000]), &cfg);
+        assert_eq!(new, 200_000, "x2 (and 80k / 50 % = 160k)");
+        assert!(d.changes[0].reason.contains("count 80% of max"));
+        let (new, d) = plan_max(&obs(100_000, &[70_000]), &cfg);
+        assert_eq!(new, 100_000);
+        assert!(d.explanations[0].contains("held"), "{:?}", d.explanations);
+    }
+
+    #[test]
+    fn memory_short_stops_growth() {
+        let cfg = Config::default();
+        let mut o = obs(100_000, &[80_000]);
+        o.host.memory.available_bytes = Some(1 << 20);
+        let (new, d) = plan_max(&o, &cfg);
+        assert_eq!(new, 100_000, "{:?}", d.changes);
+        assert!(d.explanations.iter().any(|e| e.contains("short of memory")));
+    }
+
+    #[test]
+    fn a_table_over_its_budget_comes_down_to_count_plus_headroom() {
+        let mut cfg = Config::default();
+        cfg.ceiling.memory_cap = Some(8 << 20); // ~21k entries
+        let (new, d) = plan_max(&obs(100_000, &[40_000]), &cfg);
+        assert_eq!(new, 50_000, "40k + 25 %: {:?}", d.changes);
+        assert!(d.changes[0].reason.contains("over its budget"));
+    }
+
+    #[test]
+    fn the_operators_value_is_held_until_unsafe() {
+        let cfg = Config::default();
+        let o = obs(100_000, &[80_000]);
+        let prev = PolicyState::default();
+        let input = inputs(&o, &cfg, &prev, 1);
+        let sig = signals::read(&input);
+        let mut d = draft();
+        d.next.operator_held.insert(tunables::MAX.into());
+        let new = decide(&input, &sig, &ceiling_of(&o, &cfg), &mut d);
+        assert_eq!(new, 100_000);
+        assert!(d.explanations[0].contains("set by someone else"));
+    }
+}

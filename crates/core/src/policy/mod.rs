@@ -250,3 +250,102 @@ pub fn ceiling_of(obs: &Observation, cfg: &Config) -> Ceiling {
         },
     )
 }
+
+/// Small observations for the phases' own tests.
+#[cfg(test)]
+pub(super) mod testkit {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::{Draft, Inputs, PolicyState};
+    use crate::config::Config;
+    use crate::model::{
+        Access, ConntrackStat, Global, Host, MemInfo, ModuleState, NamespaceObs, NetnsId,
+        Observation,
+    };
+
+    /// A 24 GiB host whose namespaces hold `counts` under `max`, with stat counters.
+    pub fn obs(max: u64, counts: &[u64]) -> Observation {
+        Observation {
+            module: ModuleState::BuiltIn,
+            in_initial_netns: Some(true),
+            global: Global {
+                max,
+                buckets: Some(max / 4),
+                hashsize: Some(max / 4),
+                expect_max: Some(4096),
+                write_access: Access {
+                    writable: true,
+                    reason: None,
+                    root_could: true,
+                },
+                per_netns_max: false,
+            },
+            host: Host {
+                cpus: 2,
+                memory: MemInfo {
+                    total_bytes: 24 << 30,
+                    available_bytes: Some(20 << 30),
+                },
+                entry_bytes: 256,
+                entry_bytes_source: "sysfs".into(),
+                page_size: 4096,
+                table_entries: None,
+                memory_stall: None,
+            },
+            namespaces: counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| NamespaceObs {
+                    id: NetnsId {
+                        name: format!("ns{i}"),
+                        inode: i as u64 + 1,
+                    },
+                    count: Some(*c),
+                    stat: Some(ConntrackStat {
+                        entries: *c,
+                        counters: ["drop", "early_drop", "insert_failed", "chainlength"]
+                            .iter()
+                            .map(|k| (k.to_string(), 0))
+                            .collect::<BTreeMap<_, _>>(),
+                    }),
+                    timeouts: BTreeMap::new(),
+                    error: None,
+                    handle: None,
+                })
+                .collect(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds to a namespace's counter.
+    pub fn bump(obs: &mut Observation, ns: usize, counter: &str, by: u64) {
+        if let Some(s) = obs.namespaces[ns].stat.as_mut() {
+            *s.counters.entry(counter.to_string()).or_default() += by;
+        }
+    }
+
+    /// The inputs of a decision at `now` seconds.
+    pub(in crate::policy) fn inputs<'a>(
+        obs: &'a Observation,
+        cfg: &'a Config,
+        prev: &'a PolicyState,
+        now: u64,
+    ) -> Inputs<'a> {
+        Inputs {
+            obs,
+            cfg,
+            prev,
+            now: Duration::from_secs(now),
+        }
+    }
+
+    /// An empty draft.
+    pub(in crate::policy) fn draft() -> Draft {
+        Draft {
+            next: PolicyState::default(),
+            changes: Vec::new(),
+            explanations: Vec::new(),
+        }
+    }
+}

@@ -160,3 +160,56 @@ fn timeouts_of(
         held_before,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::signals;
+    use super::super::testkit::{bump, draft, inputs, obs};
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{PolicyState, ceiling_of};
+
+    fn verdicts(
+        o: &crate::model::Observation,
+        prev: &PolicyState,
+    ) -> (Vec<NamespaceVerdict>, Draft) {
+        let cfg = Config::default();
+        let input = inputs(o, &cfg, prev, 20);
+        let sig = signals::read(&input);
+        let mut d = draft();
+        let v = decide(&input, &sig, &ceiling_of(o, &cfg), o.global.max, &mut d);
+        (v, d)
+    }
+
+    #[test]
+    fn levels_follow_utilisation_per_namespace() {
+        let (v, d) = verdicts(
+            &obs(100_000, &[10, 90_000, 97_000]),
+            &PolicyState::default(),
+        );
+        let levels: Vec<Level> = v.iter().map(|v| v.level).collect();
+        assert_eq!(levels, [Level::Normal, Level::Elevated, Level::Critical]);
+        assert!(d.next.namespaces.len() == 3);
+    }
+
+    #[test]
+    fn a_host_short_of_memory_makes_every_namespace_critical() {
+        let mut o = obs(100_000, &[10, 20]);
+        o.host.memory.available_bytes = Some(1 << 20);
+        let (v, _) = verdicts(&o, &PolicyState::default());
+        assert!(v.iter().all(|v| v.level == Level::Critical), "{v:?}");
+        assert!(v[0].level_reason.contains("short of memory"));
+    }
+
+    #[test]
+    fn clashes_are_explained_not_pressure() {
+        let o0 = obs(100_000, &[1000]);
+        let (_, d0) = verdicts(&o0, &PolicyState::default());
+        let mut o = o0.clone();
+        bump(&mut o, 0, "drop", 4);
+        bump(&mut o, 0, "insert_failed", 4);
+        let (v, d) = verdicts(&o, &d0.next);
+        assert_eq!((v[0].clash_delta, v[0].level), (Some(4), Level::Normal));
+        assert!(d.explanations.iter().any(|e| e.contains("insert clashes")));
+    }
+}

@@ -38,3 +38,49 @@ pub(super) fn adopt_changes(input: &Inputs, draft: &mut Draft) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{draft, inputs, obs};
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::PolicyState;
+
+    #[test]
+    fn a_value_someone_else_set_is_adopted_and_held() {
+        let cfg = Config::default();
+        let mut prev = PolicyState::default();
+        prev.applied.insert(tunables::MAX.into(), 200_000);
+        let o = obs(100_000, &[10]);
+        let mut d = draft();
+        adopt_changes(&inputs(&o, &cfg, &prev, 1), &mut d);
+        assert!(d.next.operator_held.contains(tunables::MAX));
+        assert!(!d.next.applied.contains_key(tunables::MAX));
+        assert_eq!(d.next.baseline_max, Some(100_000));
+        assert!(d.explanations[0].contains("someone else changed it"));
+    }
+
+    #[test]
+    fn without_respect_ctune_plans_over_it() {
+        let mut cfg = Config::default();
+        cfg.agent.respect_operator = false;
+        let mut prev = PolicyState::default();
+        prev.applied.insert(tunables::MAX.into(), 200_000);
+        let o = obs(100_000, &[10]);
+        let mut d = draft();
+        adopt_changes(&inputs(&o, &cfg, &prev, 1), &mut d);
+        assert!(d.next.operator_held.is_empty());
+        assert!(d.explanations[0].contains("respect_operator is off"));
+    }
+
+    #[test]
+    fn its_own_value_changes_nothing() {
+        let cfg = Config::default();
+        let mut prev = PolicyState::default();
+        prev.applied.insert(tunables::MAX.into(), 100_000);
+        let o = obs(100_000, &[10]);
+        let mut d = draft();
+        adopt_changes(&inputs(&o, &cfg, &prev, 1), &mut d);
+        assert!(d.explanations.is_empty() && d.next.operator_held.is_empty());
+    }
+}

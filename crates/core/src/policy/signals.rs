@@ -185,3 +185,66 @@ pub(super) fn read<'a>(input: &Inputs<'a>) -> Signals<'a> {
         horizon,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{bump, inputs, obs};
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{NamespaceState, PolicyState};
+
+    /// A previous state whose sample of namespace 1 is `o`'s counters at `at` seconds.
+    fn sampled(o: &crate::model::Observation, at: u64) -> PolicyState {
+        let n = &o.namespaces[0];
+        let mut prev = PolicyState::default();
+        prev.namespaces.insert(
+            n.id.inode,
+            NamespaceState {
+                counters: Some(Counters {
+                    drop: n.counter("drop"),
+                    early_drop: n.counter("early_drop"),
+                    chainlength: n.counter("chainlength"),
+                    insert_failed: n.counter("insert_failed"),
+                    at: Some(Duration::from_secs(at)),
+                }),
+                ..NamespaceState::default()
+            },
+        );
+        prev
+    }
+
+    #[test]
+    fn drops_are_split_into_table_full_and_clashes() {
+        let cfg = Config::default();
+        let mut o = obs(262_144, &[1000]);
+        let prev = sampled(&o, 10);
+        bump(&mut o, 0, "drop", 7);
+        bump(&mut o, 0, "insert_failed", 5);
+        let sig = read(&inputs(&o, &cfg, &prev, 11));
+        assert_eq!((sig.rises[0].drop, sig.rises[0].clash), (Some(2), Some(5)));
+        assert_eq!(sig.dropping.map(|(_, d)| d), Some(2));
+    }
+
+    #[test]
+    fn a_stale_baseline_measures_no_rise() {
+        let cfg = Config::default();
+        let mut o = obs(262_144, &[1000]);
+        let prev = sampled(&o, 10);
+        bump(&mut o, 0, "drop", 7);
+        let sig = read(&inputs(&o, &cfg, &prev, 10 + 3600));
+        assert_eq!(sig.rises[0].drop, None);
+        assert!(sig.dropping.is_none());
+        assert_eq!(sig.stale_baseline, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn the_busiest_namespace_and_utilisation() {
+        let cfg = Config::default();
+        let o = obs(100_000, &[10, 80_000, 5]);
+        let prev = PolicyState::default();
+        let input = inputs(&o, &cfg, &prev, 1);
+        let sig = read(&input);
+        assert_eq!((sig.peak, sig.busiest_name), (80_000, "ns1"));
+        assert!((sig.util - 0.8).abs() < 1e-9);
+    }
+}
