@@ -35,6 +35,10 @@
 //!   timeout applies to an entry only at its next packet, and these idle or finished
 //!   entries get none, so lowering a timeout helps only new entries (kernel fact), which
 //!   is exactly why the policy grows max first.
+//! - **Namespaces**: the host's own and any `tenants:`, each with its own traffic,
+//!   cohorts and count against the one global max, all in one memory (the ceiling
+//!   subtracts the others' entries, as on a real host). `host.used` is what everything
+//!   else uses over time (MiB); MemAvailable is what it and the table leave.
 //! - **Table full**: at count >= max a new flow first early-drops one unassured entry if
 //!   the table holds any (the `early_drop` counter; the new flow is admitted), else it is
 //!   lost (`drop` and one failed attempt). `max = 0` is unlimited. The kernel evicts
@@ -86,6 +90,7 @@ use ctune_core::model::NetnsId;
 use ctune_core::model::meminfo::MemInfo;
 use ctune_core::model::stat::ConntrackStat;
 use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::plan::Target;
 use ctune_core::policy::{self, PolicyState};
 use ctune_core::probe::{self, Reading};
 use ctune_core::schedule::{Due, Schedule};
@@ -161,11 +166,24 @@ pub struct Scenario {
     pub host: SimHost,
     /// Policies to run, in report order.
     pub policies: Vec<Peer>,
-    /// Rate terms per class (every class present, maybe with no terms).
+    /// Rate terms per class (every class present, maybe with no terms), in the host's
+    /// own (initial) namespace.
     pub traffic: BTreeMap<Class, Vec<Profile>>,
+    /// Other network namespaces (containers, tenants) with traffic of their own: each
+    /// fills its own count against the one global max, in the one shared memory.
+    pub tenants: Vec<Tenant>,
     /// The config the `ctune` policy decides with (`ctune_config:`, else the defaults).
     /// Probes happen at most once per tick whatever it says.
     pub ctune: Config,
+}
+
+/// A namespace of its own with its own traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    /// Its name in the observation and the report.
+    pub name: String,
+    /// Rate terms per class.
+    pub traffic: BTreeMap<Class, Vec<Profile>>,
 }
 
 /// A scenario that cannot be run, with where and why.
@@ -223,6 +241,8 @@ struct RawScenario {
     policies: Option<Vec<Peer>>,
     traffic: RawTraffic,
     #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
     ctune_config: Option<serde_json::Value>,
 }
 
@@ -252,6 +272,13 @@ struct RawHost {
 enum RawSize {
     N(u64),
     S(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    traffic: RawTraffic,
 }
 
 #[derive(Deserialize)]
@@ -447,28 +474,25 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     }
 
     let dur_s = duration.as_secs_f64();
-    let mut traffic = BTreeMap::new();
-    let RawTraffic {
-        udp_unreplied,
-        udp_request_response,
-        tcp_short,
-        tcp_idle,
-        dns_race,
-    } = raw.traffic;
-    for (class, items) in [
-        (Class::UdpUnreplied, udp_unreplied),
-        (Class::UdpRequestResponse, udp_request_response),
-        (Class::TcpShort, tcp_short),
-        (Class::TcpIdle, tcp_idle),
-        (Class::DnsRace, dns_race),
-    ] {
-        let mut profiles = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            profiles.push(v.profile(&format!("traffic.{}", class.name()), i, item, dur_s)?);
+    let traffic = v.traffic("traffic", raw.traffic, dur_s)?;
+    let mut tenants = Vec::new();
+    for (i, t) in raw.tenants.into_iter().enumerate() {
+        if t.name.is_empty() || t.name == "init" {
+            return Err(v.fail(
+                &format!("tenants[{i}].name"),
+                "a tenant needs a name of its own (not init)".into(),
+            ));
         }
-        traffic.insert(class, profiles);
+        tenants.push(Tenant {
+            traffic: v.traffic(&format!("tenants[{i}].traffic"), t.traffic, dur_s)?,
+            name: t.name,
+        });
     }
-    if traffic.values().all(Vec::is_empty) {
+    if traffic
+        .values()
+        .chain(tenants.iter().flat_map(|t| t.traffic.values()))
+        .all(Vec::is_empty)
+    {
         return Err(v.fail("traffic", "has no rate for any class".into()));
     }
 
@@ -506,6 +530,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         host,
         policies,
         traffic,
+        tenants,
         ctune,
     })
 }
@@ -545,6 +570,37 @@ impl Validator<'_> {
 
     fn duration(&self, key: &str, text: &str) -> Result<Duration, ScenarioError> {
         config::parse_duration(text).map_err(|e| self.fail(key, e))
+    }
+
+    /// Every class's rate terms under `at` (`traffic`, `tenants[0].traffic`).
+    fn traffic(
+        &self,
+        at: &str,
+        raw: RawTraffic,
+        dur_s: f64,
+    ) -> Result<BTreeMap<Class, Vec<Profile>>, ScenarioError> {
+        let RawTraffic {
+            udp_unreplied,
+            udp_request_response,
+            tcp_short,
+            tcp_idle,
+            dns_race,
+        } = raw;
+        let mut traffic = BTreeMap::new();
+        for (class, items) in [
+            (Class::UdpUnreplied, udp_unreplied),
+            (Class::UdpRequestResponse, udp_request_response),
+            (Class::TcpShort, tcp_short),
+            (Class::TcpIdle, tcp_idle),
+            (Class::DnsRace, dns_race),
+        ] {
+            let mut profiles = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                profiles.push(self.profile(&format!("{at}.{}", class.name()), i, item, dur_s)?);
+            }
+            traffic.insert(class, profiles);
+        }
+        Ok(traffic)
     }
 
     fn profile(
@@ -874,28 +930,56 @@ impl Table {
             self.insert(class, got[class.index()], k, tick_ns);
         }
     }
+}
+
+/// The host's conntrack: the one global max and hash, and a table per namespace (the
+/// host's own first, then the tenants'), whose `max` and `buckets` are kept equal.
+struct Tables(Vec<Table>);
+
+impl Tables {
+    fn max(&self) -> u64 {
+        self.0[0].max
+    }
+
+    fn buckets(&self) -> u64 {
+        self.0[0].buckets
+    }
+
+    fn set_max(&mut self, max: u64) {
+        self.0.iter_mut().for_each(|t| t.max = max);
+    }
+
+    fn set_buckets(&mut self, buckets: u64) {
+        self.0.iter_mut().for_each(|t| t.buckets = buckets);
+    }
+
+    /// Entries of every namespace together.
+    fn total(&self) -> u64 {
+        self.0.iter().map(|t| t.count).sum()
+    }
+
+    /// The busiest namespace's entries.
+    fn busiest(&self) -> u64 {
+        self.0.iter().map(|t| t.count).max().unwrap_or(0)
+    }
+
+    /// The table of the namespace with this inode.
+    fn by_inode(&mut self, inode: u64) -> Option<&mut Table> {
+        let i = inode.checked_sub(INIT_NET_INODE)?;
+        self.0.get_mut(usize::try_from(i).ok()?)
+    }
 
     /// What the agent would read from the kernel now.
-    fn observation(&self, host: &SimHost, t: f64, extension_bytes: u64) -> Observation {
-        let table_bytes =
-            ceiling::memory_now(self.count, self.buckets, host.entry_bytes, extension_bytes);
-        let counters: BTreeMap<String, u64> = [
-            ("drop", self.drop + self.clash),
-            ("early_drop", self.early_drop),
-            ("chainlength", 0),
-            ("insert_failed", self.clash),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    fn observation(&self, host: &SimHost, names: &[String], t: f64, ext: u64) -> Observation {
+        let table_bytes = ceiling::memory_now(self.total(), self.buckets(), host.entry_bytes, ext);
         Observation {
             module: ModuleState::BuiltIn,
             in_initial_netns: Some(true),
             global: Global {
-                max: self.max,
-                buckets: Some(self.buckets),
-                hashsize: Some(self.buckets),
-                expect_max: Some((self.buckets / 256).max(1)),
+                max: self.max(),
+                buckets: Some(self.buckets()),
+                hashsize: Some(self.buckets()),
+                expect_max: Some((self.buckets() / 256).max(1)),
                 write_access: Access {
                     writable: true,
                     reason: None,
@@ -913,25 +997,47 @@ impl Table {
                 entry_bytes_source: "scenario".into(),
                 // The model is of an x86 host.
                 page_size: tunables::DEFAULT_PAGE_SIZE,
-                table_entries: Some(self.count),
+                table_entries: Some(self.total()),
                 // Reclaim is not modelled; MemAvailable under the reserve stands for it.
                 memory_stall: None,
             },
-            namespaces: vec![NamespaceObs {
-                id: NetnsId {
-                    name: "init".into(),
-                    inode: INIT_NET_INODE,
-                },
-                count: Some(self.count),
-                stat: Some(ConntrackStat {
-                    entries: self.count,
-                    counters,
-                }),
-                timeouts: self.timeouts.clone(),
-                error: None,
-                handle: None,
-            }],
+            namespaces: self
+                .0
+                .iter()
+                .zip(names)
+                .enumerate()
+                .map(|(i, (t, name))| t.namespace(name, INIT_NET_INODE + i as u64))
+                .collect(),
             notes: Vec::new(),
+        }
+    }
+}
+
+impl Table {
+    /// This namespace as the agent reads it.
+    fn namespace(&self, name: &str, inode: u64) -> NamespaceObs {
+        let counters: BTreeMap<String, u64> = [
+            ("drop", self.drop + self.clash),
+            ("early_drop", self.early_drop),
+            ("chainlength", 0),
+            ("insert_failed", self.clash),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        NamespaceObs {
+            id: NetnsId {
+                name: name.into(),
+                inode,
+            },
+            count: Some(self.count),
+            stat: Some(ConntrackStat {
+                entries: self.count,
+                counters,
+            }),
+            timeouts: self.timeouts.clone(),
+            error: None,
+            handle: None,
         }
     }
 }
@@ -1021,41 +1127,49 @@ struct Agent {
     cfg: Config,
     state: PolicyState,
     schedule: Schedule,
-    /// The previous probe's reading (steps do not update it, as in the agent).
-    last: Option<Reading>,
+    /// Each namespace's previous probe reading (steps do not update them, as in the
+    /// agent).
+    last: Vec<Option<Reading>>,
     /// Probing paused after the last step ([`probe::paused_after`]).
     paused: bool,
+    /// The namespaces' names, host first.
+    names: Vec<String>,
 }
 
 impl Agent {
-    fn new(cfg: Config) -> Agent {
+    fn new(cfg: Config, names: Vec<String>) -> Agent {
         Agent {
             schedule: Schedule::new(cfg.agent.interval, cfg.agent.probe_interval, Duration::ZERO),
             cfg,
             state: PolicyState::default(),
-            last: None,
+            last: vec![None; names.len()],
             paused: false,
+            names,
         }
     }
 
     /// The agent at `now`: a regular step or a probe when one is due; a probe may take
     /// an early step, which restarts the regular schedule.
-    fn act(&mut self, now_ns: u128, table: &mut Table, host: &SimHost, d: &mut RunDetails) {
+    fn act(&mut self, now_ns: u128, tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
         let now = duration_of(now_ns);
         match self.schedule.due(now) {
             Due::Step => {
                 d.regular_steps += 1;
-                self.step(now, table, host, d);
+                self.step(now, tables, host, d);
             }
             Due::Probe { until_step } if !self.paused => {
-                let reading = Reading {
-                    at: now,
-                    count: table.count,
-                };
-                let prev = self.last.replace(reading);
-                if probe::step_now(prev, reading, table.max, until_step, &self.cfg) {
+                let mut due = false;
+                for (t, last) in tables.0.iter().zip(self.last.iter_mut()) {
+                    let reading = Reading {
+                        at: now,
+                        count: t.count,
+                    };
+                    let prev = last.replace(reading);
+                    due |= probe::step_now(prev, reading, t.max, until_step, &self.cfg);
+                }
+                if due {
                     d.early_steps += 1;
-                    self.step(now, table, host, d);
+                    self.step(now, tables, host, d);
                     self.schedule.stepped_early(now);
                 }
             }
@@ -1064,8 +1178,9 @@ impl Agent {
     }
 
     /// One full step: observe the model, decide, apply every change.
-    fn step(&mut self, now: Duration, table: &mut Table, host: &SimHost, d: &mut RunDetails) {
-        let obs = table.observation(host, now.as_secs_f64(), self.cfg.ceiling.extension_bytes);
+    fn step(&mut self, now: Duration, tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
+        let ext = self.cfg.ceiling.extension_bytes;
+        let obs = tables.observation(host, &self.names, now.as_secs_f64(), ext);
         let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
         d.ceiling = Some(
             d.ceiling
@@ -1073,24 +1188,29 @@ impl Agent {
         );
         let at_ms = now.as_millis() as u64;
         for ch in &plan.changes {
-            match ch.key.as_str() {
-                tunables::MAX => {
+            match (ch.key.as_str(), &ch.target) {
+                (tunables::MAX, _) => {
                     if ch.new > plan.ceiling.value {
                         d.max_above_ceiling += 1;
                     }
-                    d.max_changes.push((at_ms, table.max, ch.new));
-                    table.max = ch.new;
+                    d.max_changes.push((at_ms, tables.max(), ch.new));
+                    tables.set_max(ch.new);
                 }
-                tunables::BUCKETS => {
+                (tunables::BUCKETS, _) => {
                     d.resizes += 1;
-                    table.buckets = ch.new;
+                    tables.set_buckets(ch.new);
                 }
-                key => set_timeout(table, key, ch.new, at_ms, d),
+                (key, Target::Namespace { netns }) => {
+                    if let Some(t) = tables.by_inode(netns.inode) {
+                        set_timeout(t, key, ch.new, at_ms, d);
+                    }
+                }
+                (_, Target::Global) => {}
             }
         }
         // Every change takes effect in the model.
         let raised = plan.global_change(tunables::MAX).is_some();
-        self.paused = probe::paused_after(&plan, raised, table.max, &self.cfg);
+        self.paused = probe::paused_after(&plan, raised, tables.max(), &self.cfg);
         self.state = next;
     }
 }
@@ -1108,20 +1228,22 @@ fn set_timeout(table: &mut Table, key: &str, new: u64, at_ms: u64, d: &mut RunDe
 }
 
 /// kube-proxy's start ([`kube_proxy`]): max raised to its formula, the hash grown to
-/// max / 4 when smaller, its two timeouts set.
-fn kube_proxy_start(table: &mut Table, host: &SimHost, d: &mut RunDetails) {
+/// max / 4 when smaller, its two timeouts set in its own (the host's) namespace.
+fn kube_proxy_start(tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
     let target = kube_proxy::max(host.cpus);
-    if table.max != 0 && table.max < target {
-        d.max_changes.push((0, table.max, target));
-        table.max = target;
+    if tables.max() != 0 && tables.max() < target {
+        d.max_changes.push((0, tables.max(), target));
+        tables.set_max(target);
     }
-    if table.buckets < kube_proxy::buckets(target) {
+    if tables.buckets() < kube_proxy::buckets(target) {
         d.resizes += 1;
-        table.buckets =
-            tunables::round_buckets(kube_proxy::buckets(target), tunables::DEFAULT_PAGE_SIZE);
+        tables.set_buckets(tunables::round_buckets(
+            kube_proxy::buckets(target),
+            tunables::DEFAULT_PAGE_SIZE,
+        ));
     }
     for (key, secs) in kube_proxy::TIMEOUTS {
-        set_timeout(table, key, secs, 0, d);
+        set_timeout(&mut tables.0[0], key, secs, 0, d);
     }
 }
 
@@ -1148,34 +1270,71 @@ pub fn run(sc: &Scenario) -> Simulation {
     }
 }
 
+/// One namespace's traffic and the fractions of flows carried from tick to tick.
+struct Source<'a> {
+    rates: Vec<(Class, &'a [Profile])>,
+    carry: [f64; Class::COUNT],
+}
+
+impl Source<'_> {
+    /// New flows per class in the tick centred on `mid` seconds.
+    fn arrivals(&mut self, mid: f64, dt: f64) -> [u64; Class::COUNT] {
+        let mut arrivals = [0u64; Class::COUNT];
+        for (class, profiles) in &self.rates {
+            let i = class.index();
+            let rate: f64 = profiles.iter().map(|p| p.rate_at(mid)).sum();
+            let x = rate * dt + self.carry[i];
+            let n = x.floor();
+            self.carry[i] = x - n;
+            arrivals[i] = n as u64;
+        }
+        arrivals
+    }
+}
+
+/// The namespaces of a scenario: the host's own, then the tenants', with their traffic.
+fn namespaces(sc: &Scenario) -> (Vec<String>, Vec<Source<'_>>) {
+    let traffic = std::iter::once(("init".to_string(), &sc.traffic))
+        .chain(sc.tenants.iter().map(|t| (t.name.clone(), &t.traffic)));
+    traffic
+        .map(|(name, t)| {
+            let rates = t.iter().map(|(c, p)| (*c, p.as_slice())).collect();
+            let carry = [0f64; Class::COUNT];
+            (name, Source { rates, carry })
+        })
+        .unzip()
+}
+
 fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
     let tick_ns = sc.tick.as_nanos();
     let dt = sc.tick.as_secs_f64();
     let n_ticks = sc.duration.as_nanos().div_ceil(tick_ns) as u64;
     let sample_ns = sc.sample_interval.as_nanos();
-    let mut table = Table::new(sc.start_max, sc.start_buckets);
-    let start_timeouts = table.timeouts.clone();
+    let (names, mut sources) = namespaces(sc);
+    let mut tables = Tables(
+        names
+            .iter()
+            .map(|_| Table::new(sc.start_max, sc.start_buckets))
+            .collect(),
+    );
+    let start_timeouts = tables.0[0].timeouts.clone();
     let mut d = RunDetails {
         policy: kind.name().into(),
         ..RunDetails::default()
     };
-    let mut agent = (kind == Peer::Ctune).then(|| Agent::new(sc.ctune.clone()));
-    let rates: Vec<(Class, &[Profile])> =
-        sc.traffic.iter().map(|(c, p)| (*c, p.as_slice())).collect();
-    let mut carry = [0f64; Class::COUNT];
+    let mut agent = (kind == Peer::Ctune).then(|| Agent::new(sc.ctune.clone(), names.clone()));
     let mut samples = Vec::new();
     let mut next_sample_ns = 0u128;
-    let mut peak = 0u64;
-    let mut peak_memory = 0u64;
+    let (mut peak, mut peak_memory) = (0u64, 0u64);
     let mut lowered: BTreeSet<String> = BTreeSet::new();
     let mut changes_seen = 0usize;
 
     for k in 0..=n_ticks {
         let now_ns = u128::from(k) * tick_ns;
-        table.expire(k);
+        tables.0.iter_mut().for_each(|t| t.expire(k));
         match (kind, agent.as_mut()) {
-            (Peer::KubeProxy, _) if k == 0 => kube_proxy_start(&mut table, &sc.host, &mut d),
-            (Peer::Ctune, Some(a)) => a.act(now_ns, &mut table, &sc.host, &mut d),
+            (Peer::KubeProxy, _) if k == 0 => kube_proxy_start(&mut tables, &sc.host, &mut d),
+            (Peer::Ctune, Some(a)) => a.act(now_ns, &mut tables, &sc.host, &mut d),
             _ => {}
         }
         for ch in &d.timeout_changes[changes_seen..] {
@@ -1187,8 +1346,8 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         if now_ns >= next_sample_ns || k == n_ticks {
             samples.push(Sample {
                 t: now_ns as f64 / 1e9,
-                count: table.count,
-                max: table.max,
+                count: tables.busiest(),
+                max: tables.max(),
             });
             while next_sample_ns <= now_ns {
                 next_sample_ns += sample_ns;
@@ -1198,53 +1357,80 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
             break;
         }
         let mid = (now_ns as f64 / 1e9) + dt / 2.0;
-        let mut arrivals = [0u64; Class::COUNT];
-        for (class, profiles) in &rates {
-            let i = class.index();
-            let rate: f64 = profiles.iter().map(|p| p.rate_at(mid)).sum();
-            let x = rate * dt + carry[i];
-            let n = x.floor();
-            carry[i] = x - n;
-            arrivals[i] = n as u64;
+        for (t, src) in tables.0.iter_mut().zip(sources.iter_mut()) {
+            t.admit(src.arrivals(mid, dt), k, tick_ns);
+            if t.max != 0 && t.count > t.max {
+                d.ticks_over_max += 1;
+            }
         }
-        table.admit(arrivals, k, tick_ns);
-        peak = peak.max(table.count);
-        if table.max != 0 && table.count > table.max {
-            d.ticks_over_max += 1;
-        }
-        d.peak_chain = d
-            .peak_chain
-            .max(2.0 * table.count as f64 / table.buckets.max(1) as f64);
-        let table_bytes = ceiling::memory_now(
-            table.count,
-            table.buckets,
-            sc.host.entry_bytes,
-            sc.ctune.ceiling.extension_bytes,
-        );
-        peak_memory = peak_memory.max(table_bytes);
+        peak = peak.max(tables.busiest());
         let t_end = (now_ns as f64 / 1e9) + dt;
-        let spare = sc
-            .host
-            .memory_bytes
-            .saturating_sub(sc.host.used_at(t_end))
-            .saturating_sub(ceiling::reserve_bytes(&sc.ctune, sc.host.memory_bytes));
-        d.peak_over_spare = d.peak_over_spare.max(table_bytes.saturating_sub(spare));
+        peak_memory = peak_memory.max(account(sc, &tables, t_end, &mut d));
     }
+    let run = summary(
+        sc,
+        kind,
+        &tables,
+        &d,
+        (peak, peak_memory),
+        &lowered,
+        &start_timeouts,
+        samples,
+    );
+    (run, d)
+}
 
+/// Accounts one tick's table against the hash and what the host could spare; returns
+/// the table's memory.
+fn account(sc: &Scenario, tables: &Tables, t_end: f64, d: &mut RunDetails) -> u64 {
+    let total = tables.total();
+    d.peak_chain = d
+        .peak_chain
+        .max(2.0 * total as f64 / tables.buckets().max(1) as f64);
+    let table_bytes = ceiling::memory_now(
+        total,
+        tables.buckets(),
+        sc.host.entry_bytes,
+        sc.ctune.ceiling.extension_bytes,
+    );
+    let spare = sc
+        .host
+        .memory_bytes
+        .saturating_sub(sc.host.used_at(t_end))
+        .saturating_sub(ceiling::reserve_bytes(&sc.ctune, sc.host.memory_bytes));
+    d.peak_over_spare = d.peak_over_spare.max(table_bytes.saturating_sub(spare));
+    table_bytes
+}
+
+/// The run's line of the report.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    sc: &Scenario,
+    kind: Peer,
+    tables: &Tables,
+    d: &RunDetails,
+    (peak, peak_memory): (u64, u64),
+    lowered: &BTreeSet<String>,
+    start_timeouts: &BTreeMap<String, u64>,
+    samples: Vec<Sample>,
+) -> PolicyRun {
     let cfg = &sc.ctune;
-    let restored = lowered
-        .iter()
-        .all(|k| table.timeouts.get(k) == start_timeouts.get(k));
-    let run = PolicyRun {
+    let restored = tables.0.iter().all(|t| {
+        lowered
+            .iter()
+            .all(|k| t.timeouts.get(k) == start_timeouts.get(k))
+    });
+    let sum = |f: fn(&Table) -> u64| tables.0.iter().map(f).sum::<u64>();
+    PolicyRun {
         policy: kind.name().into(),
-        kernel_drops: table.drop,
-        clash_drops: table.clash,
-        failed_attempts: table.drop,
-        attempts: table.attempts,
-        early_drops: table.early_drop,
+        kernel_drops: sum(|t| t.drop),
+        clash_drops: sum(|t| t.clash),
+        failed_attempts: sum(|t| t.drop),
+        attempts: sum(|t| t.attempts),
+        early_drops: sum(|t| t.early_drop),
         peak_count: peak,
-        final_max: table.max,
-        final_buckets: table.buckets,
+        final_max: tables.max(),
+        final_buckets: tables.buckets(),
         memory_bytes: peak_memory,
         grew: d.max_changes.iter().any(|(_, old, new)| new > old),
         crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
@@ -1252,8 +1438,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         timeouts_lowered: !lowered.is_empty(),
         timeouts_restored: restored,
         samples,
-    };
-    (run, d)
+    }
 }
 
 /// Writes `DIR/<scenario>.md` (the table) and `DIR/<scenario>.svg` (the timeline),

@@ -431,6 +431,28 @@ fn harmed(r: &PolicyRun) -> u64 {
     r.kernel_drops + r.failed_attempts + r.early_drops
 }
 
+/// A multi-tenant host: every namespace is observed and counted, and the flooded
+/// tenant grows only into the memory the others leave.
+#[test]
+fn a_flooded_tenant_grows_only_into_what_the_others_leave() {
+    let sim = simulate_file("multi-tenant");
+    let ctune = sim
+        .report
+        .runs
+        .iter()
+        .find(|r| r.policy == "ctune")
+        .unwrap();
+    let details = sim.details.iter().find(|d| d.policy == "ctune").unwrap();
+    let ceiling = details.ceiling.expect("ctune decided");
+    assert!(ctune.final_max <= ceiling, "{}", sim.report.markdown());
+    assert!(
+        ctune.timeouts_lowered && ctune.timeouts_restored,
+        "{}",
+        sim.report.markdown()
+    );
+    assert_eq!(details.peak_over_spare, 0, "{}", sim.report.markdown());
+}
+
 /// Every shipped scenario: ctune harms (drops, failed attempts, evictions) no more flows
 /// than static or kube-proxy; none where the peak fits in what the host can spare; and
 /// its table never costs more than the host could spare at that moment.
