@@ -42,6 +42,8 @@ fn main() -> ExitCode {
     init_logging(command.clone());
     match run(&cli, command) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`): the output ends quietly.
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ctune: error: {e}");
             ExitCode::from(e.exit_code())

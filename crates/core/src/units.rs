@@ -69,9 +69,32 @@ pub fn fmt_pct(ratio: f64) -> String {
     }
 }
 
+/// Text from outside (process and file names, other users' choices) made safe to print:
+/// control characters (ESC, newlines, ...) are written as escapes, so a name can neither
+/// rewrite the operator's terminal nor forge lines of ctune's output.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("nginx"), "nginx");
+        assert_eq!(printable("a\x1b[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(printable("zoë"), "zoë");
+    }
 
     #[test]
     fn sizes() {

@@ -87,10 +87,25 @@ pub fn load(roots: &Roots) -> Result<State, StateError> {
         }
         Err(e) => return Err(StateError::Read(e)),
     };
-    let mut st: State = serde_json::from_str(&text).map_err(|e| StateError::Invalid {
+    // The version first: a newer ctune's state may mean something else by the same
+    // fields, and using it (then saving it back as this version) could restore the
+    // wrong values.
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let invalid = |message: String| StateError::Invalid {
         path: p.clone(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let v: Versioned = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if v.version != VERSION {
+        return Err(invalid(format!(
+            "format version {} is not the {VERSION} this ctune reads (written by another version of ctune)",
+            v.version
+        )));
+    }
+    let mut st: State = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     let current = boot_id(roots);
     if st.boot_id != current {
         // Boot-time clocks restarted and every namespace is new; what ctune set globally
@@ -133,6 +148,19 @@ pub fn save(roots: &Roots, st: &State) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_of_another_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = roots(dir.path());
+        std::fs::create_dir_all(&r.state).unwrap();
+        std::fs::write(path(&r), r#"{"version": 7, "boot_id": "", "original": {}}"#).unwrap();
+        let err = load(&r).unwrap_err().to_string();
+        assert!(
+            err.contains("format version 7") && err.contains("state.json"),
+            "{err}"
+        );
+    }
     use ctune_core::pressure::{Level, LevelState};
 
     fn roots(dir: &std::path::Path) -> Roots {

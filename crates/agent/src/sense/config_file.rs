@@ -13,7 +13,7 @@ pub fn load(explicit: Option<&Path>, default_path: &Path) -> Result<(Config, Sou
         Some(p) => (p, true),
         None => (default_path, false),
     };
-    match std::fs::read_to_string(path) {
+    match crate::sense::kfile::read_bounded(path) {
         Ok(text) => Ok((parse(&text, path)?, Source::File(path.to_path_buf()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             Ok((Config::default(), Source::Embedded))

@@ -101,9 +101,45 @@ impl FileError {
     }
 }
 
-/// Reads a whole file as text.
+/// The most a file ctune reads may hold: /proc/slabinfo, the largest, is a few hundred
+/// KiB; a bigger file is not one of the files ctune reads.
+pub const MAX_TEXT_BYTES: u64 = 4 << 20;
+
+/// Reads a whole regular file as text, at most [`MAX_TEXT_BYTES`]. Opened non-blocking
+/// and checked to be a regular file first, so a FIFO, socket or device planted where a
+/// config or state file should be cannot block ctune (a FIFO's open would wait for a
+/// writer) or feed it without end; errors keep the OS error kind (NotFound stays
+/// NotFound), others are InvalidData.
+pub fn read_bounded(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file (a FIFO, socket or device): refused",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_TEXT_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TEXT_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_TEXT_BYTES} bytes: refused"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Reads a whole file as text ([`read_bounded`]), the cause kept.
 pub fn read_text(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|e| FileError::io(path, &e))
+    read_bounded(path).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => FileError::malformed(path, e.to_string()),
+        _ => FileError::io(path, &e),
+    })
 }
 
 /// Reads a file holding one unsigned integer (a sysctl or module parameter).
@@ -138,6 +174,31 @@ fn truncate(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = std::time::Instant::now();
+        let err = read_text(&p).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(err.cause, Cause::Malformed);
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        std::fs::write(&p, vec![b'1'; (MAX_TEXT_BYTES + 10) as usize]).unwrap();
+        assert!(
+            read_text(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than")
+        );
+    }
 
     #[test]
     fn parses_sysctl_numbers() {

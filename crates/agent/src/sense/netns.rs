@@ -15,6 +15,7 @@ use crate::sense::kfile::FileError;
 use crate::sense::roots::Roots;
 use ctune_core::config::{NamespaceMode, Namespaces};
 use ctune_core::model::NetnsId;
+use ctune_core::units::printable;
 
 /// A namespace to read, and the file whose descriptor enters it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,21 @@ pub struct Discovery {
     pub notes: Vec<String>,
 }
 
+/// Adds a namespace found by name, once per inode.
+fn push_named(d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, path: PathBuf) {
+    match inode_of(&path) {
+        Ok(inode) => {
+            if seen.insert(inode) {
+                d.others.push(Handle {
+                    id: NetnsId { name, inode },
+                    path,
+                });
+            }
+        }
+        Err(e) => d.notes.push(format!("namespace {name}: {e}")),
+    }
+}
+
 fn inode_of(path: &std::path::Path) -> Result<u64, FileError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
@@ -57,17 +73,12 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
         _ => None,
     };
     let mut seen: BTreeSet<u64> = d.own_inode.into_iter().collect();
-    let mut push = |d: &mut Discovery, name: String, path: PathBuf| match inode_of(&path) {
-        Ok(inode) => {
-            if seen.insert(inode) {
-                d.others.push(Handle {
-                    id: NetnsId { name, inode },
-                    path,
-                });
-            }
-        }
-        Err(e) => d.notes.push(format!("namespace {name}: {e}")),
+    let mut push = |d: &mut Discovery, name: String, path: PathBuf| {
+        // A name under /run/netns is anyone's choice: never print it raw.
+        let name = printable(&name);
+        push_named(d, &mut seen, name, path)
     };
+
     match cfg.mode {
         NamespaceMode::Initial => {}
         NamespaceMode::Named => {
@@ -90,9 +101,10 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                 let path = roots.pid_netns(&pid.to_string());
                 match inode_of(&path) {
                     Ok(inode) if seen.insert(inode) => {
+                        // Any user names its processes: escape what a terminal would obey.
                         let comm =
                             std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
-                                .map(|c| c.trim().to_string())
+                                .map(|c| printable(c.trim_end_matches('\n')))
                                 .unwrap_or_default();
                         let name = if comm.is_empty() {
                             format!("pid {pid}")
@@ -227,7 +239,8 @@ mod tests {
         fs::create_dir_all(roots.proc.join("7/ns")).unwrap();
         fs::hard_link(roots.named_netns_dir().join("fw"), roots.pid_netns("7")).unwrap();
         ns_file(&roots.pid_netns("9"));
-        fs::write(roots.proc.join("9/comm"), "dnsmasq\n").unwrap();
+        // A process name with a terminal escape and a newline: escaped, never raw.
+        fs::write(roots.proc.join("9/comm"), "dns\x1b[2Jmasq\n").unwrap();
         // pid 5 shares ctune's namespace.
         fs::create_dir_all(roots.proc.join("5/ns")).unwrap();
         fs::hard_link(roots.proc.join("self/ns/net"), roots.pid_netns("5")).unwrap();
@@ -240,9 +253,7 @@ mod tests {
             },
         );
         let names: Vec<_> = d.others.iter().map(|h| h.id.name.as_str()).collect();
-        assert_eq!(names, ["fw", "pid 1", "pid 9 (dnsmasq)"]);
-        assert!(names.contains(&"fw"));
-        assert!(names.contains(&"pid 9 (dnsmasq)"));
+        assert_eq!(names, ["fw", "pid 1", "pid 9 (dns\\u{1b}[2Jmasq)"]);
         assert!(
             !names
                 .iter()

@@ -1,0 +1,104 @@
+//! Hostile hosts: files others can plant where ctune reads, and readers that stop
+//! reading. Each case runs the real binary on a copy of a fixture tree.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::FixtureTree;
+
+fn run(t: &FixtureTree, args: &[&str]) -> (i32, String, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctune"))
+        .env_remove("CTUNE_LOG")
+        .args(t.root_args())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a hang would be the bug; kill it after 10 s.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("ctune {args:?} hung for 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn fifo(path: &std::path::Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+}
+
+#[test]
+fn a_fifo_as_the_config_is_refused_not_waited_on() {
+    let t = FixtureTree::new("kernel-6.18");
+    let cfg = t.path().join("ctune.yaml");
+    fifo(&cfg);
+    let (code, _, err, _) = run(&t, &["--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not a regular file") && err.contains("ctune.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fifo_as_the_state_does_not_hang_the_dry_run() {
+    let t = FixtureTree::new("kernel-6.18");
+    fifo(&t.path().join("state/state.json"));
+    let (code, out, err, _) = run(&t, &["--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("not a regular file"), "{out}");
+}
+
+#[test]
+fn a_state_from_another_version_is_refused_and_named() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::create_dir_all(t.path().join("state")).unwrap();
+    std::fs::write(
+        t.path().join("state/state.json"),
+        r#"{"version": 2, "boot_id": "", "original": {"nf_conntrack_max": 1}}"#,
+    )
+    .unwrap();
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("format version 2"), "{err}");
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let t = FixtureTree::new("kernel-6.18");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctune"))
+        .env_remove("CTUNE_LOG")
+        .args(t.root_args())
+        .args(["status", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end at once, like `| head -c 0`.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
