@@ -109,7 +109,10 @@ fn short_benchmark_outcomes() {
         "{}",
         r.markdown()
     );
-    let reached_ceiling = ctune.peak_count as f64 >= 0.85 * ctune.final_max as f64;
+    // The flood outran ctune's ceiling when the kernel had to refuse or evict for it;
+    // short of that, the table may peak just under the ceiling between two steps and be
+    // flushed before the next one sees it.
+    let reached_ceiling = harmed(ctune) > 0;
     if reached_ceiling {
         assert!(harmed(ctune) < harmed(kube), "{}", r.markdown());
         assert!(
@@ -119,7 +122,7 @@ fn short_benchmark_outcomes() {
         );
     } else {
         eprintln!(
-            "flood: the generator made {} flows in the run, peak {} of ctune's max {}: the ceiling was not reached (a busy machine), so lowering timeouts at the ceiling was not exercised",
+            "flood: the generator made {} flows in the run, peak {} of ctune's max {}: the flood did not outrun the ceiling (a busy machine), so lowering timeouts at the ceiling was not exercised",
             ctune.attempts, ctune.peak_count, ctune.final_max
         );
     }
