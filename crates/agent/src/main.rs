@@ -155,7 +155,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
         }
         Command::Boot => {
             let _lock = ctune::act::lock::acquire(&roots)?;
-            let items = boot::boot(&roots)?;
+            let items = boot::boot(&roots, &cfg)?;
             let file = roots.etc.join(persist::SYSCTL_FILE);
             write!(stdout, "{}", report::boot_text(items.as_deref(), &file))?;
             if items

@@ -558,6 +558,9 @@ pub fn restore_text(r: &crate::act::restore::RestoreReport) -> String {
     for x in &r.refused {
         let _ = writeln!(out, "not restored: {x}");
     }
+    for x in &r.kept {
+        let _ = writeln!(out, "kept: {x}");
+    }
     for (p, res) in &r.files {
         let _ = match res {
             Ok(true) => writeln!(out, "removed {}", p.display()),

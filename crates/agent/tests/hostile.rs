@@ -102,3 +102,81 @@ fn a_closed_pipe_ends_output_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn netfilter_get(t: &FixtureTree, key: &str) -> u64 {
+    std::fs::read_to_string(t.path().join("proc/sys/net/netfilter").join(key))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A state whose recorded original max is 1 (tampered, or corrupt) is not written back.
+#[test]
+fn restore_refuses_a_recorded_value_outside_the_bounds() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "250000\n",
+    )
+    .unwrap();
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    let grown = netfilter_get(&t, "nf_conntrack_max");
+    assert!(grown > 262_144);
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "10\n",
+    )
+    .unwrap();
+    let state = t.path().join("state/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["original"]["nf_conntrack_max"] = serde_json::json!(1);
+    std::fs::write(&state, v.to_string()).unwrap();
+    let (code, out, err, _) = run(&t, &["restore", "--force"]);
+    assert_eq!(code, 4, "not finished: {out}{err}");
+    assert!(
+        out.contains("nf_conntrack_max = 1 refused: below ceiling.min_max"),
+        "{out}"
+    );
+    assert_eq!(
+        netfilter_get(&t, "nf_conntrack_max"),
+        grown,
+        "max left as it was"
+    );
+}
+
+/// A hand-edited 99-ctune.conf cannot make the boot step write max 1 (or beyond the
+/// kernel's limit).
+#[test]
+fn boot_refuses_a_persisted_value_outside_the_bounds() {
+    let t = FixtureTree::new("kernel-6.18");
+    // The kernel's own 8 x hashsize default is the one case where boot lowers max.
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_buckets"),
+        "1024\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_max"),
+        "8192\n",
+    )
+    .unwrap();
+    let dir = t.path().join("etc/sysctl.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("99-ctune.conf"),
+        "net.netfilter.nf_conntrack_max = 1\nnet.netfilter.nf_conntrack_buckets = 99999999999\n",
+    )
+    .unwrap();
+    let (code, out, err, _) = run(&t, &["boot"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("nf_conntrack_max = 1 refused"), "{out}");
+    assert!(
+        out.contains("nf_conntrack_buckets = 99999999999 refused"),
+        "{out}"
+    );
+    assert_eq!(netfilter_get(&t, "nf_conntrack_max"), 8192);
+    assert_eq!(netfilter_get(&t, "nf_conntrack_buckets"), 1024);
+}

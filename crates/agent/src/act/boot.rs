@@ -9,8 +9,11 @@
 use crate::act::apply::{self, ApplyError};
 use crate::act::persist;
 use crate::sense::kfile::{self, Cause};
-use crate::sense::observe::ObserveError;
+use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
+use ctune_core::bounds::{self, Bounds};
+use ctune_core::config::{Config, NamespaceMode, Namespaces};
+use ctune_core::policy;
 use ctune_core::tunables;
 
 /// One persisted key and what the boot step did with it.
@@ -27,13 +30,25 @@ pub struct BootItem {
     pub result: Option<Result<(), ApplyError>>,
 }
 
-/// Applies the persisted values. `Ok(None)`: nothing is persisted.
-pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
+/// Applies the persisted values. `Ok(None)`: nothing is persisted. A value outside the
+/// bounds of anything ctune would set (a hand-edited file) is refused and named.
+pub fn boot(roots: &Roots, cfg: &Config) -> Result<Option<Vec<BootItem>>, ObserveError> {
     let file = roots.etc.join(persist::SYSCTL_FILE);
     let text = match kfile::read_text(&file) {
         Ok(t) => t,
         Err(e) if e.cause == Cause::Missing => return Ok(None),
         Err(e) => return Err(ObserveError::Unreadable(e)),
+    };
+    let own = Namespaces {
+        mode: NamespaceMode::Initial,
+        names: Vec::new(),
+    };
+    let obs = observe::observe(roots, &own)?;
+    let limits = Bounds {
+        min_max: cfg.ceiling.min_max,
+        ceiling: Some(policy::ceiling_of(&obs, cfg).value),
+        table_needs: None,
+        page_size: obs.host.page_size,
     };
     let values = persist::parse_sysctl_values(&text);
     let mut items = Vec::new();
@@ -54,9 +69,15 @@ pub fn boot(roots: &Roots) -> Result<Option<Vec<BootItem>>, ObserveError> {
         let kernel_default = key == tunables::MAX
             && kfile::read_u64(&roots.sysctl(tunables::BUCKETS))
                 .is_ok_and(|b| live == b.saturating_mul(8));
-        let result = (persisted != 0
-            && (live < persisted || (kernel_default && live != persisted)))
-            .then(|| apply::write_value(&path, key, persisted));
+        let wanted = persisted != 0 && (live < persisted || (kernel_default && live != persisted));
+        let result = wanted.then(|| match bounds::check(key, persisted, &limits) {
+            Ok(()) => apply::write_value(&path, key, persisted),
+            Err(reason) => Err(ApplyError::Skipped {
+                key: key.to_string(),
+                value: persisted,
+                reason: format!("{reason} (from {})", file.display()),
+            }),
+        });
         items.push(BootItem {
             key: key.to_string(),
             live,

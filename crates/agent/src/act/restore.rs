@@ -13,6 +13,7 @@ use crate::act::state::{self, StateError};
 use crate::sense::kfile::{self, Cause};
 use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
+use ctune_core::bounds::{self, Bounds};
 use ctune_core::config::Config;
 use ctune_core::plan::{Change, Target};
 use ctune_core::tunables;
@@ -98,6 +99,23 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             max_refused = true;
             continue;
         }
+        // The record itself must be a value ctune could write (a tampered or corrupt
+        // state must not set max to 1): the operator's value may be above the ceiling,
+        // but never outside the kernel's and the config's bounds.
+        let limits = Bounds {
+            min_max: cfg.ceiling.min_max,
+            ceiling: None,
+            table_needs: None,
+            page_size: obs.host.page_size,
+        };
+        if let Err(why) = bounds::check(key, original, &limits) {
+            report.refused.push(format!(
+                "{why} (recorded in {})",
+                state::path(roots).display()
+            ));
+            max_refused |= key == tunables::MAX;
+            continue;
+        }
         if key == tunables::BUCKETS && max_refused {
             // Shrinking the hash under the load that keeps max up would lengthen every
             // chain and stall inserts during the resize.
@@ -119,6 +137,18 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             continue;
         };
         for (key, lowered) in &ns_state.lowered {
+            let limits = Bounds {
+                min_max: cfg.ceiling.min_max,
+                ceiling: None,
+                table_needs: None,
+                page_size: obs.host.page_size,
+            };
+            if let Err(why) = bounds::check(key, lowered.baseline, &limits) {
+                report
+                    .refused
+                    .push(format!("{why} in {} (recorded in the state)", n.id.name));
+                continue;
+            }
             match n.timeouts.get(key) {
                 Some(&live) if live == lowered.set => changes.push(Change {
                     key: key.clone(),
