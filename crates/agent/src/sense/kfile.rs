@@ -117,7 +117,13 @@ pub fn read_bounded(path: &Path) -> io::Result<String> {
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
+    let meta = file.metadata()?;
+    // /dev/null is the empty file people pass as `--config /dev/null`.
+    let null = {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
+    };
+    if !meta.file_type().is_file() && !null {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file (a FIFO, socket or device): refused",
@@ -185,6 +191,11 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert_eq!(err.cause, Cause::Malformed);
         assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(
+            read_text(Path::new("/dev/null")).unwrap(),
+            "",
+            "the empty file"
+        );
     }
 
     #[test]
