@@ -8,7 +8,6 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 /// A fixture tree in one of the recorded states.
 fn tree(variant: &str) -> common::FixtureTree {
@@ -42,14 +41,8 @@ fn tree(variant: &str) -> common::FixtureTree {
 /// Runs ctune on the tree; the temporary root and the fixture's namespace inode (a
 /// temporary file's) become placeholders so the output is the same on every machine.
 fn output(t: &common::FixtureTree, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .env_remove("CTUNE_LOG")
-        .args(t.root_args())
-        .args(args)
-        .output()
-        .expect("run ctune");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let (_, stdout, stderr) = t.ctune(args);
+    let text = stdout + &stderr;
     let inode = std::fs::metadata(t.path().join("proc/self/ns/net"))
         .unwrap()
         .ino()

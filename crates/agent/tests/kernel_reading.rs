@@ -4,7 +4,6 @@
 mod common;
 
 use serde_json::Value;
-use std::process::Command;
 
 use common::FixtureTree;
 
@@ -14,23 +13,8 @@ fn set(t: &FixtureTree, key: &str, value: u64) {
     std::fs::write(t.path().join(NETFILTER).join(key), format!("{value}\n")).unwrap();
 }
 
-/// Runs ctune on the tree and returns (exit code, stdout, stderr).
-fn ctune(t: &FixtureTree, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .env_remove("CTUNE_LOG")
-        .args(t.root_args())
-        .args(args)
-        .output()
-        .expect("run ctune");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn plan_json(t: &FixtureTree) -> Value {
-    let (code, out, err) = ctune(t, &["plan", "--json"]);
+    let (code, out, err) = t.ctune(&["plan", "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -67,7 +51,7 @@ fn bump_stat(t: &FixtureTree, column: &str, by: u64) {
 fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
     let t = FixtureTree::new("kernel-6.18");
     set(&t, "nf_conntrack_count", 1_000); // 0.4 % of 262144
-    let (code, _, err) = ctune(&t, &["apply"]);
+    let (code, _, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{err}");
     bump_stat(&t, "drop", 10);
     bump_stat(&t, "insert_failed", 10);
@@ -89,11 +73,11 @@ fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
     assert_eq!(ns["level"], "normal");
     assert!(text.contains("insert clashes"), "{text}");
     // status names them too.
-    let (code, out, _) = ctune(&t, &["status", "--json"]);
+    let (code, out, _) = t.ctune(&["status", "--json"]);
     assert_eq!(code, 0);
     let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["namespaces"][0]["clash_drops"], 11, "{s:#}");
-    let (_, out, _) = ctune(&t, &["status"]);
+    let (_, out, _) = t.ctune(&["status"]);
     assert!(out.contains("CLASH"), "{out}");
 }
 
@@ -102,7 +86,7 @@ fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
 #[test]
 fn a_drop_against_an_old_sample_grows_nothing() {
     let t = FixtureTree::new("kernel-6.18");
-    let (code, _, err) = ctune(&t, &["apply"]);
+    let (code, _, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{err}");
     // Age the saved sample: its time is moved two hours back.
     let state_path = t.path().join("state/state.json");
@@ -119,7 +103,7 @@ fn a_drop_against_an_old_sample_grows_nothing() {
     }
     std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
     bump_stat(&t, "drop", 10);
-    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    let (code, out, err) = t.ctune(&["apply", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -162,7 +146,7 @@ fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
     set(&t, "nf_conntrack_max", 65_536);
     set(&t, "nf_conntrack_buckets", 16_384);
     set(&t, "nf_conntrack_count", 60_000);
-    let (code, _, err) = ctune(&t, &["apply"]);
+    let (code, _, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{err}");
     let (max1, buckets1) = (get(&t, "nf_conntrack_max"), get(&t, "nf_conntrack_buckets"));
     assert!(
@@ -171,7 +155,7 @@ fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
     );
     // The table keeps filling: max grows again, the resize waits (10 min).
     set(&t, "nf_conntrack_count", max1 * 9 / 10);
-    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    let (code, out, err) = t.ctune(&["apply", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deferred"), "{out}");
     let max2 = get(&t, "nf_conntrack_max");
@@ -195,13 +179,13 @@ fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
     set(&t, "nf_conntrack_max", 65_536);
     set(&t, "nf_conntrack_buckets", 16_384);
     set(&t, "nf_conntrack_count", 100);
-    let (code, out, err) = ctune(&t, &["boot"]);
+    let (code, out, err) = t.ctune(&["boot"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         (get(&t, "nf_conntrack_max"), get(&t, "nf_conntrack_buckets")),
         (max2, live)
     );
-    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    let (code, out, err) = t.ctune(&["apply", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         !out.contains("someone else"),
@@ -232,7 +216,7 @@ fn a_64k_page_kernel_resizes_to_whole_pages() {
     set(&t, "nf_conntrack_max", 65_536);
     set(&t, "nf_conntrack_buckets", 8_192);
     set(&t, "nf_conntrack_count", 60_000);
-    let (code, out, err) = ctune(&t, &["apply"]);
+    let (code, out, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{out}{err}");
     let buckets = get(&t, "nf_conntrack_buckets");
     assert!(buckets > 8_192, "{out}");
@@ -242,7 +226,7 @@ fn a_64k_page_kernel_resizes_to_whole_pages() {
         "{buckets} is not whole 64 KiB pages: {out}"
     );
     // The kernel would keep that size as written; the next step adopts nothing.
-    let (code, out, err) = ctune(&t, &["apply", "--json"]);
+    let (code, out, err) = t.ctune(&["apply", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("someone else"), "{out}");
     assert!(!out.contains("did not stick"), "{out}");
@@ -351,7 +335,7 @@ fn every_established_floor_is_checked() {
     ] {
         let cfg = t.path().join("floors.yaml");
         std::fs::write(&cfg, format!("timeouts:\n  floors:\n    {key}: {floor}\n")).unwrap();
-        let (code, _, err) = ctune(&t, &["plan", "--config", cfg.to_str().unwrap()]);
+        let (code, _, err) = t.ctune(&["plan", "--config", cfg.to_str().unwrap()]);
         assert_eq!(code, 2, "{key}: {err}");
         assert!(
             err.contains(&format!("timeouts.floors.{key}"))
@@ -365,7 +349,7 @@ fn every_established_floor_is_checked() {
             ),
         )
         .unwrap();
-        let (code, _, err) = ctune(&t, &["plan", "--config", cfg.to_str().unwrap()]);
+        let (code, _, err) = t.ctune(&["plan", "--config", cfg.to_str().unwrap()]);
         assert_eq!(code, 0, "{key} with consent: {err}");
     }
 }

@@ -374,6 +374,21 @@ impl FixtureTree {
         self.dir.path()
     }
 
+    /// Runs ctune with the tree's roots, then `args`: (exit code, stdout, stderr).
+    pub fn ctune(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
+            .env_remove("CTUNE_LOG")
+            .args(self.root_args())
+            .args(args)
+            .output()
+            .expect("run ctune");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn root_args(&self) -> Vec<String> {
         let p = self.dir.path();
         [
