@@ -137,7 +137,7 @@ fn restore_refuses_a_recorded_value_outside_the_bounds() {
     let (code, out, err, _) = run(&t, &["restore", "--force"]);
     assert_eq!(code, 4, "not finished: {out}{err}");
     assert!(
-        out.contains("nf_conntrack_max = 1 refused: below ceiling.min_max"),
+        out.contains("nf_conntrack_max = 1 refused: below 1024"),
         "{out}"
     );
     assert_eq!(
@@ -179,4 +179,37 @@ fn boot_refuses_a_persisted_value_outside_the_bounds() {
     );
     assert_eq!(netfilter_get(&t, "nf_conntrack_max"), 8192);
     assert_eq!(netfilter_get(&t, "nf_conntrack_buckets"), 1024);
+}
+
+/// A small VM's stock max (8192, below ctune's own min_max) is the operator's value:
+/// `restore` puts it back (the bounds refuse only what no kernel or operator would set).
+#[test]
+fn restore_puts_back_a_small_stock_max() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_max"),
+        "8192\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_buckets"),
+        "8192\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "7000\n",
+    )
+    .unwrap();
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(netfilter_get(&t, "nf_conntrack_max") > 8192);
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "10\n",
+    )
+    .unwrap();
+    let (code, out, err, _) = run(&t, &["restore"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(netfilter_get(&t, "nf_conntrack_max"), 8192, "{out}");
 }

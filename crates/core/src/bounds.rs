@@ -8,7 +8,8 @@ use crate::tunables;
 /// What a value is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
-    /// `ceiling.min_max`.
+    /// The smallest max that may be written: `ceiling.min_max` for values ctune
+    /// decides, [`RESTORE_MIN_MAX`] at most for the operator's values it puts back.
     pub min_max: u64,
     /// The ceiling for max now, when known.
     pub ceiling: Option<u64>,
@@ -17,6 +18,11 @@ pub struct Bounds {
     /// The kernel's page size (bucket rounding and limit).
     pub page_size: u64,
 }
+
+/// The smallest max a kernel picks by itself (its default hash, and so max, is at least
+/// 1024 buckets): an operator's original below `ceiling.min_max` but not below this
+/// (a small VM's stock 8192) is put back by `restore`; 1 is not.
+pub const RESTORE_MIN_MAX: u64 = 1024;
 
 /// The largest timeout the kernel takes: the sysctls hold jiffies in an int
 /// (`proc_dointvec_jiffies`), INT_MAX / HZ seconds, about 24 days at HZ=1000.
@@ -37,7 +43,10 @@ pub fn check(key: &str, value: u64, b: &Bounds) -> Result<(), String> {
                 ));
             }
             if value < b.min_max {
-                return fail(format!("below ceiling.min_max {}", b.min_max));
+                return fail(format!(
+                    "below {}, the smallest max ctune writes",
+                    b.min_max
+                ));
             }
             if let Some(need) = b.table_needs.filter(|n| value < *n) {
                 return fail(format!(
@@ -87,7 +96,7 @@ mod tests {
         assert!(check(tunables::MAX, 262_144, &b()).is_ok());
         for (v, why) in [
             (0, "unlimited"),
-            (1, "min_max"),
+            (1, "smallest max"),
             (16_384, "holds"),
             (2_000_000, "ceiling"),
             (u64::MAX, "kernel"),

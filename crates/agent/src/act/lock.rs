@@ -6,6 +6,8 @@
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 
 use crate::sense::roots::Roots;
 
@@ -38,6 +40,49 @@ pub enum LockError {
     },
 }
 
+/// Makes `dir` a directory of ctune's own that no one else may enter (0700): an existing
+/// one owned by someone else, or a symlink, is refused.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o700).create(dir)
+        }
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_dir() || m.uid() != nix::unistd::geteuid().as_raw() => {
+            Err(std::io::Error::other(format!(
+                "{} is not a directory of this user's (a symlink or someone else's): remove it",
+                dir.display()
+            )))
+        }
+        Ok(m) if m.mode() & 0o077 != 0 => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Opens the lock file, never through a symlink. A file others could open (from before
+/// its directory was private, or planted) is replaced by a fresh one: a lock another
+/// user took on it must not stop ctune.
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    let trusted = std::fs::symlink_metadata(path).map(|m| {
+        m.file_type().is_file()
+            && m.uid() == nix::unistd::geteuid().as_raw()
+            && m.mode() & 0o077 == 0
+    });
+    if matches!(trusted, Ok(false)) {
+        std::fs::remove_file(path)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
 /// Takes the lock without waiting.
 pub fn acquire(roots: &Roots) -> Result<Lock, LockError> {
     let dir = roots.run.join("ctune");
@@ -47,14 +92,9 @@ pub fn acquire(roots: &Roots) -> Result<Lock, LockError> {
         path: shown.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    std::fs::create_dir_all(&roots.run).map_err(io)?;
+    private_dir(&dir).map_err(io)?;
+    let file = open_lock(&path).map_err(io)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut flock) => {
             let _ = flock.set_len(0);
@@ -92,5 +132,53 @@ mod tests {
         );
         drop(first);
         acquire(&roots).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_others_could_open_is_replaced_and_their_lock_does_not_stop_ctune() {
+        let d = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            run: d.path().join("run"),
+            ..Roots::default()
+        };
+        let dir = roots.run.join("ctune");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("lock");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Someone opened the world-readable file and holds a lock on it.
+        let theirs = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive).unwrap();
+        let ours = acquire(&roots).expect("their lock on an untrusted file must not stop ctune");
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        drop((ours, theirs));
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_lock_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            run: d.path().join("run"),
+            ..Roots::default()
+        };
+        let dir = roots.run.join("ctune");
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("lock")).unwrap();
+        let _lock = acquire(&roots).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "keep",
+            "target not truncated"
+        );
+        assert!(
+            !std::fs::symlink_metadata(dir.join("lock"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -103,7 +103,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         // state must not set max to 1): the operator's value may be above the ceiling,
         // but never outside the kernel's and the config's bounds.
         let limits = Bounds {
-            min_max: cfg.ceiling.min_max,
+            min_max: cfg.ceiling.min_max.min(bounds::RESTORE_MIN_MAX),
             ceiling: None,
             table_needs: None,
             page_size: obs.host.page_size,
@@ -138,7 +138,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         };
         for (key, lowered) in &ns_state.lowered {
             let limits = Bounds {
-                min_max: cfg.ceiling.min_max,
+                min_max: cfg.ceiling.min_max.min(bounds::RESTORE_MIN_MAX),
                 ceiling: None,
                 table_needs: None,
                 page_size: obs.host.page_size,
