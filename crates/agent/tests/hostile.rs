@@ -213,3 +213,36 @@ fn restore_puts_back_a_small_stock_max() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(netfilter_get(&t, "nf_conntrack_max"), 8192, "{out}");
 }
+
+/// A config another user could rewrite (`memory_fraction: 1` by uid 65534) is refused
+/// with what to fix, like sshd's StrictModes; a state file likewise.
+#[test]
+fn a_config_or_state_others_control_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = FixtureTree::new("kernel-6.18");
+    let cfg = t.path().join("ctune.yaml");
+    std::fs::write(&cfg, "ceiling:\n  memory_fraction: 1\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, _, err, _) = run(&t, &["--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chmod go-w") && err.contains("ctune.yaml"),
+        "{err}"
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    nix::unistd::chown(&cfg, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let (code, _, err, _) = run(&t, &["--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+
+    let state = t.path().join("state/state.json");
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let (code, _, err, _) = run(&t, &["restore"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("state.json") && err.contains("chmod go-w"),
+        "{err}"
+    );
+}

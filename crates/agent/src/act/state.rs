@@ -76,7 +76,11 @@ pub fn now() -> Duration {
 /// keeps only what outlives a reboot.
 pub fn load(roots: &Roots) -> Result<State, StateError> {
     let p = path(roots);
-    let text = match kfile::read_text(&p) {
+    // The state says which values to put back: another user must not be able to write it.
+    let text = match kfile::trusted(&p)
+        .map_err(|e| kfile::FileError::io(&p, &e))
+        .and_then(|()| kfile::read_text(&p))
+    {
         Ok(t) => t,
         Err(e) if e.cause == Cause::Missing => {
             return Ok(State {

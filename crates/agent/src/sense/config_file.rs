@@ -13,7 +13,9 @@ pub fn load(explicit: Option<&Path>, default_path: &Path) -> Result<(Config, Sou
         Some(p) => (p, true),
         None => (default_path, false),
     };
-    match crate::sense::kfile::read_bounded(path) {
+    let text =
+        crate::sense::kfile::trusted(path).and_then(|()| crate::sense::kfile::read_bounded(path));
+    match text {
         Ok(text) => Ok((parse(&text, path)?, Source::File(path.to_path_buf()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             Ok((Config::default(), Source::Embedded))

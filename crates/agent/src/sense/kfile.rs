@@ -119,11 +119,7 @@ pub fn read_bounded(path: &Path) -> io::Result<String> {
         .open(path)?;
     let meta = file.metadata()?;
     // /dev/null is the empty file people pass as `--config /dev/null`.
-    let null = {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
-    };
-    if !meta.file_type().is_file() && !null {
+    if !meta.file_type().is_file() && !is_null_device(&meta) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file (a FIFO, socket or device): refused",
@@ -138,6 +134,51 @@ pub fn read_bounded(path: &Path) -> io::Result<String> {
         ));
     }
     Ok(text)
+}
+
+/// Whether a file ctune takes orders from (its config, its state) is under the control of
+/// no one but root and ctune's own user, as sshd demands of its keys: the file and every
+/// directory above it owned by root or this user, and not writable by group or others
+/// (a directory with the sticky bit, like /tmp, may be: others cannot replace what is
+/// in it). The error says what to fix.
+pub fn trusted(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    let real = std::fs::canonicalize(path)?;
+    let refuse = |what: String| io::Error::new(io::ErrorKind::PermissionDenied, what);
+    if is_null_device(&std::fs::metadata(&real)?) {
+        // Anyone may write to /dev/null; it stays empty.
+        return Ok(());
+    }
+    let check = |p: &Path, dir: bool| -> io::Result<()> {
+        let m = std::fs::metadata(p)?;
+        if m.uid() != 0 && m.uid() != euid {
+            return Err(refuse(format!(
+                "{} is owned by uid {}, not by root or uid {euid}: another user could rewrite it (chown root {})",
+                p.display(),
+                m.uid(),
+                p.display()
+            )));
+        }
+        let sticky = dir && m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !sticky {
+            return Err(refuse(format!(
+                "{} is writable by its group or others (mode {:o}): another user could rewrite it (chmod go-w {})",
+                p.display(),
+                m.mode() & 0o7777,
+                p.display()
+            )));
+        }
+        Ok(())
+    };
+    check(&real, false)?;
+    real.ancestors().skip(1).try_for_each(|d| check(d, true))
+}
+
+/// Whether `meta` is the null device (character device 1:3).
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
 }
 
 /// Reads a whole file as text ([`read_bounded`]), the cause kept.
@@ -196,6 +237,35 @@ mod tests {
             "",
             "the empty file"
         );
+    }
+
+    #[test]
+    fn a_file_others_may_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ctune.yaml");
+        std::fs::write(&p, "").unwrap();
+        trusted(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = trusted(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 666") && err.contains("chmod go-w"),
+            "{err}"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            trusted(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("writable by its group")
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        trusted(&p).expect("a sticky directory like /tmp is fine");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = trusted(&p).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
     }
 
     #[test]
