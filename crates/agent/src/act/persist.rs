@@ -251,7 +251,13 @@ fn sysctl_lines(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
         .filter_map(|l| l.split_once('='))
         .filter_map(|(k, v)| {
             let k = k.trim().trim_start_matches('-').replace('/', ".");
+            // Only a conntrack key's name: a hand-edited line with anything else in it
+            // is not a key ctune reads.
             k.strip_prefix("net.netfilter.")
+                .filter(|k| {
+                    k.starts_with("nf_conntrack_")
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
                 .map(|k| (k.to_string(), v.trim().to_string()))
         })
 }
