@@ -92,13 +92,20 @@ if [ "$1" = configure ]; then
     for unit in ctune-boot.service ctune.service; do
         if command -v deb-systemd-helper >/dev/null 2>&1; then
             deb-systemd-helper unmask "$unit" >/dev/null || true
-            deb-systemd-helper enable "$unit" >/dev/null || true
-        else
+            # was-enabled is true on a first install: enable then. On an upgrade it
+            # keeps what the admin chose: a disabled unit stays disabled.
+            if deb-systemd-helper --quiet was-enabled "$unit"; then
+                deb-systemd-helper enable "$unit" >/dev/null || true
+            else
+                deb-systemd-helper update-state "$unit" >/dev/null || true
+            fi
+        elif [ -z "$2" ]; then
             systemctl enable "$unit" >/dev/null 2>&1 || true
         fi
     done
-    # Start the agent now only on a running systemd (not in a chroot or image build).
-    if [ -d /run/systemd/system ]; then
+    # (Re)start the agent only on a running systemd (not in a chroot or image build),
+    # and only when it is enabled: an upgrade must not start what the admin disabled.
+    if [ -d /run/systemd/system ] && systemctl --quiet is-enabled ctune.service 2>/dev/null; then
         if command -v deb-systemd-invoke >/dev/null 2>&1; then
             deb-systemd-invoke restart ctune.service || true
         else
@@ -123,8 +130,9 @@ fi
 if [ "$1" = remove ]; then
     # dpkg does not tell prerm whether a purge follows, and postrm runs after the binary
     # is deleted: keep a copy for `postrm purge` to run `ctune restore` with.
-    mkdir -p /var/lib/ctune
-    cp /usr/bin/ctune /var/lib/ctune/ctune-restore
+    # A failed copy must not fail the removal: purge then still removes ctune's files.
+    mkdir -p /var/lib/ctune && cp /usr/bin/ctune /var/lib/ctune/ctune-restore ||
+        echo "ctune: could not keep a copy for purge; purge will only remove ctune's files" >&2
 fi
 exit 0
 SH
@@ -141,6 +149,14 @@ if [ "$1" = purge ]; then
     if [ -x /var/lib/ctune/ctune-restore ]; then
         /var/lib/ctune/ctune-restore restore --force || echo "ctune: restore failed (exit $?); see above" >&2
     fi
+    # Whatever restore could do (conntrack not loaded, no copy): ctune's own files go, so
+    # nothing of ctune applies at the next boot; what it set stays until then.
+    for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.d/ctune.conf /etc/modprobe.d/ctune.conf; do
+        if [ -f "$f" ] && head -n 1 "$f" | grep -q '^# Managed by ctune'; then
+            rm -f "$f"
+            echo "ctune: removed $f; the values it set stay in force until the next boot" >&2
+        fi
+    done
     if command -v deb-systemd-helper >/dev/null 2>&1; then
         deb-systemd-helper purge ctune.service ctune-boot.service >/dev/null || true
         deb-systemd-helper unmask ctune.service ctune-boot.service >/dev/null || true
