@@ -246,3 +246,40 @@ fn a_config_or_state_others_control_is_refused() {
         "{err}"
     );
 }
+
+/// The state save after a change failed (a read-only state directory), so the state
+/// still records the value before it: the value in ctune's own persisted file tells
+/// restore that the live value is ctune's, and the operator's comes back.
+#[test]
+fn restore_recognises_its_own_value_when_the_last_state_save_failed() {
+    let t = FixtureTree::new("kernel-6.18");
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "250000\n",
+    )
+    .unwrap();
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    let grown = netfilter_get(&t, "nf_conntrack_max");
+    // As if a later step had raised max again and failed to save the state.
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_max"),
+        format!("{}\n", grown * 2),
+    )
+    .unwrap();
+    let conf = t.path().join("etc/sysctl.d/99-ctune.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace(&grown.to_string(), &(grown * 2).to_string()),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
+        "10\n",
+    )
+    .unwrap();
+    let (code, out, err, _) = run(&t, &["restore"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(netfilter_get(&t, "nf_conntrack_max"), 262_144, "{out}");
+}

@@ -65,6 +65,12 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
     };
     let obs = observe::observe(roots, &cfg.namespaces)?;
     let peak = obs.peak_count();
+    let persisted: std::collections::BTreeMap<String, u64> =
+        kfile::read_text(&roots.etc.join(persist::SYSCTL_FILE))
+            .ok()
+            .filter(|t| persist::is_ours(t))
+            .map(|t| persist::parse_sysctl_values(&t).into_iter().collect())
+            .unwrap_or_default();
     let mut changes = Vec::new();
     let mut st = st;
     let mut max_refused = false;
@@ -80,8 +86,11 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         let Some(live) = live.filter(|l| *l != original) else {
             continue;
         };
-        // A value someone else set after ctune is theirs now: not ctune's to undo.
-        let set_by_ctune = st.policy.applied.get(key) == Some(&live);
+        // A value someone else set after ctune is theirs now: not ctune's to undo. The
+        // value in ctune's own persisted file is ctune's too, even when the state save
+        // that should have recorded it failed.
+        let set_by_ctune =
+            st.policy.applied.get(key) == Some(&live) || persisted.get(key) == Some(&live);
         if !set_by_ctune || st.policy.operator_held.contains(key) {
             report.kept.push(format!(
                 "{key}: left at {live}: someone else changed it after ctune set it, so it is theirs (ctune's record of {original} is dropped)"
