@@ -75,6 +75,11 @@ impl Roots {
         self.sys.join("kernel/slab/nf_conntrack/slab_size")
     }
 
+    /// SLUB's count of `nf_conntrack` objects in use ("112 N0=112"), root only.
+    pub fn slab_objects_file(&self) -> PathBuf {
+        self.sys.join("kernel/slab/nf_conntrack/objects")
+    }
+
     /// `/proc/slabinfo`, the fallback for the slab's object size.
     pub fn slabinfo(&self) -> PathBuf {
         self.proc.join("slabinfo")
