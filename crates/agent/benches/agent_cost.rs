@@ -205,8 +205,9 @@ impl Fixture {
     }
 
     /// Count `n`, max 4n, hash max / 4: 25 % utilisation at every size.
-    /// With a 1 TiB MemTotal, so that with `big_config` every size is under the ceiling
-    /// and the plans of all sizes have the same shape.
+    /// With a 1 TiB MemTotal, 90 % of it available (the budget follows what the host
+    /// can spare), so that with `big_config` every size is under the ceiling and the
+    /// plans of all sizes have the same shape.
     fn size(&self, n: u64) {
         self.set("nf_conntrack_count", n);
         self.set("nf_conntrack_max", 4 * n);
@@ -219,6 +220,8 @@ impl Fixture {
             .map(|l| {
                 if l.starts_with("MemTotal:") {
                     format!("MemTotal:       {} kB\n", BIG_MEM / 1024)
+                } else if l.starts_with("MemAvailable:") {
+                    format!("MemAvailable:   {} kB\n", BIG_MEM / 1024 * 9 / 10)
                 } else {
                     format!("{l}\n")
                 }

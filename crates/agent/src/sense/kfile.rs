@@ -189,10 +189,36 @@ pub fn read_text(path: &Path) -> Result<String, FileError> {
     })
 }
 
-/// Reads a file holding one unsigned integer (a sysctl or module parameter).
+/// Reads a file holding one unsigned integer (a sysctl or module parameter): the hot
+/// path of every step, so one open (non-blocking: a FIFO cannot hang it), one read into
+/// a small buffer, no allocation; more than 64 bytes is not a number.
 pub fn read_u64(path: &Path) -> Result<u64, FileError> {
-    let text = read_text(path)?;
-    parse_u64(&text).map_err(|detail| FileError::malformed(path, detail))
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| FileError::io(path, &e))?;
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FileError::io(path, &e)),
+        }
+        if len == buf.len() {
+            return Err(FileError::malformed(
+                path,
+                "more than 64 bytes: not a number",
+            ));
+        }
+    }
+    let text =
+        std::str::from_utf8(&buf[..len]).map_err(|_| FileError::malformed(path, "not text"))?;
+    parse_u64(text).map_err(|detail| FileError::malformed(path, detail))
 }
 
 /// Parses the single unsigned integer a sysctl file holds.
