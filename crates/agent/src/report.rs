@@ -106,7 +106,7 @@ pub fn status(obs: &Observation, cfg: &Config) -> StatusReport {
                 error: n.error.clone(),
             })
             .collect(),
-        memory_now_bytes: policy::memory_now(obs, cfg),
+        memory_now_bytes: ceiling.table_bytes,
         memory_at_ceiling_bytes: ceiling.memory_at(ceiling.value, ceiling_buckets),
         ceiling,
         notes: obs.notes.clone(),

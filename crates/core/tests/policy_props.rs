@@ -1361,7 +1361,7 @@ fn memory_now_does_not_overflow() {
         .ns("a", 1, u64::MAX)
         .ns("b", 2, u64::MAX)
         .build();
-    let _ = policy::memory_now(&obs, &default_cfg());
+    let _ = policy::ceiling_of(&obs, &default_cfg()).table_bytes;
 }
 
 // ---------------------------------------------------------------------------------------

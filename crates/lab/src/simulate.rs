@@ -794,10 +794,9 @@ fn fallback_text(value: &serde_json::Value, at: usize) -> String {
 // ---------------------------------------------------------------------------------------
 // The table.
 
-/// The conntrack table of one namespace, as cohorts of entries per class.
+/// The conntrack table of one namespace, as cohorts of entries per class (the limit it
+/// fills against is the host's, in [`Tables`]).
 struct Table {
-    max: u64,
-    buckets: u64,
     timeouts: BTreeMap<String, u64>,
     /// Per class: expiry tick -> entries that expire then.
     cohorts: [BTreeMap<u64, u64>; Class::COUNT],
@@ -812,10 +811,8 @@ struct Table {
 }
 
 impl Table {
-    fn new(max: u64, buckets: u64) -> Table {
+    fn new() -> Table {
         Table {
-            max,
-            buckets,
             timeouts: KERNEL_DEFAULT_TIMEOUTS
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), *v))
@@ -895,7 +892,7 @@ impl Table {
     /// Admits one tick's new flows: free slots first, then one early drop per flow while
     /// unassured entries remain, the rest lost. Shares go to classes in proportion to
     /// their arrivals, so no class is favoured by the order of evaluation.
-    fn admit(&mut self, arrivals: [u64; Class::COUNT], k: u64, tick_ns: u128) {
+    fn admit(&mut self, arrivals: [u64; Class::COUNT], max: u64, k: u64, tick_ns: u128) {
         let total: u64 = arrivals.iter().sum();
         self.attempts += total;
         // The racing twin of each lookup is lost at confirm time whatever the table holds.
@@ -903,13 +900,13 @@ impl Table {
         if total == 0 {
             return;
         }
-        if self.max == 0 {
+        if max == 0 {
             for class in Class::ALL {
                 self.insert(class, arrivals[class.index()], k, tick_ns);
             }
             return;
         }
-        let free = self.max.saturating_sub(self.count).min(total);
+        let free = max.saturating_sub(self.count).min(total);
         let got = share(&arrivals, free);
         let mut rest = [0u64; Class::COUNT];
         for class in Class::ALL {
@@ -933,53 +930,41 @@ impl Table {
 }
 
 /// The host's conntrack: the one global max and hash, and a table per namespace (the
-/// host's own first, then the tenants'), whose `max` and `buckets` are kept equal.
-struct Tables(Vec<Table>);
+/// host's own first, then the tenants').
+struct Tables {
+    max: u64,
+    buckets: u64,
+    spaces: Vec<Table>,
+}
 
 impl Tables {
-    fn max(&self) -> u64 {
-        self.0[0].max
-    }
-
-    fn buckets(&self) -> u64 {
-        self.0[0].buckets
-    }
-
-    fn set_max(&mut self, max: u64) {
-        self.0.iter_mut().for_each(|t| t.max = max);
-    }
-
-    fn set_buckets(&mut self, buckets: u64) {
-        self.0.iter_mut().for_each(|t| t.buckets = buckets);
-    }
-
     /// Entries of every namespace together.
     fn total(&self) -> u64 {
-        self.0.iter().map(|t| t.count).sum()
+        self.spaces.iter().map(|t| t.count).sum()
     }
 
     /// The busiest namespace's entries.
     fn busiest(&self) -> u64 {
-        self.0.iter().map(|t| t.count).max().unwrap_or(0)
+        self.spaces.iter().map(|t| t.count).max().unwrap_or(0)
     }
 
     /// The table of the namespace with this inode.
     fn by_inode(&mut self, inode: u64) -> Option<&mut Table> {
         let i = inode.checked_sub(INIT_NET_INODE)?;
-        self.0.get_mut(usize::try_from(i).ok()?)
+        self.spaces.get_mut(usize::try_from(i).ok()?)
     }
 
     /// What the agent would read from the kernel now.
     fn observation(&self, host: &SimHost, names: &[String], t: f64, ext: u64) -> Observation {
-        let table_bytes = ceiling::memory_now(self.total(), self.buckets(), host.entry_bytes, ext);
+        let table_bytes = ceiling::memory_now(self.total(), self.buckets, host.entry_bytes, ext);
         Observation {
             module: ModuleState::BuiltIn,
             in_initial_netns: Some(true),
             global: Global {
-                max: self.max(),
-                buckets: Some(self.buckets()),
-                hashsize: Some(self.buckets()),
-                expect_max: Some((self.buckets() / 256).max(1)),
+                max: self.max,
+                buckets: Some(self.buckets),
+                hashsize: Some(self.buckets),
+                expect_max: Some((self.buckets / 256).max(1)),
                 write_access: Access {
                     writable: true,
                     reason: None,
@@ -1002,7 +987,7 @@ impl Tables {
                 memory_stall: None,
             },
             namespaces: self
-                .0
+                .spaces
                 .iter()
                 .zip(names)
                 .enumerate()
@@ -1159,13 +1144,14 @@ impl Agent {
             }
             Due::Probe { until_step } if !self.paused => {
                 let mut due = false;
-                for (t, last) in tables.0.iter().zip(self.last.iter_mut()) {
+                let max = tables.max;
+                for (t, last) in tables.spaces.iter().zip(self.last.iter_mut()) {
                     let reading = Reading {
                         at: now,
                         count: t.count,
                     };
                     let prev = last.replace(reading);
-                    due |= probe::step_now(prev, reading, t.max, until_step, &self.cfg);
+                    due |= probe::step_now(prev, reading, max, until_step, &self.cfg);
                 }
                 if due {
                     d.early_steps += 1;
@@ -1193,12 +1179,12 @@ impl Agent {
                     if ch.new > plan.ceiling.value {
                         d.max_above_ceiling += 1;
                     }
-                    d.max_changes.push((at_ms, tables.max(), ch.new));
-                    tables.set_max(ch.new);
+                    d.max_changes.push((at_ms, tables.max, ch.new));
+                    tables.max = ch.new;
                 }
                 (tunables::BUCKETS, _) => {
                     d.resizes += 1;
-                    tables.set_buckets(ch.new);
+                    tables.buckets = ch.new;
                 }
                 (key, Target::Namespace { netns }) => {
                     if let Some(t) = tables.by_inode(netns.inode) {
@@ -1210,7 +1196,7 @@ impl Agent {
         }
         // Every change takes effect in the model.
         let raised = plan.global_change(tunables::MAX).is_some();
-        self.paused = probe::paused_after(&plan, raised, tables.max(), &self.cfg);
+        self.paused = probe::paused_after(&plan, raised, tables.max, &self.cfg);
         self.state = next;
     }
 }
@@ -1231,19 +1217,17 @@ fn set_timeout(table: &mut Table, key: &str, new: u64, at_ms: u64, d: &mut RunDe
 /// max / 4 when smaller, its two timeouts set in its own (the host's) namespace.
 fn kube_proxy_start(tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
     let target = kube_proxy::max(host.cpus);
-    if tables.max() != 0 && tables.max() < target {
-        d.max_changes.push((0, tables.max(), target));
-        tables.set_max(target);
+    if tables.max != 0 && tables.max < target {
+        d.max_changes.push((0, tables.max, target));
+        tables.max = target;
     }
-    if tables.buckets() < kube_proxy::buckets(target) {
+    if tables.buckets < kube_proxy::buckets(target) {
         d.resizes += 1;
-        tables.set_buckets(tunables::round_buckets(
-            kube_proxy::buckets(target),
-            tunables::DEFAULT_PAGE_SIZE,
-        ));
+        tables.buckets =
+            tunables::round_buckets(kube_proxy::buckets(target), tunables::DEFAULT_PAGE_SIZE);
     }
     for (key, secs) in kube_proxy::TIMEOUTS {
-        set_timeout(&mut tables.0[0], key, secs, 0, d);
+        set_timeout(&mut tables.spaces[0], key, secs, 0, d);
     }
 }
 
@@ -1311,13 +1295,12 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
     let n_ticks = sc.duration.as_nanos().div_ceil(tick_ns) as u64;
     let sample_ns = sc.sample_interval.as_nanos();
     let (names, mut sources) = namespaces(sc);
-    let mut tables = Tables(
-        names
-            .iter()
-            .map(|_| Table::new(sc.start_max, sc.start_buckets))
-            .collect(),
-    );
-    let start_timeouts = tables.0[0].timeouts.clone();
+    let mut tables = Tables {
+        max: sc.start_max,
+        buckets: sc.start_buckets,
+        spaces: names.iter().map(|_| Table::new()).collect(),
+    };
+    let start_timeouts = tables.spaces[0].timeouts.clone();
     let mut d = RunDetails {
         policy: kind.name().into(),
         ..RunDetails::default()
@@ -1331,7 +1314,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
 
     for k in 0..=n_ticks {
         let now_ns = u128::from(k) * tick_ns;
-        tables.0.iter_mut().for_each(|t| t.expire(k));
+        tables.spaces.iter_mut().for_each(|t| t.expire(k));
         match (kind, agent.as_mut()) {
             (Peer::KubeProxy, _) if k == 0 => kube_proxy_start(&mut tables, &sc.host, &mut d),
             (Peer::Ctune, Some(a)) => a.act(now_ns, &mut tables, &sc.host, &mut d),
@@ -1347,7 +1330,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
             samples.push(Sample {
                 t: now_ns as f64 / 1e9,
                 count: tables.busiest(),
-                max: tables.max(),
+                max: tables.max,
             });
             while next_sample_ns <= now_ns {
                 next_sample_ns += sample_ns;
@@ -1357,9 +1340,10 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
             break;
         }
         let mid = (now_ns as f64 / 1e9) + dt / 2.0;
-        for (t, src) in tables.0.iter_mut().zip(sources.iter_mut()) {
-            t.admit(src.arrivals(mid, dt), k, tick_ns);
-            if t.max != 0 && t.count > t.max {
+        let max = tables.max;
+        for (t, src) in tables.spaces.iter_mut().zip(sources.iter_mut()) {
+            t.admit(src.arrivals(mid, dt), max, k, tick_ns);
+            if max != 0 && t.count > max {
                 d.ticks_over_max += 1;
             }
         }
@@ -1386,10 +1370,10 @@ fn account(sc: &Scenario, tables: &Tables, t_end: f64, d: &mut RunDetails) -> u6
     let total = tables.total();
     d.peak_chain = d
         .peak_chain
-        .max(2.0 * total as f64 / tables.buckets().max(1) as f64);
+        .max(2.0 * total as f64 / tables.buckets.max(1) as f64);
     let table_bytes = ceiling::memory_now(
         total,
-        tables.buckets(),
+        tables.buckets,
         sc.host.entry_bytes,
         sc.ctune.ceiling.extension_bytes,
     );
@@ -1415,12 +1399,12 @@ fn summary(
     samples: Vec<Sample>,
 ) -> PolicyRun {
     let cfg = &sc.ctune;
-    let restored = tables.0.iter().all(|t| {
+    let restored = tables.spaces.iter().all(|t| {
         lowered
             .iter()
             .all(|k| t.timeouts.get(k) == start_timeouts.get(k))
     });
-    let sum = |f: fn(&Table) -> u64| tables.0.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
     PolicyRun {
         policy: kind.name().into(),
         kernel_drops: sum(|t| t.drop),
@@ -1429,8 +1413,8 @@ fn summary(
         attempts: sum(|t| t.attempts),
         early_drops: sum(|t| t.early_drop),
         peak_count: peak,
-        final_max: tables.max(),
-        final_buckets: tables.buckets(),
+        final_max: tables.max,
+        final_buckets: tables.buckets,
         memory_bytes: peak_memory,
         grew: d.max_changes.iter().any(|(_, old, new)| new > old),
         crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
@@ -1493,12 +1477,12 @@ mod tests {
 
     #[test]
     fn full_table_early_drops_unassured_then_drops() {
-        let mut t = Table::new(10, 1024);
+        let mut t = Table::new();
         let tick = 10_000_000u128;
-        t.admit([6, 0, 4, 0, 0], 0, tick);
+        t.admit([6, 0, 4, 0, 0], 10, 0, tick);
         assert_eq!((t.count, t.unassured), (10, 6));
         // Full: 8 TCP flows evict 6 UDP entries, then 2 are lost.
-        t.admit([0, 0, 8, 0, 0], 1, tick);
+        t.admit([0, 0, 8, 0, 0], 10, 1, tick);
         assert_eq!((t.count, t.unassured, t.early_drop, t.drop), (10, 0, 6, 2));
         // UDP expires after 30 s, TIME_WAIT after 120 s (created at tick 1).
         t.expire(3_001);

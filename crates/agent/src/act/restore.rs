@@ -71,6 +71,15 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             .filter(|t| persist::is_ours(t))
             .map(|t| persist::parse_sysctl_values(&t).into_iter().collect())
             .unwrap_or_default();
+    // What a recorded value must be to be put back: the operator's value may be above
+    // the ceiling, but never outside the kernel's bounds, nor below the smallest max a
+    // kernel picks by itself.
+    let limits = Bounds {
+        min_max: cfg.ceiling.min_max.min(bounds::RESTORE_MIN_MAX),
+        ceiling: None,
+        table_needs: None,
+        page_size: obs.host.page_size,
+    };
     let mut changes = Vec::new();
     let mut st = st;
     let mut max_refused = false;
@@ -109,14 +118,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             continue;
         }
         // The record itself must be a value ctune could write (a tampered or corrupt
-        // state must not set max to 1): the operator's value may be above the ceiling,
-        // but never outside the kernel's and the config's bounds.
-        let limits = Bounds {
-            min_max: cfg.ceiling.min_max.min(bounds::RESTORE_MIN_MAX),
-            ceiling: None,
-            table_needs: None,
-            page_size: obs.host.page_size,
-        };
+        // state must not set max to 1): see `limits`.
         if let Err(why) = bounds::check(key, original, &limits) {
             report.refused.push(format!(
                 "{why} (recorded in {})",
@@ -146,12 +148,6 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
             continue;
         };
         for (key, lowered) in &ns_state.lowered {
-            let limits = Bounds {
-                min_max: cfg.ceiling.min_max.min(bounds::RESTORE_MIN_MAX),
-                ceiling: None,
-                table_needs: None,
-                page_size: obs.host.page_size,
-            };
             if let Err(why) = bounds::check(key, lowered.baseline, &limits) {
                 report
                     .refused

@@ -125,20 +125,18 @@ pub fn load(roots: &Roots) -> Result<State, StateError> {
     Ok(st)
 }
 
-/// Whether two states differ only in when their samples were taken (the counters'
-/// times, and the last count, which is never saved).
-pub fn same_but_sample_times(a: &State, b: &State) -> bool {
-    let untimed = |s: &State| {
-        let mut s = s.clone();
-        for ns in s.policy.namespaces.values_mut() {
-            ns.last_count = None;
-            if let Some(c) = ns.counters.as_mut() {
-                c.at = None;
-            }
+/// The state without the times of its samples (the counters' times, and the last
+/// count, which is never saved): two states equal in this form differ only in when
+/// their samples were taken.
+pub fn untimed(s: &State) -> State {
+    let mut s = s.clone();
+    for ns in s.policy.namespaces.values_mut() {
+        ns.last_count = None;
+        if let Some(c) = ns.counters.as_mut() {
+            c.at = None;
         }
-        s
-    };
-    a == b || untimed(a) == untimed(b)
+    }
+    s
 }
 
 /// Saves the state atomically (unchanged content is not rewritten).

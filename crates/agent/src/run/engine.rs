@@ -115,7 +115,7 @@ pub struct Engine {
     pub config: Config,
     /// What ctune remembers.
     pub state: State,
-    /// The state as last saved (or loaded).
+    /// The state as last saved (or loaded), without its sample times.
     saved: State,
 }
 
@@ -126,7 +126,7 @@ impl Engine {
         Ok(Engine {
             roots,
             config,
-            saved: state.clone(),
+            saved: state::untimed(&state),
             state,
         })
     }
@@ -136,11 +136,12 @@ impl Engine {
     /// timestamp. A later `ctune apply` then sees an older sample, which only makes it
     /// measure no rise from it.
     fn save_if_changed(&mut self) -> Result<(), StateError> {
-        if state::same_but_sample_times(&self.state, &self.saved) {
+        let untimed = state::untimed(&self.state);
+        if untimed == self.saved {
             return Ok(());
         }
         state::save(&self.roots, &self.state)?;
-        self.saved = self.state.clone();
+        self.saved = untimed;
         Ok(())
     }
 

@@ -276,28 +276,35 @@ fn memory_stall(roots: &Roots, notes: &mut Vec<String>) -> Option<f64> {
     }
 }
 
-/// The kernel's page size, from ctune's own auxiliary vector (`AT_PAGESZ`).
+/// The kernel's page size, from ctune's own auxiliary vector (`AT_PAGESZ`). It does not
+/// change while the process runs: read once per proc root, not at every step (a read
+/// that failed is tried again, and noted, each time).
 fn page_size(roots: &Roots, notes: &mut Vec<String>) -> u64 {
+    static READ: std::sync::Mutex<Option<(std::path::PathBuf, u64)>> = std::sync::Mutex::new(None);
     let path = roots.proc.join("self/auxv");
-    let word = std::mem::size_of::<usize>();
-    match std::fs::read(&path) {
-        Ok(bytes) => auxv::page_size(&bytes, word).unwrap_or_else(|| {
+    let mut cached = READ.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, size)) = cached.as_ref().filter(|(p, _)| *p == path) {
+        return *size;
+    }
+    match read_page_size(&path) {
+        Ok(size) => {
+            *cached = Some((path, size));
+            size
+        }
+        Err(why) => {
             notes.push(format!(
-                "{}: no plausible AT_PAGESZ; assuming {} B pages",
-                path.display(),
-                tunables::DEFAULT_PAGE_SIZE
-            ));
-            tunables::DEFAULT_PAGE_SIZE
-        }),
-        Err(e) => {
-            notes.push(format!(
-                "{}; assuming {} B pages",
-                FileError::io(&path, &e),
+                "{why}; assuming {} B pages",
                 tunables::DEFAULT_PAGE_SIZE
             ));
             tunables::DEFAULT_PAGE_SIZE
         }
     }
+}
+
+fn read_page_size(path: &Path) -> Result<u64, String> {
+    let bytes = std::fs::read(path).map_err(|e| FileError::io(path, &e).to_string())?;
+    auxv::page_size(&bytes, std::mem::size_of::<usize>())
+        .ok_or_else(|| format!("{}: no plausible AT_PAGESZ", path.display()))
 }
 
 /// Online CPUs from sysfs ("0-3,8"), else what the process may use.

@@ -222,11 +222,6 @@ fn ceil_div_f(n: u64, f: f64) -> u64 {
     ceil_mul(n, 1.0 / f)
 }
 
-/// What the table costs now, for `status`.
-pub fn memory_now(obs: &Observation, cfg: &Config) -> u64 {
-    ceiling_of(obs, cfg).table_bytes
-}
-
 /// The ceiling for this observation: what the busiest namespace may reach within the
 /// memory budget while the others keep what they hold. The table's entries are the
 /// slab's (every namespace, also those ctune cannot enter) when readable, else the
