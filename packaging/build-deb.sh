@@ -43,10 +43,26 @@ install -m 755 "$bin" "$root/usr/bin/ctune"
 strip --strip-unneeded "$root/usr/bin/ctune" 2>/dev/null || true
 install -m 644 systemd/ctune.service systemd/ctune-boot.service "$root/lib/systemd/system/"
 install -m 644 config/ctune.yaml "$root/etc/ctune/ctune.yaml"
-install -m 644 README.md "$root/usr/share/doc/ctune/README.md"
-for f in docs/design.md docs/systemd.md; do
-    install -m 644 "$f" "$root/usr/share/doc/ctune/"
-done
+# The docs keep the repository's layout, so every relative link in them resolves in
+# /usr/share/doc/ctune as it does in a clone (checked below).
+doc=$root/usr/share/doc/ctune
+install -d -m 755 "$doc/docs/bench" "$doc/config/roles"
+install -m 644 README.md "$doc/README.md"
+install -m 644 docs/*.md "$doc/docs/"
+install -m 644 docs/bench/*.svg "$doc/docs/bench/"
+install -m 644 config/ctune.yaml "$doc/config/"
+install -m 644 config/roles/*.yaml "$doc/config/roles/"
+dead=()
+while IFS= read -r md; do
+    while IFS= read -r link; do
+        target=${link%%#*}
+        [ -z "$target" ] || [ -e "$(dirname "$md")/$target" ] || dead+=("${md#"$doc"/}: $link")
+    done < <(grep -o '](\([^)]*\))' "$md" | sed 's/^](//; s/)$//' | grep -v '^[a-z]*:')
+done < <(find "$doc" -name '*.md')
+if [ ${#dead[@]} -gt 0 ]; then
+    printf 'build-deb: dead link in the packaged docs: %s\n' "${dead[@]}" >&2
+    exit 1
+fi
 
 # Debian's copyright file and a changelog (a native package's changelog.gz).
 cat > "$root/usr/share/doc/ctune/copyright" <<COPY
@@ -153,8 +169,13 @@ if [ "$1" = purge ]; then
     # nothing of ctune applies at the next boot; what it set stays until then.
     for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.d/ctune.conf /etc/modprobe.d/ctune.conf; do
         if [ -f "$f" ] && head -n 1 "$f" | grep -q '^# Managed by ctune'; then
+            settings=$(grep -v '^#' "$f" | grep . | paste -sd ';' -)
             rm -f "$f"
-            echo "ctune: removed $f; the values it set stay in force until the next boot" >&2
+            if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
+                echo "ctune: removed $f ($settings); what it set stays in force until the next boot" >&2
+            else
+                echo "ctune: removed $f ($settings); conntrack is not loaded, so none of it is in force, and none applies at the next boot" >&2
+            fi
         fi
     done
     if command -v deb-systemd-helper >/dev/null 2>&1; then

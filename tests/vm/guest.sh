@@ -22,6 +22,16 @@ present3() { local l=""; for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.
 present() { local l=""; for f in $files; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
 # systemd-modules-load logs "Inserted module 'X'" (to kmsg this early in boot).
 loaded_early() { journalctl -b -o cat | grep -q "Inserted module 'nf_conntrack'"; }
+pkgver() { dpkg-query -W -f='${Version}' ctune 2>/dev/null || echo none; }
+unitstate() { echo "$(systemctl is-enabled "$1" 2>/dev/null || true)/$(systemctl is-active "$1" 2>/dev/null || true)"; }
+dpkg_i() { # dpkg_i MARKER DEB [AGENT_PID_BEFORE]: install DEB, mark the outcome
+    local m=$1 deb=$2 pid0=${3:-} rc pid
+    dpkg -i "$deb" 2>&1 | sed "s/^/CTUNE-VM-INFO $m dpkg: /" >&3
+    rc=${PIPESTATUS[0]}
+    [ -z "$pid0" ] || wait_for 30 systemctl is-active -q ctune.service || true
+    pid=$(systemctl show -p MainPID --value ctune.service)
+    mark "$m rc=$rc version=$(pkgver) agent_enabled=$(systemctl is-enabled ctune.service 2>/dev/null) agent_active=$(systemctl is-active ctune.service 2>/dev/null) boot_enabled=$(systemctl is-enabled ctune-boot.service 2>/dev/null) boot_active=$(systemctl is-active ctune-boot.service 2>/dev/null) pid=$pid restarted=$([ -n "$pid0" ] && [ "$pid" != 0 ] && [ "$pid" != "$pid0" ] && echo yes || echo no)"
+}
 finish() { info "uptime=$(cut -d' ' -f1 /proc/uptime)"; sync; systemctl poweroff; exit 0; }
 if [ "${1:-}" = snapshot ]; then
     # ctune-vmsnap.service: after systemd-sysctl, ctune-boot and the firewall, before the
@@ -36,7 +46,10 @@ fi
 
 trap finish EXIT
 
-wait_for 120 test -e $nf/nf_conntrack_max || { mark "$phase error=nf_conntrack_never_loaded"; exit 0; }
+# purgecold boots with module_blacklist=nf_conntrack: conntrack never comes, on purpose.
+if [ "$phase" != purgecold ]; then
+    wait_for 120 test -e $nf/nf_conntrack_max || { mark "$phase error=nf_conntrack_never_loaded"; exit 0; }
+fi
 
 # Observations that every phase prints (before any traffic).
 observe() {
@@ -107,14 +120,46 @@ boot2 | neg | late)
         mark "boot2verify lines=$(printf '%s\n' "$out" | grep -c .)"
     fi
     ;;
+upgrade)
+    # The admin disables the units; reinstalling the same version and upgrading to a newer
+    # one (both run `postinst configure <old version>`) must leave them disabled and
+    # stopped. Then the normal path: enabled units stay enabled and the agent runs again.
+    wait_for 60 systemctl is-active -q ctune.service || true
+    mark "upgrade version=$(pkgver) agent=$(unitstate ctune.service) boot=$(unitstate ctune-boot.service) debs=$(set -- /root/*.deb; [ -e "$1" ] && echo $# || echo 0)"
+    systemctl disable --now ctune.service ctune-boot.service 2>&1 | sed 's/^/CTUNE-VM-INFO disable: /' >&3
+    mark "updisabled agent=$(unitstate ctune.service) boot=$(unitstate ctune-boot.service)"
+    dpkg_i upreinstall /root/ctune.deb
+    dpkg_i upbump /root/ctune-up1.deb
+    systemctl enable --now ctune.service ctune-boot.service 2>&1 | sed 's/^/CTUNE-VM-INFO enable: /' >&3
+    wait_for 60 systemctl is-active -q ctune.service || true
+    pid0=$(systemctl show -p MainPID --value ctune.service)
+    mark "upreenabled agent=$(unitstate ctune.service) boot=$(unitstate ctune-boot.service) pid=$pid0"
+    dpkg_i upenabled /root/ctune-up2.deb "$pid0"
+    ;;
+purgecold)
+    # No conntrack (module_blacklist=nf_conntrack): `ctune restore` cannot run (exit 3);
+    # the purge must still remove ctune's files and say what stays until the next boot.
+    module=$([ -e /sys/module/nf_conntrack ] && echo loaded || echo absent)
+    blacklisted=$(journalctl -b -k -o cat | grep -c "Module nf_conntrack is blacklisted")
+    info "units: agent=$(unitstate ctune.service) boot=$(unitstate ctune-boot.service) boot_result=$(systemctl show -p Result --value ctune-boot.service) boot_exit=$(systemctl show -p ExecMainStatus --value ctune-boot.service)"
+    journalctl -b -o cat -u ctune-boot.service -u ctune.service | grep -v '^--' | head -20 | sed 's/^/CTUNE-VM-INFO units: /' >&3
+    before=$(present)
+    out=$(dpkg --purge ctune 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/CTUNE-VM-INFO dpkg: /' >&3
+    # postrm: "ctune: removed <file> (<settings>); conntrack is not loaded, so none of it is in force, ..."
+    stays=$(printf '%s\n' "$out" | sed -n 's/^ctune: removed \([^ ]*\) (.*); conntrack is not loaded, so none of it is in force, and none applies at the next boot$/\1/p' | paste -sd, - | grep . || echo none)
+    restore_exit=$(printf '%s\n' "$out" | sed -n 's/^ctune: restore failed (exit \([0-9]*\)).*/\1/p' | head -1)
+    mark "purgecold rc=$rc module=$module blacklisted=$blacklisted restore_exit=${restore_exit:-none} stays=$stays before=$before files=$(present) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
+    ;;
 purge)
     before="max=$(cat $nf/nf_conntrack_max),buckets=$(cat $nf/nf_conntrack_buckets)"
     dpkg --purge ctune 2>&1 | sed 's/^/CTUNE-VM-INFO dpkg: /' >&3
     rc=${PIPESTATUS[0]}
     mark "purge rc=$rc before=$before max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) files=$(present) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
     ;;
-boot3)
-    mark "boot3 max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(loaded_early && echo yes || echo no) files=$(present) units=$(ls -d /etc/systemd/system/*/ctune.service /etc/systemd/system/*/ctune-boot.service /etc/systemd/system/ctune.service /etc/systemd/system/ctune-boot.service /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service /var/lib/systemd/deb-systemd-helper-enabled/ctune* 2>/dev/null | paste -sd, - | grep . || echo none)"
+boot3 | boot4)
+    mark "$phase max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(loaded_early && echo yes || echo no) files=$(present) units=$(ls -d /etc/systemd/system/*/ctune.service /etc/systemd/system/*/ctune-boot.service /etc/systemd/system/ctune.service /etc/systemd/system/ctune-boot.service /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service /var/lib/systemd/deb-systemd-helper-enabled/ctune* 2>/dev/null | paste -sd, - | grep . || echo none)"
     ;;
 *)
     mark "$phase error=unknown_phase"

@@ -15,6 +15,13 @@
 #             not apply the persisted max (the ordering trap)
 #   purge     dpkg --purge ctune inside the VM
 #   boot3     after purge: stock values, no ctune file left
+# and on a copy of boot2's disk (issue 12, hostile hosts):
+#   upgrade   the admin disables both units; a reinstall of the same .deb and an upgrade
+#             to a bumped version leave them disabled and stopped; enabled again, an
+#             upgrade keeps them enabled and restarts the agent
+#   purgecold module_blacklist=nf_conntrack: no conntrack, so `ctune restore` cannot run;
+#             dpkg --purge still exits 0, removes ctune's files and says what stays
+#   boot4     after that purge: stock values, no ctune file left
 #
 # Usage: tests/vm/run.sh [--base-only]    Env: CTUNE_VM_CACHE (default /var/cache/ctune-vm),
 #        CTUNE_VM_KEEP=1 keeps the per-run directory, CTUNE_VM_DEB=path tests that .deb
@@ -119,6 +126,16 @@ fi
 run=$(mktemp -d /var/tmp/ctune-vm.XXXXXX)
 cleanup() { [ -n "${CTUNE_VM_KEEP:-}" ] && { log "kept $run"; return; }; rm -rf "$run"; }
 trap cleanup EXIT
+# The upgrade boot's packages: the same .deb (a reinstall: dpkg runs `postinst configure
+# <same version>`, the upgrade path) and two copies with bumped versions (real upgrades).
+version=$(dpkg-deb -f "$deb" Version)
+dpkg-deb -R "$deb" "$run/deb-tree"
+for n in 1 2; do
+    sed -i "s/^Version: .*/Version: $version+vmtest$n/" "$run/deb-tree/DEBIAN/control"
+    dpkg-deb -Zgzip --root-owner-group -b "$run/deb-tree" "$run/ctune-up$n.deb" >/dev/null
+    [ "$(dpkg-deb -f "$run/ctune-up$n.deb" Version)" = "$version+vmtest$n" ] || die "could not build the version-bumped .deb"
+done
+rm -rf "$run/deb-tree"
 kver=$(cat "$base/kver")
 # TCG always: /dev/kvm exists on these machines but cannot run a stock kernel (see
 # docs/vm-test.md). CTUNE_VM_ACCEL=kvm to try elsewhere.
@@ -246,8 +263,23 @@ rm -f "$run/neg.img"
 # by the firewall), with ctune-boot active and the agent masked.
 boot late "$run/late.img" "systemd.mask=ctune.service"
 rm -f "$run/late.img"
+# The upgrade disk: boot2's (units enabled, values persisted, the agent's state) with the
+# packages in /root.
+cp --sparse=always "$run/disk.img" "$run/up.img"
+debugfs -w -f - "$run/up.img" >/dev/null 2>&1 <<DBG
+write $deb /root/ctune.deb
+write $run/ctune-up1.deb /root/ctune-up1.deb
+write $run/ctune-up2.deb /root/ctune-up2.deb
+DBG
+[ "$(debugfs -R "ls /root" "$run/up.img" 2>/dev/null | grep -o 'ctune[a-z0-9-]*\.deb' | sort -u | wc -l)" = 3 ] || die "could not write the .debs into the upgrade disk"
 boot purge "$run/disk.img"
 boot boot3 "$run/disk.img"
+rm -f "$run/disk.img"
+boot upgrade "$run/up.img"
+# Nothing can load nf_conntrack (modules-load.d, nftables): the kernel refuses it.
+boot purgecold "$run/up.img" "module_blacklist=nf_conntrack"
+boot boot4 "$run/up.img"
+rm -f "$run/up.img"
 
 # ---- assertions -------------------------------------------------------------------------
 stock_max=$(field boot1 stock_max boot1start)
@@ -304,7 +336,42 @@ expect "boot3: stock nf_conntrack_buckets" "$(field boot3 buckets)" eq "$stock_b
 expect "boot3: nf_conntrack not loaded early any more" "$(field boot3 module_loaded_early)" eq no
 expect "boot3: no ctune file left" "$(field boot3 files)" eq none
 expect "boot3: no ctune unit or enablement link left" "$(field boot3 units)" eq none
-echo "wall time per boot (TCG): boot1 ${took[boot1]}s, boot2 ${took[boot2]}s, neg ${took[neg]}s, late ${took[late]}s, purge ${took[purge]}s, boot3 ${took[boot3]}s; base: $(cat "$base/done")"
+echo "upgrade (copy of boot2's disk; the admin disables both units, then reinstalls and upgrades):"
+expect "upgrade: the three .debs are in the VM" "$(field upgrade debs)" eq 3
+expect "upgrade: before, agent enabled and running" "$(field upgrade agent)" eq enabled/active
+expect "upgrade: systemctl disable --now ctune.service ctune-boot.service" "$(field upgrade agent updisabled)/$(field upgrade boot updisabled)" eq disabled/inactive/disabled/inactive
+for m in upreinstall:$version upbump:$version+vmtest1; do
+    v=${m#*:} m=${m%%:*}
+    expect "$m: dpkg -i $v exit" "$(field upgrade rc "$m")" eq 0
+    expect "$m: version installed" "$(field upgrade version "$m")" eq "$v"
+    expect "$m: ctune.service still disabled" "$(field upgrade agent_enabled "$m")" eq disabled
+    expect "$m: ctune.service not started" "$(field upgrade agent_active "$m")" eq inactive
+    expect "$m: ctune-boot.service still disabled" "$(field upgrade boot_enabled "$m")" eq disabled
+    expect "$m: ctune-boot.service not started" "$(field upgrade boot_active "$m")" eq inactive
+done
+expect "upgrade: enabled again, agent running" "$(field upgrade agent upreenabled)" eq enabled/active
+expect "upenabled: dpkg -i $version+vmtest2 exit" "$(field upgrade rc upenabled)" eq 0
+expect "upenabled: version installed" "$(field upgrade version upenabled)" eq "$version+vmtest2"
+expect "upenabled: ctune.service still enabled" "$(field upgrade agent_enabled upenabled)" eq enabled
+expect "upenabled: ctune.service active" "$(field upgrade agent_active upenabled)" eq active
+expect "upenabled: the agent was restarted (new main PID)" "$(field upgrade restarted upenabled)" eq yes
+expect "upenabled: ctune-boot.service still enabled" "$(field upgrade boot_enabled upenabled)" eq enabled
+echo "  info  upenabled: ctune-boot.service $(field upgrade boot_active upenabled) after the upgrade (prerm stops it; the agent's Wants= starts it again)"
+echo "purgecold (module_blacklist=nf_conntrack):"
+echo "  info  purgecold: before the purge: $(field purgecold before)"
+expect "purgecold: nf_conntrack not loaded" "$(field purgecold module)" eq absent
+expect "purgecold: the kernel refused nf_conntrack (blacklisted)" "$(field purgecold blacklisted)" gt 0
+expect "purgecold: ctune restore could not run (exit 3)" "$(field purgecold restore_exit)" eq 3
+expect "purgecold: dpkg --purge exit" "$(field purgecold rc)" eq 0
+expect "purgecold: no ctune file left" "$(field purgecold files)" eq none
+expect "purgecold: postrm names each removed file and says none of it is in force" "$(field purgecold stays)" eq "/etc/sysctl.d/99-ctune.conf,/etc/modules-load.d/ctune.conf,/etc/modprobe.d/ctune.conf"
+echo "boot4 (after purgecold):"
+expect "boot4: stock nf_conntrack_max" "$(field boot4 max)" eq "$stock_max"
+expect "boot4: stock nf_conntrack_buckets" "$(field boot4 buckets)" eq "$stock_buckets"
+expect "boot4: nf_conntrack not loaded early any more" "$(field boot4 module_loaded_early)" eq no
+expect "boot4: no ctune file left" "$(field boot4 files)" eq none
+expect "boot4: no ctune unit or enablement link left" "$(field boot4 units)" eq none
+echo "wall time per boot (TCG): boot1 ${took[boot1]}s, boot2 ${took[boot2]}s, neg ${took[neg]}s, late ${took[late]}s, purge ${took[purge]}s, boot3 ${took[boot3]}s, upgrade ${took[upgrade]}s, purgecold ${took[purgecold]}s, boot4 ${took[boot4]}s; base: $(cat "$base/done")"
 [ ${#stalls[@]} -eq 0 ] || echo "retried after an early TCG stall: ${stalls[*]}"
 echo "kernels: VM $kver (nf_conntrack modular); host $(uname -r) (nf_conntrack $( [ -e /sys/module/nf_conntrack/initstate ] && echo modular || echo built-in), covered by the cargo live tests)"
 if [ ${#fails[@]} -gt 0 ]; then

@@ -6,26 +6,31 @@ use std::path::PathBuf;
 
 use crate::sense::roots::Roots;
 
-const AFTER_HELP: &str = "\
+const EXAMPLES: &str = "\
 Examples:
   ctune --dry-run              what ctune would change on this host, and why
-  ctune status                 utilisation per namespace, counters, memory
+  ctune status                 per namespace: use, level, drops per second now
+  ctune status --watch         the same, refreshed in place (q or Ctrl-C ends it)
   ctune status --json          the same for scripts
   ctune --dry-run --config ./ctune.yaml   try a config before installing it
   ctune apply                  do it once: apply, read back, persist
   ctune run                    the agent (normally started by ctune.service)
   ctune restore                undo everything ctune changed
+";
 
-Exit codes:
-  0  success (a dry run succeeds whether or not it plans changes)
-  1  a file every decision needs could not be read (the message names it)
-  2  invalid command line or config (file, line and key named)
-  3  conntrack is not active: nf_conntrack is not loaded
-  4  partly done: a value or file could not be written (each failure is named)
-
+const AFTER_CODES: &str = "\
 Nothing in `plan`/`--dry-run` or `status` writes to the kernel or to any file.
-Run as root to see every namespace and the slab's entry size; without root ctune says
-what it could not read and uses safe assumptions.";
+`plan` and `status` sample the kernel's counters twice, --sample apart (1s), to tell
+loss now from loss since boot. Run as root to see every namespace and the slab's entry
+size; without root ctune says what it could not read and uses safe assumptions.";
+
+/// `--help`'s closing text: examples, the exit codes (one table, in error.rs), notes.
+fn after_help() -> String {
+    format!(
+        "{EXAMPLES}\nExit codes:\n{}\n{AFTER_CODES}",
+        crate::error::exit_code_help()
+    )
+}
 
 /// ctune: keeps the conntrack table from filling by sizing it from the hardware and
 /// reacting to pressure, and explains every decision.
@@ -39,7 +44,7 @@ ctune reads the connection-tracking table of the host and of every network names
 watches (count, max, hash size, drop counters, timeouts), computes a safe nf_conntrack_max\n\
 within a ceiling derived from memory, a hash size of max / ratio, and pressure levels that\n\
 lower timeouts only while the table is under pressure.",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct Cli {
     /// Print what ctune would change and why, and the files it would write; change nothing.
@@ -55,6 +60,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// For `plan` and `status`: read the counters twice, this far apart, to see loss
+    /// now (drops per second) rather than since boot; 0 reads once. At most 10s.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_sample)]
+    pub sample: Option<std::time::Duration>,
+
     #[command(flatten)]
     pub paths: PathArgs,
 
@@ -68,9 +78,16 @@ pub enum Command {
     /// Show what ctune would change and why, and the files a real run would write (the
     /// same as --dry-run). Changes nothing.
     Plan,
-    /// Show utilisation per namespace, the kernel's counters, and what the table costs
-    /// in memory now and at the ceiling. Changes nothing.
-    Status,
+    /// Show per namespace the count against the live max, the pressure level now and the
+    /// drops per second over --sample; the timeouts in force and which ctune lowered;
+    /// what ctune changed and the operator's values; the ceiling. Changes nothing. Exit
+    /// code 0 healthy, 5 over a level, 6 dropping now: usable as a health check.
+    Status {
+        /// Refresh in place every --sample (at least 1s), like top; q or Ctrl-C ends it.
+        /// Not a terminal: one plain report per refresh.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Observe, decide, apply (each value read back) and persist once, then print what
     /// changed. Needs root in the initial network namespace.
     Apply,
@@ -133,13 +150,28 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Plan => "plan",
-            Command::Status => "status",
+            Command::Status { .. } => "status",
             Command::Apply => "apply",
             Command::Run => "run",
             Command::Boot => "boot",
             Command::Restore { .. } => "restore",
         }
     }
+}
+
+/// The default of `--sample`.
+pub const DEFAULT_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn parse_sample(text: &str) -> Result<std::time::Duration, String> {
+    let d = if text == "0" {
+        std::time::Duration::ZERO
+    } else {
+        humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 1s, 500ms, 0)"))?
+    };
+    if d > std::time::Duration::from_secs(10) {
+        return Err("at most 10s: a longer sample says less about now".into());
+    }
+    Ok(d)
 }
 
 impl Cli {
@@ -168,7 +200,7 @@ mod tests {
         let c = Cli::try_parse_from(["ctune", "--dry-run"]).unwrap();
         assert_eq!(c.resolved_command(), Some(Command::Plan));
         let c = Cli::try_parse_from(["ctune", "status", "--json", "--proc-root", "/x"]).unwrap();
-        assert_eq!(c.resolved_command(), Some(Command::Status));
+        assert_eq!(c.resolved_command(), Some(Command::Status { watch: false }));
         assert!(c.json);
         assert_eq!(Roots::from(&c.paths).proc, PathBuf::from("/x"));
         assert_eq!(

@@ -1,12 +1,5 @@
-//! Top-level errors and the exit codes they map to.
-//!
-//! | code | meaning |
-//! |------|---------|
-//! | 0 | success (a dry run succeeds whether or not it plans changes) |
-//! | 1 | a file every decision needs could not be read (named in the message) |
-//! | 2 | invalid command line or config (file, line and key named) |
-//! | 3 | conntrack is not active on this kernel (nf_conntrack not loaded) |
-//! | 4 | partly done: a value or file could not be written (each failure named) |
+//! Top-level errors and the exit codes they map to. [`EXIT_CODES`] is the one table:
+//! `--help`, the README and the man page print it, and a test checks each code.
 
 use crate::sense::observe::ObserveError;
 use ctune_core::config::ConfigError;
@@ -21,6 +14,47 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NO_CONNTRACK: u8 = 3;
 /// Exit code: some changes or files did not take effect.
 pub const EXIT_PARTIAL: u8 = 4;
+/// Exit code of `status`: a table is over a pressure level now, nothing dropped.
+pub const EXIT_PRESSURE: u8 = 5;
+/// Exit code of `status`: packets were lost to a full table during the sample.
+pub const EXIT_DROPPING: u8 = 6;
+
+/// Every exit code and what it means, for `--help`, the docs and the tests.
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (EXIT_OK, "success; for `status`: every table healthy"),
+    (
+        EXIT_FAILURE,
+        "a file every decision needs could not be read (the message names it)",
+    ),
+    (
+        EXIT_USAGE,
+        "invalid command line or config (file, line and key named)",
+    ),
+    (
+        EXIT_NO_CONNTRACK,
+        "conntrack is not active: nf_conntrack is not loaded",
+    ),
+    (
+        EXIT_PARTIAL,
+        "partly done: a value or file could not be written (each failure is named)",
+    ),
+    (
+        EXIT_PRESSURE,
+        "`status`: a table is over a pressure level now (elevated or critical), nothing dropped",
+    ),
+    (
+        EXIT_DROPPING,
+        "`status`: packets were dropped or evicted for a full table during the sample",
+    ),
+];
+
+/// The exit-code table as `--help` prints it.
+pub fn exit_code_help() -> String {
+    EXIT_CODES
+        .iter()
+        .map(|(code, what)| format!("  {code}  {what}\n"))
+        .collect()
+}
 
 /// Any error that ends a ctune command.
 #[derive(Debug, thiserror::Error)]

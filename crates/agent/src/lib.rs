@@ -14,3 +14,4 @@ pub mod error;
 pub mod report;
 pub mod run;
 pub mod sense;
+pub mod status;

@@ -3,7 +3,6 @@
 use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use ctune::act::persist;
 use ctune::act::{boot, restore, state};
@@ -12,7 +11,6 @@ use ctune::error::{EXIT_USAGE, Error};
 use ctune::report;
 use ctune::run::agent_loop as agent;
 use ctune::run::engine::{self, Engine};
-use ctune::sense::observe;
 use ctune::sense::roots::Roots;
 use ctune_core::policy::PolicyState;
 
@@ -24,24 +22,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    // --dry-run with a command that writes would be a promise broken: refuse it.
-    if cli.dry_run && !matches!(command, Command::Plan) {
-        eprintln!(
-            "ctune: --dry-run only goes with `plan` (or alone); `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
-            command.name()
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if cli.json && !matches!(command, Command::Plan | Command::Status | Command::Apply) {
-        eprintln!(
-            "ctune: --json is available for plan, status and apply, not `ctune {}`",
-            command.name()
-        );
+    if let Some(refusal) = refusal(&cli, &command) {
+        eprintln!("ctune: {refusal}");
         return ExitCode::from(EXIT_USAGE);
     }
     init_logging(command.clone());
     match run(&cli, command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         // A reader that stopped reading (`| head`): the output ends quietly.
         Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
@@ -49,6 +36,51 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Flags that do not go with the command: said before anything is read.
+fn refusal(cli: &Cli, command: &Command) -> Option<String> {
+    let read_only = matches!(command, Command::Plan | Command::Status { .. });
+    // --dry-run with a command that writes would be a promise broken.
+    if cli.dry_run && !read_only {
+        return Some(format!(
+            "--dry-run goes with `plan` and `status` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
+            command.name()
+        ));
+    }
+    if cli.json
+        && !matches!(
+            command,
+            Command::Plan | Command::Status { .. } | Command::Apply
+        )
+    {
+        return Some(format!(
+            "--json is available for plan, status and apply, not `ctune {}`",
+            command.name()
+        ));
+    }
+    if cli.sample.is_some() && !read_only {
+        return Some(format!(
+            "--sample is for plan and status, not `ctune {}`",
+            command.name()
+        ));
+    }
+    None
+}
+
+fn status(
+    cli: &Cli,
+    roots: &Roots,
+    cfg: &ctune_core::config::Config,
+    notes: Vec<String>,
+    watch: bool,
+) -> Result<u8, Error> {
+    let opts = ctune::status::Options {
+        sample: cli.sample.unwrap_or(ctune::cli::DEFAULT_SAMPLE),
+        json: cli.json,
+        watch,
+    };
+    ctune::status::run(roots, cfg, notes, &opts, &mut std::io::stdout().lock())
 }
 
 fn init_logging(command: Command) {
@@ -79,25 +111,33 @@ fn init_logging(command: Command) {
         .try_init();
 }
 
-fn run(cli: &Cli, command: Command) -> Result<(), Error> {
+fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
     let roots = Roots::from(&cli.paths);
-    let (cfg, source) =
-        ctune::sense::config_file::load(cli.config.as_deref(), &roots.config_file())?;
-    let observe = || -> Result<ctune_core::model::Observation, Error> {
-        let started = Instant::now();
-        let obs = observe::observe(&roots, &cfg.namespaces)?;
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "observed"
-        );
-        Ok(obs)
+    let sample = cli.sample.unwrap_or(ctune::cli::DEFAULT_SAMPLE);
+    let loaded = ctune::sense::config_file::load(cli.config.as_deref(), &roots.config_file());
+    let (cfg, source) = match loaded {
+        Ok(loaded) => loaded,
+        // The diagnostic an operator reaches for runs with a broken installed config too,
+        // and says what is wrong with it (a --config given by hand is checked as usual).
+        Err(e) if matches!(command, Command::Status { .. }) && cli.config.is_none() => {
+            let note = format!("{e}; status uses the built-in defaults until it is fixed");
+            let cfg = ctune_core::config::Config::default();
+            return status(
+                cli,
+                &roots,
+                &cfg,
+                vec![note],
+                command == (Command::Status { watch: true }),
+            );
+        }
+        Err(e) => return Err(e.into()),
     };
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::Plan => {
-            let obs = observe()?;
-            // What `ctune apply` would do now: decided from ctune's saved state, if any.
-            let mut notes = obs.notes.clone();
+            // What `ctune apply` would do now: decided from ctune's saved state, if any,
+            // with the counters' rise over the sample.
+            let mut notes = Vec::new();
             let prev = match state::load(&roots) {
                 Ok(st) => st.policy,
                 Err(e) => {
@@ -105,7 +145,14 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                     PolicyState::default()
                 }
             };
-            let preview = engine::preview(&roots, &cfg, &obs, &prev, state::now());
+            let mut sampler = engine::Sampler::start(&roots, &cfg, &prev, !sample.is_zero())?;
+            std::thread::sleep(sample);
+            let engine::Sample {
+                observation: obs,
+                preview,
+                ..
+            } = sampler.read()?;
+            notes.splice(0..0, obs.notes.iter().cloned());
             let (plan, files) = (&preview.plan, &preview.files);
             notes.extend(preview.notes.iter().cloned());
             if cli.json {
@@ -178,16 +225,7 @@ fn run(cli: &Cli, command: Command) -> Result<(), Error> {
                 ));
             }
         }
-        Command::Status => {
-            let obs = observe()?;
-            let s = report::status(&obs, &cfg);
-            if cli.json {
-                serde_json::to_writer_pretty(&mut stdout, &s).map_err(std::io::Error::from)?;
-                writeln!(stdout)?;
-            } else {
-                write!(stdout, "{}", report::status_text(&s))?;
-            }
-        }
+        Command::Status { watch } => return status(cli, &roots, &cfg, Vec::new(), watch),
     }
-    Ok(())
+    Ok(ctune::error::EXIT_OK)
 }

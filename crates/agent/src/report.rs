@@ -8,9 +8,14 @@ use crate::act::persist::FileUpdate;
 use ctune_core::ceiling::Ceiling;
 use ctune_core::config::{self, Config};
 use ctune_core::model::stat::split_drops;
-use ctune_core::model::{ModuleState, Observation};
-use ctune_core::plan::{Plan, Target};
-use ctune_core::policy;
+use ctune_core::model::{ModuleState, NamespaceObs, Observation};
+use ctune_core::plan::{NamespaceVerdict, Plan, Target};
+use ctune_core::pressure::Level;
+use ctune_core::timeouts::Lowered;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::act::state::State;
 use ctune_core::tunables;
 use ctune_core::units::{fmt_bytes, fmt_count, fmt_pct, fmt_secs};
 
@@ -38,8 +43,20 @@ pub struct NamespaceStatus {
     pub inode: u64,
     /// Entries now.
     pub count: Option<u64>,
-    /// count / nf_conntrack_max.
+    /// count / the live nf_conntrack_max.
     pub utilisation: Option<f64>,
+    /// The pressure level now: against the live max and the loss during the sample,
+    /// without ctune's hysteresis (None: count unreadable).
+    pub level: Option<Level>,
+    /// Why the level is what it is.
+    pub level_reason: Option<String>,
+    /// Packets dropped for a full table per second during the sample (`drop` less the
+    /// clashes); None without a sample.
+    pub drop_per_sec: Option<f64>,
+    /// Packets dropped by insert clashes per second during the sample.
+    pub clash_per_sec: Option<f64>,
+    /// Entries evicted (`early_drop`) per second during the sample.
+    pub early_drop_per_sec: Option<f64>,
     /// Cumulative `drop` since the namespace started: packets lost to a full table and
     /// to insert clashes.
     pub drop: Option<u64>,
@@ -52,13 +69,56 @@ pub struct NamespaceStatus {
     pub insert_failed: Option<u64>,
     /// Cumulative `chainlength` (inserts refused for chains over 64).
     pub chainlength: Option<u64>,
+    /// Every timeout in force in the namespace, seconds.
+    pub timeouts: BTreeMap<String, u64>,
+    /// The timeouts ctune lowered here (from its state): the operator's value and ctune's.
+    pub lowered: BTreeMap<String, Lowered>,
     /// Why it could not be read, if so.
     pub error: Option<String>,
+}
+
+/// Whether packets are being lost now, for people and for `status`'s exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every table below the elevated level, nothing dropped during the sample.
+    Healthy,
+    /// A table is over a pressure level now; nothing dropped during the sample.
+    Pressure,
+    /// Packets were dropped or evicted for a full table during the sample.
+    Dropping,
+}
+
+impl Health {
+    /// `status`'s exit code for this health.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Health::Healthy => crate::error::EXIT_OK,
+            Health::Pressure => crate::error::EXIT_PRESSURE,
+            Health::Dropping => crate::error::EXIT_DROPPING,
+        }
+    }
+}
+
+/// A global value ctune changed: the operator's value before (from ctune's state) and
+/// the live one.
+#[derive(Debug, Serialize)]
+pub struct ChangedValue {
+    /// The sysctl.
+    pub key: String,
+    /// The operator's value before ctune first changed it.
+    pub operator: u64,
+    /// The live value.
+    pub now: Option<u64>,
 }
 
 /// Everything `ctune status --json` prints.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
+    /// Healthy, over a level, or dropping now.
+    pub health: Health,
+    /// The sample the rates are measured over, seconds (0: one reading, no rates).
+    pub sample_secs: f64,
     /// Global nf_conntrack_max.
     pub max: u64,
     /// Global hash size.
@@ -69,47 +129,126 @@ pub struct StatusReport {
     pub global_writable: bool,
     /// Per namespace.
     pub namespaces: Vec<NamespaceStatus>,
+    /// Global values ctune changed, with the operator's values (from ctune's state).
+    pub changed: Vec<ChangedValue>,
     /// What the entries and hash cost now.
     pub memory_now_bytes: u64,
     /// Worst case at the ceiling: every filling namespace full.
     pub memory_at_ceiling_bytes: u64,
     /// The ceiling and its derivation.
     pub ceiling: Ceiling,
-    /// What could not be read.
+    /// What could not be read (and a config that could not be used).
     pub notes: Vec<String>,
 }
 
-/// Builds the status from an observation.
-pub fn status(obs: &Observation, cfg: &Config) -> StatusReport {
-    let ceiling = policy::ceiling_of(obs, cfg);
-    let ceiling_buckets = tunables::buckets_for(ceiling.value, cfg.hash.ratio, obs.host.page_size);
+/// What `status` is built from: the sampled observation and decision, and ctune's state.
+pub struct StatusInputs<'a> {
+    /// The second observation of the sample.
+    pub obs: &'a Observation,
+    /// The decision on it (levels now, counter rises over the sample).
+    pub plan: &'a Plan,
+    /// The config in force.
+    pub cfg: &'a Config,
+    /// ctune's saved state (what it lowered and changed).
+    pub state: &'a State,
+    /// How long the sample was.
+    pub sample: Duration,
+    /// Notes beyond the observation's (an unusable config or state).
+    pub notes: Vec<String>,
+}
+
+/// Builds the status.
+pub fn status(i: StatusInputs) -> StatusReport {
+    let ceiling = i.plan.ceiling.clone();
+    let ceiling_buckets =
+        tunables::buckets_for(ceiling.value, i.cfg.hash.ratio, i.obs.host.page_size);
+    let namespaces: Vec<NamespaceStatus> = i
+        .obs
+        .namespaces
+        .iter()
+        .map(|n| namespace_status(n, &i))
+        .collect();
+    let changed = i
+        .state
+        .original
+        .iter()
+        .map(|(key, operator)| ChangedValue {
+            key: key.clone(),
+            operator: *operator,
+            now: i.obs.global.value(key),
+        })
+        .collect();
+    let mut notes = i.obs.notes.clone();
+    notes.extend(i.notes.iter().cloned());
     StatusReport {
-        max: obs.global.max,
-        buckets: obs.global.buckets,
-        module: obs.module,
-        global_writable: obs.global.write_access.writable,
-        namespaces: obs
-            .namespaces
-            .iter()
-            .map(|n| NamespaceStatus {
-                name: n.id.name.clone(),
-                inode: n.id.inode,
-                count: n.count,
-                utilisation: n.count.map(|c| c as f64 / obs.global.max.max(1) as f64),
-                drop: n.counter("drop"),
-                clash_drops: n.counter("drop").map(|d| {
-                    split_drops(d, n.counter("insert_failed"), n.counter("chainlength")).clash
-                }),
-                early_drop: n.counter("early_drop"),
-                insert_failed: n.counter("insert_failed"),
-                chainlength: n.counter("chainlength"),
-                error: n.error.clone(),
-            })
-            .collect(),
+        health: health_of(i.plan),
+        sample_secs: i.sample.as_secs_f64(),
+        max: i.obs.global.max,
+        buckets: i.obs.global.buckets,
+        module: i.obs.module,
+        global_writable: i.obs.global.write_access.writable,
+        namespaces,
+        changed,
         memory_now_bytes: ceiling.table_bytes,
         memory_at_ceiling_bytes: ceiling.memory_at(ceiling.value, ceiling_buckets),
         ceiling,
-        notes: obs.notes.clone(),
+        notes,
+    }
+}
+
+/// Dropping when any namespace lost packets for a full table during the sample (clashes
+/// are not a full table); over a level when any is elevated or critical now.
+fn health_of(plan: &Plan) -> Health {
+    let lost = |v: &NamespaceVerdict| {
+        v.drop_delta.is_some_and(|d| d > 0) || v.early_drop_delta.is_some_and(|d| d > 0)
+    };
+    if plan.namespaces.iter().any(lost) {
+        Health::Dropping
+    } else if plan
+        .namespaces
+        .iter()
+        .any(|v| v.level_now.is_some_and(|l| l > Level::Normal))
+    {
+        Health::Pressure
+    } else {
+        Health::Healthy
+    }
+}
+
+fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
+    let verdict = i
+        .plan
+        .namespaces
+        .iter()
+        .find(|v| v.netns.inode == n.id.inode);
+    let secs = i.sample.as_secs_f64();
+    let rate = |d: Option<u64>| d.filter(|_| secs > 0.0).map(|d| d as f64 / secs);
+    let drop = n.counter("drop");
+    NamespaceStatus {
+        name: n.id.name.clone(),
+        inode: n.id.inode,
+        count: n.count,
+        utilisation: n.count.map(|c| c as f64 / i.obs.global.max.max(1) as f64),
+        level: verdict.and_then(|v| v.level_now),
+        level_reason: verdict.and_then(|v| v.level_now_reason.clone()),
+        drop_per_sec: rate(verdict.and_then(|v| v.drop_delta)),
+        clash_per_sec: rate(verdict.and_then(|v| v.clash_delta)),
+        early_drop_per_sec: rate(verdict.and_then(|v| v.early_drop_delta)),
+        drop,
+        clash_drops: drop
+            .map(|d| split_drops(d, n.counter("insert_failed"), n.counter("chainlength")).clash),
+        early_drop: n.counter("early_drop"),
+        insert_failed: n.counter("insert_failed"),
+        chainlength: n.counter("chainlength"),
+        timeouts: n.timeouts.clone(),
+        lowered: i
+            .state
+            .policy
+            .namespaces
+            .get(&n.id.inode)
+            .map(|s| s.lowered.clone())
+            .unwrap_or_default(),
+        error: n.error.clone(),
     }
 }
 
@@ -190,33 +329,12 @@ pub fn plan_text(
     );
     out.push_str(&budget_lines(c));
 
-    let _ = writeln!(out, "\nNamespaces");
-    let _ = writeln!(
-        out,
-        "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8}  LEVEL",
-        "NAME", "COUNT", "USE", "AFTER", "+DROP", "+CLASH", "+EARLY"
-    );
-    for v in &plan.namespaces {
-        let _ = writeln!(
-            out,
-            "  {:<24} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8}  {} ({})",
-            truncate(&v.netns.name, 24),
-            opt(v.count),
-            v.utilisation.map_or("-".into(), fmt_pct),
-            v.utilisation_after.map_or("-".into(), fmt_pct),
-            opt(v.drop_delta),
-            opt(v.clash_delta),
-            opt(v.early_drop_delta),
-            v.level,
-            v.level_reason
-        );
-    }
-
+    namespaces_section(&mut out, plan);
     let _ = writeln!(out, "\nChanges");
     if plan.changes.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    for ch in &plan.changes {
+    for (i, ch) in plan.changes.iter().enumerate() {
         let (old, new) = if tunables::is_timeout_key(&ch.key) {
             (fmt_secs(ch.old), fmt_secs(ch.new))
         } else {
@@ -227,7 +345,11 @@ pub fn plan_text(
             Target::Namespace { netns } => format!("netns {}", netns.name),
         };
         let _ = writeln!(out, "  {} [{place}]: {old} -> {new}", ch.key);
-        let _ = writeln!(out, "    because {}", ch.reason);
+        // Changes with one reason in one place (the timeouts of a level) share its line.
+        let next = plan.changes.get(i + 1);
+        if next.is_none_or(|n| n.reason != ch.reason || n.target != ch.target) {
+            let _ = writeln!(out, "    because {}", ch.reason);
+        }
     }
     if !plan.explanations.is_empty() {
         let _ = writeln!(out, "\nWhy nothing else changes");
@@ -269,7 +391,54 @@ pub fn plan_text(
     out
 }
 
-/// The status text.
+/// The dry run's namespaces: the level now (the live table) beside the level after the
+/// plan, each labelled; the reasons of levels that are not normal, each once.
+fn namespaces_section(out: &mut String, plan: &Plan) {
+    let _ = writeln!(
+        out,
+        "\nNamespaces (NOW: the live max and the loss since the previous sample; AFTER: the\n planned max, with the hold that keeps levels from flapping)"
+    );
+    let header = format!(
+        "  {:<24} {:>10} {:>8} {:>8} {:>8}  {:>6} {:<9}  {:>6} {:<9}",
+        "NAME", "COUNT", "+DROP", "+CLASH", "+EARLY", "NOW", "LEVEL", "AFTER", "LEVEL"
+    );
+    let _ = writeln!(out, "{}", header.trim_end());
+    let mut reasons = Vec::new();
+    for v in &plan.namespaces {
+        let now = v.level_now.map_or("-".into(), |l| l.to_string());
+        let row = format!(
+            "  {:<24} {:>10} {:>8} {:>8} {:>8}  {:>6} {:<9}  {:>6} {:<9}",
+            truncate(&v.netns.name, 24),
+            opt(v.count),
+            opt(v.drop_delta),
+            opt(v.clash_delta),
+            opt(v.early_drop_delta),
+            v.utilisation.map_or("-".into(), fmt_pct),
+            now,
+            v.utilisation_after.map_or("-".into(), fmt_pct),
+            v.level
+        );
+        let _ = writeln!(out, "{}", row.trim_end());
+        if v.level_now.is_some_and(|l| l > Level::Normal) || v.level > Level::Normal {
+            reasons.push(format!(
+                "{}: now {}: {}; after {}: {}",
+                v.netns.name,
+                now,
+                v.level_now_reason
+                    .as_deref()
+                    .unwrap_or("count not readable"),
+                v.level,
+                v.level_reason
+            ));
+        }
+    }
+    for r in reasons {
+        let _ = writeln!(out, "  - {r}");
+    }
+}
+
+/// The status text: the health first, then the table per namespace, what ctune lowered
+/// and changed, and the memory.
 pub fn status_text(s: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -287,18 +456,34 @@ pub fn status_text(s: &StatusReport) -> String {
             ", global keys not writable here"
         }
     );
+    let _ = writeln!(out, "{}", health_line(s));
     let _ = writeln!(
         out,
-        "\n{:<24} {:>10} {:>6} {:>10} {:>10} {:>10} {:>13} {:>11}",
-        "NAMESPACE", "COUNT", "USE", "DROP", "CLASH", "EARLY_DROP", "INSERT_FAILED", "CHAINLENGTH"
+        "\n{:<24} {:>10} {:>6} {:<9} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>10} {:>8} {:>8}",
+        "NAMESPACE",
+        "COUNT",
+        "USE",
+        "LEVEL",
+        "DROP/s",
+        "CLASH/s",
+        "EARLY/s",
+        "DROP",
+        "CLASH",
+        "EARLY_DROP",
+        "INS_FAIL",
+        "CHAIN"
     );
     for n in &s.namespaces {
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>6} {:>10} {:>10} {:>10} {:>13} {:>11}",
+            "{:<24} {:>10} {:>6} {:<9} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>10} {:>8} {:>8}",
             truncate(&n.name, 24),
             opt(n.count),
             n.utilisation.map_or("-".into(), fmt_pct),
+            n.level.map_or("-".into(), |l| l.to_string()),
+            rate(n.drop_per_sec),
+            rate(n.clash_per_sec),
+            rate(n.early_drop_per_sec),
             opt(n.drop),
             opt(n.clash_drops),
             opt(n.early_drop),
@@ -306,10 +491,17 @@ pub fn status_text(s: &StatusReport) -> String {
             opt(n.chainlength)
         );
     }
+    let sample = if s.sample_secs > 0.0 {
+        format!("per second over a {} sample", fmt_sample(s.sample_secs))
+    } else {
+        "not measured (--sample 0)".to_string()
+    };
     let _ = writeln!(
         out,
-        "(counters are cumulative since each namespace started; CLASH: the drops that came\n with an insert clash, two packets of one new flow racing (NAT'd DNS), not a full table)"
+        "(LEVEL: against the live max, now. /s: {sample}.\n After |: cumulative since each namespace started. CLASH: drops from insert clashes,\n two packets of one new flow racing (NAT'd DNS), not a full table.)"
     );
+    lowered_section(&mut out, s);
+    changed_section(&mut out, s);
     let _ = writeln!(
         out,
         "\nmemory now {} (entries + hash); at the ceiling {} ({})",
@@ -324,6 +516,109 @@ pub fn status_text(s: &StatusReport) -> String {
         }
     }
     out
+}
+
+fn fmt_sample(secs: f64) -> String {
+    format!("{secs:.1}s")
+}
+
+fn rate(r: Option<f64>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r > 0.0 && r < 10.0 => format!("{r:.1}"),
+        Some(r) => format!("{r:.0}"),
+    }
+}
+
+/// One line: healthy, over a level (which namespace, why), or dropping (where, how fast).
+fn health_line(s: &StatusReport) -> String {
+    let worst = |f: &dyn Fn(&NamespaceStatus) -> bool| {
+        s.namespaces
+            .iter()
+            .filter(|n| f(n))
+            .map(|n| {
+                let why = n.level_reason.as_deref().unwrap_or("?");
+                match (n.drop_per_sec, n.early_drop_per_sec) {
+                    (Some(d), Some(e)) if d + e > 0.0 => format!(
+                        "{}: {} drops/s, {} evictions/s: {why}",
+                        n.name,
+                        rate(Some(d)),
+                        rate(Some(e))
+                    ),
+                    _ => format!("{}: {}: {why}", n.name, n.level.unwrap_or(Level::Normal)),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let code = s.health.exit_code();
+    match s.health {
+        Health::Healthy => format!(
+            "health: healthy: no table over a level{} [exit {code}]",
+            if s.sample_secs > 0.0 {
+                format!(
+                    ", nothing dropped in the last {}",
+                    fmt_sample(s.sample_secs)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        Health::Pressure => format!(
+            "health: PRESSURE: {} [exit {code}]",
+            worst(&|n| n.level.is_some_and(|l| l > Level::Normal))
+        ),
+        Health::Dropping => format!(
+            "health: DROPPING now: {} [exit {code}]",
+            worst(&|n| { n.level == Some(Level::Critical) || n.level == Some(Level::Elevated) })
+        ),
+    }
+}
+
+/// The timeouts ctune lowered, per namespace, with the operator's values.
+fn lowered_section(out: &mut String, s: &StatusReport) {
+    let _ = writeln!(
+        out,
+        "\nTimeouts lowered by ctune (in force, the operator's value in brackets)"
+    );
+    let mut any = false;
+    for n in s.namespaces.iter().filter(|n| !n.lowered.is_empty()) {
+        any = true;
+        let list: Vec<String> = n
+            .lowered
+            .iter()
+            .map(|(key, l)| {
+                let live = n.timeouts.get(key).map_or("?".into(), |v| fmt_secs(*v));
+                format!("{} {live} [{}]", short_key(key), fmt_secs(l.baseline))
+            })
+            .collect();
+        let _ = writeln!(out, "  {}: {}", n.name, list.join(", "));
+    }
+    if !any {
+        let _ = writeln!(
+            out,
+            "  none: the operator's timeouts are in force everywhere"
+        );
+    }
+}
+
+/// `nf_conntrack_udp_timeout` -> `udp_timeout`, as the config names it.
+fn short_key(key: &str) -> &str {
+    key.strip_prefix("nf_conntrack_").unwrap_or(key)
+}
+
+/// The global values ctune changed, with the operator's.
+fn changed_section(out: &mut String, s: &StatusReport) {
+    let _ = writeln!(
+        out,
+        "\nChanged by ctune (the operator's value before ctune -> now)"
+    );
+    if s.changed.is_empty() {
+        let _ = writeln!(out, "  nothing: ctune has not changed a global value here");
+    }
+    for c in &s.changed {
+        let _ = writeln!(out, "  {} {} -> {}", c.key, c.operator, opt(c.now));
+    }
 }
 
 /// The budget's terms, each with the numbers it came from.

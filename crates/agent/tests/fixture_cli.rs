@@ -586,6 +586,29 @@ fn invalid_config_exits_2() {
     );
 }
 
+/// A broken installed config: `status` still runs (it is the diagnostic an operator
+/// reaches for) and names the problem; `plan` refuses it.
+#[test]
+fn status_runs_with_a_broken_installed_config_and_says_what_is_wrong() {
+    let t = Tree::new("kernel-6.18");
+    let dir = t.root().join("etc/ctune");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ctune.yaml"), "role: host\nhash:\n  ratoi: 2\n").unwrap();
+    let out = t.run(&["status", "--sample", "0"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}{}", stderr(&out));
+    assert!(
+        text.contains("ctune.yaml") && text.contains("line 3") && text.contains("ratoi"),
+        "{text}"
+    );
+    assert!(
+        text.contains("built-in defaults until it is fixed"),
+        "{text}"
+    );
+    let out = t.run(&["plan", "--sample", "0"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
 // 9. Usage: nothing asked for, and --help.
 #[test]
 fn usage_and_help() {

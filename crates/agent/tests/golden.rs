@@ -47,8 +47,27 @@ fn output(t: &common::FixtureTree, args: &[&str]) -> String {
         .unwrap()
         .ino()
         .to_string();
-    text.replace(&t.path().display().to_string(), "<root>")
-        .replace(&inode, "<inode>")
+    let text = text
+        .replace(&t.path().display().to_string(), "<root>")
+        .replace(&inode, "<inode>");
+    // The sample's measured length varies by milliseconds with the machine's load.
+    let text = mask_after(&text, "\"sample_secs\": ", ',');
+    let text = mask_after(&text, "nothing dropped in the last ", ' ');
+    mask_after(&text, "per second over a ", ' ')
+}
+
+/// Replaces what follows each `marker` up to `end` with `<sample>`.
+fn mask_after(text: &str, marker: &str, end: char) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(marker) {
+        let after = &rest[i + marker.len()..];
+        let len = after.find(end).unwrap_or(after.len());
+        out.push_str(&rest[..i + marker.len()]);
+        out.push_str("<sample>");
+        rest = &after[len..];
+    }
+    out + rest
 }
 
 /// Compares with tests/golden/NAME, or writes it under `CTUNE_BLESS=1`.

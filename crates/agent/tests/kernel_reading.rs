@@ -13,8 +13,10 @@ fn set(t: &FixtureTree, key: &str, value: u64) {
     std::fs::write(t.path().join(NETFILTER).join(key), format!("{value}\n")).unwrap();
 }
 
+/// The dry run against the saved state's counters (`--sample 0`: one reading), as the
+/// next `apply` would decide.
 fn plan_json(t: &FixtureTree) -> Value {
-    let (code, out, err) = t.ctune(&["plan", "--json"]);
+    let (code, out, err) = t.ctune(&["plan", "--json", "--sample", "0"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -41,7 +43,10 @@ fn bump_stat(t: &FixtureTree, column: &str, by: u64) {
     let v = u64::from_str_radix(&fields[col], 16).unwrap() + by;
     fields[col] = format!("{v:08x}");
     lines[1] = fields.join(" ");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    // Replaced whole, as procfs shows it: a reader never sees a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n") + "\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
 }
 
 /// Finding 1: the kernel counts in `drop` both a packet lost to a full table and one
@@ -351,5 +356,42 @@ fn every_established_floor_is_checked() {
         .unwrap();
         let (code, _, err) = t.ctune(&["plan", "--config", cfg.to_str().unwrap()]);
         assert_eq!(code, 0, "{key} with consent: {err}");
+    }
+}
+
+/// `status` while the counters rise during its sample (issue 13): table-full drops make
+/// it exit 6 with drops per second; the same rise as insert clashes is not a full table
+/// (exit 0, clashes per second shown).
+#[test]
+fn status_exits_6_for_drops_during_its_sample_and_0_for_clashes() {
+    for (columns, want_code, want_health) in [
+        (&["drop"][..], 6, "dropping"),
+        (&["drop", "insert_failed"][..], 0, "healthy"),
+    ] {
+        let t = FixtureTree::new("kernel-6.18");
+        let (code, out, err) = std::thread::scope(|s| {
+            let status = s.spawn(|| t.ctune(&["status", "--json", "--sample", "1s"]));
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            for c in columns {
+                bump_stat(&t, c, 500);
+            }
+            status.join().unwrap()
+        });
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        let ns = &v["namespaces"][0];
+        assert_eq!(code, want_code, "{columns:?}: {ns:#}{err}");
+        assert_eq!(v["health"], want_health, "{columns:?}");
+        let (drops, clashes) = (ns["drop_per_sec"].as_f64(), ns["clash_per_sec"].as_f64());
+        if want_code == 6 {
+            assert!(
+                drops.is_some_and(|d| d > 100.0) && clashes == Some(0.0),
+                "{ns:#}"
+            );
+        } else {
+            assert!(
+                drops == Some(0.0) && clashes.is_some_and(|c| c > 100.0),
+                "{ns:#}"
+            );
+        }
     }
 }

@@ -41,15 +41,7 @@ fn agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them
         ),
     )
     .unwrap();
-    let mut agent = Agent::start(&cfg, dir.path());
-    assert!(
-        wait_for(Duration::from_secs(5), || dir
-            .path()
-            .join("state/state.json")
-            .exists()),
-        "agent did not take its first step: {}",
-        agent.log()
-    );
+    let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // Phase 1: a ramp that fits under the ceiling, 5000 new flows a second. ctune must
     // raise max ahead of it: no send refused, the kernel's drop counter never moves.
@@ -171,15 +163,7 @@ fn agent_keeps_up_with_a_flood_from_idle() {
     guard.set_buckets(16_384);
     let dir = tempfile::tempdir().unwrap();
     let cfg = named_config(dir.path(), &[&ns.name]);
-    let mut agent = Agent::start(&cfg, dir.path());
-    assert!(
-        wait_for(Duration::from_secs(5), || dir
-            .path()
-            .join("state/state.json")
-            .exists()),
-        "agent did not start: {}",
-        agent.log()
-    );
+    let mut agent = Agent::start_stepped(&cfg, dir.path());
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     const FLOWS: usize = 150_000;

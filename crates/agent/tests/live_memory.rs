@@ -21,8 +21,16 @@ fn meminfo(key: &str) -> u64 {
 
 /// `ctune status --json` with a config; the ceiling object.
 fn ceiling(cfg: &std::path::Path) -> Value {
-    let (code, out, err) = ctune(&["status", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = ctune(&[
+        "status",
+        "--json",
+        "--sample",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    // 5 and 6 say how the tables are (other work on the machine may fill one).
+    assert!([0, 5, 6].contains(&code), "{code}: {err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     v["ceiling"].clone()
 }
@@ -101,15 +109,7 @@ fn a_process_taking_memory_lowers_the_ceiling_and_a_flood_ends_with_timeouts_low
 
     guard.set_max(16_384);
     guard.set_buckets(4096);
-    let agent = Agent::start(&cfg, dir.path());
-    assert!(
-        wait_for(Duration::from_secs(5), || dir
-            .path()
-            .join("state/state.json")
-            .exists()),
-        "agent did not take its first step: {}",
-        agent.log()
-    );
+    let agent = Agent::start_stepped(&cfg, dir.path());
     // A flood of flows that keep their entries (udp_timeout 600 s in the test
     // namespace): three times what the memory left allows (bounded: 300k to 1.5M
     // flows, at 60k/s), so that other processes freeing memory meanwhile cannot make

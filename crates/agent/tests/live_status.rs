@@ -131,8 +131,11 @@ fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = named_config(dir.path(), &[&ns.name]);
     let (code, out, err) = ctune(&["status", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
+    // Full and idle during the sample: over a level (5), not dropping.
+    assert_eq!(code, 5, "{err}\n{out}");
+    assert_eq!(status["health"], "pressure");
+    assert_eq!(ns_entry(&status, &ns.name)["level"], "critical");
     assert_eq!(status["max"], SMALL_MAX);
     let entry = ns_entry(&status, &ns.name);
     assert!(
@@ -214,4 +217,62 @@ fn unprivileged_dry_run_says_what_it_could_not_read() {
         "/proc/sys/net/netfilter/nf_conntrack_max",
     ));
     assert_eq!(obs["global"]["max"], global_max);
+}
+
+/// Issue 13: a namespace filled to max while new flows keep coming is "dropping" (exit 6)
+/// with a non-zero drops/s over the sample; after the flood it is healthy again (exit 0).
+#[test]
+fn status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after() {
+    if !require_root("status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after")
+    {
+        return;
+    }
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("dropnow");
+    const SMALL_MAX: u64 = 4096;
+    guard.set_max(SMALL_MAX);
+    ns.udp_flows(SMALL_MAX as usize + 500);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = named_config(dir.path(), &[&ns.name]);
+    let status = |sample: &str| {
+        let (code, out, err) = ctune(&[
+            "status",
+            "--json",
+            "--sample",
+            sample,
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v)
+    };
+    // New flows all through the sample (bounded: the sender stops with the status).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (code, v) = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut next = 100_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 2_000_000 {
+                ns.udp_flows_paced(next, 2000, Some(20_000));
+                next += 2000;
+            }
+        });
+        let r = status("1s");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sender.join().unwrap();
+        r
+    });
+    let entry = ns_entry(&v, &ns.name);
+    assert_eq!(code, 6, "expected dropping: {entry:#}");
+    assert_eq!(v["health"], "dropping", "{entry:#}");
+    let rate = entry["drop_per_sec"].as_f64().unwrap_or(0.0)
+        + entry["early_drop_per_sec"].as_f64().unwrap_or(0.0);
+    assert!(rate > 0.0, "no loss per second: {entry:#}");
+
+    let out = ns.exec(&["conntrack", "-F"]);
+    assert!(out.status.success(), "conntrack -F");
+    let (code, v) = status("500ms");
+    assert_eq!(code, 0, "after the flood: {:#}", ns_entry(&v, &ns.name));
+    assert_eq!(v["health"], "healthy");
+    drop(ns);
+    drop(guard);
 }

@@ -313,8 +313,10 @@ mod tests {
         assert!(c.memory_at(c.value, buckets) <= c.budget_bytes);
         assert_eq!(c.limited_by, Limit::Memory);
         assert!(
-            c.explain()
-                .starts_with("ceiling 3.3M from 5% of 24.0 GiB at 386 B/entry"),
+            c.explain().starts_with(&format!(
+                "ceiling {} from 5% of 24.0 GiB at 386 B/entry",
+                c.value
+            )),
             "{}",
             c.explain()
         );

@@ -363,24 +363,43 @@ fn ser_opt_size<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S:
     }
 }
 
+/// Floors by short name. The `nf_conntrack_` prefix is accepted as an alias; a name no
+/// kernel ctune knows is an error naming the nearest valid one; `off` stops managing a
+/// key the defaults list.
 fn de_floors<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
     let raw = BTreeMap::<String, String>::deserialize(d)?;
     let mut out = BTreeMap::new();
-    for (key, value) in raw {
-        if !tunables::is_timeout_key(&format!("nf_conntrack_{key}")) {
+    // Short names first: an operator's prefixed name overrides the default's short one.
+    let (prefixed, short): (Vec<_>, Vec<_>) = raw
+        .into_iter()
+        .partition(|(k, _)| k.starts_with("nf_conntrack_"));
+    for (written, value) in short.into_iter().chain(prefixed) {
+        let key = written.strip_prefix("nf_conntrack_").unwrap_or(&written);
+        let full = format!("nf_conntrack_{key}");
+        if !tunables::known_timeout_keys().any(|k| k == full) {
+            let hint = match tunables::nearest_timeout_key(key) {
+                Some(near) => format!("did you mean {near}?"),
+                None => "names are written without the nf_conntrack_ prefix, e.g. generic_timeout"
+                    .into(),
+            };
             return Err(serde::de::Error::custom(format!(
-                "{key:?} is not a conntrack timeout key (name it without the nf_conntrack_ prefix, e.g. generic_timeout)"
+                "timeouts.floors: {written:?} is not a conntrack timeout of any kernel ctune knows; {hint}"
             )));
         }
+        // YAML reads a bare `off` as false.
+        if matches!(value.trim(), "off" | "false") {
+            out.remove(key);
+            continue;
+        }
         let secs = parse_duration(&value)
-            .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))?
+            .map_err(|e| serde::de::Error::custom(format!("timeouts.floors.{key}: {e}")))?
             .as_secs();
         if secs == 0 {
             return Err(serde::de::Error::custom(format!(
-                "{key}: a floor of 0 s would expire entries at once"
+                "timeouts.floors.{key}: a floor of 0 s would expire entries at once"
             )));
         }
-        out.insert(key, secs);
+        out.insert(key.to_string(), secs);
     }
     Ok(out)
 }
@@ -468,15 +487,47 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
+/// A value error on a `key: value` line whose next line is indented further: YAML
+/// reads that next line as the rest of the value (`0.8 target_utilisation: 0.5`), so the
+/// parser blames the value. Say what really happened.
+fn indent_hint(text: &str, message: &str) -> Option<String> {
+    let line: usize = message
+        .split("line ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let (key, value) = here.trim().split_once(':')?;
+    let next = lines.get(line)?;
+    if value.trim().is_empty() || next.trim().is_empty() || indent(next) <= indent(here) {
+        return None;
+    }
+    Some(format!(
+        "hint: line {} is indented further than line {line} ({key}), so YAML reads it as part of {key}'s value; indent it by {} spaces, like {key}",
+        line + 1,
+        indent(here)
+    ))
+}
+
 /// Overlays the operator's file on the defaults at the YAML-value level, after checking
 /// the file alone against the schema so that errors point into the operator's own lines.
 fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> {
-    let parse_err = |e: serde_saphyr::Error| ConfigError::Parse {
-        path: path.to_path_buf(),
+    let parse_err = |e: serde_saphyr::Error| {
         // The snippet names its source `<input>`; name the file instead.
-        message: e
+        let mut message = e
             .to_string()
-            .replace("<input>:", &format!("{}:", path.display())),
+            .replace("<input>:", &format!("{}:", path.display()));
+        if let Some(hint) = indent_hint(text, &message) {
+            message = format!("{message}\n{hint}");
+        }
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        }
     };
     // Schema check of the operator's own text, so errors point into its lines: every
     // section and field may be absent (`#[serde(default)]`; the placeholder values of a
@@ -506,12 +557,6 @@ fn overlay(base: &mut serde_json::Value, user: serde_json::Value) {
     match (base, user) {
         (serde_json::Value::Object(b), serde_json::Value::Object(u)) => {
             for (k, v) in u {
-                // `floors` replaces the whole map: an operator listing floors means
-                // exactly those keys are managed.
-                if k == "floors" {
-                    b.insert(k, v);
-                    continue;
-                }
                 match b.get_mut(&k) {
                     Some(slot) => overlay(slot, v),
                     None => {
@@ -865,7 +910,44 @@ mod tests {
             "{err}"
         );
         let ok = p("timeouts:\n  allow_established_below_keepalive: true\n  floors:\n    tcp_timeout_established: 1h\n").unwrap();
-        assert_eq!(ok.timeouts.floors.len(), 1, "floors replaces the whole map");
+        let defaults = Config::default().timeouts.floors;
+        assert_eq!(
+            ok.timeouts.floors.len(),
+            defaults.len(),
+            "a partial map overrides"
+        );
+        assert_eq!(ok.timeouts.floors["tcp_timeout_established"], 3600);
+    }
+
+    #[test]
+    fn a_partial_floors_map_overrides_only_its_keys_and_off_unmanages_one() {
+        let c =
+            p("timeouts:\n  floors:\n    udp_timeout: 20s\n    generic_timeout: off\n").unwrap();
+        let defaults = Config::default().timeouts.floors;
+        assert_eq!(c.timeouts.floors["udp_timeout"], 20);
+        assert!(!c.timeouts.floors.contains_key("generic_timeout"));
+        assert_eq!(c.timeouts.floors.len(), defaults.len() - 1);
+        assert_eq!(c.timeouts.floors["icmp_timeout"], defaults["icmp_timeout"]);
+    }
+
+    #[test]
+    fn a_prefixed_floor_name_is_an_alias_and_wins_over_the_default() {
+        let c = p("timeouts:\n  floors:\n    nf_conntrack_udp_timeout: 20s\n").unwrap();
+        assert_eq!(c.timeouts.floors["udp_timeout"], 20);
+        assert!(!c.timeouts.floors.contains_key("nf_conntrack_udp_timeout"));
+    }
+
+    #[test]
+    fn a_misspelt_floor_names_line_key_and_the_nearest_name() {
+        let err = p("timeouts:\n  floors:\n    tcp_timeout_establishd: 15h\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tcp_timeout_establishd"), "{err}");
+        assert!(
+            err.contains("did you mean tcp_timeout_established?"),
+            "{err}"
+        );
+        assert!(err.contains("line 3") || err.contains(":3"), "{err}");
     }
 
     #[test]
@@ -938,5 +1020,19 @@ mod tests {
         assert_eq!(locate(text, "a.b"), Some(2));
         assert_eq!(locate(text, "c.b"), Some(5));
         assert_eq!(locate(text, "c.x"), None);
+    }
+
+    #[test]
+    fn a_line_indented_too_far_is_named_not_blamed_on_the_value_above() {
+        let err = p("max:\n  high_watermark: 0.8\n   target_utilisation: 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hint: line 3 is indented further than line 2 (high_watermark)"),
+            "{err}"
+        );
+        // A value that is wrong by itself gets no such hint.
+        let err = p("max:\n  high_watermark: lots\n").unwrap_err().to_string();
+        assert!(!err.contains("hint:"), "{err}");
     }
 }

@@ -56,9 +56,17 @@ pub struct NamespaceVerdict {
     pub early_drop_delta: Option<u64>,
     /// `chainlength` increase since the previous sample (inserts refused by long chains).
     pub chainlength_delta: Option<u64>,
-    /// The pressure level after this decision.
+    /// The level now: the live count against the live max and the loss since the
+    /// previous sample, without hysteresis (None when the count is unreadable). A
+    /// namespace dropping now is never normal here, even when the plan's growth
+    /// answers it.
+    pub level_now: Option<Level>,
+    /// Why the level now is what it is.
+    pub level_now_reason: Option<String>,
+    /// The pressure level after this decision: under the planned max, with the hold
+    /// that keeps levels from flapping.
     pub level: Level,
-    /// Why the level is what it is.
+    /// Why the level after is what it is.
     pub level_reason: String,
 }
 

@@ -58,6 +58,13 @@ pub struct Signal {
     pub memory_stalled: bool,
 }
 
+/// The level a signal asks for by itself, without hysteresis: where the table is *now*
+/// (against the live max and the loss just seen), which an operator must be told even
+/// when a planned growth will answer it.
+pub fn level_now(sig: Signal, cfg: &Pressure) -> (Level, String) {
+    wanted(sig, cfg)
+}
+
 /// The level the signal asks for if entering were free.
 fn wanted(sig: Signal, cfg: &Pressure) -> (Level, String) {
     let u = sig.utilisation;

@@ -150,6 +150,58 @@ pub const KERNEL_DEFAULT_TIMEOUTS: &[(&str, u64)] = &[
     ("nf_conntrack_udp_timeout_stream", 120),
 ];
 
+/// Timeout keys of older kernels that 6.x no longer has (DCCP, UDP-Lite, SCTP's
+/// HEARTBEAT_ACKED): a floor for one is valid, and a note on a kernel without it.
+pub const OLDER_TIMEOUT_KEYS: &[&str] = &[
+    "nf_conntrack_dccp_timeout_request",
+    "nf_conntrack_dccp_timeout_respond",
+    "nf_conntrack_dccp_timeout_partopen",
+    "nf_conntrack_dccp_timeout_open",
+    "nf_conntrack_dccp_timeout_closereq",
+    "nf_conntrack_dccp_timeout_closing",
+    "nf_conntrack_dccp_timeout_timewait",
+    "nf_conntrack_udplite_timeout",
+    "nf_conntrack_udplite_timeout_stream",
+    "nf_conntrack_sctp_timeout_heartbeat_acked",
+];
+
+/// Every timeout key of every kernel ctune knows (4.19 to 6.18).
+pub fn known_timeout_keys() -> impl Iterator<Item = &'static str> {
+    KERNEL_DEFAULT_TIMEOUTS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(OLDER_TIMEOUT_KEYS.iter().copied())
+}
+
+/// Edit distance between two names (for "did you mean").
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != *cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known timeout key closest to `short` (both without the `nf_conntrack_` prefix),
+/// when it is close enough to be a misspelling.
+pub fn nearest_timeout_key(short: &str) -> Option<&'static str> {
+    known_timeout_keys()
+        .filter_map(|k| k.strip_prefix("nf_conntrack_"))
+        .map(|k| (distance(short, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min()
+        .map(|(_, k)| k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +240,16 @@ mod tests {
         assert_eq!(round_buckets(1, 65536), 8192);
         assert_eq!(round_buckets(16_384 + 1, 65536), 24_576);
         assert_eq!(buckets_limit(65536) % 8192, 0);
+    }
+
+    #[test]
+    fn misspelt_timeout_names_have_a_nearest_known_one() {
+        assert_eq!(
+            nearest_timeout_key("tcp_timeout_establishd"),
+            Some("tcp_timeout_established")
+        );
+        assert_eq!(nearest_timeout_key("udp_timeout"), Some("udp_timeout"));
+        assert_eq!(nearest_timeout_key("flux_capacitor"), None);
+        assert!(known_timeout_keys().any(|k| k == "nf_conntrack_dccp_timeout_open"));
     }
 }

@@ -43,15 +43,10 @@ pub fn fmt_bytes(bytes: u64) -> String {
     }
 }
 
-/// Formats a count compactly for reasons: 524288 -> "524288", 3145728 -> "3.1M".
+/// Formats a count the one way ctune prints counts: exact, so a value in a reason
+/// matches the value in the sysctl, the file and `--json` (16777216, not "17M").
 pub fn fmt_count(n: u64) -> String {
-    if n >= 10_000_000 {
-        format!("{:.0}M", n as f64 / 1e6)
-    } else if n >= 1_000_000 {
-        format!("{:.1}M", n as f64 / 1e6)
-    } else {
-        n.to_string()
-    }
+    n.to_string()
 }
 
 /// Formats a duration of whole seconds the way the config accepts it ("2h", "15h", "5d").
@@ -114,7 +109,7 @@ mod tests {
     fn display() {
         assert_eq!(fmt_bytes(512), "512 B");
         assert_eq!(fmt_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(fmt_count(3_145_728), "3.1M");
+        assert_eq!(fmt_count(16_777_216), "16777216");
         assert_eq!(fmt_count(524_288), "524288");
         assert_eq!(fmt_secs(54000), "15h");
         assert_eq!(fmt_pct(0.91), "91%");

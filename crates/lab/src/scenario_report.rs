@@ -3,7 +3,6 @@
 
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::path::Path;
 
 use ctune_core::units::fmt_bytes;
@@ -50,9 +49,12 @@ pub struct PolicyRun {
     /// Whether the count ever reached the high watermark of the max in force.
     #[serde(default)]
     pub crossed: bool,
-    /// Seconds from the count crossing the high watermark to a larger max in force;
-    /// None when it never crossed (growth came first) or max never grew.
-    pub reaction_latency: Option<f64>,
+    /// Milliseconds from the count crossing the high watermark to a larger max in
+    /// force; None only with a `reaction_note`.
+    pub reaction_ms: Option<f64>,
+    /// Why there is no latency (growth came first, never needed, no reaction); None
+    /// when there is one.
+    pub reaction_note: Option<String>,
     /// Whether timeouts were lowered during the run.
     pub timeouts_lowered: bool,
     /// Whether every lowered timeout was back at its starting value at the end.
@@ -81,7 +83,7 @@ pub fn crossed(samples: &[Sample], watermark: f64) -> bool {
 
 /// Seconds from the first sample at or above `watermark` x max to the first sample with
 /// a larger max than the one in force then.
-pub fn reaction_latency(samples: &[Sample], watermark: f64) -> Option<f64> {
+fn reaction_latency(samples: &[Sample], watermark: f64) -> Option<f64> {
     let cross = samples
         .iter()
         .find(|s| s.max > 0 && s.count as f64 >= watermark * s.max as f64)?;
@@ -91,48 +93,142 @@ pub fn reaction_latency(samples: &[Sample], watermark: f64) -> Option<f64> {
         .map(|s| s.t - cross.t)
 }
 
+/// How a policy reacted once the count crossed the high watermark: a latency in ms, or
+/// why there is none. One definition for the simulator and the live benchmark; `grew`
+/// counts growth during the run only (kube-proxy's setting before traffic is its start).
+pub fn reaction(samples: &[Sample], watermark: f64, grew: bool) -> (Option<f64>, Option<String>) {
+    if let Some(s) = reaction_latency(samples, watermark) {
+        return (Some((s * 1000.0).round()), None);
+    }
+    let note = match (grew, crossed(samples, watermark)) {
+        (true, false) => "ahead of the watermark: grew before the count reached it",
+        (false, false) => "never needed: the count stayed below the watermark",
+        (true, true) => "crossed after its last growth: at its ceiling or cap",
+        (false, true) => "did not react: max never grew",
+    };
+    (None, Some(note.to_string()))
+}
+
+/// A Markdown table: the first row is the header; numbers align right.
+fn markdown_table(title: &str, rows: &[Vec<String>]) -> String {
+    let mut out = format!("### {title}\n\n");
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    out += &line(&rows[0]);
+    let align: Vec<String> = (0..rows[0].len())
+        .map(|i| {
+            if i == 0 || i + 1 == rows[0].len() {
+                "---"
+            } else {
+                "---:"
+            }
+            .to_string()
+        })
+        .collect();
+    out += &format!("|{}|\n", align.join("|"));
+    for r in &rows[1..] {
+        out += &line(r);
+    }
+    out
+}
+
+/// Columns padded to their widest cell; numbers align right.
+fn text_table(title: &str, rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("{title}\n");
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 || i + 1 == r.len() {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+/// How to print a report's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Columns aligned with spaces, for a terminal.
+    Text,
+    /// A Markdown table, for docs.
+    Markdown,
+}
+
 impl ScenarioReport {
     /// The markdown table, one row per policy.
     pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "### {} ({})\n", self.scenario, self.source);
-        let _ = writeln!(
-            out,
-            "| policy | lost (kernel drop) | clash drops | failed attempts | evicted (early drop) | peak count | final max | final hash | memory at peak | reaction | timeouts lowered / restored |"
-        );
-        let _ = writeln!(
-            out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-        );
+        self.table(Format::Markdown)
+    }
+
+    /// The table, one row per policy. Live reports have a kernel drops column: there a
+    /// refused flow and a dropped packet are counted apart. In the model each lost flow is
+    /// one kernel drop, so the column would repeat the lost one.
+    pub fn table(&self, format: Format) -> String {
+        let live = self.source == "live";
+        let mut header = vec![
+            "policy",
+            "lost flows",
+            "kernel drops",
+            "clash drops",
+            "evicted",
+        ];
+        if !live {
+            header.remove(2);
+        }
+        header.extend([
+            "peak count",
+            "final max",
+            "final hash",
+            "memory at peak",
+            "reaction",
+            "timeouts lowered / restored",
+        ]);
+        let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
         for r in &self.runs {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.policy,
-                r.kernel_drops,
-                r.clash_drops,
-                r.failed_attempts,
-                r.attempts,
-                r.early_drops,
-                r.peak_count,
-                r.final_max,
-                r.final_buckets,
+            let mut row = vec![
+                r.policy.clone(),
+                format!("{} of {}", r.failed_attempts, r.attempts),
+                r.kernel_drops.to_string(),
+                r.clash_drops.to_string(),
+                r.early_drops.to_string(),
+            ];
+            if !live {
+                row.remove(2);
+            }
+            row.extend([
+                r.peak_count.to_string(),
+                r.final_max.to_string(),
+                r.final_buckets.to_string(),
                 fmt_bytes(r.memory_bytes),
-                match (r.grew, r.crossed, r.reaction_latency) {
-                    (_, _, Some(s)) => format!("{:.0} ms", s * 1000.0),
-                    (_, false, None) if r.grew => "ahead of the watermark".to_string(),
-                    (_, false, None) => "never needed".to_string(),
-                    (true, true, None) => "crossed after its last growth".to_string(),
-                    (false, true, None) => "did not react".to_string(),
+                match (r.reaction_ms, &r.reaction_note) {
+                    (Some(ms), _) => format!("{ms:.0} ms"),
+                    (None, Some(note)) => note.split(':').next().unwrap_or(note).to_string(),
+                    (None, None) => "-".to_string(),
                 },
                 match (r.timeouts_lowered, r.timeouts_restored) {
                     (false, _) => "no".to_string(),
                     (true, true) => "yes / yes".to_string(),
                     (true, false) => "yes / no".to_string(),
-                }
-            );
+                },
+            ]);
+            rows.push(row);
         }
-        out
+        let title = format!("{} ({})", self.scenario, self.source);
+        match format {
+            Format::Markdown => markdown_table(&title, &rows),
+            Format::Text => text_table(&title, &rows),
+        }
     }
 
     /// Draws count (solid) and max (dashed-looking thin line) per policy over time.
@@ -222,14 +318,11 @@ mod tests {
             s(1.2, 90, 100),
             s(1.3, 95, 200),
         ];
-        let l = reaction_latency(&samples, 0.75).unwrap();
-        assert!((l - 0.3).abs() < 1e-9);
-        assert_eq!(reaction_latency(&samples[..3], 0.75), None, "never grew");
-        assert_eq!(
-            reaction_latency(&[s(0.0, 1, 100)], 0.75),
-            None,
-            "never crossed"
-        );
+        assert_eq!(reaction(&samples, 0.75, true), (Some(300.0), None));
+        let (ms, note) = reaction(&samples[..3], 0.75, false);
+        assert!(ms.is_none() && note.is_some_and(|n| n.starts_with("did not react")));
+        let (ms, note) = reaction(&[s(0.0, 1, 100)], 0.75, false);
+        assert!(ms.is_none() && note.is_some_and(|n| n.starts_with("never needed")));
     }
 
     #[test]
@@ -247,7 +340,8 @@ mod tests {
             memory_bytes: 4096,
             grew: false,
             crossed: true,
-            reaction_latency: None,
+            reaction_ms: None,
+            reaction_note: Some("did not react: max never grew".into()),
             timeouts_lowered: false,
             timeouts_restored: false,
             samples: vec![s(0.0, 0, 100), s(1.0, 90, 100)],
@@ -260,10 +354,18 @@ mod tests {
         let md = r.markdown();
         assert!(
             md.contains(
-                "| static | 5 | 0 | 5 of 100 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
+                "| static | 5 of 100 | 0 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
             ),
             "{md}"
         );
+        let text = r.table(Format::Text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ramp (simulated)");
+        assert!(
+            lines[1].starts_with("policy  lost flows  clash drops"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("static    5 of 100"), "{text}");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ramp.svg");
         r.plot_svg(&p).unwrap();

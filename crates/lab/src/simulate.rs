@@ -1405,6 +1405,13 @@ fn summary(
             .all(|k| t.timeouts.get(k) == start_timeouts.get(k))
     });
     let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
+    // Growth during the run: kube-proxy's setting at the start is where it starts.
+    let grew = d
+        .max_changes
+        .iter()
+        .any(|(at, old, new)| *at > 0 && new > old);
+    let (reaction_ms, reaction_note) =
+        scenario_report::reaction(&samples, cfg.max.high_watermark.get(), grew);
     PolicyRun {
         policy: kind.name().into(),
         kernel_drops: sum(|t| t.drop),
@@ -1416,9 +1423,10 @@ fn summary(
         final_max: tables.max,
         final_buckets: tables.buckets,
         memory_bytes: peak_memory,
-        grew: d.max_changes.iter().any(|(_, old, new)| new > old),
+        grew,
         crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
-        reaction_latency: scenario_report::reaction_latency(&samples, cfg.max.high_watermark.get()),
+        reaction_ms,
+        reaction_note,
         timeouts_lowered: !lowered.is_empty(),
         timeouts_restored: restored,
         samples,

@@ -91,7 +91,7 @@ fn short_benchmark_outcomes() {
             r.markdown()
         );
         assert!(
-            ctune.grew && ctune.reaction_latency.is_none_or(|l| l <= interval),
+            ctune.grew && ctune.reaction_ms.is_none_or(|ms| ms <= interval * 1000.0),
             "{name}: reaction\n{}",
             r.markdown()
         );

@@ -161,8 +161,10 @@ fn ctune_reacts_within_one_interval() {
         ("sudden", &*SUDDEN_SIM),
     ] {
         let (ct, d) = run(sim, "ctune");
-        if let Some(l) = ct.reaction_latency {
-            assert!(l <= interval, "{name}: reaction latency {l} s");
+        match (ct.reaction_ms, &ct.reaction_note) {
+            (Some(ms), None) => assert!(ms <= interval * 1000.0, "{name}: reaction {ms} ms"),
+            (None, Some(_)) => {}
+            other => panic!("{name}: a reaction is a latency or a reason: {other:?}"),
         }
         // Stronger than the first crossing: the count never stays at or above the
         // watermark for more than one interval while max could still usefully grow
@@ -292,14 +294,36 @@ fn command_prints_the_table_and_writes_files() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.starts_with("### flood (simulated)"), "{stdout}");
-    for policy in ["| static |", "| kube-proxy |", "| ctune |"] {
+    // On a terminal or not, the default is the aligned table; --format md the Markdown.
+    assert!(stdout.starts_with("flood (simulated)\npolicy "), "{stdout}");
+    for policy in ["\nstatic ", "\nkube-proxy ", "\nctune "] {
         assert!(stdout.contains(policy), "{stdout}");
     }
+    let (code, markdown, stderr) =
+        ctune(&["simulate", path_str("flood").as_str(), "--format", "md"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(markdown.starts_with("### flood (simulated)"), "{markdown}");
     let md = std::fs::read_to_string(out.join("flood.md")).unwrap();
-    assert_eq!(md, stdout);
+    assert_eq!(md, markdown);
     let svg = std::fs::read_to_string(out.join("flood.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
+}
+
+/// An --out that cannot be written is exit 4 (ctune's "could not be written"), naming it.
+#[test]
+fn an_unwritable_out_dir_exits_4_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("sub");
+    let (code, _, err) = ctune(&[
+        "simulate",
+        path_str("ramp").as_str(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(out.to_str().unwrap()), "{err}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The files that make ctune's learned limits survive a reboot, rendered from a plan.
 //!
 //! - `/etc/sysctl.d/99-ctune.conf`: max and buckets, applied by systemd-sysctl. It sorts
-//!   late so it wins over distribution defaults (the last file setting a key wins).
+//!   late, after most distribution defaults (the last file setting a key wins), but not
+//!   after Debian's 99-sysctl.conf: [`later_files`] names any later file that sets a key.
 //! - `/etc/modules-load.d/ctune.conf`: loads nf_conntrack before systemd-sysctl runs, so
 //!   the `net.netfilter.*` keys exist then (otherwise they are skipped with "Couldn't
 //!   write ... No such file or directory" and the firewall loads the module later).

@@ -87,12 +87,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         let Some(&original) = st.original.get(key) else {
             continue;
         };
-        let live = if key == tunables::MAX {
-            Some(obs.global.max)
-        } else {
-            obs.global.buckets
-        };
-        let Some(live) = live.filter(|l| *l != original) else {
+        let Some(live) = obs.global.value(key).filter(|l| *l != original) else {
             continue;
         };
         // A value someone else set after ctune is theirs now: not ctune's to undo. The

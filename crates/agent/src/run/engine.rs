@@ -94,6 +94,71 @@ pub fn preview(
     Preview { plan, files, notes }
 }
 
+/// Readings of the kernel for the one-shot commands (the dry run, `status`): each
+/// decision takes the reading before it as the previous sample, so a command tells loss
+/// *now* (over its sample) from loss since boot, as the agent does between steps.
+/// Without a previous reading, rises are measured against ctune's saved state (the
+/// agent's last step, when recent).
+#[derive(Debug)]
+pub struct Sampler<'a> {
+    roots: &'a Roots,
+    cfg: &'a Config,
+    saved: &'a PolicyState,
+    last: Option<(Observation, Duration)>,
+}
+
+/// One reading and the decision on it.
+#[derive(Debug)]
+pub struct Sample {
+    /// What was read.
+    pub observation: Observation,
+    /// What a step would do now.
+    pub preview: Preview,
+    /// Since the previous reading (zero when there was none).
+    pub elapsed: Duration,
+}
+
+impl<'a> Sampler<'a> {
+    /// A sampler; with `first_reading`, the first reading is taken now.
+    pub fn start(
+        roots: &'a Roots,
+        cfg: &'a Config,
+        saved: &'a PolicyState,
+        first_reading: bool,
+    ) -> Result<Sampler<'a>, ObserveError> {
+        let mut s = Sampler {
+            roots,
+            cfg,
+            saved,
+            last: None,
+        };
+        if first_reading {
+            s.last = Some((observe::observe(roots, &cfg.namespaces)?, state::now()));
+        }
+        Ok(s)
+    }
+
+    /// Reads again and decides, with the previous reading as the baseline.
+    pub fn read(&mut self) -> Result<Sample, ObserveError> {
+        let obs = observe::observe(self.roots, &self.cfg.namespaces)?;
+        let now = state::now();
+        let (prev, elapsed) = match &self.last {
+            Some((first, at)) => (
+                ctune_core::policy::with_sample(self.saved, first, *at),
+                now.saturating_sub(*at),
+            ),
+            None => (self.saved.clone(), Duration::ZERO),
+        };
+        let preview = preview(self.roots, self.cfg, &obs, &prev, now);
+        self.last = Some((obs.clone(), now));
+        Ok(Sample {
+            observation: obs,
+            preview,
+            elapsed,
+        })
+    }
+}
+
 /// The files for the values in force after `plan`: the keys it changes and every key
 /// ctune manages in the state that follows it (so a persist that failed is retried).
 fn files_for(

@@ -96,21 +96,12 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                 .filter_map(|n| n.parse().ok())
                 .collect();
             pids.sort_unstable();
-            let mut denied = 0usize;
+            let mut denied: Vec<u32> = Vec::new();
             for pid in pids {
                 let path = roots.pid_netns(&pid.to_string());
                 match inode_of(&path) {
                     Ok(inode) if seen.insert(inode) => {
-                        // Any user names its processes: escape what a terminal would obey.
-                        let comm =
-                            std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
-                                .map(|c| printable(c.trim_end_matches('\n')))
-                                .unwrap_or_default();
-                        let name = if comm.is_empty() {
-                            format!("pid {pid}")
-                        } else {
-                            format!("pid {pid} ({comm})")
-                        };
+                        let name = process_name(roots, pid);
                         d.others.push(Handle {
                             id: NetnsId { name, inode },
                             path,
@@ -119,22 +110,50 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                     Ok(_) => {}
                     // Processes exit between listing and stat: not worth a note.
                     Err(e) if e.cause == crate::sense::kfile::Cause::Missing => {}
-                    Err(_) => denied += 1,
+                    Err(_) => denied.push(pid),
                 }
             }
-            if denied > 0 {
+            if !denied.is_empty() {
                 let hint = if nix::unistd::geteuid().is_root() {
                     "even as root: a sandbox or ptrace restriction hides them"
                 } else {
                     "run as root to see them"
                 };
+                let named = denied_names(roots, &denied);
                 d.notes.push(format!(
-                    "the namespaces of {denied} process(es) could not be inspected (permission denied; {hint})"
+                    "the namespaces of {} process(es) could not be inspected: {named} (permission denied; {hint})",
+                    denied.len()
                 ));
             }
         }
     }
     d
+}
+
+/// `pid N (comm)`: any user names its processes, so what a terminal would obey is escaped.
+fn process_name(roots: &Roots, pid: u32) -> String {
+    let comm = std::fs::read_to_string(roots.proc.join(pid.to_string()).join("comm"))
+        .map(|c| printable(c.trim_end_matches('\n')))
+        .unwrap_or_default();
+    if comm.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} ({comm})")
+    }
+}
+
+/// The first few of `pids` with their command names, for a note an operator can act on.
+fn denied_names(roots: &Roots, pids: &[u32]) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = pids
+        .iter()
+        .take(SHOWN)
+        .map(|pid| process_name(roots, *pid))
+        .collect();
+    if pids.len() > SHOWN {
+        names.push(format!("and {} more", pids.len() - SHOWN));
+    }
+    names.join(", ")
 }
 
 fn list_dir(dir: &std::path::Path, notes: &mut Vec<String>, missing_ok: bool) -> Vec<String> {

@@ -413,7 +413,13 @@ pub struct Agent {
 impl Agent {
     pub fn start(config: &Path, dir: &Path) -> Agent {
         let log = dir.join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ctune"))
+        // At the priority ctune's unit gives it (its `Nice=`), as in production.
+        let nice = include_str!("../../../../systemd/ctune.service")
+            .lines()
+            .find_map(|l| l.strip_prefix("Nice="))
+            .unwrap_or("0");
+        let child = Command::new("nice")
+            .args(["-n", nice, env!("CARGO_BIN_EXE_ctune")])
             .args(["run", "--config"])
             .arg(config)
             .arg("--etc-root")
@@ -428,6 +434,23 @@ impl Agent {
             .spawn()
             .expect("start ctune run");
         Agent { child, log }
+    }
+
+    /// Starts the agent and waits (at most 5 s) for its first step: the state file.
+    pub fn start_stepped(config: &Path, dir: &Path) -> Agent {
+        let agent = Agent::start(config, dir);
+        assert!(
+            wait_for(Duration::from_secs(5), || dir
+                .join("state/state.json")
+                .exists()),
+            "agent did not take its first step: {}",
+            agent.log()
+        );
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -75,6 +75,18 @@ pub struct Global {
     pub per_netns_max: bool,
 }
 
+impl Global {
+    /// The live value of a global key ctune sets (`nf_conntrack_max`,
+    /// `nf_conntrack_buckets`), when readable.
+    pub fn value(&self, key: &str) -> Option<u64> {
+        match key {
+            crate::tunables::MAX => Some(self.max),
+            crate::tunables::BUCKETS => self.buckets,
+            _ => None,
+        }
+    }
+}
+
 /// Writability of the global keys, checked with access(2) as the kernel decides it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Access {

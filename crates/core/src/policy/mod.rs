@@ -124,6 +124,36 @@ pub struct Counters {
     pub at: Option<Duration>,
 }
 
+impl Counters {
+    /// The loss counters of one namespace's sample, taken at `at`.
+    pub fn of(n: &crate::model::NamespaceObs, at: Duration) -> Counters {
+        Counters {
+            drop: n.counter("drop"),
+            early_drop: n.counter("early_drop"),
+            chainlength: n.counter("chainlength"),
+            insert_failed: n.counter("insert_failed"),
+            at: Some(at),
+        }
+    }
+}
+
+/// `prev` with `first`'s counters and counts as the previous sample, taken at `at`: a
+/// one-shot command that samples twice (the dry run, `status`) sees the loss and the
+/// fill rate of the sample, as the agent sees them between two steps. Everything else
+/// (levels, what ctune lowered or set) stays as saved.
+pub fn with_sample(prev: &PolicyState, first: &Observation, at: Duration) -> PolicyState {
+    let mut next = prev.clone();
+    for n in &first.namespaces {
+        let ns = next.namespaces.entry(n.id.inode).or_default();
+        if ns.name.is_empty() {
+            ns.name = n.id.name.clone();
+        }
+        ns.counters = Some(Counters::of(n, at));
+        ns.last_count = n.count.map(|c| (c, at));
+    }
+    next
+}
+
 /// A counter's rise is measured only against a sample at most this many agent
 /// intervals old: a rise over hours (an `apply` long after the last one) says nothing
 /// about now.

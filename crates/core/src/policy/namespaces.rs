@@ -51,7 +51,10 @@ pub(super) fn decide(
                 tunables::MAX_CHAIN_LENGTH
             ));
         }
+        let now = level_now(input, n, rise, sig.current_max, memory);
         verdicts.push(NamespaceVerdict {
+            level_now: now.as_ref().map(|(l, _)| *l),
+            level_now_reason: now.map(|(_, why)| why),
             netns: n.id.clone(),
             count: n.count,
             utilisation: n.count.map(|c| c as f64 / sig.current_max as f64),
@@ -93,6 +96,26 @@ fn memory_signal(input: &Inputs, ceiling: &Ceiling) -> (Option<&'static str>, bo
     let limit = input.cfg.pressure.memory_stall;
     let stalled = input.obs.host.memory_stall.is_some_and(|s| s >= limit);
     (short, stalled)
+}
+
+/// The level the live table is at, before any change: count against the live max,
+/// every loss counted (growth has not happened yet).
+fn level_now(
+    input: &Inputs,
+    n: &NamespaceObs,
+    rise: &Rises,
+    current_max: u64,
+    memory: (Option<&'static str>, bool),
+) -> Option<(Level, String)> {
+    let count = n.count?;
+    let signal = Signal {
+        utilisation: count as f64 / current_max.max(1) as f64,
+        dropping: rise.drop.is_some_and(|d| d > 0),
+        evicting: rise.early.is_some_and(|d| d > 0),
+        memory_short: memory.0,
+        memory_stalled: memory.1,
+    };
+    Some(pressure::level_now(signal, &input.cfg.pressure))
 }
 
 fn level_of(
@@ -168,6 +191,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::{PolicyState, ceiling_of};
+    use std::time::Duration;
 
     fn verdicts(
         o: &crate::model::Observation,
@@ -211,5 +235,46 @@ mod tests {
         let (v, d) = verdicts(&o, &d0.next);
         assert_eq!((v[0].clash_delta, v[0].level), (Some(4), Level::Normal));
         assert!(d.explanations.iter().any(|e| e.contains("insert clashes")));
+    }
+
+    #[test]
+    fn a_namespace_dropping_now_is_critical_now_even_when_growth_answers_it() {
+        let cfg = Config::default();
+        let (_, d0) = verdicts(&obs(100_000, &[10]), &PolicyState::default());
+        let mut o = obs(100_000, &[100_000]);
+        bump(&mut o, 0, "drop", 50);
+        let input = inputs(&o, &cfg, &d0.next, 21);
+        let sig = signals::read(&input);
+        let mut d = draft();
+        let v = decide(&input, &sig, &ceiling_of(&o, &cfg), 400_000, &mut d);
+        assert_eq!(v[0].level_now, Some(Level::Critical), "{v:?}");
+        let why = v[0].level_now_reason.as_deref().unwrap_or("");
+        assert!(why.contains("drop counter rose"), "{why}");
+        assert_eq!(v[0].level, Level::Normal, "after growth to 4x: {v:?}");
+    }
+
+    #[test]
+    fn the_level_now_is_against_the_live_max() {
+        let (v, _) = verdicts(&obs(100_000, &[92_000]), &PolicyState::default());
+        assert_eq!(v[0].level_now, Some(Level::Elevated));
+        assert!(
+            v[0].level_now_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("92%")
+        );
+    }
+
+    #[test]
+    fn a_one_shot_sample_shows_the_rise_of_its_own_seconds() {
+        let o0 = obs(100_000, &[1000]);
+        let mut o1 = o0.clone();
+        bump(&mut o1, 0, "drop", 7);
+        let prev =
+            crate::policy::with_sample(&PolicyState::default(), &o0, Duration::from_secs(10));
+        let (plan, _) =
+            crate::policy::decide(&o1, &Config::default(), &prev, Duration::from_secs(11));
+        assert_eq!(plan.namespaces[0].drop_delta, Some(7));
+        assert_eq!(plan.namespaces[0].level_now, Some(Level::Critical));
     }
 }

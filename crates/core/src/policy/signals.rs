@@ -100,13 +100,7 @@ fn rises(input: &Inputs) -> (Vec<Rises>, Option<Duration>) {
         .namespaces
         .iter()
         .map(|n| {
-            let counters = Counters {
-                drop: n.counter("drop"),
-                early_drop: n.counter("early_drop"),
-                chainlength: n.counter("chainlength"),
-                insert_failed: n.counter("insert_failed"),
-                at: Some(input.now),
-            };
+            let counters = Counters::of(n, input.now);
             let (before, too_old) = baseline(input, n);
             stale = stale.max(too_old);
             let rise = |now: Option<u64>, then: fn(&Counters) -> Option<u64>| {
@@ -200,13 +194,7 @@ mod tests {
         prev.namespaces.insert(
             n.id.inode,
             NamespaceState {
-                counters: Some(Counters {
-                    drop: n.counter("drop"),
-                    early_drop: n.counter("early_drop"),
-                    chainlength: n.counter("chainlength"),
-                    insert_failed: n.counter("insert_failed"),
-                    at: Some(Duration::from_secs(at)),
-                }),
+                counters: Some(Counters::of(n, Duration::from_secs(at))),
                 ..NamespaceState::default()
             },
         );

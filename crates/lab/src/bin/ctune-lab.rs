@@ -7,19 +7,19 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ctune_lab::scenario_report::Format;
 use ctune_lab::simulate;
 
-/// Exit code: a scenario or config that cannot be used (file, line and key named).
-const EXIT_USAGE: u8 = 2;
-/// Exit code: output or an --out file could not be written.
-const EXIT_FAILURE: u8 = 1;
+// ctune's exit codes (one table, in ctune::error): 2 for a scenario or config that
+// cannot be used, 4 for output that could not be written.
+use ctune::error::{EXIT_PARTIAL, EXIT_USAGE};
 
 /// ctune's laboratory (not packaged): the simulator.
 #[derive(Debug, Parser)]
 #[command(
     name = "ctune-lab",
     version,
-    after_help = "Examples:\n  ctune-lab simulate scenarios/ramp.yaml                 the table of what each policy lost\n  ctune-lab simulate scenarios/flood.yaml --out target/sim   also a .md table and an .svg timeline\n  ctune-lab simulate scenarios/step.yaml --config ./ctune.yaml   try a config against a scenario\n\nExit codes:\n  0  success\n  1  output could not be written\n  2  invalid command line, scenario or config (file, line and key named)"
+    after_help = "Examples:\n  ctune-lab simulate scenarios/ramp.yaml                 the table of what each policy lost\n  ctune-lab simulate scenarios/ramp.yaml --format md     the same as Markdown, for docs\n  ctune-lab simulate scenarios/flood.yaml --out target/sim   also a .md table and an .svg timeline\n  ctune-lab simulate scenarios/step.yaml --config ./ctune.yaml   try a config against a scenario\n\nExit codes (ctune's):\n  0  success\n  2  invalid command line, scenario or config (file, line and key named)\n  4  output or an --out file could not be written"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,10 +40,24 @@ enum Command {
         /// A ctune config file that replaces the scenario's `ctune_config:`.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Print JSON instead of the Markdown table, for scripts.
-        #[arg(long)]
+        /// How to print: an aligned table (text), Markdown (md) or JSON (json).
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// The same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
     },
+}
+
+/// How `simulate` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// Columns aligned with spaces.
+    Text,
+    /// A Markdown table.
+    Md,
+    /// The whole report, with the timelines.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -51,9 +65,11 @@ fn main() -> ExitCode {
         scenario,
         out,
         config,
+        format,
         json,
     } = Cli::parse().command;
-    match simulate_cmd(&scenario, out.as_deref(), config.as_deref(), json) {
+    let format = if json { OutputFormat::Json } else { format };
+    match simulate_cmd(&scenario, out.as_deref(), config.as_deref(), format) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
             eprintln!("ctune-lab: error: {msg}");
@@ -66,10 +82,10 @@ fn simulate_cmd(
     scenario: &std::path::Path,
     out: Option<&std::path::Path>,
     config: Option<&std::path::Path>,
-    json: bool,
+    format: OutputFormat,
 ) -> Result<(), (u8, String)> {
     let usage = |e: &dyn std::fmt::Display| (EXIT_USAGE, e.to_string());
-    let failure = |e: &dyn std::fmt::Display| (EXIT_FAILURE, e.to_string());
+    let failure = |e: &dyn std::fmt::Display| (EXIT_PARTIAL, e.to_string());
     let mut sc = simulate::load(scenario).map_err(|e| usage(&e))?;
     if let Some(path) = config {
         sc.ctune = ctune::sense::config_file::load(Some(path), path)
@@ -83,12 +99,12 @@ fn simulate_cmd(
         }
     }
     let mut stdout = std::io::stdout().lock();
-    let written = if json {
-        serde_json::to_writer_pretty(&mut stdout, &sim.report)
+    let written = match format {
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut stdout, &sim.report)
             .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(stdout))
-    } else {
-        write!(stdout, "{}", sim.report.markdown())
+            .and_then(|()| writeln!(stdout)),
+        OutputFormat::Md => write!(stdout, "{}", sim.report.markdown()),
+        OutputFormat::Text => write!(stdout, "{}", sim.report.table(Format::Text)),
     };
     match written {
         // A closed pipe (`| head`) ends output quietly.
