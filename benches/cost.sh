@@ -16,7 +16,8 @@
 #      plans any change, snapshots every nf_conntrack_* sysctl (except the count) and
 #      the hashsize parameter, and compares them after each phase: if anything changed it
 #      stops (saying whether the agent logged a change, or someone else did).
-#   3. `ctune --dry-run --config <mode: initial>` on the live kernel (read-only): wall time
+#   3. `ctune --dry-run --sample 0 --config <mode: initial>` on the live kernel (read-only;
+#      --sample 0: one reading, not the default 1 s sample, so the process cost shows): wall time
 #      with hyperfine (-N, no shell; RUNS runs after 20 warm-ups), peak RSS with
 #      /usr/bin/time.
 #   4. `ctune run` with that config and `--etc-root`, `--state-dir`, `--run-root` (its
@@ -147,17 +148,21 @@ wait_http() {
   done
   return 1
 }
-# CPU per second over WINDOW s: "X ms/s (Y % of one CPU); schedstat Z ms/s"
-cpu_window() { # $1 pid, $2 per-second action (or "")
-  local t0 s0 t1 s1 i
-  t0=$(cpu_ticks "$1"); s0=$(sched_ns "$1")
-  for i in $(seq "$WINDOW"); do
-    if [ -n "$2" ]; then eval "$2"; fi
+# Context switches of every thread (voluntary + not): a thread that sleeps and wakes
+# switches once per wakeup.
+switches() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^(non)?voluntary_ctxt_switches:/ {s += $2} END {print s + 0}'; }
+# CPU and wakeups per second over $3 s (default WINDOW), running action $2 (or "") every
+# $4 s (default 1): "X ms/s (stat, 10-ms ticks); Y ms/s on CPU (schedstat); Z wakeups/s"
+cpu_window() { # $1 pid, $2 action, $3 seconds, $4 action period
+  local t0 s0 w0 t1 s1 w1 i len=${3:-$WINDOW} every=${4:-1}
+  t0=$(cpu_ticks "$1"); s0=$(sched_ns "$1"); w0=$(switches "$1")
+  for i in $(seq 0 $((len - 1))); do
+    if [ -n "$2" ] && [ $((i % every)) -eq 0 ]; then eval "$2"; fi
     sleep 1
   done
-  t1=$(cpu_ticks "$1"); s1=$(sched_ns "$1")
-  awk -v dt="$((t1 - t0))" -v ds="$((s1 - s0))" -v w="$WINDOW" -v hz="$CLK_TCK" \
-    'BEGIN {printf "%.2f ms/s (stat, %d-ms ticks); %.2f ms/s on CPU (schedstat)", dt*1000/hz/w, 1000/hz, ds/1e6/w}'
+  t1=$(cpu_ticks "$1"); s1=$(sched_ns "$1"); w1=$(switches "$1")
+  awk -v dt="$((t1 - t0))" -v ds="$((s1 - s0))" -v dw="$((w1 - w0))" -v w="$len" -v hz="$CLK_TCK" \
+    'BEGIN {printf "%.2f ms/s (stat, %d-ms ticks); %.2f ms/s on CPU (schedstat); %.1f wakeups/s", dt*1000/hz/w, 1000/hz, ds/1e6/w, dw/w}'
 }
 
 # --- machine ---------------------------------------------------------------------------
@@ -186,10 +191,10 @@ fi
 # --- 1. dry run -------------------------------------------------------------------------
 echo "cost.sh: dry run x $RUNS" >&2
 hyperfine -N --style none --warmup 20 --runs "$RUNS" --export-json "$T/dry.json" \
-  "$BIN --dry-run --config $CFG" >/dev/null
+  "$BIN --dry-run --sample 0 --config $CFG" >/dev/null
 dry_wall=$(hf_summary "$T/dry.json")
 dry_med=$(hf_median_ms "$T/dry.json")
-dry_rss=$(for i in $(seq 20); do /usr/bin/time -f %M "$BIN" --dry-run --config "$CFG" 2>&1 >/dev/null | tail -n1; done | sort -n | tail -n1)
+dry_rss=$(for i in $(seq 20); do /usr/bin/time -f %M "$BIN" --dry-run --sample 0 --config "$CFG" 2>&1 >/dev/null | tail -n1; done | sort -n | tail -n1)
 check_unchanged "dry run"
 
 # --- 2. the agent -------------------------------------------------------------------------
@@ -221,7 +226,7 @@ stop_agent() { # $1: dir
 echo "cost.sh: ctune run for 2 + $WINDOW + $WINDOW s" >&2
 start_agent "$CFG" "$T/agent"
 sleep 2
-agent_cpu=$(cpu_window "$APID" "")
+agent_cpu=$(cpu_window "$APID" "" 30)
 agent_hwm=$(status_kib "$APID" VmHWM)
 agent_rss=$(status_kib "$APID" VmRSS)
 agent_anon=$(status_kib "$APID" RssAnon)
@@ -237,8 +242,8 @@ stop_agent "$T/agent"
 # Where the agent's CPU goes: steps alone (no probe between steps), probes alone (one
 # step at start, then only probes).
 echo "cost.sh: ctune run, steps only and probes only, 2 + $WINDOW s each" >&2
-printf 'namespaces:\n  mode: initial\nagent:\n  interval: 1s\n  probe_interval: 1s\n' >"$T/steps-only.yaml"
-printf 'namespaces:\n  mode: initial\nagent:\n  interval: 1h\n  probe_interval: 50ms\n' >"$T/probes-only.yaml"
+printf 'namespaces:\n  mode: initial\nagent:\n  interval: 1s\n  idle_interval: 1s\n  probe_interval: 1s\n' >"$T/steps-only.yaml"
+printf 'namespaces:\n  mode: initial\nagent:\n  interval: 1h\n  idle_interval: 1h\n  probe_interval: 50ms\n  flood_rate: 100000000\n' >"$T/probes-only.yaml"
 start_agent "$T/steps-only.yaml" "$T/steps"
 sleep 2
 agent_cpu_steps=$(cpu_window "$APID" "")
@@ -266,6 +271,7 @@ ne_bytes=$(wc -c <"$T/scrape.txt")
 sleep 1
 ne_idle=$(cpu_window "$NPID" "")
 ne_scraped=$(cpu_window "$NPID" "curl -sf -o /dev/null $URL")
+ne_scraped15=$(cpu_window "$NPID" "curl -sf -o /dev/null $URL" 60 15)
 c0=$(sched_ns "$NPID")
 hyperfine -N --style none --warmup 20 --runs "$RUNS" --export-json "$T/ne.json" \
   "curl -sf -o /dev/null $URL" >/dev/null
@@ -304,7 +310,7 @@ if [ "$FILL" -gt 0 ]; then
         awk -F'|' '/^\| pread nf_conntrack_count/ {gsub(/^ +| +$/, "", $4); print $4}')
     fi
     ip netns exec "$NETNS" hyperfine -N --style none --warmup 20 --runs "$RUNS" \
-      --export-json "$T/ns-dry.json" "$BIN --dry-run --config $CFG" >/dev/null
+      --export-json "$T/ns-dry.json" "$BIN --dry-run --sample 0 --config $CFG" >/dev/null
     dry="$(hf_median_ms "$T/ns-dry.json") ms"
     ip netns exec "$NETNS" prometheus-node-exporter --collector.disable-defaults --collector.conntrack \
       --web.listen-address="127.0.0.1:$NPORT" 2>/dev/null &
@@ -348,15 +354,16 @@ echo "## Process cost: ctune vs prometheus-node-exporter (conntrack collector on
 echo
 echo "| measure | ctune | node-exporter | target (ctune) |"
 echo "|---|---|---|---|"
-echo "| one-shot wall time, median of $RUNS (hyperfine -N) | \`ctune --dry-run\`: $dry_wall | \`curl /metrics\`: $ne_wall | < 10 ms |"
+echo "| one-shot wall time, median of $RUNS (hyperfine -N) | \`ctune --dry-run --sample 0\`: $dry_wall | \`curl /metrics\`: $ne_wall | < 10 ms |"
 echo "| request time only (curl time_total) | - | $ne_req | |"
 echo "| one-shot peak RSS | dry run: $(mib "$dry_rss") (max of 20, /usr/bin/time) | - | |"
-echo "| resident, peak (VmHWM) | \`ctune run\`: $(mib "$agent_hwm") after ${WINDOW} s ($(mib "$agent_hwm2") after $((2 * WINDOW)) s) | $(mib "$ne_hwm") after $((2 * RUNS + WINDOW + 23)) scrapes | < 8 MiB |"
+echo "| resident, peak (VmHWM) | \`ctune run\`: $(mib "$agent_hwm") after ${WINDOW} s ($(mib "$agent_hwm2") after $((2 * WINDOW)) s) | $(mib "$ne_hwm") after $((2 * RUNS + WINDOW + 27)) scrapes | < 8 MiB |"
 echo "| resident now: anonymous + file-backed | $(mib "$agent_anon") + $(mib "$agent_file"); $agent_threads thread(s) | $(mib "$ne_anon") + $(mib "$ne_file"); $ne_threads threads | |"
-echo "| CPU while running, idle | $agent_cpu (1 step/s + 20 probes/s) | $ne_idle (not scraped) | |"
-echo "| CPU while running, sampled every second | (same: the agent samples itself) | $ne_scraped (1 scrape/s) | |"
-echo "| CPU: steps only (probe_interval = interval = 1 s) | $agent_cpu_steps | - | |"
-echo "| CPU: probes only (interval 1 h, probe every 50 ms) | $agent_cpu_probes | - | |"
+echo "| CPU and wakeups while running, idle | $agent_cpu (a step every idle_interval, probes at the adaptive pace) | $ne_idle (not scraped) | <= 0.5 ms/s, <= 5 wakeups/s |"
+echo "| same, scraped every 15 s (60 s) | (the agent samples itself) | $ne_scraped15 | |"
+echo "| same, scraped every second | (the agent samples itself) | $ne_scraped | |"
+echo "| CPU: steps only (a step every 1 s, no probe between) | $agent_cpu_steps | - | |"
+echo "| CPU: probes only (no step after the first, a probe every 50 ms) | $agent_cpu_probes | - | |"
 echo "| CPU per sample | see \`cargo bench --bench agent_cost\` (tick) | $ne_cpu_per_scrape ms per scrape (schedstat over $((RUNS + 20)) scrapes); collector's own duration $ne_coll | tick < 100 µs |"
 echo "| syscalls while running (strace -c -f, $WINDOW s) | $agent_sys /s, of which fsync $agent_fsync /s | - | |"
 echo "| output | plan text | $ne_bytes B, $ne_series node_nf_conntrack_* series | |"

@@ -1,11 +1,18 @@
 #!/bin/bash
 # Builds target/debian/ctune_<version>_amd64.deb with plain dpkg-deb (no cargo-deb, so no
 # crates.io install): the release binary, both systemd units, the default config as a
-# conffile, and maintainer scripts that enable the units on install and undo ctune's
-# changes on purge.
+# conffile, the man page ctune(8) and bash/zsh/fish completions (generated from the CLI
+# definition by the lab's ctune-docgen, which is not packaged), the docs, copyright and
+# changelog, md5sums, and maintainer scripts that enable the units on install and undo
+# ctune's changes on purge. Depends is computed by dpkg-shlibdeps from the libraries the
+# binary really links. The package passes `lintian --fail-on error,warning` (overrides,
+# each explained: packaging/lintian-overrides) and is reproducible: every timestamp is
+# SOURCE_DATE_EPOCH (default: the last commit's time), permissions and owners are
+# normalised, so two builds of one tree give the same bytes. Details: docs/packages.md.
 #
 # Usage: packaging/build-deb.sh [--no-build]   (--no-build: use the existing
-#        target/release/ctune)
+#        target/release/ctune and target/debug/ctune-docgen)
+# Prints the .deb's path on stdout (tests/vm/run.sh reads it); everything else on stderr.
 #
 # Purge and the binary: dpkg calls `prerm remove` (binary still there, but dpkg does not
 # say whether a purge follows), then deletes the files, then `postrm remove`, then (on
@@ -19,15 +26,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=1
 [ "${1:-}" = "--no-build" ] && build=0
+# Reproducible: one time for every timestamp (the man page's date, the changelog's, file
+# mtimes, the ar and tar headers dpkg-deb writes; gzip -n leaves its own out), and modes
+# that do not depend on the caller's umask.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+export SOURCE_DATE_EPOCH
+export LC_ALL=C TZ=UTC
+umask 022
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=amd64
 [ "$(dpkg --print-architecture)" = "$arch" ] || { echo "build-deb: only $arch is packaged" >&2; exit 2; }
 if [ "$build" = 1 ]; then
     cargo build --release --locked -p ctune --bin ctune
+    # The man page and completions generator: lab code, so a separate build (it must not
+    # unify features into the packaged binary's build) in the dev profile (its output does
+    # not depend on the profile; no fat-LTO link for a tool run once).
+    cargo build --locked -p ctune-lab --bin ctune-docgen
 fi
 bin=target/release/ctune
+docgen=target/debug/ctune-docgen
 [ -x "$bin" ] || { echo "build-deb: $bin missing (build it or drop --no-build)" >&2; exit 1; }
+[ -x "$docgen" ] || { echo "build-deb: $docgen missing (build it or drop --no-build)" >&2; exit 1; }
 # The product carries no lab code: the simulator's plotter lives in ctune-lab.
 if grep -qa plotters "$bin"; then
     echo "build-deb: $bin links the plotting crate; the lab must stay out of the package" >&2
@@ -36,11 +56,14 @@ fi
 
 root=target/debian/ctune_${version}_${arch}
 out=target/debian/ctune_${version}_${arch}.deb
-rm -rf "$root"
+gen=target/debian/docgen
+rm -rf "$root" "$gen"
+"$docgen" "$gen"
 install -d -m 755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" \
     "$root/etc/ctune" "$root/usr/share/doc/ctune"
 install -m 755 "$bin" "$root/usr/bin/ctune"
-strip --strip-unneeded "$root/usr/bin/ctune" 2>/dev/null || true
+# As dh_strip: no symbols (the release profile strips them already), no .comment/.note.
+strip --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/ctune" 2>/dev/null || true
 install -m 644 systemd/ctune.service systemd/ctune-boot.service "$root/lib/systemd/system/"
 install -m 644 config/ctune.yaml "$root/etc/ctune/ctune.yaml"
 # The docs keep the repository's layout, so every relative link in them resolves in
@@ -52,6 +75,15 @@ install -m 644 docs/*.md "$doc/docs/"
 install -m 644 docs/bench/*.svg "$doc/docs/bench/"
 install -m 644 config/ctune.yaml "$doc/config/"
 install -m 644 config/roles/*.yaml "$doc/config/roles/"
+install -D -m 644 systemd/ctune.service.d/metrics-http.conf "$doc/systemd/ctune.service.d/metrics-http.conf"
+# The man page and completions, generated from the CLI definition (ctune::cli::Cli).
+install -D -m 644 "$gen/ctune.8" "$root/usr/share/man/man8/ctune.8"
+gzip -9n "$root/usr/share/man/man8/ctune.8"
+install -D -m 644 "$gen/completions/ctune.bash" "$root/usr/share/bash-completion/completions/ctune"
+install -D -m 644 "$gen/completions/_ctune" "$root/usr/share/zsh/vendor-completions/_ctune"
+install -D -m 644 "$gen/completions/ctune.fish" "$root/usr/share/fish/vendor_completions.d/ctune.fish"
+# Lintian overrides, each with the reason: packaging/lintian-overrides.
+install -D -m 644 packaging/lintian-overrides "$root/usr/share/lintian/overrides/ctune"
 dead=()
 while IFS= read -r md; do
     while IFS= read -r link; do
@@ -64,31 +96,80 @@ if [ ${#dead[@]} -gt 0 ]; then
     exit 1
 fi
 
-# Debian's copyright file and a changelog (a native package's changelog.gz).
-cat > "$root/usr/share/doc/ctune/copyright" <<COPY
+# Debian's copyright file (machine-readable, copyright-format 1.0) with the license texts:
+# the MIT text in full (LICENSE-MIT); Apache-2.0 by reference to the system's copy, as
+# Debian policy 12.5 asks (lintian flags a full copy). The years: the first commit's to
+# SOURCE_DATE_EPOCH's.
+last_year=$(date -d "@$SOURCE_DATE_EPOCH" +%Y)
+first_year=$(git log --reverse --format=%cd --date=format:%Y 2>/dev/null | sed -n 1p)
+years=${first_year:-$last_year}
+[ "$years" = "$last_year" ] || years=$years-$last_year
+{
+    cat <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: ctune
+Upstream-Contact: ctune developers <ctune@example.org>
 
 Files: *
-Copyright: ctune developers
+Copyright: $years The ctune developers
 License: MIT or Apache-2.0
- See /usr/share/common-licenses/Apache-2.0 for the Apache License 2.0; the MIT
- license text is in the source repository.
-COPY
-printf 'ctune (%s) unstable; urgency=medium\n\n  * Built from the repository by packaging/build-deb.sh.\n\n -- ctune developers <ctune@example.org>  %s\n' \
-    "$version" "$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
-    | gzip -9n > "$root/usr/share/doc/ctune/changelog.gz"
-# The glibc the binary needs: the highest GLIBC_x.y symbol version it references.
-glibc=$(objdump -T "$root/usr/bin/ctune" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
 
-installed_kb=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+License: MIT
+COPY
+    sed 's/^$/./; s/^/ /' LICENSE-MIT
+    cat <<'COPY'
+
+License: Apache-2.0
+ Licensed under the Apache License, Version 2.0 (the "License");
+ you may not use this file except in compliance with the License.
+ You may obtain a copy of the License at
+ .
+     http://www.apache.org/licenses/LICENSE-2.0
+ .
+ Unless required by applicable law or agreed to in writing, software
+ distributed under the License is distributed on an "AS IS" BASIS,
+ WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+ See the License for the specific language governing permissions and
+ limitations under the License.
+ .
+ On Debian systems, the complete text of the Apache License, Version 2.0
+ can be found in "/usr/share/common-licenses/Apache-2.0".
+COPY
+} > "$doc/copyright"
+# A native package's changelog, dated SOURCE_DATE_EPOCH.
+printf 'ctune (%s) unstable; urgency=medium\n\n  * Built from the repository by packaging/build-deb.sh.\n\n -- ctune developers <ctune@example.org>  %s\n' \
+    "$version" "$(date -R -d "@$SOURCE_DATE_EPOCH")" \
+    | gzip -9n > "$doc/changelog.gz"
+
+# Depends: dpkg-shlibdeps maps each library the binary links (its DT_NEEDED entries and
+# the symbol versions it uses) to the package and minimum version that provide it, from
+# the shlibs/symbols files of the installed packages. It runs in a source tree: a
+# debian/control naming the package (a temporary one here), and the binary inside the
+# package's tree (a directory with DEBIAN/).
+shlib=$(mktemp -d)
+trap 'rm -rf "$shlib"' EXIT
+mkdir "$shlib/debian"
+printf 'Source: ctune\n\nPackage: ctune\nArchitecture: any\n' > "$shlib/debian/control"
+shlibs=$(cd "$shlib" && dpkg-shlibdeps -O "$OLDPWD/$root/usr/bin/ctune" | sed -n 's/^shlibs:Depends=//p')
+[ -n "$shlibs" ] || { echo "build-deb: dpkg-shlibdeps found no library dependency" >&2; exit 1; }
+
+# Modes (0755 directories and executables, 0644 the rest) and mtimes, whatever the
+# checkout's; owners are root's in the archive (--root-owner-group).
+find "$root" -type d -exec chmod 0755 {} +
+find "$root" -type f -perm /111 -exec chmod 0755 {} +
+find "$root" -type f ! -perm /111 -exec chmod 0644 {} +
+
+# Installed-Size as dpkg-gencontrol counts it (KiB per file rounded up, 1 per directory
+# or link), not du's blocks, which depend on the file system the build ran on.
+installed_kb=$(find "$root" -mindepth 1 -path "$root/DEBIAN" -prune -o -printf '%y %s\n' |
+    awk '$1 == "f" { kb += int(($2 + 1023) / 1024); next } { kb += 1 } END { print kb }')
 cat > "$root/DEBIAN/control" <<CTRL
 Package: ctune
 Version: $version
 Architecture: $arch
 Maintainer: ctune developers <ctune@example.org>
 Installed-Size: $installed_kb
-Depends: libc6 (>= $glibc), kmod, systemd
+Depends: $shlibs, kmod, systemd
 Section: net
 Priority: optional
 Description: automatic conntrack tuning agent
@@ -97,6 +178,9 @@ Description: automatic conntrack tuning agent
  and persists the learned limits so they survive a reboot.
 CTRL
 echo /etc/ctune/ctune.yaml > "$root/DEBIAN/conffiles"
+# md5sums of every file but the conffiles (dpkg keeps theirs itself), as dh_md5sums.
+(cd "$root" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\n' |
+    sort | xargs -d '\n' md5sum) > "$root/DEBIAN/md5sums"
 
 cat > "$root/DEBIAN/postinst" <<'SH'
 #!/bin/sh
@@ -190,6 +274,10 @@ fi
 exit 0
 SH
 chmod 755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
+chmod 644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
+find "$root" -exec touch --no-dereference -d "@$SOURCE_DATE_EPOCH" {} +
 
-dpkg-deb --root-owner-group --build "$root" "$out" >/dev/null
+# dpkg-deb sorts the members, takes SOURCE_DATE_EPOCH for the ar header and clamps the
+# tar mtimes to it; xz, dpkg's default, is named so the result does not hang on it.
+dpkg-deb --root-owner-group -Zxz --build "$root" "$out" >/dev/null
 echo "$out"

@@ -15,11 +15,14 @@ Examples:
   ctune --dry-run --config ./ctune.yaml   try a config before installing it
   ctune apply                  do it once: apply, read back, persist
   ctune run                    the agent (normally started by ctune.service)
+  ctune history --since 1d     what ctune changed in the last day, and why
+  ctune verify                 are ctune's values and files still in force? (exit 7: no)
   ctune restore                undo everything ctune changed
 ";
 
 const AFTER_CODES: &str = "\
-Nothing in `plan`/`--dry-run` or `status` writes to the kernel or to any file.
+Nothing in `plan`/`--dry-run`, `status`, `history` or `verify` writes to the kernel or
+to any file.
 `plan` and `status` sample the kernel's counters twice, --sample apart (1s), to tell
 loss now from loss since boot. Run as root to see every namespace and the slab's entry
 size; without root ctune says what it could not read and uses safe assumptions.";
@@ -98,12 +101,39 @@ pub enum Command {
     /// /etc/sysctl.d/99-ctune.conf) and check they stuck.
     Boot,
     /// Undo: put back the operator's values from before ctune first changed them, and
-    /// remove ctune's persisted files and state. Stop the agent first.
+    /// remove ctune's persisted files and state. Stop the agent first. ctune's history
+    /// (history.jsonl in the state directory) is kept: it is the record of what happened.
     Restore {
         /// Lower max even below what the table holds now plus headroom (drops flows).
         #[arg(long)]
         force: bool,
     },
+    /// Print every change ctune applied (by `apply` or the agent) and why, oldest first;
+    /// --since for the recent ones, --json for whole records. Changes nothing.
+    ///
+    /// A table: TIME (UTC), NETNS, KEY, OLD, NEW, REASON (cut to fit; whole with --json,
+    /// which prints a JSON array of the records, with the utilisation behind each).
+    /// Read from history.jsonl and history.jsonl.1 in the state directory (about 2 MiB at
+    /// most; kept by `restore`). Lines that are not whole records (torn by a crash) are
+    /// skipped and counted.
+    ///
+    /// Example: `ctune history --since 1h` (the last hour), `ctune history --json`.
+    History {
+        /// Only changes made this recently (e.g. 30m, 1h, 2d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<std::time::Duration>,
+    },
+    /// Check that the values and files ctune set are still in force: exit 0 when all
+    /// match, 7 when any differs, each difference named. Changes nothing.
+    ///
+    /// Checks each global value ctune set, each timeout it lowered (in namespaces still
+    /// there), and the persisted files against what it would write now. One line per
+    /// check: `ok`, `DIFF` (expected and found), or `held` (changed by the operator and
+    /// adopted: not a difference). For monitoring and configuration management; takes
+    /// no lock.
+    ///
+    /// Example: `ctune verify || alert "conntrack tuning drifted"`; `ctune verify --json`.
+    Verify,
 }
 
 /// Where the kernel and configuration files are, for containers (a host's /proc mounted
@@ -155,7 +185,17 @@ impl Command {
             Command::Run => "run",
             Command::Boot => "boot",
             Command::Restore { .. } => "restore",
+            Command::History { .. } => "history",
+            Command::Verify => "verify",
         }
+    }
+
+    /// Whether the command only reads (the kernel, the files, ctune's state).
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Plan | Command::Status { .. } | Command::History { .. } | Command::Verify
+        )
     }
 }
 
@@ -172,6 +212,10 @@ fn parse_sample(text: &str) -> Result<std::time::Duration, String> {
         return Err("at most 10s: a longer sample says less about now".into());
     }
     Ok(d)
+}
+
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30m, 1h, 2d)"))
 }
 
 impl Cli {
@@ -207,5 +251,18 @@ mod tests {
             Cli::try_parse_from(["ctune"]).unwrap().resolved_command(),
             None
         );
+    }
+
+    #[test]
+    fn history_takes_a_duration() {
+        let c = Cli::try_parse_from(["ctune", "history", "--since", "1h"]).unwrap();
+        assert_eq!(
+            c.resolved_command(),
+            Some(Command::History {
+                since: Some(std::time::Duration::from_secs(3600))
+            })
+        );
+        assert!(Cli::try_parse_from(["ctune", "history", "--since", "soon"]).is_err());
+        assert!(Command::Verify.read_only() && !Command::Apply.read_only());
     }
 }

@@ -18,6 +18,8 @@ pub const EXIT_PARTIAL: u8 = 4;
 pub const EXIT_PRESSURE: u8 = 5;
 /// Exit code of `status`: packets were lost to a full table during the sample.
 pub const EXIT_DROPPING: u8 = 6;
+/// Exit code of `verify`: a live value or persisted file differs from what ctune set.
+pub const EXIT_DIFFERS: u8 = 7;
 
 /// Every exit code and what it means, for `--help`, the docs and the tests.
 pub const EXIT_CODES: &[(u8, &str)] = &[
@@ -46,6 +48,10 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
         EXIT_DROPPING,
         "`status`: packets were dropped or evicted for a full table during the sample",
     ),
+    (
+        EXIT_DIFFERS,
+        "`verify`: the live values or persisted files differ from what ctune set (each difference named)",
+    ),
 ];
 
 /// The exit-code table as `--help` prints it.
@@ -71,6 +77,9 @@ pub enum Error {
     /// The state file is unusable.
     #[error(transparent)]
     State(#[from] crate::act::state::StateError),
+    /// ctune's history could not be read.
+    #[error("cannot read ctune's history: {0}")]
+    History(crate::sense::kfile::FileError),
     /// Another ctune holds the lock.
     #[error(transparent)]
     Lock(#[from] crate::act::lock::LockError),
@@ -94,9 +103,10 @@ impl Error {
         match self {
             Error::Config(_) => EXIT_USAGE,
             Error::Observe(ObserveError::NotLoaded(_)) => EXIT_NO_CONNTRACK,
-            Error::Observe(ObserveError::Unreadable(_)) | Error::Output(_) | Error::State(_) => {
-                EXIT_FAILURE
-            }
+            Error::Observe(ObserveError::Unreadable(_))
+            | Error::Output(_)
+            | Error::State(_)
+            | Error::History(_) => EXIT_FAILURE,
             Error::Partial(_) => EXIT_PARTIAL,
             Error::Lock(_) => EXIT_FAILURE,
         }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use ctune::act::persist;
-use ctune::act::{boot, restore, state};
+use ctune::act::{boot, history, restore, state, verify};
 use ctune::cli::{Cli, Command};
 use ctune::error::{EXIT_USAGE, Error};
 use ctune::report;
@@ -40,26 +40,26 @@ fn main() -> ExitCode {
 
 /// Flags that do not go with the command: said before anything is read.
 fn refusal(cli: &Cli, command: &Command) -> Option<String> {
-    let read_only = matches!(command, Command::Plan | Command::Status { .. });
     // --dry-run with a command that writes would be a promise broken.
-    if cli.dry_run && !read_only {
+    if cli.dry_run && !command.read_only() {
         return Some(format!(
-            "--dry-run goes with `plan` and `status` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
+            "--dry-run goes with `plan`, `status`, `history` and `verify` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
             command.name()
         ));
     }
     if cli.json
-        && !matches!(
+        && matches!(
             command,
-            Command::Plan | Command::Status { .. } | Command::Apply
+            Command::Run | Command::Boot | Command::Restore { .. }
         )
     {
         return Some(format!(
-            "--json is available for plan, status and apply, not `ctune {}`",
+            "--json is available for plan, status, apply, history and verify, not `ctune {}`",
             command.name()
         ));
     }
-    if cli.sample.is_some() && !read_only {
+    let sampled = matches!(command, Command::Plan | Command::Status { .. });
+    if cli.sample.is_some() && !sampled {
         return Some(format!(
             "--sample is for plan and status, not `ctune {}`",
             command.name()
@@ -81,6 +81,63 @@ fn status(
         watch,
     };
     ctune::status::run(roots, cfg, notes, &opts, &mut std::io::stdout().lock())
+}
+
+/// `ctune history`: the table (or JSON array) of the changes ctune applied; what was
+/// skipped is said on stderr, so the JSON stays whole.
+fn history(cli: &Cli, roots: &Roots, since: Option<std::time::Duration>) -> Result<u8, Error> {
+    let h = history::read(roots).map_err(Error::History)?;
+    let cutoff = since.map_or(0, |d| {
+        std::time::SystemTime::now()
+            .checked_sub(d)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |t| t.as_secs())
+    });
+    let records = h.since(cutoff);
+    let mut stdout = std::io::stdout().lock();
+    if cli.json {
+        serde_json::to_writer_pretty(&mut stdout, &records).map_err(std::io::Error::from)?;
+        writeln!(stdout)?;
+    } else if records.is_empty() {
+        writeln!(
+            stdout,
+            "no changes recorded{} in {}",
+            since.map_or(String::new(), |d| format!(
+                " in the last {}",
+                humantime::format_duration(d)
+            )),
+            history::path(roots).display()
+        )?;
+    } else {
+        write!(stdout, "{}", history::text(&records))?;
+    }
+    if let Some(note) = h.skipped_note() {
+        eprintln!("ctune: note: {note}");
+    }
+    Ok(ctune::error::EXIT_OK)
+}
+
+/// `ctune verify`: exit 0 when everything ctune set is in force, 7 when not.
+fn verify(cli: &Cli, roots: &Roots, cfg: &ctune_core::config::Config) -> Result<u8, Error> {
+    let st = state::load(roots)?;
+    let obs = ctune::sense::observe::observe(roots, &cfg.namespaces)?;
+    let mut report = verify::verify(roots, cfg, &st, &obs);
+    report.notes.splice(0..0, obs.notes.iter().cloned());
+    let mut stdout = std::io::stdout().lock();
+    if cli.json {
+        serde_json::to_writer_pretty(&mut stdout, &report.checks).map_err(std::io::Error::from)?;
+        writeln!(stdout)?;
+        for n in &report.notes {
+            eprintln!("ctune: note: {}", ctune_core::units::printable(n));
+        }
+    } else {
+        write!(stdout, "{}", verify::text(&report, &state::path(roots)))?;
+    }
+    Ok(if report.differences() > 0 {
+        ctune::error::EXIT_DIFFERS
+    } else {
+        ctune::error::EXIT_OK
+    })
 }
 
 fn init_logging(command: Command) {
@@ -113,6 +170,10 @@ fn init_logging(command: Command) {
 
 fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
     let roots = Roots::from(&cli.paths);
+    if let Command::History { since } = command {
+        // Reads only the state directory: works with a broken config too.
+        return history(cli, &roots, since);
+    }
     let sample = cli.sample.unwrap_or(ctune::cli::DEFAULT_SAMPLE);
     let loaded = ctune::sense::config_file::load(cli.config.as_deref(), &roots.config_file());
     let (cfg, source) = match loaded {
@@ -226,6 +287,8 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
             }
         }
         Command::Status { watch } => return status(cli, &roots, &cfg, Vec::new(), watch),
+        Command::Verify => return verify(cli, &roots, &cfg),
+        Command::History { since } => return history(cli, &roots, since),
     }
     Ok(ctune::error::EXIT_OK)
 }

@@ -19,8 +19,14 @@ use crate::act::state::State;
 use ctune_core::tunables;
 use ctune_core::units::{fmt_bytes, fmt_count, fmt_pct, fmt_secs};
 
-/// Everything `ctune plan --json` prints.
-#[derive(Debug, Serialize)]
+/// The version of the field lists of every `--json` output (`plan`, `status`, `apply`,
+/// and `ctune-lab simulate`), printed first as `"schema"`. docs/json.md lists the fields;
+/// a field renamed, removed or changed in meaning raises it, a field added does not.
+pub const SCHEMA: u32 = 1;
+
+/// Everything `ctune plan --json` prints, after `"schema"` (see [`SCHEMA`]; `main` builds
+/// it, so the version is written by the serializer, not kept in a field).
+#[derive(Debug)]
 pub struct PlanReport<'a> {
     /// The config file used, or the embedded defaults.
     pub config: String,
@@ -32,6 +38,37 @@ pub struct PlanReport<'a> {
     pub files: &'a [FileUpdate],
     /// What could not be read or will not apply.
     pub notes: &'a [String],
+}
+
+impl Serialize for PlanReport<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'r> {
+            schema: u32,
+            config: &'r str,
+            observation: &'r Observation,
+            plan: &'r Plan,
+            files: &'r [FileUpdate],
+            notes: &'r [String],
+        }
+        // Every field, so one added to PlanReport cannot be left out here.
+        let PlanReport {
+            config,
+            observation,
+            plan,
+            files,
+            notes,
+        } = self;
+        Json {
+            schema: SCHEMA,
+            config,
+            observation,
+            plan,
+            files,
+            notes,
+        }
+        .serialize(s)
+    }
 }
 
 /// One namespace in `ctune status --json`.
@@ -46,10 +83,11 @@ pub struct NamespaceStatus {
     /// count / the live nf_conntrack_max.
     pub utilisation: Option<f64>,
     /// The pressure level now: against the live max and the loss during the sample,
-    /// without ctune's hysteresis (None: count unreadable).
-    pub level: Option<Level>,
-    /// Why the level is what it is.
-    pub level_reason: Option<String>,
+    /// without ctune's hysteresis (None: count unreadable). Named as in the plan, whose
+    /// `level` is the level after its changes.
+    pub level_now: Option<Level>,
+    /// Why the level now is what it is.
+    pub level_now_reason: Option<String>,
     /// Packets dropped for a full table per second during the sample (`drop` less the
     /// clashes); None without a sample.
     pub drop_per_sec: Option<f64>,
@@ -115,6 +153,8 @@ pub struct ChangedValue {
 /// Everything `ctune status --json` prints.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
+    /// The version of the field list ([`SCHEMA`]).
+    pub schema: u32,
     /// Healthy, over a level, or dropping now.
     pub health: Health,
     /// The sample the rates are measured over, seconds (0: one reading, no rates).
@@ -181,6 +221,7 @@ pub fn status(i: StatusInputs) -> StatusReport {
     let mut notes = i.obs.notes.clone();
     notes.extend(i.notes.iter().cloned());
     StatusReport {
+        schema: SCHEMA,
         health: health_of(i.plan),
         sample_secs: i.sample.as_secs_f64(),
         max: i.obs.global.max,
@@ -229,8 +270,8 @@ fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
         inode: n.id.inode,
         count: n.count,
         utilisation: n.count.map(|c| c as f64 / i.obs.global.max.max(1) as f64),
-        level: verdict.and_then(|v| v.level_now),
-        level_reason: verdict.and_then(|v| v.level_now_reason.clone()),
+        level_now: verdict.and_then(|v| v.level_now),
+        level_now_reason: verdict.and_then(|v| v.level_now_reason.clone()),
         drop_per_sec: rate(verdict.and_then(|v| v.drop_delta)),
         clash_per_sec: rate(verdict.and_then(|v| v.clash_delta)),
         early_drop_per_sec: rate(verdict.and_then(|v| v.early_drop_delta)),
@@ -396,11 +437,11 @@ pub fn plan_text(
 fn namespaces_section(out: &mut String, plan: &Plan) {
     let _ = writeln!(
         out,
-        "\nNamespaces (NOW: the live max and the loss since the previous sample; AFTER: the\n planned max, with the hold that keeps levels from flapping)"
+        "\nNamespaces (USE, LEVEL: now, against the live max and the loss since the previous\n sample, as `status` shows them; AFTER, LEVEL: under the planned max, with the hold\n that keeps levels from flapping)"
     );
     let header = format!(
         "  {:<24} {:>10} {:>8} {:>8} {:>8}  {:>6} {:<9}  {:>6} {:<9}",
-        "NAME", "COUNT", "+DROP", "+CLASH", "+EARLY", "NOW", "LEVEL", "AFTER", "LEVEL"
+        "NAME", "COUNT", "+DROP", "+CLASH", "+EARLY", "USE", "LEVEL", "AFTER", "LEVEL"
     );
     let _ = writeln!(out, "{}", header.trim_end());
     let mut reasons = Vec::new();
@@ -469,7 +510,7 @@ pub fn status_text(s: &StatusReport) -> String {
         "EARLY/s",
         "DROP",
         "CLASH",
-        "EARLY_DROP",
+        "EARLY",
         "INS_FAIL",
         "CHAIN"
     );
@@ -480,7 +521,7 @@ pub fn status_text(s: &StatusReport) -> String {
             truncate(&n.name, 24),
             opt(n.count),
             n.utilisation.map_or("-".into(), fmt_pct),
-            n.level.map_or("-".into(), |l| l.to_string()),
+            n.level_now.map_or("-".into(), |l| l.to_string()),
             rate(n.drop_per_sec),
             rate(n.clash_per_sec),
             rate(n.early_drop_per_sec),
@@ -537,7 +578,7 @@ fn health_line(s: &StatusReport) -> String {
             .iter()
             .filter(|n| f(n))
             .map(|n| {
-                let why = n.level_reason.as_deref().unwrap_or("?");
+                let why = n.level_now_reason.as_deref().unwrap_or("?");
                 match (n.drop_per_sec, n.early_drop_per_sec) {
                     (Some(d), Some(e)) if d + e > 0.0 => format!(
                         "{}: {} drops/s, {} evictions/s: {why}",
@@ -545,7 +586,11 @@ fn health_line(s: &StatusReport) -> String {
                         rate(Some(d)),
                         rate(Some(e))
                     ),
-                    _ => format!("{}: {}: {why}", n.name, n.level.unwrap_or(Level::Normal)),
+                    _ => format!(
+                        "{}: {}: {why}",
+                        n.name,
+                        n.level_now.unwrap_or(Level::Normal)
+                    ),
                 }
             })
             .collect::<Vec<_>>()
@@ -566,11 +611,11 @@ fn health_line(s: &StatusReport) -> String {
         ),
         Health::Pressure => format!(
             "health: PRESSURE: {} [exit {code}]",
-            worst(&|n| n.level.is_some_and(|l| l > Level::Normal))
+            worst(&|n| n.level_now.is_some_and(|l| l > Level::Normal))
         ),
         Health::Dropping => format!(
             "health: DROPPING now: {} [exit {code}]",
-            worst(&|n| { n.level == Some(Level::Critical) || n.level == Some(Level::Elevated) })
+            worst(&|n| n.level_now.is_some_and(|l| l > Level::Normal))
         ),
     }
 }
@@ -695,6 +740,8 @@ pub struct FileJson {
 /// Everything `ctune apply --json` prints.
 #[derive(Debug, Serialize)]
 pub struct ApplyJson<'a> {
+    /// The version of the field list ([`SCHEMA`]).
+    pub schema: u32,
     /// Each change and its outcome, in the order applied.
     pub changes: Vec<AppliedJson<'a>>,
     /// Persisted files.
@@ -710,6 +757,7 @@ pub struct ApplyJson<'a> {
 /// The JSON view of a step.
 pub fn apply_json(r: &crate::run::engine::StepReport) -> ApplyJson<'_> {
     ApplyJson {
+        schema: SCHEMA,
         changes: r
             .outcomes
             .iter()

@@ -108,7 +108,7 @@ fn notifies_systemd_reloads_on_sighup_and_stops_on_sigterm() {
     // A valid new config is taken.
     std::fs::write(
         &cfg,
-        "namespaces:\n  mode: initial\nagent:\n  interval: 150ms\n",
+        "namespaces:\n  mode: initial\nagent:\n  interval: 150ms\n  idle_interval: 150ms\n",
     )
     .unwrap();
     run.signal(nix::sys::signal::Signal::SIGHUP);

@@ -398,8 +398,8 @@ fn second_apply_rewrites_no_file() {
     let before = t.identities();
     assert_eq!(
         before.len(),
-        4,
-        "three etc files and the state: {before:#?}"
+        5,
+        "three etc files, the state and the history: {before:#?}"
     );
     let state_before = t.state_json();
     let kernel = (t.get(MAX), t.get(BUCKETS));
@@ -613,9 +613,13 @@ fn restore_returns_tree_to_original() {
         let before = t.snapshot();
         let out = apply_then_restore(&t);
         let after = t.snapshot();
+        // The history is kept: it is the record of what happened.
+        let history = Path::new("state/history.jsonl");
+        assert!(after.contains_key(history), "{kernel}: history kept");
         let changed: Vec<_> = before
             .keys()
             .chain(after.keys())
+            .filter(|k| *k != history)
             .filter(|k| {
                 let v = |x: &Vec<u8>| String::from_utf8_lossy(x).trim().to_string();
                 match (before.get(*k), after.get(*k)) {

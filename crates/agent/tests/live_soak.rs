@@ -321,7 +321,7 @@ fn soak_under_oscillating_load_and_a_hostile_user() {
     drop(guard);
 }
 
-/// RSS, descriptors and threads after the first cycle (allocations warm, namespaces
+/// RSS (peaks), descriptors and threads (medians) after the first cycle (allocations warm, namespaces
 /// seen) compared with the rest: a leak of one namespace descriptor or a kilobyte a step
 /// shows up over hundreds of steps.
 fn assert_no_growth(samples: &[Sample], report: &dyn Fn() -> String) {
@@ -339,18 +339,25 @@ fn assert_no_growth(samples: &[Sample], report: &dyn Fn() -> String) {
         rss.1,
         report()
     );
+    // A step's reader thread holds a namespace's descriptors while it runs, so a
+    // sample may catch a transient spike: a leak raises the typical count (the median).
+    let median = |part: &[Sample], f: fn(&Sample) -> u64| {
+        let mut v: Vec<u64> = part.iter().map(f).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
     let fds = (
-        peak(first, |s| s.fds as u64),
-        peak(second, |s| s.fds as u64),
+        median(first, |s| s.fds as u64),
+        median(second, |s| s.fds as u64),
     );
     assert!(
-        fds.1 <= fds.0 + 2,
-        "descriptors grew {} -> {}: {}",
+        fds.1 <= fds.0 + 1,
+        "descriptors grew {} -> {} (medians): {}",
         fds.0,
         fds.1,
         report()
     );
-    let threads = (peak(first, |s| s.threads), peak(second, |s| s.threads));
+    let threads = (median(first, |s| s.threads), median(second, |s| s.threads));
     assert!(
         threads.1 <= threads.0 + 1,
         "threads grew {} -> {}: {}",

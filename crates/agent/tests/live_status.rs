@@ -135,7 +135,7 @@ fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
     // Full and idle during the sample: over a level (5), not dropping.
     assert_eq!(code, 5, "{err}\n{out}");
     assert_eq!(status["health"], "pressure");
-    assert_eq!(ns_entry(&status, &ns.name)["level"], "critical");
+    assert_eq!(ns_entry(&status, &ns.name)["level_now"], "critical");
     assert_eq!(status["max"], SMALL_MAX);
     let entry = ns_entry(&status, &ns.name);
     assert!(
@@ -275,4 +275,33 @@ fn status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after()
     assert_eq!(v["health"], "healthy");
     drop(ns);
     drop(guard);
+}
+
+/// One reader thread enters each namespace in turn; the descriptors it keeps for one
+/// namespace's sysctls must not answer for the next (kfile's kept descriptors are
+/// forgotten at every setns). Two namespaces with different counts, read in one pass.
+#[test]
+fn each_namespace_reads_its_own_count_in_one_pass() {
+    if !require_root("each_namespace_reads_its_own_count_in_one_pass") {
+        return;
+    }
+    let (a, b) = (TestNetns::new("counta"), TestNetns::new("countb"));
+    a.udp_flows(100);
+    b.udp_flows(300);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = named_config(dir.path(), &[&a.name, &b.name]);
+    for _ in 0..2 {
+        let (code, out, err) = ctune(&[
+            "status",
+            "--json",
+            "--sample",
+            "0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        assert!([0, 5, 6].contains(&code), "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(ns_entry(&v, &a.name)["count"], 100, "{v:#}");
+        assert_eq!(ns_entry(&v, &b.name)["count"], 300, "{v:#}");
+    }
 }

@@ -81,6 +81,8 @@ fn agent_unit_may_write_exactly_what_ctune_persists() {
     .iter()
     .map(|f| format!("/etc/{}", Path::new(f).parent().unwrap().display()))
     .collect();
+    // metrics.textfile_dir: auto
+    wanted.push(ctune_core::config::TextfileDir::DEBIAN.to_string());
     wanted.sort();
     let mut got: Vec<String> = rw.iter().map(|s| s.to_string()).collect();
     got.sort();
@@ -101,5 +103,29 @@ fn agent_unit_may_write_exactly_what_ctune_persists() {
     assert!(
         !unit.contains("\nProtectKernelTunables=yes"),
         "see docs/systemd.md: breaks writes in other namespaces"
+    );
+}
+
+/// The metrics drop-in's settings are valid for the agent's unit (appended, as systemd
+/// merges a drop-in), and add the address families `GET /metrics` needs.
+#[test]
+fn the_metrics_drop_in_verifies_and_adds_inet() {
+    let dir = staged();
+    let drop_in = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../systemd/ctune.service.d/metrics-http.conf"),
+    )
+    .unwrap();
+    assert!(
+        drop_in.contains("RestrictAddressFamilies=AF_INET AF_INET6"),
+        "{drop_in}"
+    );
+    let unit = dir.path().join("ctune.service");
+    let merged = std::fs::read_to_string(&unit).unwrap() + "\n" + &drop_in;
+    std::fs::write(&unit, merged).unwrap();
+    let (ok, text) = verify(dir.path(), &["ctune.service"]);
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
     );
 }

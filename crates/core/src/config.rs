@@ -49,6 +49,70 @@ pub struct Config {
     /// The background agent (`ctune run`).
     #[serde(default, deserialize_with = "section")]
     pub agent: Agent,
+    /// What `ctune run` exports for Prometheus (docs/metrics.md).
+    #[serde(default, deserialize_with = "section")]
+    pub metrics: Metrics,
+}
+
+/// The agent's Prometheus exports.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// node_exporter's textfile collector directory (ctune writes `ctune.prom` there):
+    /// `auto` (Debian's /var/lib/prometheus/node-exporter when it exists), a path, or
+    /// `off`.
+    pub textfile_dir: TextfileDir,
+    /// The file is rewritten after each step that changed something, and at least this
+    /// often.
+    #[serde(with = "duration")]
+    pub textfile_interval: Duration,
+    /// Serve `GET /metrics` on this address (e.g. 127.0.0.1:9815); null: off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Namespaces exported at most, the fullest first (each is a dozen series; a host
+    /// with thousands of short-lived pods must not flood Prometheus).
+    pub max_namespaces: usize,
+}
+
+/// Where the textfile goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TextfileDir {
+    /// Debian's node_exporter directory, when it exists.
+    #[default]
+    Auto,
+    /// No textfile.
+    Off,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+impl TextfileDir {
+    /// The directory node_exporter's Debian package reads.
+    pub const DEBIAN: &'static str = "/var/lib/prometheus/node-exporter";
+}
+
+impl Serialize for TextfileDir {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TextfileDir::Auto => s.serialize_str("auto"),
+            TextfileDir::Off => s.serialize_str("off"),
+            TextfileDir::Dir(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TextfileDir {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "auto" => Ok(TextfileDir::Auto),
+            // YAML reads a bare `off` as false.
+            "off" | "false" => Ok(TextfileDir::Off),
+            p if p.starts_with('/') => Ok(TextfileDir::Dir(PathBuf::from(p))),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: expected auto, off or an absolute directory"
+            ))),
+        }
+    }
 }
 
 /// What the host is for, and so how much of its memory the table may take.
@@ -91,6 +155,16 @@ pub struct Agent {
     /// growth rate, would before the next step.
     #[serde(with = "duration")]
     pub probe_interval: Duration,
+    /// The fastest fill (new entries a second) the probe plans for until it sees a
+    /// faster one: the time this fill would take to bring the fullest watched table to
+    /// the high watermark is the time until the next probe (at least `probe_interval`,
+    /// at most `interval`). An idle host is probed a few times a second, not twenty.
+    pub flood_rate: u64,
+    /// The time between steps while every watched table is quiet (no change planned,
+    /// every namespace at the normal level and below half its high watermark): the
+    /// count probe still catches growth between steps.
+    #[serde(with = "duration")]
+    pub idle_interval: Duration,
     /// When someone else changes a value ctune set, adopt theirs and leave it alone
     /// until it becomes unsafe (drops, or the critical level); false: ctune's plan wins.
     pub respect_operator: bool,
@@ -584,12 +658,31 @@ fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
         .and_then(|()| check_max(cfg))
         .and_then(|()| check_hash_and_pressure(cfg))
         .and_then(|()| check_agent_and_timeouts(cfg))
+        .and_then(|()| check_metrics(&cfg.metrics))
         .map_err(|(key, message)| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: locate(text, &key),
             key,
             message,
         })
+}
+
+/// Validates the exports: a textfile rewritten at most once a second, a bounded number
+/// of namespaces.
+fn check_metrics(m: &Metrics) -> Result<(), Invalid> {
+    if m.textfile_interval < Duration::from_secs(1) {
+        return bad(
+            "metrics.textfile_interval",
+            "below 1s: the file would be rewritten on every step for no reader".into(),
+        );
+    }
+    if !(1..=10_000).contains(&m.max_namespaces) {
+        return bad(
+            "metrics.max_namespaces",
+            format!("{} is outside 1..=10000", m.max_namespaces),
+        );
+    }
+    Ok(())
 }
 
 /// Validates the memory budget and the bounds of max.
@@ -765,6 +858,26 @@ fn check_agent_and_timeouts(cfg: &Config) -> Result<(), Invalid> {
                 "{} is out of range 10ms ..= agent.interval ({})",
                 humantime::format_duration(probe),
                 humantime::format_duration(interval)
+            ),
+        );
+    }
+    // Below agent.interval it is agent.interval (schedule::step_period).
+    let idle = cfg.agent.idle_interval;
+    if idle < Duration::from_millis(100) || idle > Duration::from_secs(3600) {
+        return bad(
+            "agent.idle_interval",
+            format!(
+                "{} is out of range 100ms ..= 1h",
+                humantime::format_duration(idle)
+            ),
+        );
+    }
+    if !(1_000..=100_000_000).contains(&cfg.agent.flood_rate) {
+        return bad(
+            "agent.flood_rate",
+            format!(
+                "{} is out of range 1000 ..= 100000000 entries a second",
+                cfg.agent.flood_rate
             ),
         );
     }
@@ -1034,5 +1147,23 @@ mod tests {
         // A value that is wrong by itself gets no such hint.
         let err = p("max:\n  high_watermark: lots\n").unwrap_err().to_string();
         assert!(!err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn metrics_textfile_is_auto_off_or_an_absolute_dir() {
+        assert_eq!(Config::default().metrics.textfile_dir, TextfileDir::Auto);
+        let c = p("metrics:\n  textfile_dir: off\n").unwrap();
+        assert_eq!(c.metrics.textfile_dir, TextfileDir::Off);
+        let c = p("metrics:\n  textfile_dir: /srv/prom\n  listen: 127.0.0.1:9815\n").unwrap();
+        assert_eq!(c.metrics.textfile_dir, TextfileDir::Dir("/srv/prom".into()));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9815".parse().unwrap()));
+        let err = p("metrics:\n  textfile_dir: prom\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let err = p("metrics:\n  listen: localhost\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics") || err.contains("listen"), "{err}");
     }
 }

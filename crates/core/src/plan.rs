@@ -14,7 +14,8 @@ pub enum Target {
     Global,
     /// A per-namespace key, written from inside that namespace.
     Namespace {
-        /// The namespace.
+        /// The namespace; in JSON its `name` and `inode` sit beside `scope`.
+        #[serde(flatten)]
         netns: NetnsId,
     },
 }
@@ -37,7 +38,8 @@ pub struct Change {
 /// The per-namespace part of a decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamespaceVerdict {
-    /// Which namespace.
+    /// Which namespace; in JSON its `name` and `inode` are this object's own fields.
+    #[serde(flatten)]
     pub netns: NetnsId,
     /// Entries now.
     pub count: Option<u64>,

@@ -39,14 +39,62 @@ pub fn step_now(
     let Some(prev) = prev else {
         return false;
     };
-    let dt = now.at.saturating_sub(prev.at).as_secs_f64();
-    if dt <= 0.0 || now.count <= prev.count {
+    let Some(rate) = fill_rate(prev, now) else {
         return false;
-    }
-    let rate = (now.count - prev.count) as f64 / dt;
+    };
     // Where the count would be by the scheduled step, plus one probe of reaction time.
     let horizon = next_step.as_secs_f64() + cfg.agent.probe_interval.as_secs_f64();
     now.count as f64 + rate * horizon >= watermark
+}
+
+/// How long until the next probe: the time a fill at `rate` (entries a second: the
+/// configured flood rate, or the fastest fill seen when faster) would take to bring the
+/// fullest watched table from its count to the high watermark, within
+/// [`agent.probe_interval`, `agent.interval`]. Probing at that pace is safe because the
+/// watermark sits below max: a probe at the watermark takes a step while the table still
+/// has `(1 - high_watermark) x max` entries of room, which a step fills in microseconds.
+pub fn next_probe_in(
+    counts: impl IntoIterator<Item = u64>,
+    max: u64,
+    rate: f64,
+    cfg: &Config,
+) -> Duration {
+    let (least, most) = (
+        cfg.agent.probe_interval,
+        cfg.agent.interval.max(cfg.agent.probe_interval),
+    );
+    if max == 0 || rate <= 0.0 {
+        return most; // unlimited: nothing to catch
+    }
+    let watermark = cfg.max.high_watermark.get() * max as f64;
+    let fullest = counts.into_iter().max().unwrap_or(0) as f64;
+    let room = (watermark - fullest).max(0.0);
+    Duration::try_from_secs_f64(room / rate)
+        .unwrap_or(most)
+        .clamp(least, most)
+}
+
+/// When to probe next, as the agent and the simulator both do: at a step's pace while
+/// probing is paused ([`paused_after`]), else [`next_probe_in`] at the configured flood
+/// rate or the fastest fill seen (`fastest`, entries a second), whichever is faster.
+pub fn pace(
+    paused: bool,
+    counts: impl IntoIterator<Item = u64>,
+    max: u64,
+    fastest: f64,
+    cfg: &Config,
+) -> Duration {
+    if paused {
+        return cfg.agent.interval;
+    }
+    let rate = fastest.max(cfg.agent.flood_rate as f64);
+    next_probe_in(counts, max, rate, cfg)
+}
+
+/// The fill rate between two readings, entries a second (None when not rising).
+pub fn fill_rate(prev: Reading, now: Reading) -> Option<f64> {
+    let dt = now.at.checked_sub(prev.at)?.as_secs_f64();
+    (dt > 0.0 && now.count > prev.count).then(|| (now.count - prev.count) as f64 / dt)
 }
 
 /// Whether probing should pause after a step: a watched table is past the watermark
@@ -128,5 +176,37 @@ mod tests {
             Duration::from_millis(900),
             &cfg
         ));
+    }
+
+    #[test]
+    fn an_idle_table_is_probed_rarely_and_a_filling_one_often() {
+        let cfg = Config::default(); // interval 1s, probe_interval 50ms, watermark 0.75
+        let host = 262_144;
+        // Empty: 196608 entries to the watermark at 250k/s: 0.79 s.
+        let idle = next_probe_in([0], host, 250_000.0, &cfg);
+        assert!((780..=790).contains(&idle.as_millis()), "{idle:?}");
+        // Half full: 65536 to go, 0.26 s: four probes a second.
+        let half = next_probe_in([131_072], host, 250_000.0, &cfg);
+        assert!((260..=265).contains(&half.as_millis()), "{half:?}");
+        // A router's small table, or one at the watermark: the fastest pace.
+        assert_eq!(
+            next_probe_in([0], 16_384, 250_000.0, &cfg),
+            cfg.agent.probe_interval
+        );
+        assert_eq!(
+            next_probe_in([200_000], host, 250_000.0, &cfg),
+            cfg.agent.probe_interval
+        );
+        // A huge table far from its watermark: never later than a step.
+        assert_eq!(
+            next_probe_in([0], 16_777_216, 250_000.0, &cfg),
+            cfg.agent.interval
+        );
+        // The fullest namespace sets the pace; unlimited tables need no probe.
+        assert_eq!(
+            next_probe_in([0, 190_000], host, 250_000.0, &cfg),
+            cfg.agent.probe_interval
+        );
+        assert_eq!(next_probe_in([0], 0, 250_000.0, &cfg), cfg.agent.interval);
     }
 }

@@ -76,10 +76,42 @@ impl Schedule {
         self.next_step.min(self.next_probe)
     }
 
+    /// The next regular step in `after` from `now` ([`step_period`]).
+    pub fn step_in(&mut self, now: Duration, after: Duration) {
+        self.next_step = now + after.max(Duration::from_nanos(1));
+    }
+
+    /// The next probe in `after` from `now` (the adaptive pace of
+    /// [`crate::probe::next_probe_in`]), replacing the fixed period's deadline.
+    pub fn probe_in(&mut self, now: Duration, after: Duration) {
+        self.next_probe = now + after.max(Duration::from_nanos(1));
+    }
+
     /// New periods (a reloaded config), keeping the next deadlines.
     pub fn set_periods(&mut self, interval: Duration, probe_every: Duration) {
         self.interval = interval.max(Duration::from_nanos(1));
         self.probe_every = probe_every.max(Duration::from_nanos(1));
+    }
+}
+
+/// The time to the next regular step after a step that planned `plan`:
+/// `agent.interval` while anything is happening (a change planned, a namespace above the
+/// normal level, a table past half its high watermark), `agent.idle_interval` while every
+/// table is quiet. The count probe keeps watching for growth between steps; what only a
+/// step sees can wait that long while quiet (a drop at low utilisation is an insert clash,
+/// which changes nothing; memory and operators move slowly).
+pub fn step_period(plan: &crate::plan::Plan, cfg: &crate::config::Config) -> Duration {
+    let half = cfg.max.high_watermark.get() / 2.0;
+    let busy = !plan.changes.is_empty()
+        || plan.namespaces.iter().any(|v| {
+            v.level > crate::pressure::Level::Normal
+                || v.utilisation.is_some_and(|u| u >= half)
+                || v.utilisation_after.is_some_and(|u| u >= half)
+        });
+    if busy {
+        cfg.agent.interval
+    } else {
+        cfg.agent.idle_interval.max(cfg.agent.interval)
     }
 }
 
@@ -129,5 +161,37 @@ mod tests {
         assert_eq!(s.due(ms(5300)), Due::Step);
         assert_eq!(s.due(ms(5400)), Due::Nothing);
         assert_eq!(s.next_wake(), ms(5500));
+    }
+
+    #[test]
+    fn a_quiet_table_is_stepped_at_the_idle_interval_a_busy_one_at_the_interval() {
+        use crate::config::Config;
+        use crate::policy::{PolicyState, decide, testkit::obs};
+        let cfg = Config::default(); // interval 1s, idle 5s, watermark 0.75
+        let period = |counts: &[u64]| {
+            let o = obs(262_144, counts);
+            let (plan, next) = decide(&o, &cfg, &PolicyState::default(), ms(0));
+            // The second decision, as the agent's steps go on: nothing new planned.
+            let (plan, _) = if plan.changes.is_empty() {
+                (plan, next)
+            } else {
+                decide(&o, &cfg, &next, ms(1000))
+            };
+            step_period(&plan, &cfg)
+        };
+        assert_eq!(period(&[1000]), cfg.agent.idle_interval, "idle");
+        assert_eq!(
+            period(&[1000, 110_000]),
+            cfg.agent.interval,
+            "one table past 37.5%"
+        );
+        let o = obs(262_144, &[230_000]);
+        let (plan, _) = decide(&o, &cfg, &PolicyState::default(), ms(0));
+        assert!(!plan.changes.is_empty());
+        assert_eq!(
+            step_period(&plan, &cfg),
+            cfg.agent.interval,
+            "a change planned"
+        );
     }
 }

@@ -21,6 +21,7 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::scenario_report::{PolicyRun, Sample, crossed, reaction};
 use crate::traffic::{Class, Peer, Profile, kube_proxy};
+use ctune_core::model::stat::{Drops, split_drops};
 use ctune_core::tunables;
 
 const SYSCTL: &str = "/proc/sys/net/netfilter";
@@ -467,14 +468,33 @@ impl NsValue {
     }
 }
 
-fn stat_counter(ns: &str, name: &str) -> Result<u64, BenchError> {
-    let name = name.to_string();
+fn stat(ns: &str) -> Result<ctune_core::model::ConntrackStat, BenchError> {
     let text = in_netns(ns, || {
         std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
     })?
     .map_err(|e| err(e.to_string()))?;
-    let stat = ctune_core::model::stat::parse(&text).map_err(err)?;
-    Ok(stat.get(&name).unwrap_or(0))
+    ctune_core::model::stat::parse(&text).map_err(err)
+}
+
+/// The measured namespace's losses since `before`: its drops split into table-full and
+/// clash ones, and its evictions (`early_drop`): what the run's `kernel_drops`,
+/// `clash_drops` and `early_drops` count.
+fn losses_since(
+    ns: &str,
+    before: &ctune_core::model::ConntrackStat,
+) -> Result<(Drops, u64), BenchError> {
+    let now = stat(ns)?;
+    let rise = |name: &str| {
+        now.get(name)
+            .unwrap_or(0)
+            .saturating_sub(before.get(name).unwrap_or(0))
+    };
+    let drops = split_drops(
+        rise("drop"),
+        Some(rise("insert_failed")),
+        Some(rise("chainlength")),
+    );
+    Ok((drops, rise("early_drop")))
 }
 
 const WATCHED_TIMEOUTS: [&str; 3] = [
@@ -561,10 +581,7 @@ pub fn run(
         }
     }
 
-    let drops_before = stat_counter(&lab.measured, "drop")?;
-    let insert_failed_before = stat_counter(&lab.measured, "insert_failed")?;
-    let chainlength_before = stat_counter(&lab.measured, "chainlength")?;
-    let early_before = stat_counter(&lab.measured, "early_drop")?;
+    let before = stat(&lab.measured)?;
     let stop = Arc::new(AtomicBool::new(false));
     let servers = start_servers(&lab, &stop);
     std::thread::sleep(Duration::from_millis(100));
@@ -593,15 +610,20 @@ pub fn run(
     loop {
         let t = started.elapsed().as_secs_f64();
         let max = read_u64(&max_file)?;
-        samples.push(Sample {
-            t,
-            count: count.get(),
-            max,
-        });
-        lowered |= timeouts
+        let entries = count.get();
+        let (drops, early_drops) = losses_since(&lab.measured, &before)?;
+        let lowered_now = timeouts
             .iter()
             .zip(&start_timeouts)
             .any(|(v, s)| v.get() < *s);
+        // ctune's ceiling and level are in its plan, which the benchmark does not read.
+        samples.push(Sample {
+            kernel_drops: Some(drops.table_full),
+            early_drops: Some(early_drops),
+            timeouts_lowered: Some(lowered_now),
+            ..Sample::new(t, entries, max)
+        });
+        lowered |= lowered_now;
         if t >= scenario.duration && !flushed {
             // The generators end on their own at the duration.
             for g in gens.take().into_iter().flatten() {
@@ -641,11 +663,7 @@ pub fn run(
         .iter()
         .zip(&start_timeouts)
         .all(|(v, s)| v.get() >= *s);
-    let drops = ctune_core::model::stat::split_drops(
-        stat_counter(&lab.measured, "drop")? - drops_before,
-        Some(stat_counter(&lab.measured, "insert_failed")? - insert_failed_before),
-        Some(stat_counter(&lab.measured, "chainlength")? - chainlength_before),
-    );
+    let (drops, early_drops) = losses_since(&lab.measured, &before)?;
     let (reaction_ms, reaction_note) = reaction(&samples, 0.75, grew);
     let run = PolicyRun {
         policy: policy.name().into(),
@@ -653,7 +671,7 @@ pub fn run(
         clash_drops: drops.clash,
         failed_attempts: counters.failed.load(Ordering::Relaxed),
         attempts: counters.attempts.load(Ordering::Relaxed),
-        early_drops: stat_counter(&lab.measured, "early_drop")? - early_before,
+        early_drops,
         peak_count: peak,
         final_max,
         final_buckets,

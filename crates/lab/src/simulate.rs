@@ -92,8 +92,9 @@ use ctune_core::model::stat::ConntrackStat;
 use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
 use ctune_core::plan::Target;
 use ctune_core::policy::{self, PolicyState};
+use ctune_core::pressure::Level;
 use ctune_core::probe::{self, Reading};
-use ctune_core::schedule::{Due, Schedule};
+use ctune_core::schedule::{self, Due, Schedule};
 use ctune_core::tunables;
 use ctune_core::units;
 
@@ -1077,6 +1078,8 @@ pub struct RunDetails {
     pub regular_steps: u64,
     /// Extra steps the probe asked for (`ctune` only).
     pub early_steps: u64,
+    /// Probes of the counts (`ctune` only): each is a wakeup of the agent.
+    pub probes: u64,
     /// The highest ceiling any of ctune's plans computed.
     pub ceiling: Option<u64>,
     /// Max changes that set max above the ceiling of their own plan (must stay 0).
@@ -1112,13 +1115,18 @@ struct Agent {
     cfg: Config,
     state: PolicyState,
     schedule: Schedule,
-    /// Each namespace's previous probe reading (steps do not update them, as in the
-    /// agent).
+    /// Each namespace's previous reading, by a probe or a step (as in the agent).
     last: Vec<Option<Reading>>,
+    /// The fastest fill seen between two readings, entries a second.
+    fastest: f64,
     /// Probing paused after the last step ([`probe::paused_after`]).
     paused: bool,
     /// The namespaces' names, host first.
     names: Vec<String>,
+    /// The latest step's ceiling, for the timeline.
+    ceiling: Option<u64>,
+    /// The latest step's level in its most pressed namespace, for the timeline.
+    level: Option<Level>,
 }
 
 impl Agent {
@@ -1128,8 +1136,11 @@ impl Agent {
             cfg,
             state: PolicyState::default(),
             last: vec![None; names.len()],
+            fastest: 0.0,
             paused: false,
             names,
+            ceiling: None,
+            level: None,
         }
     }
 
@@ -1145,22 +1156,40 @@ impl Agent {
             Due::Probe { until_step } if !self.paused => {
                 let mut due = false;
                 let max = tables.max;
-                for (t, last) in tables.spaces.iter().zip(self.last.iter_mut()) {
-                    let reading = Reading {
-                        at: now,
-                        count: t.count,
-                    };
-                    let prev = last.replace(reading);
+                for i in 0..tables.spaces.len() {
+                    let prev = self.read(i, now, tables.spaces[i].count);
+                    let reading = self.last[i].expect("just read");
                     due |= probe::step_now(prev, reading, max, until_step, &self.cfg);
                 }
+                d.probes += 1;
                 if due {
                     d.early_steps += 1;
-                    self.step(now, tables, host, d);
                     self.schedule.stepped_early(now);
+                    self.step(now, tables, host, d);
+                } else {
+                    self.schedule.probe_in(now, self.pace(tables.max));
                 }
             }
-            Due::Probe { .. } | Due::Nothing => {}
+            Due::Probe { .. } => self.schedule.probe_in(now, self.pace(tables.max)),
+            Due::Nothing => {}
         }
+    }
+
+    /// Keeps namespace `i`'s reading at `now` and the fastest fill; returns the previous
+    /// reading.
+    fn read(&mut self, i: usize, now: Duration, count: u64) -> Option<Reading> {
+        let reading = Reading { at: now, count };
+        let prev = self.last[i].replace(reading);
+        if let Some(rate) = prev.and_then(|p| probe::fill_rate(p, reading)) {
+            self.fastest = self.fastest.max(rate);
+        }
+        prev
+    }
+
+    /// When to probe next ([`probe::pace`]), as the agent does.
+    fn pace(&self, max: u64) -> Duration {
+        let counts = self.last.iter().flatten().map(|r| r.count);
+        probe::pace(self.paused, counts, max, self.fastest, &self.cfg)
     }
 
     /// One full step: observe the model, decide, apply every change.
@@ -1197,7 +1226,19 @@ impl Agent {
         // Every change takes effect in the model.
         let raised = plan.global_change(tunables::MAX).is_some();
         self.paused = probe::paused_after(&plan, raised, tables.max, &self.cfg);
+        // The step read every count; the next step and probe come at the agent's pace.
+        for (i, n) in obs.namespaces.iter().enumerate() {
+            if let Some(count) = n.count {
+                self.read(i, now, count);
+            }
+        }
+        self.schedule
+            .step_in(now, schedule::step_period(&plan, &self.cfg));
+        self.schedule.probe_in(now, self.pace(tables.max));
         self.state = next;
+        // For the timeline only: nothing above reads them.
+        self.ceiling = Some(plan.ceiling.value);
+        self.level = plan.namespaces.iter().map(|v| v.level).max();
     }
 }
 
@@ -1327,10 +1368,21 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         }
         changes_seen = d.timeout_changes.len();
         if now_ns >= next_sample_ns || k == n_ticks {
+            let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
+            let lowered_now = tables.spaces.iter().any(|t| {
+                t.timeouts
+                    .iter()
+                    .any(|(k, v)| start_timeouts.get(k).is_some_and(|s| v < s))
+            });
             samples.push(Sample {
                 t: now_ns as f64 / 1e9,
                 count: tables.busiest(),
                 max: tables.max,
+                ceiling: agent.as_ref().and_then(|a| a.ceiling),
+                kernel_drops: Some(sum(|t| t.drop)),
+                early_drops: Some(sum(|t| t.early_drop)),
+                level: agent.as_ref().and_then(|a| a.level),
+                timeouts_lowered: Some(lowered_now),
             });
             while next_sample_ns <= now_ns {
                 next_sample_ns += sample_ns;

@@ -150,6 +150,53 @@ fn flood_ctune_loses_least_then_restores_timeouts() {
     assert!(!st.timeouts_lowered);
 }
 
+/// The timeline carries what the plot shows: cumulative losses that end at the run's
+/// totals, ctune's ceiling and level (ctune only), and when timeouts are lowered, in
+/// step with the timeout changes.
+#[test]
+fn samples_record_losses_ceiling_level_and_lowered_timeouts() {
+    for sim in [&*RAMP, &*STEP, &*FLOOD] {
+        for (r, d) in sim.report.runs.iter().zip(&sim.details) {
+            let last = r.samples.last().expect("samples");
+            assert_eq!(last.kernel_drops, Some(r.kernel_drops), "{}", r.policy);
+            assert_eq!(last.early_drops, Some(r.early_drops), "{}", r.policy);
+            assert!(
+                r.samples
+                    .windows(2)
+                    .all(|w| w[0].kernel_drops <= w[1].kernel_drops
+                        && w[0].early_drops <= w[1].early_drops),
+                "{}: cumulative counts never fall",
+                r.policy
+            );
+            let ctune = r.policy == "ctune";
+            assert!(
+                r.samples
+                    .iter()
+                    .all(|s| s.ceiling.is_some() == ctune && s.level.is_some() == ctune),
+                "{}: ceiling and level are ctune's",
+                r.policy
+            );
+            if ctune {
+                assert_eq!(
+                    r.samples.iter().filter_map(|s| s.ceiling).max(),
+                    d.ceiling,
+                    "the highest ceiling of the timeline is the run's"
+                );
+            }
+            let ever = r.samples.iter().any(|s| s.timeouts_lowered == Some(true));
+            assert_eq!(ever, r.timeouts_lowered, "{}", r.policy);
+        }
+    }
+    // ctune's timeouts are lowered only at a raised level, and restored by the end.
+    let (ct, _) = run(&FLOOD, "ctune");
+    assert!(ct.samples.iter().all(|s| {
+        s.timeouts_lowered != Some(true)
+            || s.level
+                .is_some_and(|l| l > ctune_core::pressure::Level::Normal)
+    }));
+    assert_eq!(ct.samples.last().unwrap().timeouts_lowered, Some(false));
+}
+
 #[test]
 fn ctune_reacts_within_one_interval() {
     let interval = 1.0; // agent.interval of every scenario here

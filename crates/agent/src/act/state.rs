@@ -166,13 +166,7 @@ mod tests {
     use ctune_core::pressure::{Level, LevelState};
 
     fn roots(dir: &std::path::Path) -> Roots {
-        Roots {
-            proc: dir.join("proc"),
-            sys: dir.join("sys"),
-            etc: dir.join("etc"),
-            run: dir.join("run"),
-            state: dir.join("state"),
-        }
+        Roots::all_under(dir)
     }
 
     #[test]

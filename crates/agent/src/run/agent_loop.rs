@@ -10,12 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::act::state;
 use crate::run::engine::{Engine, StepReport};
+use crate::run::metrics::{self, Exporter};
 use crate::run::notify::Notifier;
 use crate::sense::netns::{self, Handle};
 use crate::sense::roots::Roots;
@@ -23,7 +25,7 @@ use ctune_core::config;
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
 use ctune_core::probe::{self, Reading};
-use ctune_core::schedule::{Due, Schedule};
+use ctune_core::schedule::{self, Due, Schedule};
 use ctune_core::tunables;
 use ctune_core::units::{fmt_count, fmt_pct};
 
@@ -138,12 +140,14 @@ struct Probe {
     max: u64,
     /// Probing paused after the last step ([`probe::paused_after`]).
     blocked: bool,
+    /// The fastest fill seen between two readings, entries a second.
+    fastest: f64,
 }
 
 impl Probe {
     /// Re-opens the count files when the set of namespaces changed, and takes the max
     /// now in force from the step.
-    fn refresh(&mut self, roots: &Roots, r: &StepReport, cfg: &config::Config) {
+    fn refresh(&mut self, roots: &Roots, r: &StepReport, cfg: &config::Config, now: Duration) {
         let raised = r
             .outcomes
             .iter()
@@ -160,11 +164,22 @@ impl Probe {
             .iter()
             .map(|n| n.id.inode)
             .collect();
+        // The step read every count: the next probe measures its fill from these.
+        self.last.retain(|ino, _| inodes.contains(ino));
+        for n in &r.observation.namespaces {
+            if let Some(count) = n.count {
+                note(
+                    &mut self.last,
+                    &mut self.fastest,
+                    n.id.inode,
+                    Reading { at: now, count },
+                );
+            }
+        }
         if inodes == self.counts.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
             return;
         }
         self.counts.clear();
-        self.last.clear();
         let count_path = roots.sysctl(tunables::COUNT);
         let mut others = Vec::new();
         for n in &r.observation.namespaces {
@@ -208,11 +223,33 @@ impl Probe {
                 continue;
             };
             let reading = Reading { at: now, count };
-            let prev = self.last.insert(*inode, reading);
+            let prev = note(&mut self.last, &mut self.fastest, *inode, reading);
             due |= probe::step_now(prev, reading, self.max, next_step, cfg);
         }
         due
     }
+
+    /// When to probe next ([`probe::next_probe_in`]): soon when a table is close to its
+    /// watermark or the host has seen fast fills, rarely when every table is far from it.
+    fn pace(&self, cfg: &config::Config) -> Duration {
+        let counts = self.last.values().map(|r| r.count);
+        probe::pace(self.blocked, counts, self.max, self.fastest, cfg)
+    }
+}
+
+/// Keeps a reading, and the fill rate since the namespace's previous one when it is the
+/// fastest seen; returns the previous reading.
+fn note(
+    last: &mut HashMap<u64, Reading>,
+    fastest: &mut f64,
+    inode: u64,
+    reading: Reading,
+) -> Option<Reading> {
+    let prev = last.insert(inode, reading);
+    if let Some(rate) = prev.and_then(|p| probe::fill_rate(p, reading)) {
+        *fastest = fastest.max(rate);
+    }
+    prev
 }
 
 /// One line for `systemctl status`.
@@ -262,6 +299,14 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut quiet = Quiet::default();
     let mut ready = false;
     let mut probe = Probe::default();
+    let mut exporter = Exporter::default();
+    if let Some(addr) = engine.config.metrics.listen
+        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.text)).await
+    {
+        tracing::error!(
+            "{e}; metrics are not served over HTTP (the textfile is still written when configured)"
+        );
+    }
     tracing::info!(
         interval = %humantime::format_duration(agent_cfg.interval),
         "ctune agent started"
@@ -273,11 +318,16 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 let now = state::now();
                 match schedule.due(now) {
                     Due::Step => {}
-                    Due::Probe { until_step } if probe.due(now, until_step, &engine.config) => {
+                    Due::Probe { until_step } => {
+                        let due = probe.due(now, until_step, &engine.config);
+                        schedule.probe_in(now, probe.pace(&engine.config));
+                        if !due {
+                            continue;
+                        }
                         tracing::debug!("count probe: table filling, stepping early");
                         schedule.stepped_early(now);
                     }
-                    Due::Probe { .. } | Due::Nothing => continue,
+                    Due::Nothing => continue,
                 }
             }
             _ = wd.tick() => {
@@ -289,6 +339,9 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 reload(&mut engine, &source);
                 let a = &engine.config.agent;
                 schedule.set_periods(a.interval, a.probe_interval);
+                // The new config takes effect at the next step, within its interval (an
+                // idle wait under the old one may be much longer).
+                schedule.step_in(state::now(), a.interval);
                 notifier.send("READY=1");
                 continue;
             }
@@ -301,7 +354,10 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 break;
             }
         }
-        let status = step(&mut engine, &mut quiet, &mut probe);
+        let (status, period) = step(&mut engine, &mut quiet, &mut probe, &mut exporter);
+        let now = state::now();
+        schedule.step_in(now, period);
+        schedule.probe_in(now, probe.pace(&engine.config));
         if ready {
             notifier.status(&status);
         } else {
@@ -324,18 +380,28 @@ fn reload(engine: &mut Engine, source: &ConfigSource) {
     }
 }
 
-/// One control step; returns the line for `systemctl status`.
-fn step(engine: &mut Engine, quiet: &mut Quiet, probe: &mut Probe) -> String {
-    match engine.step(state::now()) {
+/// One control step; returns the line for `systemctl status` and the time to the next
+/// regular step ([`schedule::step_period`]).
+fn step(
+    engine: &mut Engine,
+    quiet: &mut Quiet,
+    probe: &mut Probe,
+    exporter: &mut Exporter,
+) -> (String, Duration) {
+    let now = state::now();
+    match engine.step(now) {
         Ok(report) => {
             quiet.log(&report);
-            probe.refresh(&engine.roots, &report, &engine.config);
-            summary(&report)
+            probe.refresh(&engine.roots, &report, &engine.config, now);
+            let held = &engine.state.policy.operator_held;
+            exporter.after_step(&report, &engine.config, held, now);
+            let period = schedule::step_period(&report.plan, &engine.config);
+            (summary(&report), period)
         }
         Err(e) => {
             let msg = format!("cannot observe: {e}");
             quiet.failed(msg.clone());
-            msg
+            (msg, engine.config.agent.interval)
         }
     }
 }

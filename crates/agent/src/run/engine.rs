@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::act::apply::{self, Outcome};
 use crate::act::atomic;
+use crate::act::history;
 use crate::act::persist::{self, FileUpdate};
 use crate::act::state::{self, State, StateError};
 use crate::sense::observe::{self, ObserveError};
@@ -275,6 +276,14 @@ impl Engine {
         let state_error = self.save_if_changed().err();
         let mut notes = obs.notes.clone();
         notes.extend(file_notes);
+        // The record of what took effect; a failure to keep it never fails the step.
+        if let Err(e) =
+            history::record_step(&self.roots, &plan, &outcomes, std::time::SystemTime::now())
+        {
+            notes.push(format!(
+                "this step's changes are not in ctune's history: {e}"
+            ));
+        }
         Ok(StepReport {
             observation: obs,
             plan,

@@ -4,4 +4,5 @@
 
 pub mod agent_loop;
 pub mod engine;
+pub mod metrics;
 pub mod notify;

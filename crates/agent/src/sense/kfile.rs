@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Why a kernel file could not be used, classified for messages and decisions.
@@ -109,31 +110,136 @@ pub const MAX_TEXT_BYTES: u64 = 4 << 20;
 /// and checked to be a regular file first, so a FIFO, socket or device planted where a
 /// config or state file should be cannot block ctune (a FIFO's open would wait for a
 /// writer) or feed it without end; errors keep the OS error kind (NotFound stays
-/// NotFound), others are InvalidData.
+/// NotFound), others are InvalidData. A kernel file (procfs, sysfs) is read through a
+/// descriptor kept open ([`with_file`]).
 pub fn read_bounded(path: &Path) -> io::Result<String> {
-    use std::io::Read;
+    let bytes = with_file(path, true, |file| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match file.read_at(&mut chunk, buf.len() as u64) {
+                Ok(0) => return Ok(buf),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if buf.len() as u64 > MAX_TEXT_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("larger than {MAX_TEXT_BYTES} bytes: refused"),
+                ));
+            }
+        }
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Descriptors kept open per thread, by path: a sysctl or a procfs/sysfs file read
+/// every step costs a pread instead of a path walk (open + read + close: ~5 us against
+/// <1 us). Per thread, and forgotten when the thread enters another network namespace
+/// ([`crate::sense::netns::enter`] calls [`forget_kept`]), because a /proc/sys file
+/// opened inside a namespace keeps reading that namespace; the agent's own thread never
+/// enters one, and the reader threads die with their cache. Only
+/// kernel file systems are kept (a regular file may be replaced by a rename, which a
+/// kept descriptor would not see), and at most [`MAX_KEPT`] per thread.
+mod kept {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+
+    /// Kept descriptors per thread, at most; past it the cache starts afresh.
+    pub const MAX_KEPT: usize = 256;
+
+    thread_local! {
+        static KEPT: RefCell<HashMap<PathBuf, File>> = RefCell::new(HashMap::new());
+    }
+
+    /// Runs `f` on the kept descriptor of `path`, if there is one and it works; a
+    /// descriptor that fails (a module unloaded, a namespace gone) is dropped.
+    pub fn try_with<T>(path: &Path, f: &impl Fn(&File) -> std::io::Result<T>) -> Option<T> {
+        KEPT.with(|k| {
+            let mut k = k.borrow_mut();
+            let result = k.get(path).map(f)?;
+            result.map_err(|_| k.remove(path)).ok()
+        })
+    }
+
+    /// Whether `file` is on procfs or sysfs (whose files are the kernel's, never replaced
+    /// by a rename).
+    pub fn on_kernel_fs(file: &File) -> bool {
+        use nix::sys::statfs::{PROC_SUPER_MAGIC, SYSFS_MAGIC, fstatfs};
+        fstatfs(file).is_ok_and(|s| {
+            s.filesystem_type() == PROC_SUPER_MAGIC || s.filesystem_type() == SYSFS_MAGIC
+        })
+    }
+
+    /// Keeps `file` (on a kernel file system) for `path`.
+    pub fn keep(path: &Path, file: File) {
+        KEPT.with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() >= MAX_KEPT {
+                k.clear();
+            }
+            k.insert(path.to_path_buf(), file);
+        });
+    }
+
+    /// Drops every descriptor this thread keeps.
+    pub fn forget() {
+        KEPT.with(|k| k.borrow_mut().clear());
+    }
+
+    /// How many descriptors this thread keeps.
+    #[cfg(test)]
+    pub fn len() -> usize {
+        KEPT.with(|k| k.borrow().len())
+    }
+}
+
+pub use kept::MAX_KEPT;
+
+/// Forgets the descriptors this thread kept: called before the thread enters another
+/// network namespace, where the same paths name other files.
+pub fn forget_kept() {
+    kept::forget();
+}
+
+/// Runs `f` (which reads from offset 0 with pread) on `path`: through the descriptor
+/// kept for it, or on a fresh non-blocking open, kept afterwards when it is a kernel file.
+/// With `regular_only`, anything but a regular file (or /dev/null) is refused (a kernel
+/// file always is one); without it, the non-blocking open and `f`'s bounded read are
+/// what keep a FIFO from blocking.
+fn with_file<T>(
+    path: &Path,
+    regular_only: bool,
+    f: impl Fn(&std::fs::File) -> io::Result<T>,
+) -> io::Result<T> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(v) = kept::try_with(path, &f) {
+        return Ok(v);
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)?;
-    let meta = file.metadata()?;
-    // /dev/null is the empty file people pass as `--config /dev/null`.
-    if !meta.file_type().is_file() && !is_null_device(&meta) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file (a FIFO, socket or device): refused",
-        ));
+    let kernel = kept::on_kernel_fs(&file);
+    if regular_only && !kernel {
+        let meta = file.metadata()?;
+        // /dev/null is the empty file people pass as `--config /dev/null`.
+        if !meta.file_type().is_file() && !is_null_device(&meta) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file (a FIFO, socket or device): refused",
+            ));
+        }
     }
-    let mut text = String::new();
-    file.take(MAX_TEXT_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_TEXT_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_TEXT_BYTES} bytes: refused"),
-        ));
+    let value = f(&file)?;
+    if kernel {
+        kept::keep(path, file);
     }
-    Ok(text)
+    Ok(value)
 }
 
 /// Whether a file ctune takes orders from (its config, its state) is under the control of
@@ -190,31 +296,30 @@ pub fn read_text(path: &Path) -> Result<String, FileError> {
 }
 
 /// Reads a file holding one unsigned integer (a sysctl or module parameter): the hot
-/// path of every step, so one open (non-blocking: a FIFO cannot hang it), one read into
-/// a small buffer, no allocation; more than 64 bytes is not a number.
+/// path of every step, so a pread on a kept descriptor ([`with_file`]) into a small
+/// buffer, no allocation; more than 64 bytes is not a number.
 pub fn read_u64(path: &Path) -> Result<u64, FileError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .map_err(|e| FileError::io(path, &e))?;
-    let mut buf = [0u8; 64];
-    let mut len = 0;
-    loop {
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FileError::io(path, &e)),
+    let read = |file: &std::fs::File| {
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        loop {
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => return Ok((buf, len)),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if len == buf.len() {
+                return Ok((buf, len));
+            }
         }
-        if len == buf.len() {
-            return Err(FileError::malformed(
-                path,
-                "more than 64 bytes: not a number",
-            ));
-        }
+    };
+    let (buf, len) = with_file(path, false, read).map_err(|e| FileError::io(path, &e))?;
+    if len == buf.len() {
+        return Err(FileError::malformed(
+            path,
+            "more than 64 bytes: not a number",
+        ));
     }
     let text =
         std::str::from_utf8(&buf[..len]).map_err(|_| FileError::malformed(path, "not text"))?;
@@ -246,6 +351,26 @@ fn truncate(s: &str, n: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kernel_files_are_read_through_a_kept_descriptor_and_regular_files_are_not() {
+        let before = kept::len();
+        let pid_max = Path::new("/proc/sys/kernel/pid_max");
+        let a = read_u64(pid_max).unwrap();
+        assert_eq!(kept::len(), before + 1, "a procfs file is kept");
+        assert_eq!(read_u64(pid_max).unwrap(), a);
+        assert_eq!(kept::len(), before + 1, "and read again through it");
+        // A regular file replaced by a rename is read anew (a fixture tree's way).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n");
+        std::fs::write(&p, "1\n").unwrap();
+        assert_eq!(read_u64(&p).unwrap(), 1);
+        std::fs::write(dir.path().join("m"), "2\n").unwrap();
+        std::fs::rename(dir.path().join("m"), &p).unwrap();
+        assert_eq!(read_u64(&p).unwrap(), 2);
+        assert_eq!(kept::len(), before + 1, "regular files are not kept");
+    }
+
     use super::*;
 
     #[test]

@@ -216,6 +216,8 @@ pub fn enter(h: &Handle) -> Result<(), String> {
             h.id.inode
         ));
     }
+    // Descriptors this thread kept read the namespace it was in: not this one's.
+    crate::sense::kfile::forget_kept();
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
         let why = match errno {
             nix::errno::Errno::EINVAL => " (not a network namespace)",

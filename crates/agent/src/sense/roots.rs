@@ -33,6 +33,18 @@ impl Default for Roots {
 }
 
 impl Roots {
+    /// Every root under one directory (`proc`, `sys`, `etc`, `run`, `state`): a fixture
+    /// tree.
+    pub fn all_under(dir: &std::path::Path) -> Roots {
+        Roots {
+            proc: dir.join("proc"),
+            sys: dir.join("sys"),
+            etc: dir.join("etc"),
+            run: dir.join("run"),
+            state: dir.join("state"),
+        }
+    }
+
     /// Directory holding the `nf_conntrack_*` sysctls of the reading thread's namespace.
     pub fn netfilter_sysctl_dir(&self) -> PathBuf {
         self.proc.join("sys/net/netfilter")

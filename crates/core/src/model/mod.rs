@@ -126,7 +126,9 @@ pub struct Host {
 /// One namespace's state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamespaceObs {
-    /// Who it is.
+    /// Who it is; in JSON its `name` and `inode` are this object's own fields, as in
+    /// every namespace object ctune prints.
+    #[serde(flatten)]
     pub id: NetnsId,
     /// Entries now (None: could not be read).
     pub count: Option<u64>,

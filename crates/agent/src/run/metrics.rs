@@ -1,0 +1,638 @@
+//! What the agent exports for Prometheus (docs/metrics.md is the list): each step's
+//! report rendered in the text format, written as node_exporter's textfile
+//! (`ctune.prom`, replaced atomically) and served on `GET /metrics` when configured.
+//!
+//! Everything printed from outside (namespace names) is escaped as the format requires,
+//! and the number of namespaces exported is bounded: a host with thousands of short-lived
+//! pods must not flood Prometheus with series.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::run::engine::StepReport;
+use ctune_core::ceiling::Bound;
+use ctune_core::config::{Config, Metrics as Settings, TextfileDir};
+use ctune_core::model::NamespaceObs;
+use ctune_core::plan::Target;
+use ctune_core::pressure::Level;
+use ctune_core::tunables;
+
+/// The textfile's name in the collector directory.
+pub const TEXTFILE: &str = "ctune.prom";
+
+/// ctune's own counters, kept across steps (from the agent's start: Prometheus's
+/// `rate()` handles the reset at a restart).
+#[derive(Debug, Default)]
+struct Counters {
+    /// Applied changes by (key without prefix, "up"/"down").
+    changes: BTreeMap<(String, &'static str), u64>,
+    apply_errors: u64,
+    persist_errors: u64,
+    last_change_unix: f64,
+    /// Per namespace inode: table-full and clash drops seen between steps.
+    table_full: BTreeMap<u64, u64>,
+    clash: BTreeMap<u64, u64>,
+    /// Per namespace inode: the count and when, for the fill rate.
+    last_count: BTreeMap<u64, (u64, Duration)>,
+    /// Per namespace inode: seconds to full at the last fill rate.
+    time_to_full: BTreeMap<u64, f64>,
+}
+
+/// The exporter: counters, the last rendering (shared with the HTTP server), and the
+/// textfile's schedule.
+#[derive(Debug)]
+pub struct Exporter {
+    counters: Counters,
+    /// The last rendering, for `GET /metrics`.
+    pub text: Arc<Mutex<String>>,
+    textfile_written: Option<Instant>,
+    /// The last textfile failure, logged once until it changes.
+    textfile_error: Option<String>,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Exporter {
+            counters: Counters::default(),
+            text: Arc::new(Mutex::new(String::new())),
+            textfile_written: None,
+            textfile_error: None,
+        }
+    }
+}
+
+/// Where the textfile goes for these settings, if anywhere.
+pub fn textfile_path(m: &Settings) -> Option<PathBuf> {
+    match &m.textfile_dir {
+        TextfileDir::Off => None,
+        TextfileDir::Auto => {
+            let dir = std::path::Path::new(TextfileDir::DEBIAN);
+            dir.is_dir().then(|| dir.join(TEXTFILE))
+        }
+        TextfileDir::Dir(d) => Some(d.join(TEXTFILE)),
+    }
+}
+
+impl Exporter {
+    /// Takes in a step: counts it, renders, and writes the textfile when the step changed
+    /// something or the interval passed.
+    pub fn after_step(
+        &mut self,
+        r: &StepReport,
+        cfg: &Config,
+        held: &BTreeSet<String>,
+        now: Duration,
+    ) {
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.counters.record(r, now, unix);
+        let text = render(&View {
+            report: r,
+            cfg,
+            held,
+            counters: &self.counters,
+            unix,
+        });
+        if let Ok(mut shared) = self.text.lock() {
+            shared.clone_from(&text);
+        }
+        let due = self
+            .textfile_written
+            .is_none_or(|t| t.elapsed() >= cfg.metrics.textfile_interval);
+        if due || !r.outcomes.is_empty() {
+            self.write_textfile(&cfg.metrics, &text);
+        }
+    }
+
+    fn write_textfile(&mut self, m: &Settings, text: &str) {
+        let Some(path) = textfile_path(m) else {
+            return;
+        };
+        let result = crate::act::atomic::write(&path, text.as_bytes(), 0o644);
+        self.textfile_written = Some(Instant::now());
+        match result {
+            Ok(_) => {
+                if self.textfile_error.take().is_some() {
+                    tracing::info!("resolved: metrics written to {}", path.display());
+                }
+            }
+            Err(e) => {
+                let msg = format!("metrics textfile: {e}");
+                if self.textfile_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("{msg}");
+                    self.textfile_error = Some(msg);
+                }
+            }
+        }
+    }
+}
+
+impl Counters {
+    fn record(&mut self, r: &StepReport, now: Duration, unix: f64) {
+        for o in &r.outcomes {
+            match &o.result {
+                Ok(()) => {
+                    let dir = if o.change.new > o.change.old {
+                        "up"
+                    } else {
+                        "down"
+                    };
+                    *self.changes.entry((short(&o.change.key), dir)).or_default() += 1;
+                    self.last_change_unix = unix;
+                }
+                Err(_) => self.apply_errors += 1,
+            }
+        }
+        let failed_files = r.files.iter().filter(|f| f.result.is_err()).count();
+        self.persist_errors += failed_files as u64 + u64::from(r.state_error.is_some());
+        for v in &r.plan.namespaces {
+            let ino = v.netns.inode;
+            *self.table_full.entry(ino).or_default() += v.drop_delta.unwrap_or(0);
+            *self.clash.entry(ino).or_default() += v.clash_delta.unwrap_or(0);
+        }
+        self.fill_rates(r, now);
+        // Namespaces that are gone take their series with them.
+        let live: BTreeSet<u64> = r
+            .observation
+            .namespaces
+            .iter()
+            .map(|n| n.id.inode)
+            .collect();
+        for map in [&mut self.table_full, &mut self.clash] {
+            map.retain(|ino, _| live.contains(ino));
+        }
+        self.last_count.retain(|ino, _| live.contains(ino));
+        self.time_to_full.retain(|ino, _| live.contains(ino));
+    }
+
+    /// Seconds to full per namespace, at the rate since the previous step.
+    fn fill_rates(&mut self, r: &StepReport, now: Duration) {
+        let max = r.observation.global.max;
+        for n in &r.observation.namespaces {
+            let Some(count) = n.count else { continue };
+            let before = self.last_count.insert(n.id.inode, (count, now));
+            let rate = before.and_then(|(c, at)| {
+                let dt = now.checked_sub(at)?.as_secs_f64();
+                (dt > 0.0 && count > c).then(|| (count - c) as f64 / dt)
+            });
+            match rate {
+                Some(rate) => {
+                    let left = max.saturating_sub(count) as f64;
+                    self.time_to_full.insert(n.id.inode, left / rate);
+                }
+                None => {
+                    self.time_to_full.remove(&n.id.inode);
+                }
+            }
+        }
+    }
+}
+
+/// What one rendering reads.
+struct View<'a> {
+    report: &'a StepReport,
+    cfg: &'a Config,
+    held: &'a BTreeSet<String>,
+    counters: &'a Counters,
+    unix: f64,
+}
+
+/// `nf_conntrack_udp_timeout` -> `udp_timeout`.
+fn short(key: &str) -> String {
+    key.strip_prefix("nf_conntrack_").unwrap_or(key).to_string()
+}
+
+/// A label value as the text format requires: backslash, double quote and line feed
+/// escaped (names come from other users).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The `netns` label: `init` (or ctune's own name) for its own namespace, the name for
+/// one in /run/netns, `ino:<inode>` for one found through a process (whose name changes
+/// with the process).
+fn netns_label(n: &NamespaceObs) -> String {
+    match &n.handle {
+        Some(p) if p.starts_with("/proc") || p.to_string_lossy().contains("/ns/net") => {
+            format!("ino:{}", n.id.inode)
+        }
+        _ => n.id.name.clone(),
+    }
+}
+
+/// A family: HELP and TYPE, then each sample.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.join(","))
+        };
+        let value = if value.is_finite() {
+            format!("{value}")
+        } else {
+            "NaN".to_string()
+        };
+        let _ = writeln!(self.out, "{name}{labels} {value}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.head(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// The value of a global key after the step: the applied change's, else the observed.
+fn global_after(r: &StepReport, key: &str, observed: Option<u64>) -> Option<u64> {
+    r.outcomes
+        .iter()
+        .find(|o| o.result.is_ok() && o.change.key == key && o.change.target == Target::Global)
+        .map(|o| o.change.new)
+        .or(observed)
+}
+
+/// The exported namespaces: ctune's own first, then the fullest; and how many were left
+/// out.
+fn exported(r: &StepReport, limit: usize) -> (Vec<&NamespaceObs>, usize) {
+    let mut all: Vec<&NamespaceObs> = r.observation.namespaces.iter().collect();
+    all.sort_by_key(|n| (n.handle.is_some(), std::cmp::Reverse(n.count.unwrap_or(0))));
+    let left = all.len().saturating_sub(limit);
+    all.truncate(limit);
+    (all, left)
+}
+
+/// The whole exposition.
+fn render(v: &View) -> String {
+    let mut out = String::new();
+    let r = v.report;
+    let max = global_after(r, tunables::MAX, Some(r.observation.global.max)).unwrap_or(0);
+    let (spaces, left) = exported(r, v.cfg.metrics.max_namespaces);
+    per_namespace(&mut Family { out: &mut out }, v, &spaces, max);
+    global(&mut Family { out: &mut out }, v, max, left);
+    out
+}
+
+fn per_namespace(f: &mut Family, v: &View, spaces: &[&NamespaceObs], max: u64) {
+    let labelled: Vec<(String, &NamespaceObs)> =
+        spaces.iter().map(|n| (netns_label(n), *n)).collect();
+    let gauge =
+        |f: &mut Family, name: &str, help: &str, value: &dyn Fn(&NamespaceObs) -> Option<f64>| {
+            f.head(name, "gauge", help);
+            for (label, n) in &labelled {
+                if let Some(x) = value(n) {
+                    f.sample(name, &[("netns", label)], x);
+                }
+            }
+        };
+    gauge(
+        f,
+        "ctune_nf_conntrack_entries",
+        "Entries in the namespace's conntrack table (nf_conntrack_count).",
+        &|n| n.count.map(|c| c as f64),
+    );
+    gauge(
+        f,
+        "ctune_nf_conntrack_entries_limit",
+        "The max that applies to the namespace (nf_conntrack_max).",
+        &|_| Some(max as f64),
+    );
+    gauge(
+        f,
+        "ctune_nf_conntrack_utilisation_ratio",
+        "Entries / entries_limit.",
+        &|n| n.count.map(|c| c as f64 / max.max(1) as f64),
+    );
+    let level = |n: &NamespaceObs| {
+        v.report
+            .plan
+            .namespaces
+            .iter()
+            .find(|x| x.netns.inode == n.id.inode)
+            .map(|x| match x.level {
+                Level::Normal => 0.0,
+                Level::Elevated => 1.0,
+                Level::Critical => 2.0,
+            })
+    };
+    gauge(
+        f,
+        "ctune_pressure_level",
+        "ctune's pressure level after its last step: 0 normal, 1 elevated, 2 critical.",
+        &level,
+    );
+    gauge(
+        f,
+        "ctune_time_to_full_seconds",
+        "Seconds until the table is full at the fill rate between the last two steps (only while rising).",
+        &|n| v.counters.time_to_full.get(&n.id.inode).copied(),
+    );
+    timeouts(f, v, &labelled);
+    let stats = [
+        (
+            "drop",
+            "drop",
+            "The kernel's drop counter: packets dropped for a full table and by insert clashes.",
+        ),
+        (
+            "early_drop",
+            "early_drop",
+            "The kernel's early_drop counter: entries evicted to make room.",
+        ),
+        (
+            "insert_failed",
+            "insert_failed",
+            "The kernel's insert_failed counter.",
+        ),
+        (
+            "chaintoolong",
+            "chainlength",
+            "The kernel's chaintoolong counter: inserts refused for hash chains over 64.",
+        ),
+    ];
+    for (metric, column, help) in stats {
+        let name = format!("ctune_nf_conntrack_stat_{metric}_total");
+        f.head(&name, "counter", help);
+        for (label, n) in &labelled {
+            if let Some(x) = n.counter(column) {
+                f.sample(&name, &[("netns", label)], x as f64);
+            }
+        }
+    }
+    let ours = [
+        (
+            "ctune_table_full_drops_total",
+            "Drops for a full table seen between ctune's steps (insert clashes split off), since ctune started.",
+            &v.counters.table_full,
+        ),
+        (
+            "ctune_clash_drops_total",
+            "Drops by insert clashes seen between ctune's steps (not a full table), since ctune started.",
+            &v.counters.clash,
+        ),
+    ];
+    for (name, help, map) in ours {
+        f.head(name, "counter", help);
+        for (label, n) in &labelled {
+            f.sample(
+                name,
+                &[("netns", label)],
+                map.get(&n.id.inode).copied().unwrap_or(0) as f64,
+            );
+        }
+    }
+}
+
+/// The timeouts ctune manages (those with a floor), as in force after the step.
+fn timeouts(f: &mut Family, v: &View, labelled: &[(String, &NamespaceObs)]) {
+    let name = "ctune_nf_conntrack_timeout_seconds";
+    f.head(
+        name,
+        "gauge",
+        "Each timeout ctune manages (has a floor for), as in force.",
+    );
+    for (label, n) in labelled {
+        for (key, live) in &n.timeouts {
+            if v.cfg.timeouts.floor_of(key).is_none() {
+                continue;
+            }
+            let applied = v.report.outcomes.iter().find(|o| {
+                o.result.is_ok()
+                    && o.change.key == *key
+                    && matches!(&o.change.target, Target::Namespace { netns } if netns.inode == n.id.inode)
+            });
+            let value = applied.map_or(*live, |o| o.change.new);
+            f.sample(
+                name,
+                &[("netns", label), ("key", &short(key))],
+                value as f64,
+            );
+        }
+    }
+}
+
+fn global(f: &mut Family, v: &View, max: u64, left: usize) {
+    let r = v.report;
+    let c = &r.plan.ceiling;
+    f.one(
+        "ctune_ceiling_entries",
+        "gauge",
+        "The largest max ctune may set now.",
+        c.value as f64,
+    );
+    f.one(
+        "ctune_ceiling_bytes",
+        "gauge",
+        "The memory budget the ceiling comes from.",
+        c.budget_bytes as f64,
+    );
+    f.head(
+        "ctune_ceiling_bound",
+        "gauge",
+        "1 for the term that bounds the memory budget.",
+    );
+    for (name, bound) in [
+        ("share", Bound::Share),
+        ("floor", Bound::Floor),
+        ("spare", Bound::Spare),
+        ("cap", Bound::Cap),
+    ] {
+        f.sample(
+            "ctune_ceiling_bound",
+            &[("bound", name)],
+            f64::from(u8::from(c.bound == bound)),
+        );
+    }
+    f.one(
+        "ctune_at_ceiling",
+        "gauge",
+        "1 when max is at or above the ceiling: growth has no room left.",
+        f64::from(u8::from(max >= c.value)),
+    );
+    f.one(
+        "ctune_bytes_per_entry",
+        "gauge",
+        "Bytes one entry costs: slab object, extensions, hash share.",
+        c.bytes_per_entry as f64,
+    );
+    f.one(
+        "ctune_table_memory_bytes",
+        "gauge",
+        "What the table (every namespace's entries and the hash) costs now.",
+        c.table_bytes as f64,
+    );
+    if let Some(b) = global_after(r, tunables::BUCKETS, r.observation.global.buckets) {
+        f.one(
+            "ctune_nf_conntrack_buckets",
+            "gauge",
+            "The global hash size (nf_conntrack_buckets).",
+            b as f64,
+        );
+    }
+    f.head(
+        "ctune_changes_total",
+        "counter",
+        "Changes ctune applied, by key and direction.",
+    );
+    // Every key ctune may change is exported from the start, at 0: a series that first
+    // appears at 1 hides its first change from increase().
+    let mut keys: BTreeSet<String> = [tunables::MAX, tunables::BUCKETS].map(short).into();
+    keys.extend(v.cfg.timeouts.floors.keys().cloned());
+    keys.extend(v.counters.changes.keys().map(|(k, _)| k.clone()));
+    for key in &keys {
+        for dir in ["up", "down"] {
+            let n = v.counters.changes.get(&(key.clone(), dir)).copied();
+            let labels = [("key", key.as_str()), ("direction", dir)];
+            f.sample("ctune_changes_total", &labels, n.unwrap_or(0) as f64);
+        }
+    }
+    f.one(
+        "ctune_last_change_timestamp_seconds",
+        "gauge",
+        "Unix time of the last applied change (0: none yet).",
+        v.counters.last_change_unix,
+    );
+    f.head(
+        "ctune_operator_held",
+        "gauge",
+        "1 for a global key someone else set, which ctune leaves alone.",
+    );
+    for key in v.held {
+        f.sample("ctune_operator_held", &[("key", &short(key))], 1.0);
+    }
+    f.one(
+        "ctune_apply_errors_total",
+        "counter",
+        "Changes that did not take effect.",
+        v.counters.apply_errors as f64,
+    );
+    f.one(
+        "ctune_persist_errors_total",
+        "counter",
+        "Persisted files (and state saves) that could not be written.",
+        v.counters.persist_errors as f64,
+    );
+    f.one(
+        "ctune_last_step_timestamp_seconds",
+        "gauge",
+        "Unix time of the last control step.",
+        v.unix,
+    );
+    f.one(
+        "ctune_namespaces_unexported",
+        "gauge",
+        "Namespaces watched but not exported (over metrics.max_namespaces).",
+        left as f64,
+    );
+    f.head("ctune_build_info", "gauge", "1, with ctune's version.");
+    f.sample(
+        "ctune_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+}
+
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection that has not finished its exchange by then is dropped.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr` and serves `GET /metrics` (the last rendering) on the current tokio
+/// runtime. Binding fails with a message that says what to do (the packaged unit
+/// allows only local sockets).
+pub async fn serve(addr: std::net::SocketAddr, text: Arc<Mutex<String>>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let refused = e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
+        let hint = if refused {
+            "; under systemd, install systemd/ctune.service.d/metrics-http.conf (the unit allows only local sockets)"
+        } else {
+            ""
+        };
+        std::io::Error::new(e.kind(), format!("metrics.listen {addr}: {e}{hint}"))
+    })?;
+    tracing::info!("serving metrics on http://{addr}/metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let text = Arc::clone(&text);
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let service =
+                    hyper::service::service_fn(move |req| respond(req, Arc::clone(&text)));
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(())
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+async fn respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    text: Arc<Mutex<String>>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let reply = |status: u16, ctype: &str, body: String| {
+        let mut r = hyper::Response::new(Body::new(bytes::Bytes::from(body)));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+        if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    let plain = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+            reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        (&hyper::Method::GET, _) => reply(404, plain, "ctune serves /metrics only\n".into()),
+        _ => reply(405, plain, "GET only\n".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_other_users_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = String::new();
+        Family { out: &mut out }.sample("m", &[("netns", "x\"} 1\nevil 2")], 3.0);
+        assert_eq!(out, "m{netns=\"x\\\"} 1\\nevil 2\"} 3\n");
+        assert_eq!(out.lines().count(), 1, "one sample, one line");
+    }
+
+    #[test]
+    fn a_value_that_is_not_finite_is_nan_not_inf_text() {
+        let mut out = String::new();
+        Family { out: &mut out }.sample("m", &[], f64::INFINITY);
+        assert_eq!(out, "m NaN\n");
+    }
+}
