@@ -21,17 +21,7 @@ fn meminfo(key: &str) -> u64 {
 
 /// `ctune status --json` with a config; the ceiling object.
 fn ceiling(cfg: &std::path::Path) -> Value {
-    let (code, out, err) = ctune(&[
-        "status",
-        "--json",
-        "--sample",
-        "0",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    // 5 and 6 say how the tables are (other work on the machine may fill one).
-    assert!([0, 5, 6].contains(&code), "{code}: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = status_json(cfg);
     v["ceiling"].clone()
 }
 

@@ -291,16 +291,7 @@ fn each_namespace_reads_its_own_count_in_one_pass() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = named_config(dir.path(), &[&a.name, &b.name]);
     for _ in 0..2 {
-        let (code, out, err) = ctune(&[
-            "status",
-            "--json",
-            "--sample",
-            "0",
-            "--config",
-            cfg.to_str().unwrap(),
-        ]);
-        assert!([0, 5, 6].contains(&code), "{err}");
-        let v: Value = serde_json::from_str(&out).unwrap();
+        let v = status_json(&cfg);
         assert_eq!(ns_entry(&v, &a.name)["count"], 100, "{v:#}");
         assert_eq!(ns_entry(&v, &b.name)["count"], 300, "{v:#}");
     }

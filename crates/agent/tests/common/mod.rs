@@ -321,6 +321,22 @@ pub fn ctune(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ctune status --json --sample 0` with a config, parsed. Its exit code says how the
+/// tables are (0, 5 over a level, 6 dropping: other work on the machine may fill one);
+/// anything else fails the test.
+pub fn status_json(cfg: &Path) -> serde_json::Value {
+    let (code, out, err) = ctune(&[
+        "status",
+        "--json",
+        "--sample",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!([0, 5, 6].contains(&code), "status exited {code}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// A config file watching exactly the given named namespaces.
 pub fn named_config(dir: &Path, names: &[&str]) -> PathBuf {
     let path = dir.join("ctune.yaml");
