@@ -25,12 +25,16 @@ struct Watch {
 impl Watch {
     fn start() -> Watch {
         let tree = FixtureTree::new("kernel-6.18");
-        let mut cmd = vec![env!("CARGO_BIN_EXE_ctune").to_string()];
+        // `exec`: script runs the command through $SHELL, and dash (Debian's /bin/sh,
+        // script's shell when SHELL is unset, as under CI) forks for it where bash
+        // execs; a SIGINT sent to the shell would never reach ctune.
+        let mut cmd = vec!["exec".to_string(), env!("CARGO_BIN_EXE_ctune").to_string()];
         cmd.extend(tree.root_args());
         cmd.extend(["status", "--watch", "--sample", "1s"].map(String::from));
         let mut child = Command::new("script")
             .args(["-qfec", &cmd.join(" "), "/dev/null"])
             .env("TERM", "xterm")
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -77,17 +81,17 @@ impl Watch {
         None
     }
 
-    /// The ctune process under `script`.
+    /// The ctune process under `script` (its only child, exec'd by the shell).
     fn ctune_pid(&self) -> i32 {
         let out = Command::new("pgrep")
-            .args(["-P", &self.child.id().to_string()])
+            .args(["-P", &self.child.id().to_string(), "-x", "ctune"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()
             .and_then(|l| l.trim().parse().ok())
-            .expect("ctune under script")
+            .expect("ctune as the direct child of script")
     }
 }
 
