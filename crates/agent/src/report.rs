@@ -148,6 +148,9 @@ pub struct ChangedValue {
     pub operator: u64,
     /// The live value.
     pub now: Option<u64>,
+    /// Someone else (an admin, kube-proxy at a restart) wrote over ctune's value since:
+    /// `now` is theirs, adopted, and left alone until it becomes unsafe.
+    pub held_by_operator: bool,
 }
 
 /// Everything `ctune status --json` prints.
@@ -216,6 +219,7 @@ pub fn status(i: StatusInputs) -> StatusReport {
             key: key.clone(),
             operator: *operator,
             now: i.obs.global.value(key),
+            held_by_operator: i.state.policy.operator_held.contains(key),
         })
         .collect();
     let mut notes = i.obs.notes.clone();
@@ -662,7 +666,12 @@ fn changed_section(out: &mut String, s: &StatusReport) {
         let _ = writeln!(out, "  nothing: ctune has not changed a global value here");
     }
     for c in &s.changed {
-        let _ = writeln!(out, "  {} {} -> {}", c.key, c.operator, opt(c.now));
+        let held = if c.held_by_operator {
+            " (set by someone else since ctune's change: adopted, left alone until unsafe)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {} {} -> {}{held}", c.key, c.operator, opt(c.now));
     }
 }
 

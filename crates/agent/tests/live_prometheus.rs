@@ -8,31 +8,10 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A port nothing listens on now (the kernel's pick).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// GET on loopback with a bounded wait; the body, when the status is 200.
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.lines().next()?.split_whitespace().nth(1)?;
-    (status == "200").then(|| body.to_string())
-}
-
 /// Percent-encodes a PromQL query for a URL.
 fn encode(q: &str) -> String {
     q.bytes()
@@ -47,7 +26,7 @@ fn encode(q: &str) -> String {
 
 /// The first value of an instant query's result, if any.
 fn query(port: u16, q: &str) -> Option<f64> {
-    let body = get(port, &format!("/api/v1/query?query={}", encode(q)))?;
+    let body = http_get(port, &format!("/api/v1/query?query={}", encode(q)))?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
@@ -134,6 +113,15 @@ fn prometheus_scrapes_a_rising_namespace_and_a_counted_change() {
         agent.log()
     );
 
+    // The liveness endpoint a DaemonSet probes (deploy/kubernetes) answers 200 while the
+    // loop steps on time.
+    let health = http_get(metrics_port, "/healthz");
+    assert!(
+        health.as_deref().is_some_and(|b| b.starts_with("ok:")),
+        "/healthz: {health:?}; agent log:\n{}",
+        agent.log()
+    );
+
     let refused = ns.udp_flows_paced(0, 30_000, Some(10_000));
     let entries = format!(
         "max_over_time(ctune_nf_conntrack_entries{{netns=\"{}\"}}[2m])",
@@ -149,7 +137,7 @@ fn prometheus_scrapes_a_rising_namespace_and_a_counted_change() {
         "Prometheus saw entries {:?} and max raises {:?} (refused sends {refused}); agent's /metrics:\n{}\nagent log:\n{}",
         query(prom.port, &entries),
         query(prom.port, raised),
-        get(metrics_port, "/metrics").unwrap_or_default(),
+        http_get(metrics_port, "/metrics").unwrap_or_default(),
         agent.log()
     );
     // What node_exporter's users chart: entries and the limit line up for the host.

@@ -52,6 +52,35 @@ pub struct Config {
     /// What `ctune run` exports for Prometheus (docs/metrics.md).
     #[serde(default, deserialize_with = "section")]
     pub metrics: Metrics,
+    /// Where the learned limits are written for the next boot.
+    #[serde(default, deserialize_with = "section")]
+    pub persist: Persist,
+}
+
+/// Where the learned limits are written for the next boot.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Persist {
+    /// Which system's boot files: `systemd` or `openwrt`.
+    pub layout: Layout,
+}
+
+/// The boot files of one kind of system (the paths are `act::persist`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// systemd and kmod: sysctl.d, modules-load.d and modprobe.d (the default).
+    #[default]
+    Systemd,
+    /// OpenWrt: sysctl.d (applied by /etc/init.d/sysctl) and a file in /etc/modules.d
+    /// (kmodloader's `module options` lines); OpenWrt reads neither modprobe.d nor
+    /// modules-load.d.
+    Openwrt,
+}
+
+impl Layout {
+    /// Every layout, for documentation and tests.
+    pub const ALL: [Layout; 2] = [Layout::Systemd, Layout::Openwrt];
 }
 
 /// The agent's Prometheus exports.
@@ -1147,6 +1176,43 @@ mod tests {
         // A value that is wrong by itself gets no such hint.
         let err = p("max:\n  high_watermark: lots\n").unwrap_err().to_string();
         assert!(!err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn persist_layout_is_systemd_by_default_or_openwrt() {
+        assert_eq!(Config::default().persist.layout, Layout::Systemd);
+        assert_eq!(
+            p("persist:\n  layout: openwrt\n").unwrap().persist.layout,
+            Layout::Openwrt
+        );
+        assert_eq!(
+            p("persist:\n  layout: systemd\n").unwrap().persist.layout,
+            Layout::Systemd
+        );
+        // An empty section keeps the default; the rest of the file is untouched.
+        let c = p("persist:\nhash:\n  ratio: 2\n").unwrap();
+        assert_eq!(c.persist, Config::default().persist);
+        assert_eq!(c.hash.ratio, 2);
+    }
+
+    #[test]
+    fn a_misspelt_layout_names_line_and_the_accepted_values() {
+        let err = p("persist:\n  layout: openwrtt\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/ctune/ctune.yaml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("openwrtt"), "{err}");
+        assert!(err.contains("systemd") && err.contains("openwrt"), "{err}");
+        // Names are lowercase, as everywhere in the file.
+        assert!(p("persist:\n  layout: OpenWrt\n").is_err());
+        let err = p("persist:\n  layout: openwrt\n  layuot: systemd\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3")
+                && err.contains("layuot")
+                && err.contains("expected one of layout"),
+            "{err}"
+        );
     }
 
     #[test]

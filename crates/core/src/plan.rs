@@ -86,11 +86,27 @@ pub struct Plan {
     pub explanations: Vec<String>,
 }
 
+/// The words every explanation of an adoption carries: a value ctune set (a global key,
+/// or a timeout it lowered) was changed by someone else since, and ctune takes it as the
+/// operator's (or, with `agent.respect_operator: false`, plans over it). An adoption is
+/// an event, not a lasting condition: it is explained once, in the decision that sees
+/// it, and the agent logs it where changes are logged ([`Plan::adoptions`]).
+pub const ADOPTED: &str = "someone else changed it";
+
 impl Plan {
     /// The planned change of a global key, if any.
     pub fn global_change(&self, key: &str) -> Option<&Change> {
         self.changes
             .iter()
             .find(|c| c.key == key && c.target == Target::Global)
+    }
+
+    /// The explanations that record an adoption ([`ADOPTED`]): values someone else
+    /// (an admin, kube-proxy, tuned) wrote over ctune's since the previous decision.
+    pub fn adoptions(&self) -> impl Iterator<Item = &str> {
+        self.explanations
+            .iter()
+            .map(String::as_str)
+            .filter(|e| e.contains(ADOPTED))
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Timeouts;
-use crate::plan::{Change, Target};
+use crate::plan::{ADOPTED, Change, Target};
 use crate::pressure::Level;
 use crate::tunables::{self, TimeoutTier};
 use crate::units::fmt_secs;
@@ -161,7 +161,7 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
 /// The note for a key someone else changed while ctune had it lowered.
 fn adopted(key: &str, ns_name: &str, current: u64, set: u64) -> String {
     format!(
-        "{key} in {ns_name} is {} but ctune set {}: someone else changed it; adopting {} as the operator's value",
+        "{key} in {ns_name} is {} but ctune set {}: {ADOPTED}; adopting {} as the operator's value",
         fmt_secs(current),
         fmt_secs(set),
         fmt_secs(current)

@@ -191,11 +191,7 @@ impl ObsBuilder {
                 buckets: self.buckets,
                 hashsize: self.buckets,
                 expect_max: Some(4096),
-                write_access: Access {
-                    writable: true,
-                    reason: None,
-                    root_could: true,
-                },
+                write_access: Access::WRITABLE,
                 per_netns_max: false,
             },
             host: Host {

@@ -966,11 +966,7 @@ impl Tables {
                 buckets: Some(self.buckets),
                 hashsize: Some(self.buckets),
                 expect_max: Some((self.buckets / 256).max(1)),
-                write_access: Access {
-                    writable: true,
-                    reason: None,
-                    root_could: true,
-                },
+                write_access: Access::WRITABLE,
                 per_netns_max: false,
             },
             host: Host {

@@ -1,10 +1,12 @@
 //! The boot step (`ctune boot`): before traffic arrives, put the persisted limits in
 //! force and check they stuck.
 //!
-//! systemd-sysctl applies 99-ctune.conf too, but only if the keys exist when it runs (a
-//! modular conntrack may load later), and a resize is cheapest now, while the table is
-//! empty. So the boot step applies the file's max first, then the hash size, each only
-//! when the live value is lower (a higher one is someone else's), each read back.
+//! systemd-sysctl (or OpenWrt's /etc/init.d/sysctl) applies 99-ctune.conf too, but only
+//! if the keys exist when it runs (a modular conntrack may load later), and a resize is
+//! cheapest now, while the table is empty. So the boot step applies the file's max
+//! first, then the hash size, each only when the live value is lower (a higher one is
+//! someone else's), each read back. Every `persist.layout` keeps the values in that same
+//! sysctl.d file.
 
 use crate::act::apply::{self, ApplyError};
 use crate::act::persist;
@@ -33,7 +35,8 @@ pub struct BootItem {
 /// Applies the persisted values. `Ok(None)`: nothing is persisted. A value outside the
 /// bounds of anything ctune would set (a hand-edited file) is refused and named.
 pub fn boot(roots: &Roots, cfg: &Config) -> Result<Option<Vec<BootItem>>, ObserveError> {
-    let file = roots.etc.join(persist::SYSCTL_FILE);
+    let sysctl = persist::Files::of(cfg.persist.layout).sysctl;
+    let file = roots.etc.join(sysctl);
     let text = match kfile::read_text(&file) {
         Ok(t) => t,
         Err(e) if e.cause == Cause::Missing => return Ok(None),

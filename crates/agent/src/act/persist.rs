@@ -1,34 +1,127 @@
 //! The files that make ctune's learned limits survive a reboot, rendered from a plan.
+//! Which files is `persist.layout` ([`Files::of`] names them); both layouts write
 //!
-//! - `/etc/sysctl.d/99-ctune.conf`: max and buckets, applied by systemd-sysctl. It sorts
-//!   late, after most distribution defaults (the last file setting a key wins), but not
-//!   after Debian's 99-sysctl.conf: [`later_files`] names any later file that sets a key.
+//! - `/etc/sysctl.d/99-ctune.conf`: max and buckets, applied at boot by systemd-sysctl
+//!   or by OpenWrt's `/etc/init.d/sysctl` (START=11: `sysctl -e -p` on each
+//!   `/etc/sysctl.d/*.conf` in name order, then `/etc/sysctl.conf`). It sorts late, after
+//!   most distribution defaults (the last file setting a key wins), but not after
+//!   Debian's 99-sysctl.conf nor OpenWrt's /etc/sysctl.conf: [`later_files`] names any
+//!   later file that sets a key.
+//!
+//! and for a modular conntrack, with `layout: systemd`:
+//!
 //! - `/etc/modules-load.d/ctune.conf`: loads nf_conntrack before systemd-sysctl runs, so
 //!   the `net.netfilter.*` keys exist then (otherwise they are skipped with "Couldn't
 //!   write ... No such file or directory" and the firewall loads the module later).
-//! - `/etc/modprobe.d/ctune.conf`: `options nf_conntrack hashsize=N` for a modular
-//!   conntrack, the only way the hash size is set at load time. No spaces around '=': a
-//!   malformed line there breaks module loading at boot.
+//! - `/etc/modprobe.d/ctune.conf`: `options nf_conntrack hashsize=N`, the only way the
+//!   hash size is set at load time. No spaces around '=': a malformed line there breaks
+//!   module loading at boot.
+//!
+//! with `layout: openwrt` (OpenWrt reads neither modprobe.d nor modules-load.d):
+//!
+//! - `/etc/modules.d/00-ctune`: `nf_conntrack hashsize=N` (or `nf_conntrack` alone). Its
+//!   reader is ubox's kmodloader (run by `/etc/init.d/boot`, START=10, before the
+//!   sysctls): every file of /etc/modules.d in name order, one `module [options]` per
+//!   line, the options being everything after the first space, passed to init_module as
+//!   they are. A line whose first word names no module (our `#` comments) is skipped. A
+//!   file whose name starts with a digit has its modules loaded as soon as each line is
+//!   read, and a module already loaded ignores later options: `00-` is read before any
+//!   numbered package file that pulls nf_conntrack in as a dependency (OpenWrt's own
+//!   `nf-conntrack` file, unnumbered, is read later and carries no options).
 //!
 //! Timeouts are not persisted: ctune lowers them only while pressure lasts, and a
 //! lowered timeout that survived a reboot would outlive the pressure that justified it.
-//! For built-in conntrack, modprobe.d and modules-load.d do not apply and are not written.
+//! For built-in conntrack, no module file applies and none is written.
 
 use serde::Serialize;
 use std::path::PathBuf;
 
 use crate::sense::kfile::{self, Cause};
 use crate::sense::roots::Roots;
+use ctune_core::bounds::{self, Bounds};
+use ctune_core::config::Layout;
 use ctune_core::model::{ModuleState, Observation};
 use ctune_core::plan::{Plan, Target};
 use ctune_core::tunables;
 
-/// sysctl.d file ctune owns.
+/// sysctl.d file ctune owns (every layout).
 pub const SYSCTL_FILE: &str = "sysctl.d/99-ctune.conf";
-/// modules-load.d file ctune owns.
+/// modules-load.d file ctune owns (`layout: systemd`).
 pub const MODULES_LOAD_FILE: &str = "modules-load.d/ctune.conf";
-/// modprobe.d file ctune owns.
+/// modprobe.d file ctune owns (`layout: systemd`).
 pub const MODPROBE_FILE: &str = "modprobe.d/ctune.conf";
+/// kmodloader's file ctune owns (`layout: openwrt`).
+pub const MODULES_D_FILE: &str = "modules.d/00-ctune";
+
+/// The files ctune owns under one layout, below the etc root: the one place that says
+/// which system reads what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Files {
+    /// The layout these are the files of.
+    pub layout: Layout,
+    /// max and buckets as sysctl lines.
+    pub sysctl: &'static str,
+    /// A file that only loads nf_conntrack early (systemd: modules-load.d). OpenWrt's
+    /// module file loads it and carries its options in one line.
+    pub module_load: Option<&'static str>,
+    /// The hash size at module load.
+    pub module_options: &'static str,
+}
+
+impl Files {
+    /// The files of `layout`.
+    pub fn of(layout: Layout) -> Files {
+        match layout {
+            Layout::Systemd => Files {
+                layout,
+                sysctl: SYSCTL_FILE,
+                module_load: Some(MODULES_LOAD_FILE),
+                module_options: MODPROBE_FILE,
+            },
+            Layout::Openwrt => Files {
+                layout,
+                sysctl: SYSCTL_FILE,
+                module_load: None,
+                module_options: MODULES_D_FILE,
+            },
+        }
+    }
+
+    /// Every file of the layout, in the order a step writes them.
+    pub fn all(&self) -> Vec<&'static str> {
+        std::iter::once(self.sysctl)
+            .chain(self.module_load)
+            .chain(std::iter::once(self.module_options))
+            .collect()
+    }
+
+    /// The comment under the header of the sysctl file: who applies it at boot.
+    fn sysctl_comment(&self) -> &'static str {
+        match self.layout {
+            Layout::Systemd => {
+                "# Applied at boot by systemd-sysctl; ctune-boot.service applies the hash size too.\n"
+            }
+            Layout::Openwrt => {
+                "# Applied at boot by /etc/init.d/sysctl; /etc/init.d/ctune applies the hash size too.\n"
+            }
+        }
+    }
+
+    /// Every file ctune may own under any layout but this one (a layout switched since,
+    /// for `restore` and a note).
+    pub fn others(&self) -> Vec<&'static str> {
+        let ours = self.all();
+        let mut v: Vec<&'static str> = Vec::new();
+        for l in Layout::ALL {
+            for f in Files::of(l).all() {
+                if !ours.contains(&f) && !v.contains(&f) {
+                    v.push(f);
+                }
+            }
+        }
+        v
+    }
+}
 
 const HEADER: &str = "# Managed by ctune: conntrack limits learned on this host. Edits are overwritten.\n\
 # Undo: `ctune restore` puts back the values from before ctune and removes this file.\n";
@@ -55,12 +148,13 @@ impl FileUpdate {
     }
 }
 
-/// Renders the files for the values in force after `plan`. The keys written are those
-/// the plan changes, those ctune set earlier (`managed`, from its state: so a persist
-/// that failed is retried), and those already in ctune's sysctl.d file. Returns the
-/// files and notes about files that could not be read or will be refused.
+/// Renders the files of `layout` for the values in force after `plan`. The keys written
+/// are those the plan changes, those ctune set earlier (`managed`, from its state: so a
+/// persist that failed is retried), and those already in ctune's sysctl.d file. Returns
+/// the files and notes about files that could not be read or will be refused.
 pub fn render(
     roots: &Roots,
+    layout: Layout,
     obs: &Observation,
     plan: &Plan,
     managed: &[&str],
@@ -84,7 +178,8 @@ pub fn render(
             }
         }
     };
-    let sysctl_old = read(SYSCTL_FILE);
+    let paths = Files::of(layout);
+    let sysctl_old = read(paths.sysctl);
     // In apply order: systemd-sysctl applies lines top to bottom, and the limit should be
     // raised before the table that serves it grows.
     let mut values: Vec<(&str, u64)> = Vec::new();
@@ -125,65 +220,151 @@ pub fn render(
     // --system` meanwhile must not resize a full table outside the rate limit), and after
     // a reboot ctune recognises the value as its own. The first step after a reboot may
     // resize at once: the rate limit does not outlive the boot, and the table is small.
-    zero_notes.extend(later_files(roots, &values));
+    zero_notes.extend(later_files(roots, layout, &values));
+    zero_notes.extend(stale_files(roots, &paths));
     let mut files = Vec::new();
     if values.is_empty() {
         return (files, notes.into_iter().chain(zero_notes).collect());
     }
     let mut body = String::from(HEADER);
-    body.push_str(
-        "# Applied at boot by systemd-sysctl; ctune-boot.service applies the hash size too.\n",
-    );
+    body.push_str(paths.sysctl_comment());
     for (key, v) in &values {
         body.push_str(&format!("net.netfilter.{key} = {v}\n"));
     }
     files.push(update(
         roots,
-        SYSCTL_FILE,
+        paths.sysctl,
         sysctl_old,
         body,
         "sysctl values applied at boot",
     ));
 
     if obs.module == ModuleState::Module {
-        let old = read(MODULES_LOAD_FILE);
-        let body = format!(
-            "{HEADER}# Loads nf_conntrack before systemd-sysctl, so 99-ctune.conf's keys exist when it runs.\nnf_conntrack\n"
-        );
-        files.push(update(
-            roots,
-            MODULES_LOAD_FILE,
-            old,
-            body,
-            "load conntrack before sysctls are applied",
-        ));
-        if let Some((_, buckets)) = values.iter().find(|(k, _)| *k == tunables::BUCKETS) {
-            let old = read(MODPROBE_FILE);
+        // The hash size given to the module at load: a value the kernel refuses there
+        // fails the whole load (init_module's EINVAL), so only one in its bounds.
+        let hashsize = values
+            .iter()
+            .find(|(k, _)| *k == tunables::BUCKETS)
+            .map(|&(_, v)| v)
+            .filter(|&v| {
+                let limits = Bounds {
+                    min_max: 0,
+                    ceiling: None,
+                    table_needs: None,
+                    page_size: obs.host.page_size,
+                };
+                match bounds::check(tunables::BUCKETS, v, &limits) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        zero_notes.push(format!("{why}: not given to the module at boot"));
+                        false
+                    }
+                }
+            });
+        if let Some(rel) = paths.module_load {
+            let old = read(rel);
             let body = format!(
-                "{HEADER}# The hash size at module load (the sysctl would resize a filled table later).\noptions nf_conntrack hashsize={buckets}\n"
+                "{HEADER}# Loads nf_conntrack before systemd-sysctl, so 99-ctune.conf's keys exist when it runs.\nnf_conntrack\n"
             );
             files.push(update(
                 roots,
-                MODPROBE_FILE,
+                rel,
                 old,
                 body,
-                "hash size at module load",
+                "load conntrack before sysctls are applied",
             ));
+        }
+        match layout {
+            Layout::Systemd => {
+                if let Some(buckets) = hashsize {
+                    let old = read(paths.module_options);
+                    let body = format!(
+                        "{HEADER}# The hash size at module load (the sysctl would resize a filled table later).\n{}\n",
+                        modprobe_line(buckets)
+                    );
+                    files.push(update(
+                        roots,
+                        paths.module_options,
+                        old,
+                        body,
+                        "hash size at module load",
+                    ));
+                }
+            }
+            Layout::Openwrt => {
+                let old = read(paths.module_options);
+                let body = format!(
+                    "{HEADER}# Read by kmodloader at boot (/etc/init.d/boot, START=10): loads nf_conntrack, with the hash\n# size when ctune persists one, before /etc/init.d/sysctl applies 99-ctune.conf.\n{}\n",
+                    kmodloader_line(hashsize)
+                );
+                files.push(update(
+                    roots,
+                    paths.module_options,
+                    old,
+                    body,
+                    "load conntrack early, with the hash size at module load",
+                ));
+            }
         }
     }
     (files, notes.into_iter().chain(zero_notes).collect())
 }
 
-/// sysctl.d files that systemd-sysctl applies after 99-ctune.conf and that set one of
-/// the same keys: the last file to set a key wins at boot. (Debian's 99-sysctl.conf,
-/// the link to /etc/sysctl.conf where the manual fix usually lives, is one.)
-fn later_files(roots: &Roots, values: &[(&str, u64)]) -> Vec<String> {
+/// modprobe.d's line: no spaces around '=' (a malformed line breaks module loading).
+fn modprobe_line(buckets: u64) -> String {
+    format!("options nf_conntrack hashsize={buckets}")
+}
+
+/// kmodloader's line: the module, then (after one space) the options exactly as
+/// init_module takes them; nothing after them, not even a space.
+fn kmodloader_line(hashsize: Option<u64>) -> String {
+    match hashsize {
+        Some(b) => format!("nf_conntrack hashsize={b}"),
+        None => "nf_conntrack".into(),
+    }
+}
+
+/// Files ctune wrote under another layout, which nothing reads under this one.
+fn stale_files(roots: &Roots, paths: &Files) -> Vec<String> {
+    paths
+        .others()
+        .into_iter()
+        .map(|rel| roots.etc.join(rel))
+        .filter(|p| !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+        .filter(|p| kfile::read_text(p).is_ok_and(|t| is_ours(&t)))
+        .map(|p| {
+            format!(
+                "{} is ctune's file from another persist.layout; with layout {} nothing reads it: delete it (`ctune restore` removes it too)",
+                p.display(),
+                layout_name(paths.layout)
+            )
+        })
+        .collect()
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Systemd => "systemd",
+        Layout::Openwrt => "openwrt",
+    }
+}
+
+/// sysctl files applied after 99-ctune.conf at boot that set one of the same keys: the
+/// last file to set a key wins. systemd-sysctl: later names in /etc and /run/sysctl.d
+/// (Debian's 99-sysctl.conf, the link to /etc/sysctl.conf where the manual fix usually
+/// lives, is one). OpenWrt's /etc/init.d/sysctl: later names in /etc/sysctl.d, then
+/// /etc/sysctl.conf itself.
+fn later_files(roots: &Roots, layout: Layout, values: &[(&str, u64)]) -> Vec<String> {
     let ours = std::path::Path::new(SYSCTL_FILE)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let mut notes = Vec::new();
-    for dir in [roots.etc.join("sysctl.d"), roots.run.join("sysctl.d")] {
+    let dirs = match layout {
+        Layout::Systemd => vec![roots.etc.join("sysctl.d"), roots.run.join("sysctl.d")],
+        Layout::Openwrt => vec![roots.etc.join("sysctl.d")],
+    };
+    let mut later = Vec::new();
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -193,17 +374,22 @@ fn later_files(roots: &Roots, values: &[(&str, u64)]) -> Vec<String> {
             .filter(|n| n.ends_with(".conf") && n.as_str() > ours)
             .collect();
         names.sort();
-        for name in names {
-            let Ok(text) = std::fs::read_to_string(dir.join(&name)) else {
-                continue;
-            };
-            for (key, v) in parse_sysctl_values(&text) {
-                if let Some((_, ours_v)) = values.iter().find(|(k, _)| *k == key) {
-                    notes.push(format!(
-                        "{} sets {key} = {v} and is applied after {ours} at boot, so it wins over ctune's {ours_v}: remove that line, or let ctune manage the key",
-                        dir.join(&name).display()
-                    ));
-                }
+        later.extend(names.into_iter().map(|n| dir.join(n)));
+    }
+    if layout == Layout::Openwrt {
+        later.push(roots.etc.join("sysctl.conf"));
+    }
+    let mut notes = Vec::new();
+    for path in later {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (key, v) in parse_sysctl_values(&text) {
+            if let Some((_, ours_v)) = values.iter().find(|(k, _)| *k == key) {
+                notes.push(format!(
+                    "{} sets {key} = {v} and is applied after {ours} at boot, so it wins over ctune's {ours_v}: remove that line, or let ctune manage the key",
+                    path.display()
+                ));
             }
         }
     }
@@ -271,6 +457,32 @@ pub fn is_ours(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_layout_names_its_files_and_the_others() {
+        let systemd = Files::of(Layout::Systemd);
+        assert_eq!(
+            systemd.all(),
+            [SYSCTL_FILE, MODULES_LOAD_FILE, MODPROBE_FILE]
+        );
+        assert_eq!(systemd.others(), [MODULES_D_FILE]);
+        let openwrt = Files::of(Layout::Openwrt);
+        assert_eq!(openwrt.all(), [SYSCTL_FILE, MODULES_D_FILE]);
+        assert_eq!(openwrt.others(), [MODULES_LOAD_FILE, MODPROBE_FILE]);
+        // Both systems read the same sysctl.d file, so boot and restore read one path.
+        assert_eq!(systemd.sysctl, openwrt.sysctl);
+    }
+
+    #[test]
+    fn module_lines_have_no_space_around_or_after_the_options() {
+        assert_eq!(modprobe_line(16384), "options nf_conntrack hashsize=16384");
+        assert_eq!(kmodloader_line(Some(16384)), "nf_conntrack hashsize=16384");
+        assert_eq!(kmodloader_line(None), "nf_conntrack");
+        for layout in Layout::ALL {
+            let c = Files::of(layout).sysctl_comment();
+            assert!(c.starts_with("# ") && c.ends_with('\n'), "{c:?}");
+        }
+    }
 
     #[test]
     fn sysctl_keys() {

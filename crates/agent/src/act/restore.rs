@@ -1,6 +1,6 @@
 //! `ctune restore`: the explicit undo. Puts back the operator's global values from
 //! before ctune first changed them and the timeouts ctune lowered, removes ctune's
-//! persisted files, then its state.
+//! persisted files (those of `persist.layout`, and its own of any other), then its state.
 //!
 //! Stopping the agent rolls nothing back on purpose (lowering max under load drops
 //! flows); this command does, and still refuses to lower max below what the table holds
@@ -65,8 +65,9 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
     };
     let obs = observe::observe(roots, &cfg.namespaces)?;
     let peak = obs.peak_count();
+    let paths = persist::Files::of(cfg.persist.layout);
     let persisted: std::collections::BTreeMap<String, u64> =
-        kfile::read_text(&roots.etc.join(persist::SYSCTL_FILE))
+        kfile::read_text(&roots.etc.join(paths.sysctl))
             .ok()
             .filter(|t| persist::is_ours(t))
             .map(|t| persist::parse_sysctl_values(&t).into_iter().collect())
@@ -194,7 +195,7 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
                     namespaces: Vec::new(),
                     explanations: Vec::new(),
                 };
-                for f in persist::render(roots, &now, &empty, &managed).0 {
+                for f in persist::render(roots, cfg.persist.layout, &now, &empty, &managed).0 {
                     if let Err(e) = atomic::write(&f.path, f.new.as_bytes(), 0o644) {
                         report.refused.push(format!("cannot rewrite {e}"));
                     }
@@ -209,22 +210,27 @@ pub fn restore(roots: &Roots, cfg: &Config, force: bool) -> Result<RestoreReport
         }
         return Ok(report);
     }
-    for rel in [
-        persist::SYSCTL_FILE,
-        persist::MODULES_LOAD_FILE,
-        persist::MODPROBE_FILE,
-    ] {
+    // The files of the layout in force, then ctune's own files of any other layout
+    // (written before `persist.layout` changed): those only when they carry ctune's
+    // header, and someone else's file at such a path is no business of this layout's.
+    for (rel, mine) in paths
+        .all()
+        .into_iter()
+        .map(|r| (r, true))
+        .chain(paths.others().into_iter().map(|r| (r, false)))
+    {
         let path = roots.etc.join(rel);
         match kfile::read_text(&path) {
             Ok(text) if persist::is_ours(&text) => {
                 let r = atomic::remove(&path);
                 report.files.push((path, r));
             }
-            Ok(_) => report.refused.push(format!(
+            Ok(_) if mine => report.refused.push(format!(
                 "{}: not removed: it does not carry ctune's header, so someone else wrote it",
                 path.display()
             )),
-            Err(e) if e.cause == Cause::Missing => {}
+            Ok(_) => {}
+            Err(e) if e.cause == Cause::Missing || !mine => {}
             Err(e) => report.refused.push(format!("{e}: not removed")),
         }
     }

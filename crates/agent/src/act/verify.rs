@@ -10,7 +10,8 @@
 //! 2. each timeout ctune lowered, in its namespace, while that namespace is watched and
 //!    alive (a timeout the operator changed while lowered is held, likewise);
 //! 3. each file a step would write for the values ctune manages (what `persist`
-//!    renders) against the file on disk: missing, someone else's, or different.
+//!    renders for `persist.layout`) against the file on disk: missing, someone else's,
+//!    or different.
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -213,7 +214,7 @@ fn file_checks(roots: &Roots, cfg: &Config, st: &State, obs: &Observation, r: &m
         namespaces: Vec::new(),
         explanations: Vec::new(),
     };
-    let (files, notes) = persist::render(roots, obs, &plan, &managed);
+    let (files, notes) = persist::render(roots, cfg.persist.layout, obs, &plan, &managed);
     // Symlinks and unreadable files are checks of their own below, not notes about a
     // diff (the wording is persist's).
     r.notes.extend(

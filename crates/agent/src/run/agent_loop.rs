@@ -45,10 +45,13 @@ struct Quiet {
     /// may change every tick), with the message last logged.
     errors: HashMap<String, String>,
     notes: HashSet<String>,
+    /// Whether the global keys were writable at the last step (None before the first).
+    writable: Option<bool>,
 }
 
 impl Quiet {
     fn log(&mut self, r: &StepReport) {
+        self.log_access(&r.observation.global.write_access);
         let mut errors = HashMap::new();
         for o in &r.outcomes {
             let ns = match &o.change.target {
@@ -117,8 +120,38 @@ impl Quiet {
                 tracing::warn!("{n}");
             }
         }
+        // An adoption (someone else wrote over a value ctune set) is an event, explained
+        // once: logged with the changes. The rest explains what is held, every step.
         for e in &r.plan.explanations {
-            tracing::debug!("{e}");
+            if e.contains(ctune_core::plan::ADOPTED) {
+                tracing::info!("{e}");
+            } else {
+                tracing::debug!("{e}");
+            }
+        }
+    }
+
+    /// Says once, and again when it changes, that ctune cannot write here: the errors it
+    /// would otherwise log every step are not planned in the first place.
+    fn log_access(&mut self, access: &ctune_core::model::Access) {
+        if self.writable == Some(access.writable) {
+            return;
+        }
+        let was_known = self.writable.is_some();
+        self.writable = Some(access.writable);
+        let reason = access.reason.as_deref().unwrap_or("not writable");
+        if access.writable {
+            if was_known {
+                tracing::info!("the global keys are writable again: ctune manages them");
+            }
+        } else if access.read_only {
+            tracing::warn!(
+                "{reason}: ctune watches and reports (status, metrics) but writes nothing, neither max nor timeouts, until /proc/sys is writable"
+            );
+        } else {
+            tracing::warn!(
+                "{reason}: max and the hash are left to the host; this namespace's timeouts are still managed"
+            );
         }
     }
 
@@ -300,8 +333,9 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut ready = false;
     let mut probe = Probe::default();
     let mut exporter = Exporter::default();
+    exporter.next_step_in(agent_cfg.interval);
     if let Some(addr) = engine.config.metrics.listen
-        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.text)).await
+        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served)).await
     {
         tracing::error!(
             "{e}; metrics are not served over HTTP (the textfile is still written when configured)"
@@ -342,6 +376,7 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 // The new config takes effect at the next step, within its interval (an
                 // idle wait under the old one may be much longer).
                 schedule.step_in(state::now(), a.interval);
+                exporter.next_step_in(a.interval);
                 notifier.send("READY=1");
                 continue;
             }
@@ -358,6 +393,7 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
         let now = state::now();
         schedule.step_in(now, period);
         schedule.probe_in(now, probe.pace(&engine.config));
+        exporter.next_step_in(period);
         if ready {
             notifier.status(&status);
         } else {

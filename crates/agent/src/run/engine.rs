@@ -91,7 +91,7 @@ pub fn preview(
     now: Duration,
 ) -> Preview {
     let (plan, next) = ctune_core::policy::decide(obs, cfg, prev, now);
-    let (files, notes) = files_for(roots, obs, &plan, &next);
+    let (files, notes) = files_for(roots, cfg, obs, &plan, &next);
     Preview { plan, files, notes }
 }
 
@@ -164,12 +164,13 @@ impl<'a> Sampler<'a> {
 /// ctune manages in the state that follows it (so a persist that failed is retried).
 fn files_for(
     roots: &Roots,
+    cfg: &Config,
     obs: &Observation,
     plan: &Plan,
     next: &PolicyState,
 ) -> (Vec<FileUpdate>, Vec<String>) {
     let managed: Vec<&str> = next.applied.keys().map(String::as_str).collect();
-    persist::render(roots, obs, plan, &managed)
+    persist::render(roots, cfg.persist.layout, obs, plan, &managed)
 }
 
 /// The imperative shell around the policy.
@@ -264,7 +265,7 @@ impl Engine {
             .filter(|o| o.result.is_ok())
             .map(|o| o.change.clone())
             .collect();
-        let (updates, file_notes) = files_for(&self.roots, &obs, &effective, &next);
+        let (updates, file_notes) = files_for(&self.roots, &self.config, &obs, &effective, &next);
         let files = updates
             .into_iter()
             .map(|update| {

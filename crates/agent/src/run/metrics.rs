@@ -41,13 +41,28 @@ struct Counters {
     time_to_full: BTreeMap<u64, f64>,
 }
 
-/// The exporter: counters, the last rendering (shared with the HTTP server), and the
-/// textfile's schedule.
+/// What the HTTP server hands out: the last rendering for `GET /metrics`, and when the
+/// next control step is due for `GET /healthz`.
+#[derive(Debug)]
+pub struct Served {
+    /// The last rendering.
+    pub text: String,
+    /// When the loop expects to finish its next step: a liveness probe fails once this is
+    /// [`STEP_GRACE`] past, so a hung step (a blocked read of /proc, a stuck setns) gets
+    /// the agent restarted where no systemd watchdog watches it (a container).
+    pub step_due: Instant,
+}
+
+/// How late a step may be before `/healthz` reports the agent stale: generous, since a
+/// loaded host delays a step by seconds, and a restart is the last resort.
+pub const STEP_GRACE: Duration = Duration::from_secs(60);
+
+/// The exporter: counters, what the HTTP server serves, and the textfile's schedule.
 #[derive(Debug)]
 pub struct Exporter {
     counters: Counters,
-    /// The last rendering, for `GET /metrics`.
-    pub text: Arc<Mutex<String>>,
+    /// Shared with the HTTP server.
+    pub served: Arc<Mutex<Served>>,
     textfile_written: Option<Instant>,
     /// The last textfile failure, logged once until it changes.
     textfile_error: Option<String>,
@@ -57,7 +72,10 @@ impl Default for Exporter {
     fn default() -> Self {
         Exporter {
             counters: Counters::default(),
-            text: Arc::new(Mutex::new(String::new())),
+            served: Arc::new(Mutex::new(Served {
+                text: String::new(),
+                step_due: Instant::now(),
+            })),
             textfile_written: None,
             textfile_error: None,
         }
@@ -97,14 +115,22 @@ impl Exporter {
             counters: &self.counters,
             unix,
         });
-        if let Ok(mut shared) = self.text.lock() {
-            shared.clone_from(&text);
+        if let Ok(mut shared) = self.served.lock() {
+            shared.text.clone_from(&text);
         }
         let due = self
             .textfile_written
             .is_none_or(|t| t.elapsed() >= cfg.metrics.textfile_interval);
         if due || !r.outcomes.is_empty() {
             self.write_textfile(&cfg.metrics, &text);
+        }
+    }
+
+    /// Records when the loop will finish its next step (after every step, observed or
+    /// not: liveness is the loop turning, not the host being readable).
+    pub fn next_step_in(&self, period: Duration) {
+        if let Ok(mut shared) = self.served.lock() {
+            shared.step_due = Instant::now() + period;
         }
     }
 
@@ -554,10 +580,11 @@ const MAX_CONNECTIONS: usize = 16;
 /// A connection that has not finished its exchange by then is dropped.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `addr` and serves `GET /metrics` (the last rendering) on the current tokio
+/// Binds `addr` and serves `GET /metrics` (the last rendering) and `GET /healthz` (200
+/// while steps come on time, 503 once one is [`STEP_GRACE`] late) on the current tokio
 /// runtime. Binding fails with a message that says what to do (the packaged unit
 /// allows only local sockets).
-pub async fn serve(addr: std::net::SocketAddr, text: Arc<Mutex<String>>) -> std::io::Result<()> {
+pub async fn serve(addr: std::net::SocketAddr, served: Arc<Mutex<Served>>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         let refused = e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
         let hint = if refused {
@@ -577,11 +604,11 @@ pub async fn serve(addr: std::net::SocketAddr, text: Arc<Mutex<String>>) -> std:
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let text = Arc::clone(&text);
+            let served = Arc::clone(&served);
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let service =
-                    hyper::service::service_fn(move |req| respond(req, Arc::clone(&text)));
+                    hyper::service::service_fn(move |req| respond(req, Arc::clone(&served)));
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
                 drop(permit);
@@ -593,9 +620,33 @@ pub async fn serve(addr: std::net::SocketAddr, text: Arc<Mutex<String>>) -> std:
 
 type Body = http_body_util::Full<bytes::Bytes>;
 
+/// `/healthz`: the status and the line that says why, from when the next step was due.
+fn liveness(step_due: Option<Instant>, now: Instant) -> (u16, String) {
+    let Some(due) = step_due else {
+        return (
+            503,
+            "stale: the agent's state is unreadable (a panicked step)\n".into(),
+        );
+    };
+    match now.checked_duration_since(due) {
+        None => (200, "ok: the next control step is on time\n".into()),
+        Some(late) if late <= STEP_GRACE => (
+            200,
+            format!("ok: the next control step is {}s late\n", late.as_secs()),
+        ),
+        Some(late) => (
+            503,
+            format!(
+                "stale: the control step due {}s ago has not finished (a hung read or setns?); restarting the agent is the remedy\n",
+                late.as_secs()
+            ),
+        ),
+    }
+}
+
 async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
-    text: Arc<Mutex<String>>,
+    served: Arc<Mutex<Served>>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     let reply = |status: u16, ctype: &str, body: String| {
         let mut r = hyper::Response::new(Body::new(bytes::Bytes::from(body)));
@@ -608,10 +659,19 @@ async fn respond(
     let plain = "text/plain; charset=utf-8";
     Ok(match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
-            let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+            let body = served.lock().map(|s| s.text.clone()).unwrap_or_default();
             reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        (&hyper::Method::GET, _) => reply(404, plain, "ctune serves /metrics only\n".into()),
+        (&hyper::Method::GET, "/healthz") => {
+            let due = served.lock().map(|s| s.step_due).ok();
+            let (status, body) = liveness(due, Instant::now());
+            reply(status, plain, body)
+        }
+        (&hyper::Method::GET, _) => reply(
+            404,
+            plain,
+            "ctune serves /metrics and /healthz only\n".into(),
+        ),
         _ => reply(405, plain, "GET only\n".into()),
     })
 }
@@ -627,6 +687,18 @@ mod tests {
         Family { out: &mut out }.sample("m", &[("netns", "x\"} 1\nevil 2")], 3.0);
         assert_eq!(out, "m{netns=\"x\\\"} 1\\nevil 2\"} 3\n");
         assert_eq!(out.lines().count(), 1, "one sample, one line");
+    }
+
+    #[test]
+    fn healthz_fails_only_once_a_step_is_a_grace_late() {
+        let t0 = Instant::now();
+        let due = t0 + Duration::from_secs(5);
+        assert_eq!(liveness(Some(due), t0).0, 200);
+        assert_eq!(liveness(Some(due), due + STEP_GRACE).0, 200);
+        let (code, why) = liveness(Some(due), due + STEP_GRACE + Duration::from_secs(1));
+        assert_eq!(code, 503, "{why}");
+        assert!(why.contains("61s ago"), "{why}");
+        assert_eq!(liveness(None, t0).0, 503);
     }
 
     #[test]

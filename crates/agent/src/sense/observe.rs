@@ -74,13 +74,10 @@ pub fn observe_keys(
     let hashsize = optional(&roots.hashsize_param());
     let expect_max = optional(&roots.sysctl(tunables::EXPECT_MAX));
     let write_access = match kfile::writable(&roots.sysctl(tunables::MAX)) {
-        Ok(()) => Access {
-            writable: true,
-            reason: None,
-            root_could: true,
-        },
+        Ok(()) => Access::WRITABLE,
         Err(e) => Access {
             writable: false,
+            read_only: e.cause == Cause::ReadOnly,
             root_could: e.cause == Cause::Denied
                 && std::fs::metadata(roots.sysctl(tunables::MAX))
                     .is_ok_and(|m| m.permissions().mode() & 0o200 != 0),
@@ -88,7 +85,9 @@ pub fn observe_keys(
                 Cause::Denied => format!(
                     "{e}: global keys are writable only by root in the initial network namespace"
                 ),
-                Cause::ReadOnly => format!("{e}: /proc/sys is mounted read-only (a container?)"),
+                Cause::ReadOnly => {
+                    format!("{e}: /proc/sys is mounted read-only (a container without privileges?)")
+                }
                 _ => e.to_string(),
             }),
         },

@@ -496,3 +496,35 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP port free on loopback now (for an agent's `metrics.listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET on loopback with a bounded wait: the status and the body.
+pub fn http_request(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((status, body.to_string()))
+}
+
+/// GET on loopback: the body, when the status is 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_request(port, path).and_then(|(status, body)| (status == 200).then_some(body))
+}

@@ -99,6 +99,20 @@ pub struct Access {
     /// them 0444) or on a read-only /proc/sys. A dry run as non-root still plans what a
     /// run as root would do; nothing is planned for keys no one here can write.
     pub root_could: bool,
+    /// /proc/sys is mounted read-only (EROFS: a container without privileges, systemd's
+    /// ProtectKernelTunables): nothing below it can be written, a namespace's timeouts
+    /// included, so nothing at all is planned; levels are still reported.
+    pub read_only: bool,
+}
+
+impl Access {
+    /// Root in the initial namespace, /proc/sys writable.
+    pub const WRITABLE: Access = Access {
+        writable: true,
+        reason: None,
+        root_could: true,
+        read_only: false,
+    };
 }
 
 /// The host's resources.

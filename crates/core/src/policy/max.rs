@@ -127,8 +127,13 @@ fn trigger(input: &Inputs, sig: &Signals, draft: &mut Draft) -> Option<String> {
     if sig.unlimited {
         None
     } else if !access.root_could {
+        let instead = if access.read_only {
+            "nothing under /proc/sys can be written, timeouts included: ctune watches and reports only"
+        } else {
+            "pressure levels lower this namespace's timeouts instead"
+        };
         draft.explanations.push(format!(
-            "global keys cannot be written from here ({}): max and the hash are the host's to set; pressure levels lower this namespace's timeouts instead",
+            "global keys cannot be written from here ({}): max and the hash are the host's to set; {instead}",
             access.reason.as_deref().unwrap_or("not writable")
         ));
         None

@@ -299,11 +299,7 @@ pub(super) mod testkit {
                 buckets: Some(max / 4),
                 hashsize: Some(max / 4),
                 expect_max: Some(4096),
-                write_access: Access {
-                    writable: true,
-                    reason: None,
-                    root_could: true,
-                },
+                write_access: Access::WRITABLE,
                 per_netns_max: false,
             },
             host: Host {

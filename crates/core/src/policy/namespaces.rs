@@ -159,7 +159,10 @@ fn timeouts_of(
     let empty_held = BTreeSet::new();
     let lowered_before = prev_ns.map_or(&empty, |p| &p.lowered);
     let held_before = prev_ns.map_or(&empty_held, |p| &p.held);
-    if n.error.is_some() && n.timeouts.is_empty() {
+    // Nothing can be written on a read-only /proc/sys: planning writes that fail every
+    // step would only fill the log (what was lowered before stays remembered).
+    let read_only = input.obs.global.write_access.read_only;
+    if read_only || (n.error.is_some() && n.timeouts.is_empty()) {
         return TimeoutPlan {
             changes: Vec::new(),
             lowered: lowered_before.clone(),
@@ -214,6 +217,24 @@ mod tests {
         let levels: Vec<Level> = v.iter().map(|v| v.level).collect();
         assert_eq!(levels, [Level::Normal, Level::Elevated, Level::Critical]);
         assert!(d.next.namespaces.len() == 3);
+    }
+
+    #[test]
+    fn a_read_only_proc_sys_plans_no_write_but_reports_the_level() {
+        let mut o = obs(100_000, &[97_000]);
+        o.namespaces[0].timeouts = [("nf_conntrack_udp_timeout".to_string(), 30)].into();
+        let (v, d) = verdicts(&o, &PolicyState::default());
+        assert_eq!(v[0].level, Level::Critical);
+        assert_eq!(d.changes.len(), 1, "writable: the UDP timeout is lowered");
+        o.global.write_access = crate::model::Access {
+            writable: false,
+            reason: Some("EROFS".into()),
+            root_could: false,
+            read_only: true,
+        };
+        let (v, d) = verdicts(&o, &PolicyState::default());
+        assert_eq!(v[0].level, Level::Critical, "the level is still reported");
+        assert!(d.changes.is_empty(), "{:?}", d.changes);
     }
 
     #[test]
