@@ -1,7 +1,7 @@
 //! End-to-end tests of the commands that write: `apply`, `boot` and `restore`, run as the
 //! real binary against copies of the fixture kernel trees.
 //!
-//! In a fixture copy the "kernel" files are plain files, so `apply` writes them as it
+//! In a fixture copy (`common::tree::Tree`) the "kernel" files are plain files, so `apply` writes them as it
 //! would write sysctls and reads them back. Every run passes all five roots
 //! (`--proc-root`, `--sys-root`, `--etc-root`, `--run-root`, `--state-dir`) into the
 //! temporary directory and a config watching only the initial namespace, so nothing on
@@ -9,202 +9,13 @@
 
 mod common;
 
+use common::tree::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ctune");
-const INITIAL: &str = "namespaces:\n  mode: initial\n";
-
-const MAX: &str = "nf_conntrack_max";
-const BUCKETS: &str = "nf_conntrack_buckets";
-const COUNT: &str = "nf_conntrack_count";
-
-const SYSCTL_FILE: &str = "sysctl.d/99-ctune.conf";
-const MODULES_LOAD_FILE: &str = "modules-load.d/ctune.conf";
-const MODPROBE_FILE: &str = "modprobe.d/ctune.conf";
-
-/// The header ctune's files start with (what `restore` and `boot` recognise).
-const HEADER: &str = "# Managed by ctune: conntrack limits learned on this host. Edits are overwritten.\n\
-# Undo: `ctune restore` puts back the values from before ctune and removes this file.\n";
-
-/// The 4.19 fixture: modular conntrack, max 65536, 16384 buckets.
-const K419: &str = "kernel-4.19";
-const K419_MAX: u64 = 65536;
-const K419_BUCKETS: u64 = 16384;
-/// The 6.18 fixture: built-in conntrack, max 262144, as many buckets.
-const K618: &str = "kernel-6.18";
-const K618_MAX: u64 = 262144;
-
-/// A copy of one fixture kernel tree with the other roots and a config beside it.
-struct Tree {
-    dir: tempfile::TempDir,
-}
-
-impl Tree {
-    fn new(kernel: &str) -> Tree {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures")
-            .join(kernel);
-        common::copy_tree(&src.join("proc"), &dir.path().join("proc"));
-        common::copy_tree(&src.join("sys"), &dir.path().join("sys"));
-        // Outside every root, so snapshots of the roots do not see it.
-        fs::write(dir.path().join("test-config.yaml"), INITIAL).expect("write config");
-        Tree { dir }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn proc(&self) -> PathBuf {
-        self.root().join("proc")
-    }
-
-    fn sys(&self) -> PathBuf {
-        self.root().join("sys")
-    }
-
-    fn etc(&self) -> PathBuf {
-        self.root().join("etc")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.root().join("state")
-    }
-
-    fn state_file(&self) -> PathBuf {
-        self.state().join("state.json")
-    }
-
-    fn netfilter(&self) -> PathBuf {
-        self.proc().join("sys/net/netfilter")
-    }
-
-    fn sysctl(&self, key: &str) -> PathBuf {
-        self.netfilter().join(key)
-    }
-
-    /// Writes one `nf_conntrack_*` file in the copy, as the kernel (or an admin) would.
-    fn set(&self, key: &str, value: u64) {
-        fs::write(self.sysctl(key), format!("{value}\n")).expect("write sysctl");
-    }
-
-    /// Reads one `nf_conntrack_*` file of the copy.
-    fn get(&self, key: &str) -> u64 {
-        let text = fs::read_to_string(self.sysctl(key)).expect("read sysctl");
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} holds {text:?}"))
-    }
-
-    /// The count at 90% of `max`: above the 75% watermark, below critical.
-    fn pressure(&self, max: u64) {
-        self.set(COUNT, (max * 9).div_ceil(10));
-    }
-
-    /// Runs ctune with the five roots in the temp tree, the config, then `args`.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .env_remove("CTUNE_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .arg("--proc-root")
-            .arg(self.proc())
-            .arg("--sys-root")
-            .arg(self.sys())
-            .arg("--etc-root")
-            .arg(self.etc())
-            .arg("--run-root")
-            .arg(self.root().join("run"))
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--config")
-            .arg(self.root().join("test-config.yaml"))
-            .args(args)
-            .output()
-            .expect("run ctune")
-    }
-
-    /// Runs `args` and requires `want` as the exit code; returns stdout + stderr.
-    fn expect(&self, args: &[&str], want: i32) -> String {
-        let out = self.run(args);
-        let text = text(&out);
-        assert_eq!(code(&out), want, "ctune {args:?}:\n{text}");
-        text
-    }
-
-    /// The planned global change of `key` as (old, new), from `plan --json`.
-    fn planned(&self, key: &str) -> Option<(u64, u64)> {
-        let out = self.run(&["plan", "--json"]);
-        assert_eq!(code(&out), 0, "plan: {}", text(&out));
-        let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-        plan["plan"]["changes"]
-            .as_array()
-            .expect("plan.changes")
-            .iter()
-            .find(|c| c["key"] == key && c["target"]["scope"] == "global")
-            .map(|c| (u(&c["old"]), u(&c["new"])))
-    }
-
-    fn state_json(&self) -> Value {
-        let bytes = fs::read(self.state_file()).expect("state file");
-        serde_json::from_slice(&bytes).expect("state JSON")
-    }
-
-    /// The content of a file below the etc root.
-    fn etc_file(&self, rel: &str) -> String {
-        fs::read_to_string(self.etc().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    }
-
-    /// Every regular file below the four roots ctune may change, with its bytes.
-    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
-        let mut files = BTreeMap::new();
-        for dir in [self.proc(), self.sys(), self.etc(), self.state()] {
-            walk(&dir, &mut |p, m| {
-                assert!(m.is_file(), "unexpected non-file {}", p.display());
-                files.insert(
-                    p.strip_prefix(self.root()).unwrap().to_path_buf(),
-                    fs::read(p).unwrap(),
-                );
-            });
-        }
-        files
-    }
-
-    /// Identity of every file below etc and state: bytes, inode and mtime.
-    fn identities(&self) -> BTreeMap<PathBuf, (Vec<u8>, u64, i64, i64)> {
-        let mut files = BTreeMap::new();
-        for dir in [self.etc(), self.state()] {
-            walk(&dir, &mut |p, m| {
-                files.insert(
-                    p.to_path_buf(),
-                    (fs::read(p).unwrap(), m.ino(), m.mtime(), m.mtime_nsec()),
-                );
-            });
-        }
-        files
-    }
-}
-
-/// Calls `f` for every non-directory below `dir` (nothing when `dir` does not exist).
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let p = entry.unwrap().path();
-        let m = fs::symlink_metadata(&p).unwrap();
-        if m.is_dir() {
-            walk(&p, f);
-        } else {
-            f(&p, &m);
-        }
-    }
-}
+use std::process::Command;
 
 /// Entry names in a directory.
 fn names(dir: &Path) -> Vec<String> {
@@ -214,36 +25,6 @@ fn names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("ctune exited by a signal")
-}
-
-/// stdout then stderr: the messages of a failed write may be in either.
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected an unsigned number, found {v}"))
-}
-
-/// The `net.netfilter.*` lines of a sysctl.d file as (key, value).
-fn sysctl_lines(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(" = ").unwrap_or_else(|| panic!("line {l:?}"));
-            let k = k.strip_prefix("net.netfilter.").expect("net.netfilter key");
-            (k.to_string(), v.parse().expect("numeric value"))
-        })
-        .collect()
 }
 
 /// The errno a write into a read-only place gets: root ignores modes, so the tests make
@@ -321,7 +102,7 @@ impl Drop for ReadOnly {
 // the operator's values remembered.
 #[test]
 fn apply_under_pressure_module() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     let (old, new_max) = t.planned(MAX).expect("max grows");
     assert_eq!(old, K419_MAX);
@@ -347,17 +128,7 @@ fn apply_under_pressure_module() {
     assert!(modprobe.starts_with(HEADER), "{modprobe}");
     let options: Vec<&str> = modprobe.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(options, [format!("options nf_conntrack hashsize={new_b}")]);
-    for rel in [SYSCTL_FILE, MODULES_LOAD_FILE, MODPROBE_FILE] {
-        let mode = fs::metadata(t.etc().join(rel))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644, "{rel}");
-        assert!(
-            out.contains(&format!("wrote {}", t.etc().join(rel).display())),
-            "{out}"
-        );
-    }
+    t.assert_written(&out, &[SYSCTL_FILE, MODULES_LOAD_FILE, MODPROBE_FILE]);
 
     let st = t.state_json();
     assert_eq!(u(&st["original"][MAX]), K419_MAX, "{st:#}");
@@ -369,7 +140,7 @@ fn apply_under_pressure_module() {
 // 1b. Built-in 6.18: the hash (buckets == max) needs no resize; no module files.
 #[test]
 fn apply_under_pressure_built_in() {
-    let t = Tree::new(K618);
+    let t = Tree::new(K618, INITIAL);
     t.pressure(K618_MAX);
     let (_, new_max) = t.planned(MAX).expect("max grows");
     t.expect(&["apply"], 0);
@@ -392,7 +163,7 @@ fn apply_under_pressure_built_in() {
 // 2. A second apply right after changes nothing and rewrites none of ctune's files.
 #[test]
 fn second_apply_rewrites_no_file() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     let before = t.identities();
@@ -466,7 +237,7 @@ fn assert_unchanged(
 #[test]
 
 fn second_apply_does_not_rewrite_state() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     let before = t.identities();
@@ -477,7 +248,7 @@ fn second_apply_does_not_rewrite_state() {
 // 3. A changed file is replaced by rename: new inode, no temp file left.
 #[test]
 fn changed_file_is_replaced_atomically() {
-    let t = Tree::new(K618);
+    let t = Tree::new(K618, INITIAL);
     let dir = t.etc().join("sysctl.d");
     fs::create_dir_all(&dir).unwrap();
     let old = format!("{HEADER}net.netfilter.nf_conntrack_max = 200000\n");
@@ -505,7 +276,7 @@ fn changed_file_is_replaced_atomically() {
 // 4. A symlink at ctune's file is refused: the victim is untouched, the rest applied.
 #[test]
 fn symlink_at_target_is_refused() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let victim = t.root().join("victim.conf");
     fs::write(&victim, "precious\n").unwrap();
     let dir = t.etc().join("sysctl.d");
@@ -535,7 +306,7 @@ fn symlink_at_target_is_refused() {
 // kernel values stay applied (a persist failure does not undo the write to the kernel).
 #[test]
 fn unwritable_sysctl_dir_is_reported_and_kernel_values_stay() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let dir = t.etc().join("sysctl.d");
     fs::create_dir_all(&dir).unwrap();
     let Some(_ro) = ReadOnly::make(&dir) else {
@@ -578,7 +349,7 @@ fn unwritable_sysctl_dir_is_reported_and_kernel_values_stay() {
 #[test]
 
 fn failed_persist_is_retried_by_next_apply() {
-    let t = Tree::new(K618);
+    let t = Tree::new(K618, INITIAL);
     let dir = t.etc().join("sysctl.d");
     fs::create_dir_all(&dir).unwrap();
     t.pressure(K618_MAX);
@@ -609,7 +380,7 @@ fn failed_persist_is_retried_by_next_apply() {
 #[test]
 fn restore_returns_tree_to_original() {
     for kernel in [K419, K618] {
-        let t = Tree::new(kernel);
+        let t = Tree::new(kernel, INITIAL);
         let before = t.snapshot();
         let out = apply_then_restore(&t);
         let after = t.snapshot();
@@ -661,7 +432,7 @@ fn apply_then_restore(t: &Tree) -> String {
 #[test]
 
 fn restore_returns_proc_to_original_bytes() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let before = t.snapshot();
     apply_then_restore(&t);
     let after = t.snapshot();
@@ -682,7 +453,7 @@ fn restore_returns_proc_to_original_bytes() {
 // forced; --force then finishes.
 #[test]
 fn restore_refuses_to_lower_max_under_load_unless_forced() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     let raised = t.get(MAX);
@@ -711,7 +482,7 @@ fn restore_refuses_to_lower_max_under_load_unless_forced() {
 #[test]
 
 fn partial_restore_is_not_mistaken_for_an_operator_change() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     let out = t.expect(&["restore"], 4);
@@ -735,7 +506,7 @@ fn partial_restore_is_not_mistaken_for_an_operator_change() {
 // unsafe (critical level).
 #[test]
 fn operator_change_is_adopted_until_critical() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     let ctune_max = t.get(MAX);
@@ -793,7 +564,7 @@ fn operator_change_is_adopted_until_critical() {
 #[test]
 fn boot_applies_persisted_values() {
     for kernel in [K419, K618] {
-        let t = Tree::new(kernel);
+        let t = Tree::new(kernel, INITIAL);
         let (max, buckets) = (t.get(MAX), t.get(BUCKETS));
         let (p_max, p_buckets) = (max * 3, buckets * 2);
         let dir = t.etc().join("sysctl.d");
@@ -832,7 +603,7 @@ fn boot_applies_persisted_values() {
 // 8b. Nothing persisted: nothing to do, exit 0, nothing written.
 #[test]
 fn boot_without_persisted_file() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let before = t.snapshot();
     let out = t.expect(&["boot"], 0);
     assert!(out.contains("nothing persisted"), "{out}");
@@ -842,7 +613,7 @@ fn boot_without_persisted_file() {
 // 8c. A persisted file but no conntrack: exit 3.
 #[test]
 fn boot_without_conntrack_exits_3() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let dir = t.etc().join("sysctl.d");
     fs::create_dir_all(&dir).unwrap();
     fs::write(
@@ -865,7 +636,7 @@ fn boot_without_conntrack_exits_3() {
 // made unwritable (read-only bind mount as root, mode 0444 otherwise).
 #[test]
 fn failed_write_of_one_key_does_not_stop_the_rest() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     let (_, new_max) = t.planned(MAX).expect("max grows");
     assert!(t.planned(BUCKETS).is_some(), "hash grows");
@@ -907,7 +678,7 @@ fn failed_write_of_one_key_does_not_stop_the_rest() {
 // nothing is created in its place.
 #[test]
 fn missing_buckets_file_skips_the_hash_only() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     t.pressure(K419_MAX);
     fs::remove_file(t.sysctl(BUCKETS)).unwrap();
     let out = t.expect(&["apply"], 0);
@@ -929,7 +700,7 @@ fn missing_buckets_file_skips_the_hash_only() {
 // kernel's default, nobody's choice: boot puts the persisted max in force.
 #[test]
 fn boot_lowers_the_kernels_own_8x_hashsize_default() {
-    let t = Tree::new(K419);
+    let t = Tree::new(K419, INITIAL);
     let buckets = t.get(BUCKETS);
     t.set(MAX, buckets * 8);
     let persisted = buckets * 4;

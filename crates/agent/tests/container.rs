@@ -59,14 +59,6 @@ fn image_name() -> String {
     format!("localhost/ctune:{}", env!("CARGO_PKG_VERSION"))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// podman and buildah with the configuration this machine needs and a storage of the
 /// test's own; every pod and container is removed on drop, then the storage.
 struct Runtime {

@@ -28,19 +28,7 @@ fn agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them
     let operator_est = ns.read_sysctl("nf_conntrack_tcp_timeout_established");
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ctune.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "namespaces:\n  mode: named\n  names: [\"{}\"]\n\
-             ceiling:\n  min_max: 1024\n  max_cap: {CAP}\n\
-             hash:\n  min_interval: 1s\n\
-             pressure:\n  hold: 1s\n\
-             agent:\n  interval: 200ms\n",
-            ns.name
-        ),
-    )
-    .unwrap();
+    let cfg = agent_config(dir.path(), &ns, CAP, "1s");
     let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // Phase 1: a ramp that fits under the ceiling, 5000 new flows a second. ctune must

@@ -180,23 +180,6 @@ fn kube_proxy_start(cfg: &KubeProxyConntrack, ns: &TestNetns) -> Vec<Written> {
     written
 }
 
-fn config(dir: &Path, ns: &TestNetns, cap: u64, hold: &str) -> std::path::PathBuf {
-    let cfg = dir.join("ctune.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "namespaces:\n  mode: named\n  names: [\"{}\"]\n\
-             ceiling:\n  min_max: 1024\n  max_cap: {cap}\n\
-             hash:\n  min_interval: 1s\n\
-             pressure:\n  hold: {hold}\n\
-             agent:\n  interval: 200ms\n",
-            ns.name
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
 /// `ctune verify` against the agent's config, /etc and state: (exit code, output).
 fn verify(cfg: &Path, dir: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
@@ -209,12 +192,7 @@ fn verify(cfg: &Path, dir: &Path) -> (i32, String) {
         .arg(dir.join("state"))
         .output()
         .expect("run ctune verify");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    (out.status.code().unwrap_or(-1), text(&out))
 }
 
 #[test]
@@ -227,7 +205,7 @@ fn kube_proxy_with_max_per_core_zero_leaves_max_to_ctune() {
     guard.set_max(8192);
     guard.set_buckets(2048);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &ns, 65_536, "1s");
+    let cfg = agent_config(dir.path(), &ns, 65_536, "1s");
     let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // The recommended setting writes nothing at all.
@@ -291,7 +269,7 @@ fn kube_proxy_defaults_are_adopted_held_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     // A long hold keeps the namespace under pressure after kube-proxy raises max, so the
     // timeouts it rewrote stay held (and shown) for the rest of the test.
-    let cfg = config(dir.path(), &ns, CAP, "60s");
+    let cfg = agent_config(dir.path(), &ns, CAP, "60s");
     let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // ctune at work before kube-proxy starts: a flood past the ceiling. Max goes to the

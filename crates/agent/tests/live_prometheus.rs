@@ -11,7 +11,6 @@ use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port nothing listens on now (the kernel's pick).
 /// Percent-encodes a PromQL query for a URL.
 fn encode(q: &str) -> String {
     q.bytes()

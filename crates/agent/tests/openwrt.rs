@@ -2,165 +2,27 @@
 //!
 //! The commands that write (`plan`, `apply`, `verify`, `boot`, `restore`) run as the real
 //! binary against copies of the fixture kernel trees, with every root in a temporary
-//! directory, as in apply_tree.rs. The procd init script runs under /bin/sh (and
-//! busybox ash, OpenWrt's shell, when it is installed) through a stand-in for OpenWrt's
-//! /etc/rc.common whose procd functions record their calls, with stubs for `ctune` and
-//! `logger`. No OpenWrt system, procd or kmodloader runs here: docs/packages.md says
-//! what that leaves unproven.
+//! directory (`common::tree::Tree`, as in apply_tree.rs). The procd init script runs
+//! under /bin/sh (and busybox ash, OpenWrt's shell, when it is installed) through a
+//! stand-in for OpenWrt's /etc/rc.common whose procd functions record their calls, with
+//! stubs for `ctune` and `logger`. No OpenWrt system, procd or kmodloader runs here:
+//! docs/packages.md says what that leaves unproven.
 
 mod common;
 
+use common::tree::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ctune");
 const OPENWRT: &str = "namespaces:\n  mode: initial\npersist:\n  layout: openwrt\n";
 
-const MAX: &str = "nf_conntrack_max";
-const BUCKETS: &str = "nf_conntrack_buckets";
-const COUNT: &str = "nf_conntrack_count";
-
-const SYSCTL_FILE: &str = "sysctl.d/99-ctune.conf";
 const MODULES_D_FILE: &str = "modules.d/00-ctune";
-const MODULES_LOAD_FILE: &str = "modules-load.d/ctune.conf";
-const MODPROBE_FILE: &str = "modprobe.d/ctune.conf";
-
-/// The header ctune's files start with (what `restore` and `verify` recognise).
-const HEADER: &str = "# Managed by ctune: conntrack limits learned on this host. Edits are overwritten.\n\
-# Undo: `ctune restore` puts back the values from before ctune and removes this file.\n";
-
-/// The 4.19 fixture: modular conntrack, max 65536, 16384 buckets.
-const K419: &str = "kernel-4.19";
-const K419_MAX: u64 = 65536;
-const K419_BUCKETS: u64 = 16384;
-/// The 6.18 fixture: built-in conntrack.
-const K618: &str = "kernel-6.18";
-const K618_MAX: u64 = 262144;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A copy of one fixture kernel tree with the other roots and a config beside it.
-struct Tree {
-    dir: tempfile::TempDir,
-}
-
-impl Tree {
-    fn new(kernel: &str, config: &str) -> Tree {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = repo().join("fixtures").join(kernel);
-        common::copy_tree(&src.join("proc"), &dir.path().join("proc"));
-        common::copy_tree(&src.join("sys"), &dir.path().join("sys"));
-        let t = Tree { dir };
-        t.config(config);
-        t
-    }
-
-    /// Replaces the config (outside every root).
-    fn config(&self, text: &str) {
-        fs::write(self.root().join("test-config.yaml"), text).expect("write config");
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn etc(&self) -> PathBuf {
-        self.root().join("etc")
-    }
-
-    fn sysctl(&self, key: &str) -> PathBuf {
-        self.root().join("proc/sys/net/netfilter").join(key)
-    }
-
-    fn set(&self, key: &str, value: u64) {
-        fs::write(self.sysctl(key), format!("{value}\n")).expect("write sysctl");
-    }
-
-    fn get(&self, key: &str) -> u64 {
-        let text = fs::read_to_string(self.sysctl(key)).expect("read sysctl");
-        text.trim().parse().expect("a number")
-    }
-
-    /// The count at 90% of `max`: above the 75% watermark, below critical.
-    fn pressure(&self, max: u64) {
-        self.set(COUNT, (max * 9).div_ceil(10));
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .env_remove("CTUNE_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .arg("--proc-root")
-            .arg(self.root().join("proc"))
-            .arg("--sys-root")
-            .arg(self.root().join("sys"))
-            .arg("--etc-root")
-            .arg(self.etc())
-            .arg("--run-root")
-            .arg(self.root().join("run"))
-            .arg("--state-dir")
-            .arg(self.root().join("state"))
-            .arg("--config")
-            .arg(self.root().join("test-config.yaml"))
-            .args(args)
-            .output()
-            .expect("run ctune")
-    }
-
-    /// Runs `args`, requires exit code `want`, returns stdout + stderr.
-    fn expect(&self, args: &[&str], want: i32) -> String {
-        let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(want), "ctune {args:?}:\n{text}");
-        text
-    }
-
-    fn etc_file(&self, rel: &str) -> String {
-        fs::read_to_string(self.etc().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    }
-
-    /// Every file below the etc root, relative to it.
-    fn etc_files(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        walk(&self.etc(), &self.etc(), &mut out);
-        out.sort();
-        out
-    }
-}
-
-fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            walk(base, &p, out);
-        } else {
-            out.push(p.strip_prefix(base).unwrap().display().to_string());
-        }
-    }
-}
-
-/// The `net.netfilter.*` lines of a sysctl.d file as (key, value).
-fn sysctl_lines(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(" = ").unwrap_or_else(|| panic!("line {l:?}"));
-            let k = k.strip_prefix("net.netfilter.").expect("net.netfilter key");
-            (k.to_string(), v.parse().expect("numeric value"))
-        })
-        .collect()
 }
 
 /// What ubox's kmodloader (`main_loader`) takes from one /etc/modules.d file: per line,
@@ -286,17 +148,7 @@ fn apply_writes_sysctl_d_and_modules_d_only() {
     let modules = t.etc_file(MODULES_D_FILE);
     assert_eq!(modules, modules_new, "the file the plan showed");
     assert_eq!(module_line(&modules), Some(new_b));
-    for rel in [SYSCTL_FILE, MODULES_D_FILE] {
-        let mode = fs::metadata(t.etc().join(rel))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644, "{rel}");
-        assert!(
-            out.contains(&format!("wrote {}", t.etc().join(rel).display())),
-            "{out}"
-        );
-    }
+    t.assert_written(&out, &[SYSCTL_FILE, MODULES_D_FILE]);
 
     // A second apply has nothing to do and rewrites neither file.
     let again = t.expect(&["apply"], 0);
@@ -478,7 +330,7 @@ fn a_key_in_etc_sysctl_conf_is_named_on_openwrt() {
     );
     let plan = t.expect(&["plan", "--sample", "0"], 0);
     assert!(plan.contains(&want), "{plan}");
-    t.config("namespaces:\n  mode: initial\n");
+    t.config(INITIAL);
     let plan = t.expect(&["plan", "--sample", "0"], 0);
     assert!(!plan.contains(&want), "systemd layout: {plan}");
 }
@@ -487,7 +339,7 @@ fn a_key_in_etc_sysctl_conf_is_named_on_openwrt() {
 #[test]
 fn the_sample_config_selects_the_openwrt_layout() {
     let sample = fs::read_to_string(repo().join("packaging/openwrt/ctune.yaml")).unwrap();
-    let t = Tree::new(K419, &format!("{sample}namespaces:\n  mode: initial\n"));
+    let t = Tree::new(K419, &format!("{sample}{INITIAL}"));
     t.pressure(K419_MAX);
     t.expect(&["apply"], 0);
     assert_eq!(t.etc_files(), [MODULES_D_FILE, SYSCTL_FILE]);

@@ -1,7 +1,10 @@
 //! Helpers for tests that touch the live kernel: namespaces and nftables tables they
 //! create and always delete, global values saved and restored (also on panic), a lock
 //! that serializes tests changing global values, and a bounded UDP flow generator.
+//! [`tree`]: a fixture kernel tree with all of ctune's roots, for the commands that write.
 #![allow(dead_code)]
+
+pub mod tree;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -22,6 +25,15 @@ pub fn require_root(test: &str) -> bool {
         eprintln!("{test}: skipped, needs root (CI runs it as root)");
         false
     }
+}
+
+/// A command's stdout then its stderr: the messages of a failure may be in either.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs a command and fails the test with its output if it fails.
@@ -351,6 +363,25 @@ pub fn named_config(dir: &Path, names: &[&str]) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// A config for an agent watching the test namespace `ns`: ceiling `cap`, hash resizes
+/// at most every second, pressure held for `hold`, a step every 200 ms.
+pub fn agent_config(dir: &Path, ns: &TestNetns, cap: u64, hold: &str) -> PathBuf {
+    let cfg = dir.join("ctune.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "namespaces:\n  mode: named\n  names: [\"{}\"]\n\
+             ceiling:\n  min_max: 1024\n  max_cap: {cap}\n\
+             hash:\n  min_interval: 1s\n\
+             pressure:\n  hold: {hold}\n\
+             agent:\n  interval: 200ms\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    cfg
 }
 
 /// Copies a directory tree (files and directories; owner-writable so tests can edit it).
