@@ -18,10 +18,11 @@ Examples:
   ctune history --since 1d     what ctune changed in the last day, and why
   ctune verify                 are ctune's values and files still in force? (exit 7: no)
   ctune restore                undo everything ctune changed
+  ctune top                    what fills each table: protocols, states, sources, ports
 ";
 
 const AFTER_CODES: &str = "\
-Nothing in `plan`/`--dry-run`, `status`, `history` or `verify` writes to the kernel or
+Nothing in `plan`/`--dry-run`, `status`, `history`, `verify` or `top` writes to the kernel or
 to any file.
 `plan` and `status` sample the kernel's counters twice, --sample apart (1s), to tell
 loss now from loss since boot. Run as root to see every namespace and the slab's entry
@@ -134,6 +135,48 @@ pub enum Command {
     ///
     /// Example: `ctune verify || alert "conntrack tuning drifted"`; `ctune verify --json`.
     Verify,
+    /// Show what fills each watched namespace's conntrack table: shares by protocol, TCP
+    /// state, assured / unreplied, zone and mark, the top source prefixes and destination
+    /// ports, and per timeout key the entries it governs. Changes nothing.
+    ///
+    /// Reads each table once over ctnetlink (like `conntrack -L`, but counted as it
+    /// streams: memory stays flat at any table size). Needs root (CAP_NET_ADMIN).
+    ///
+    /// Columns. ENTRIES: entries counted in that row; SHARE: their part of the entries
+    /// read. SOURCE: the original direction's source, by /24 (IPv4) or /64 (IPv6).
+    /// DESTINATION PORT: protocol/port of the original direction. `other`: the rest
+    /// (beyond --top, or beyond --max-keys distinct keys). TIMEOUT KEY: the sysctl that
+    /// sets how long such an entry lives idle (unreplied UDP: udp_timeout; UDP that saw a
+    /// reply: udp_timeout_stream; TCP: its state's key; ICMP: icmp_timeout; others:
+    /// generic_timeout; `none`: not a sysctl, e.g. SCTP and DCCP, which go by states a
+    /// dump does not show here). Established TCP with unacknowledged data lives by
+    /// tcp_timeout_unacknowledged or max_retrans instead; a dump cannot tell, so it counts
+    /// as established. TIMEOUT: that key's value in the namespace now (the idle life of
+    /// such an entry); FLOOR: the lowest ctune would set it to (its idle life under
+    /// pressure; `-`: ctune does not manage the key); LEFT and LEFT MAX: the mean and the
+    /// longest time the entries have left now.
+    ///
+    /// Bounded: a dump stops at --max-entries or --max-time and the namespace is then
+    /// marked PARTIAL (and `partial` in --json says why).
+    ///
+    /// Example: `ctune top`, `ctune top --netns blue --top 20`, `ctune top --json`.
+    Top {
+        /// Only this namespace: a name under /run/netns, or `init` for ctune's own.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+        /// Keys listed per bucket (sources, ports, zones, marks); the rest is `other`.
+        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_TOP)]
+        top: usize,
+        /// Stop each dump after this many entries (marked partial).
+        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_MAX_ENTRIES)]
+        max_entries: u64,
+        /// Stop each dump after this long (marked partial).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_since)]
+        max_time: std::time::Duration,
+        /// Distinct keys kept per bucket; entries of further keys count as `other`.
+        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_MAX_KEYS)]
+        max_keys: usize,
+    },
 }
 
 /// Where the kernel and configuration files are, for containers (a host's /proc mounted
@@ -187,6 +230,7 @@ impl Command {
             Command::Restore { .. } => "restore",
             Command::History { .. } => "history",
             Command::Verify => "verify",
+            Command::Top { .. } => "top",
         }
     }
 
@@ -194,7 +238,11 @@ impl Command {
     pub fn read_only(&self) -> bool {
         matches!(
             self,
-            Command::Plan | Command::Status { .. } | Command::History { .. } | Command::Verify
+            Command::Plan
+                | Command::Status { .. }
+                | Command::History { .. }
+                | Command::Verify
+                | Command::Top { .. }
         )
     }
 }

@@ -15,3 +15,4 @@ pub mod report;
 pub mod run;
 pub mod sense;
 pub mod status;
+pub mod top;

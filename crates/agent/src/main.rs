@@ -43,7 +43,7 @@ fn refusal(cli: &Cli, command: &Command) -> Option<String> {
     // --dry-run with a command that writes would be a promise broken.
     if cli.dry_run && !command.read_only() {
         return Some(format!(
-            "--dry-run goes with `plan`, `status`, `history` and `verify` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
+            "--dry-run goes with `plan`, `status`, `history`, `verify` and `top` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
             command.name()
         ));
     }
@@ -54,7 +54,7 @@ fn refusal(cli: &Cli, command: &Command) -> Option<String> {
         )
     {
         return Some(format!(
-            "--json is available for plan, status, apply, history and verify, not `ctune {}`",
+            "--json is available for plan, status, apply, history, verify and top, not `ctune {}`",
             command.name()
         ));
     }
@@ -289,6 +289,25 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
         Command::Status { watch } => return status(cli, &roots, &cfg, Vec::new(), watch),
         Command::Verify => return verify(cli, &roots, &cfg),
         Command::History { since } => return history(cli, &roots, since),
+        Command::Top {
+            netns,
+            top,
+            max_entries,
+            max_time,
+            max_keys,
+        } => {
+            let opts = ctune::top::Options {
+                netns,
+                json: cli.json,
+                top,
+                limits: ctune::sense::ctnetlink::Limits {
+                    max_entries,
+                    max_time,
+                },
+                max_keys,
+            };
+            return ctune::top::run(&roots, &cfg, &opts, &mut stdout);
+        }
     }
     Ok(ctune::error::EXIT_OK)
 }

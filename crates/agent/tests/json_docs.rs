@@ -245,3 +245,32 @@ fn the_docs_state_this_schema_version() {
         assert!(row.is_some(), "{command}: no schema row");
     }
 }
+
+/// `ctune top --json` on a live namespace (root): a few UDP flows and one TCP
+/// connection, so every list has rows.
+#[test]
+fn top_json_is_docs_json_md() {
+    if !common::require_root("top_json_is_docs_json_md") {
+        return;
+    }
+    let ns = common::TestNetns::new("topdoc");
+    assert_eq!(ns.udp_flows(50), 0);
+    let _conn = ns.run_in(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:8080").unwrap();
+        let c = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+        (c, l.accept().unwrap().0)
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctune"))
+        .args(["top", "--json", "--top", "3", "--netns", &ns.name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("{\n  \"schema\": "), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    check("ctune top --json", &[v]);
+}

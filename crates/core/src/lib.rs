@@ -9,6 +9,7 @@
 
 pub mod bounds;
 pub mod ceiling;
+pub mod composition;
 pub mod config;
 pub mod model;
 pub mod plan;

@@ -3,6 +3,7 @@
 //! [`observe::observe`] that turns all of it into the core's `Observation`.
 
 pub mod config_file;
+pub mod ctnetlink;
 pub mod kfile;
 pub mod netns;
 pub mod observe;

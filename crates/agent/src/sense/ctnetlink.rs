@@ -1,0 +1,536 @@
+//! Reading a conntrack table over ctnetlink: one `IPCTNL_MSG_CT_GET` dump
+//! (NETLINK_NETFILTER, `NLM_F_DUMP`, all families) in the calling thread's namespace,
+//! each entry parsed in place from the receive buffer and handed to a callback, so the
+//! entries are never held: `ctune top` counts them into a
+//! [`ctune_core::composition::Composition`] while the dump streams.
+//!
+//! The parser ([`parse_datagram`]) takes bytes and checks every length before it reads,
+//! so bad or truncated messages give a [`ParseError`], never a panic, and its work is
+//! linear in the bytes (each step advances by at least four). It reads only what the
+//! buckets need and skips every other attribute. Layouts:
+//! include/uapi/linux/netlink.h, netfilter/nfnetlink.h, nfnetlink_conntrack.h.
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
+    setsockopt, socket, sockopt,
+};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use ctune_core::composition::{Family, Flow};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+/// The dump was inconsistent (the table changed under it): results are approximate.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NFGENMSG_LEN: usize = 4;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_TIMEOUT: u16 = 7;
+const CTA_MARK: u16 = 8;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+
+/// What is wrong with a message, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Fewer bytes than a header needs.
+    #[error("netlink message truncated at byte {offset}: {what} needs {need} bytes, {have} left")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Where in the datagram.
+        offset: usize,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes there.
+        have: usize,
+    },
+    /// A length field smaller than its own header or larger than what contains it.
+    #[error("netlink {what} at byte {offset} has a bad length {len} ({room} bytes available)")]
+    BadLength {
+        /// Message or attribute.
+        what: &'static str,
+        /// Where in the datagram.
+        offset: usize,
+        /// The length it claims.
+        len: usize,
+        /// The room there is.
+        room: usize,
+    },
+    /// The kernel answered with an error.
+    #[error("the kernel refused the conntrack dump: {0}")]
+    Kernel(nix::errno::Errno),
+    /// A message type a conntrack dump does not send.
+    #[error("unexpected netlink message type {0:#06x} in a conntrack dump")]
+    UnexpectedType(u16),
+}
+
+/// What one datagram held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Entries handed to the callback.
+    pub entries: u64,
+    /// The dump's last message (NLMSG_DONE) was in it.
+    pub done: bool,
+    /// The kernel flagged the dump inconsistent (NLM_F_DUMP_INTR).
+    pub interrupted: bool,
+}
+
+fn u16_ne(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_ne(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+fn be_u16(v: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?))
+}
+
+/// Netlink alignment: 4 bytes.
+fn align(n: usize) -> usize {
+    n.saturating_add(3) & !3
+}
+
+/// Iterates the attributes in `buf` (`base`: its offset in the datagram, for errors),
+/// calling `f(type, payload)` for each.
+fn attrs(
+    buf: &[u8],
+    base: usize,
+    mut f: impl FnMut(u16, &[u8], usize) -> Result<(), ParseError>,
+) -> Result<(), ParseError> {
+    let mut at = 0;
+    while at < buf.len() {
+        let room = buf.len() - at;
+        if room < 4 {
+            return Err(ParseError::Truncated {
+                what: "attribute header",
+                offset: base + at,
+                need: 4,
+                have: room,
+            });
+        }
+        let len = u16_ne(buf, at) as usize;
+        if len < 4 || len > room {
+            return Err(ParseError::BadLength {
+                what: "attribute",
+                offset: base + at,
+                len,
+                room,
+            });
+        }
+        f(
+            u16_ne(buf, at + 2) & NLA_TYPE_MASK,
+            &buf[at + 4..at + len],
+            base + at + 4,
+        )?;
+        at += align(len).min(room);
+    }
+    Ok(())
+}
+
+/// Parses one conntrack entry's attributes (after the nfgenmsg).
+fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> {
+    let mut f = Flow {
+        family: Family::from_af(family),
+        src: None,
+        proto: 0,
+        dst_port: None,
+        tcp_state: None,
+        status: 0,
+        zone: 0,
+        mark: 0,
+        timeout: None,
+    };
+    attrs(buf, base, |t, v, off| {
+        match t {
+            CTA_TUPLE_ORIG => attrs(v, off, |t, v, off| {
+                match t {
+                    CTA_TUPLE_IP => attrs(v, off, |t, v, _| {
+                        let n = match t {
+                            CTA_IP_V4_SRC => 4,
+                            CTA_IP_V6_SRC => 16,
+                            _ => return Ok(()),
+                        };
+                        if let Some(bytes) = v.get(..n) {
+                            let mut a = [0u8; 16];
+                            a[..n].copy_from_slice(bytes);
+                            f.src = Some(a);
+                        }
+                        Ok(())
+                    })?,
+                    CTA_TUPLE_PROTO => attrs(v, off, |t, v, _| {
+                        match t {
+                            CTA_PROTO_NUM => f.proto = v.first().copied().unwrap_or(0),
+                            CTA_PROTO_DST_PORT => f.dst_port = be_u16(v),
+                            _ => {}
+                        }
+                        Ok(())
+                    })?,
+                    _ => {}
+                }
+                Ok(())
+            })?,
+            CTA_STATUS => f.status = be_u32(v).unwrap_or(0),
+            CTA_TIMEOUT => f.timeout = be_u32(v),
+            CTA_MARK => f.mark = be_u32(v).unwrap_or(0),
+            CTA_ZONE => f.zone = be_u16(v).unwrap_or(0),
+            CTA_PROTOINFO => attrs(v, off, |t, v, off| {
+                if t == CTA_PROTOINFO_TCP {
+                    attrs(v, off, |t, v, _| {
+                        if t == CTA_PROTOINFO_TCP_STATE {
+                            f.tcp_state = v.first().copied();
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    // Ports belong to port-based protocols only (ICMP's id is not a port).
+    if !matches!(f.proto, 6 | 17 | 33 | 132 | 136) {
+        f.dst_port = None;
+    }
+    Ok(f)
+}
+
+/// Parses one datagram of a conntrack dump, calling `on_entry` for each entry in it.
+pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Progress, ParseError> {
+    let mut p = Progress::default();
+    let mut at = 0;
+    while at < buf.len() {
+        let room = buf.len() - at;
+        if room < NLMSG_HDRLEN {
+            return Err(ParseError::Truncated {
+                what: "message header",
+                offset: at,
+                need: NLMSG_HDRLEN,
+                have: room,
+            });
+        }
+        let len = u32_ne(buf, at) as usize;
+        if len < NLMSG_HDRLEN || len > room {
+            return Err(ParseError::BadLength {
+                what: "message",
+                offset: at,
+                len,
+                room,
+            });
+        }
+        let ty = u16_ne(buf, at + 4);
+        let flags = u16_ne(buf, at + 6);
+        if flags & NLM_F_DUMP_INTR != 0 {
+            p.interrupted = true;
+        }
+        let body = &buf[at + NLMSG_HDRLEN..at + len];
+        match ty {
+            NLMSG_DONE => {
+                p.done = true;
+                return Ok(p);
+            }
+            NLMSG_ERROR => {
+                let Some(code) = body.get(..4) else {
+                    return Err(ParseError::Truncated {
+                        what: "error code",
+                        offset: at + NLMSG_HDRLEN,
+                        need: 4,
+                        have: body.len(),
+                    });
+                };
+                let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+                if code != 0 {
+                    return Err(ParseError::Kernel(nix::errno::Errno::from_raw(-code)));
+                }
+            }
+            t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                if body.len() < NFGENMSG_LEN {
+                    return Err(ParseError::Truncated {
+                        what: "nfgenmsg",
+                        offset: at + NLMSG_HDRLEN,
+                        need: NFGENMSG_LEN,
+                        have: body.len(),
+                    });
+                }
+                let flow = parse_entry(
+                    body[0],
+                    &body[NFGENMSG_LEN..],
+                    at + NLMSG_HDRLEN + NFGENMSG_LEN,
+                )?;
+                on_entry(&flow);
+                p.entries += 1;
+            }
+            // NLMSG_NOOP and NLMSG_OVERRUN carry nothing for a dump.
+            1 | 4 => {}
+            t => return Err(ParseError::UnexpectedType(t)),
+        }
+        at += align(len).min(room);
+    }
+    Ok(p)
+}
+
+/// The bounds of one dump.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Stop after this many entries.
+    pub max_entries: u64,
+    /// Stop after this long.
+    pub max_time: Duration,
+}
+
+/// How a dump ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Entries read.
+    pub entries: u64,
+    /// Why the entries read are not the whole table (None: they are).
+    pub partial: Option<String>,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// Why a dump could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The socket could not be opened, set up, or read.
+    #[error("ctnetlink socket: {what}: {errno}{hint}")]
+    Socket {
+        /// The call that failed.
+        what: &'static str,
+        /// Its error.
+        errno: nix::errno::Errno,
+        /// What it usually means.
+        hint: &'static str,
+    },
+    /// A message the parser refused.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+fn sock_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> DumpError {
+    move |errno| DumpError::Socket {
+        what,
+        errno,
+        hint: match errno {
+            nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => {
+                " (a conntrack dump needs CAP_NET_ADMIN: run as root)"
+            }
+            nix::errno::Errno::EPROTONOSUPPORT => " (no nfnetlink in this kernel)",
+            _ => "",
+        },
+    }
+}
+
+/// The request: a dump of every family's entries (nfgen_family AF_UNSPEC).
+fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
+    let mut m = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
+    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nfgenmsg: family 0 (all), version 0 (NFNETLINK_V0), res_id 0.
+    m
+}
+
+/// The receive buffer: the kernel fills a dump datagram up to 32 KiB (more with a
+/// larger buffer on newer kernels); 64 KiB holds any, and MSG_TRUNC says if not.
+const RECV_BUF: usize = 64 * 1024;
+
+/// Dumps the calling thread's namespace's table, calling `on_entry` for each entry,
+/// within `limits`. A dump cut short by a limit or flagged inconsistent by the kernel
+/// is returned with `partial` saying why.
+pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome, DumpError> {
+    let started = Instant::now();
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(sock_err("socket"))?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
+    // A recv never waits past the time limit (the kernel answers a dump at once; this
+    // only guards against a kernel that does not).
+    let tv = nix::sys::time::TimeVal::new(limits.max_time.as_secs().max(1) as i64, 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sock_err("setsockopt"))?;
+    let seq = 1;
+    sendto(
+        fd.as_raw_fd(),
+        &request(seq),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .map_err(sock_err("sendto"))?;
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut out = Outcome::default();
+    let mut interrupted = false;
+    loop {
+        if out.entries >= limits.max_entries {
+            out.partial = Some(format!(
+                "stopped after {} entries (--max-entries)",
+                out.entries
+            ));
+            break;
+        }
+        if started.elapsed() >= limits.max_time {
+            out.partial = Some(format!(
+                "stopped after {} (--max-time)",
+                humantime::format_duration(limits.max_time)
+            ));
+            break;
+        }
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => {
+                out.partial = Some("the kernel stopped answering (--max-time)".into());
+                break;
+            }
+            Err(e) => return Err(sock_err("recv")(e)),
+        };
+        if n > buf.len() {
+            return Err(ParseError::BadLength {
+                what: "datagram",
+                offset: 0,
+                len: n,
+                room: buf.len(),
+            }
+            .into());
+        }
+        let max = limits.max_entries;
+        let mut taken = out.entries;
+        let p = parse_datagram(&buf[..n], &mut |f| {
+            if taken < max {
+                on_entry(f);
+                taken += 1;
+            }
+        })?;
+        out.entries = taken;
+        interrupted |= p.interrupted;
+        if p.done {
+            break;
+        }
+    }
+    if interrupted && out.partial.is_none() {
+        out.partial =
+            Some("the table changed during the dump (NLM_F_DUMP_INTR): counts approximate".into());
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One attribute, aligned.
+    pub(crate) fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    fn msg(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(&flags.to_ne_bytes());
+        v.extend_from_slice(&[0; 8]);
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn entry() -> Vec<u8> {
+        let ip = nla(0x8000 | CTA_TUPLE_IP, &nla(CTA_IP_V4_SRC, &[10, 1, 2, 3]));
+        let mut proto = nla(CTA_PROTO_NUM, &[6]);
+        proto.extend(nla(CTA_PROTO_DST_PORT, &443u16.to_be_bytes()));
+        let mut tuple = ip;
+        tuple.extend(nla(0x8000 | CTA_TUPLE_PROTO, &proto));
+        let mut body = vec![2, 0, 0, 0];
+        body.extend(nla(0x8000 | CTA_TUPLE_ORIG, &tuple));
+        body.extend(nla(CTA_STATUS, &6u32.to_be_bytes()));
+        body.extend(nla(CTA_TIMEOUT, &431_999u32.to_be_bytes()));
+        body.extend(nla(CTA_MARK, &7u32.to_be_bytes()));
+        body.extend(nla(CTA_ZONE, &3u16.to_be_bytes()));
+        let state = nla(CTA_PROTOINFO_TCP_STATE, &[3]);
+        body.extend(nla(
+            0x8000 | CTA_PROTOINFO,
+            &nla(0x8000 | CTA_PROTOINFO_TCP, &state),
+        ));
+        msg(0x100, 2, &body)
+    }
+
+    #[test]
+    fn an_entry_and_done() {
+        let mut d = entry();
+        d.extend(msg(NLMSG_DONE, 2, &[0; 4]));
+        let mut seen = Vec::new();
+        let p = parse_datagram(&d, &mut |f| seen.push(*f)).unwrap();
+        assert_eq!(
+            p,
+            Progress {
+                entries: 1,
+                done: true,
+                interrupted: false
+            }
+        );
+        let f = seen[0];
+        assert_eq!(f.family, Family::V4);
+        assert_eq!(&f.src.unwrap()[..4], &[10, 1, 2, 3]);
+        assert_eq!(
+            (f.proto, f.dst_port, f.tcp_state, f.status, f.mark, f.zone),
+            (6, Some(443), Some(3), 6, 7, 3)
+        );
+        assert_eq!(f.timeout, Some(431_999));
+    }
+
+    #[test]
+    fn errors_are_named() {
+        let d = entry();
+        let err = parse_datagram(&d[..d.len() - 3], &mut |_| {}).unwrap_err();
+        assert!(matches!(err, ParseError::BadLength { .. }), "{err}");
+        let err = parse_datagram(&d[..10], &mut |_| {}).unwrap_err();
+        assert!(matches!(err, ParseError::Truncated { .. }), "{err}");
+        let e = msg(NLMSG_ERROR, 0, &(-1i32).to_ne_bytes());
+        assert_eq!(
+            parse_datagram(&e, &mut |_| {}).unwrap_err(),
+            ParseError::Kernel(nix::errno::Errno::EPERM)
+        );
+        let odd = msg(0x0201, 0, &[]);
+        assert_eq!(
+            parse_datagram(&odd, &mut |_| {}).unwrap_err(),
+            ParseError::UnexpectedType(0x0201)
+        );
+        let intr = msg(NLMSG_DONE, NLM_F_DUMP_INTR, &[0; 4]);
+        assert!(parse_datagram(&intr, &mut |_| {}).unwrap().interrupted);
+    }
+}

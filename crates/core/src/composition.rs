@@ -1,0 +1,624 @@
+//! What fills a conntrack table: counts by bucket (layer-4 protocol, TCP state, assured
+//! and unreplied, destination port, source prefix, zone, mark, the timeout key that
+//! governs each entry), accumulated one entry at a time while a dump streams, so the
+//! entries themselves are never held. Every bucket keyed by data has a cap on distinct
+//! keys; entries past it are counted as "other". Pure: the dump is read in the agent
+//! (`sense::ctnetlink`), the rendering is `ctune top`'s.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use crate::config::Timeouts;
+
+/// Layer-3 family of an entry (nfgenmsg's `nfgen_family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// AF_INET.
+    V4,
+    /// AF_INET6.
+    V6,
+    /// Anything else (the kernel tracks only these two; kept for robustness).
+    Other(u8),
+}
+
+impl Family {
+    /// From the socket address family number.
+    pub fn from_af(af: u8) -> Family {
+        match af {
+            2 => Family::V4,
+            10 => Family::V6,
+            n => Family::Other(n),
+        }
+    }
+}
+
+/// The parts of one entry that the buckets need, borrowed from nothing: the dump
+/// parser fills one per message and hands it over by reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Layer-3 family.
+    pub family: Family,
+    /// Original-direction source address (4 bytes used for IPv4), if present.
+    pub src: Option<[u8; 16]>,
+    /// Layer-4 protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub proto: u8,
+    /// Original-direction destination port (TCP, UDP, SCTP, DCCP, UDP-Lite).
+    pub dst_port: Option<u16>,
+    /// TCP state (`enum tcp_conntrack`), for TCP.
+    pub tcp_state: Option<u8>,
+    /// `CTA_STATUS` bits.
+    pub status: u32,
+    /// Conntrack zone (0 when absent).
+    pub zone: u16,
+    /// Conntrack mark (0 when absent).
+    pub mark: u32,
+    /// Seconds the entry has left, as the kernel says (`CTA_TIMEOUT`).
+    pub timeout: Option<u32>,
+}
+
+/// `IPS_SEEN_REPLY`: a packet went the other way.
+pub const IPS_SEEN_REPLY: u32 = 1 << 1;
+/// `IPS_ASSURED`: kept until it expires (never early-dropped).
+pub const IPS_ASSURED: u32 = 1 << 2;
+
+/// Names of `enum tcp_conntrack`, by value.
+pub const TCP_STATES: [&str; 10] = [
+    "none",
+    "syn_sent",
+    "syn_recv",
+    "established",
+    "fin_wait",
+    "close_wait",
+    "last_ack",
+    "time_wait",
+    "close",
+    "syn_sent2",
+];
+
+/// The name of a layer-4 protocol number.
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        33 => "dccp".into(),
+        47 => "gre".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+/// The timeout sysctl that sets how long an idle entry like this one lives, with the
+/// kernel's semantics (`nf_conntrack_proto_*.c`): unreplied UDP takes `udp_timeout`, UDP
+/// that has seen a reply `udp_timeout_stream`; TCP its state's key; ICMP its own;
+/// anything the kernel has no tracker for `generic_timeout`. None: the entry's timeout
+/// is not a sysctl (TCP SYN_SENT2, whose two minutes are fixed) or depends on a
+/// protocol state the dump does not carry here (SCTP, DCCP).
+///
+/// An established TCP entry with data unacknowledged or retransmitted too often lives
+/// by `tcp_timeout_unacknowledged` / `tcp_timeout_max_retrans` instead (the smaller
+/// wins); a dump cannot tell those apart, so they count as established.
+pub fn governing_key(f: &Flow) -> Option<&'static str> {
+    let replied = f.status & IPS_SEEN_REPLY != 0;
+    Some(match f.proto {
+        6 => match f.tcp_state? {
+            // The kernel gives a NONE-state entry the SYN_SENT timeout.
+            0 | 1 => "nf_conntrack_tcp_timeout_syn_sent",
+            2 => "nf_conntrack_tcp_timeout_syn_recv",
+            3 => "nf_conntrack_tcp_timeout_established",
+            4 => "nf_conntrack_tcp_timeout_fin_wait",
+            5 => "nf_conntrack_tcp_timeout_close_wait",
+            6 => "nf_conntrack_tcp_timeout_last_ack",
+            7 => "nf_conntrack_tcp_timeout_time_wait",
+            8 => "nf_conntrack_tcp_timeout_close",
+            _ => return None,
+        },
+        17 | 136 if replied => "nf_conntrack_udp_timeout_stream",
+        17 | 136 => "nf_conntrack_udp_timeout",
+        1 => "nf_conntrack_icmp_timeout",
+        58 => "nf_conntrack_icmpv6_timeout",
+        47 if replied => "nf_conntrack_gre_timeout_stream",
+        47 => "nf_conntrack_gre_timeout",
+        33 | 132 => return None,
+        _ => "nf_conntrack_generic_timeout",
+    })
+}
+
+/// A source prefix: /24 for IPv4, /64 for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Prefix {
+    /// The first three bytes of an IPv4 address.
+    V4([u8; 3]),
+    /// The first eight bytes of an IPv6 address.
+    V6([u8; 8]),
+}
+
+impl Prefix {
+    /// The prefix of `f`'s source, if it has one.
+    pub fn of(f: &Flow) -> Option<Prefix> {
+        let a = f.src?;
+        match f.family {
+            Family::V4 => Some(Prefix::V4([a[0], a[1], a[2]])),
+            Family::V6 => {
+                let mut p = [0; 8];
+                p.copy_from_slice(&a[..8]);
+                Some(Prefix::V6(p))
+            }
+            Family::Other(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prefix::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            Prefix::V6(p) => {
+                let mut full = [0u8; 16];
+                full[..8].copy_from_slice(p);
+                write!(f, "{}/64", std::net::Ipv6Addr::from(full))
+            }
+        }
+    }
+}
+
+/// Counts by key, at most `cap` distinct keys; entries of keys past the cap go to
+/// `other`. The first keys seen are kept, so a key that first appears after the cap is
+/// reached is only in `other`: a full bucket's top list is a lower bound.
+#[derive(Debug, Clone)]
+pub struct Capped<K> {
+    counts: HashMap<K, u64>,
+    other: u64,
+    cap: usize,
+}
+
+impl<K: Eq + Hash + Copy + Ord> Capped<K> {
+    /// An empty bucket keeping at most `cap` keys.
+    pub fn new(cap: usize) -> Self {
+        Capped {
+            counts: HashMap::new(),
+            other: 0,
+            cap,
+        }
+    }
+
+    /// Counts one entry of key `k`.
+    pub fn add(&mut self, k: K) {
+        if let Some(n) = self.counts.get_mut(&k) {
+            *n += 1;
+        } else if self.counts.len() < self.cap {
+            self.counts.insert(k, 1);
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// Entries whose key did not fit under the cap.
+    pub fn other(&self) -> u64 {
+        self.other
+    }
+
+    /// Distinct keys kept.
+    pub fn keys(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The `n` largest keys, largest first (ties by key, so the order is stable).
+    pub fn top(&self, n: usize) -> Vec<(K, u64)> {
+        let mut v: Vec<(K, u64)> = self.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Entries counted under the top `n` keys, and under the rest of the kept keys.
+    fn rest_after(&self, n: usize) -> u64 {
+        let top: u64 = self.top(n).iter().map(|(_, c)| c).sum();
+        self.counts.values().sum::<u64>() - top
+    }
+}
+
+/// Entries under one timeout key, and the time they have left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Entries.
+    pub entries: u64,
+    /// Sum of the seconds they have left (for the mean).
+    pub left_sum: u64,
+    /// The most seconds any has left.
+    pub left_max: u64,
+}
+
+/// The composition of one table, accumulated entry by entry.
+#[derive(Debug, Clone)]
+pub struct Composition {
+    /// Entries counted.
+    pub entries: u64,
+    by_proto: [u64; 256],
+    by_tcp_state: [u64; 16],
+    assured: u64,
+    unreplied: u64,
+    /// Destination ports, by (protocol, port).
+    pub ports: Capped<(u8, u16)>,
+    /// Source prefixes.
+    pub sources: Capped<Prefix>,
+    /// Zones.
+    pub zones: Capped<u16>,
+    /// Marks.
+    pub marks: Capped<u32>,
+    by_key: BTreeMap<Option<&'static str>, Lifetimes>,
+}
+
+impl Composition {
+    /// An empty composition whose data-keyed buckets keep at most `max_keys` keys each.
+    pub fn new(max_keys: usize) -> Self {
+        Composition {
+            entries: 0,
+            by_proto: [0; 256],
+            by_tcp_state: [0; 16],
+            assured: 0,
+            unreplied: 0,
+            ports: Capped::new(max_keys),
+            sources: Capped::new(max_keys),
+            zones: Capped::new(max_keys),
+            marks: Capped::new(max_keys),
+            by_key: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one entry.
+    pub fn add(&mut self, f: &Flow) {
+        self.entries += 1;
+        self.by_proto[f.proto as usize] += 1;
+        if f.proto == 6 {
+            let s = f.tcp_state.map_or(15, |s| (s as usize).min(14));
+            self.by_tcp_state[s] += 1;
+        }
+        if f.status & IPS_ASSURED != 0 {
+            self.assured += 1;
+        }
+        if f.status & IPS_SEEN_REPLY == 0 {
+            self.unreplied += 1;
+        }
+        if let Some(p) = f.dst_port {
+            self.ports.add((f.proto, p));
+        }
+        if let Some(p) = Prefix::of(f) {
+            self.sources.add(p);
+        }
+        self.zones.add(f.zone);
+        self.marks.add(f.mark);
+        let l = self.by_key.entry(governing_key(f)).or_default();
+        l.entries += 1;
+        let left = u64::from(f.timeout.unwrap_or(0));
+        l.left_sum += left;
+        l.left_max = l.left_max.max(left);
+    }
+
+    /// The timeout keys governing the entries counted (None: not a sysctl).
+    pub fn keys(&self) -> impl Iterator<Item = (Option<&'static str>, &Lifetimes)> {
+        self.by_key.iter().map(|(k, l)| (*k, l))
+    }
+
+    /// The summary `ctune top` prints: shares of every bucket, the `top` largest keys
+    /// of the data-keyed ones, and per timeout key the timeout in force (`timeouts`,
+    /// this namespace's values) and ctune's floor for it (`floors`).
+    pub fn summarize(
+        &self,
+        top: usize,
+        timeouts: &BTreeMap<String, u64>,
+        floors: &Timeouts,
+    ) -> Summary {
+        let n = self.entries;
+        let share = |c: u64| Share::new(c, n);
+        let named = |key: String, c: u64| Named {
+            key,
+            entries: c,
+            share: share(c).share,
+        };
+        let mut protocols: Vec<Named> = (0..=255u8)
+            .filter(|p| self.by_proto[*p as usize] > 0)
+            .map(|p| named(proto_name(p), self.by_proto[p as usize]))
+            .collect();
+        protocols.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.key.cmp(&b.key)));
+        let tcp_states = (0..16)
+            .filter(|s| self.by_tcp_state[*s] > 0)
+            .map(|s| {
+                let name = match s {
+                    0..=9 => TCP_STATES[s].to_string(),
+                    15 => "unknown".into(),
+                    _ => format!("state-{s}"),
+                };
+                named(name, self.by_tcp_state[s])
+            })
+            .collect();
+        let listed = |b_top: Vec<Named>, rest: u64| {
+            let mut v = b_top;
+            if rest > 0 {
+                v.push(named("other".into(), rest));
+            }
+            v
+        };
+        let sources = listed(
+            self.sources
+                .top(top)
+                .into_iter()
+                .map(|(k, c)| named(k.to_string(), c))
+                .collect(),
+            self.sources.rest_after(top) + self.sources.other(),
+        );
+        let ports = listed(
+            self.ports
+                .top(top)
+                .into_iter()
+                .map(|((p, port), c)| named(format!("{}/{port}", proto_name(p)), c))
+                .collect(),
+            self.ports.rest_after(top) + self.ports.other(),
+        );
+        let zones = listed(
+            self.zones
+                .top(top)
+                .into_iter()
+                .map(|(k, c)| named(k.to_string(), c))
+                .collect(),
+            self.zones.rest_after(top) + self.zones.other(),
+        );
+        let marks = listed(
+            self.marks
+                .top(top)
+                .into_iter()
+                .map(|(k, c)| named(format!("{k:#x}"), c))
+                .collect(),
+            self.marks.rest_after(top) + self.marks.other(),
+        );
+        let mut keys: Vec<KeyShare> = self
+            .by_key
+            .iter()
+            .map(|(k, l)| KeyShare {
+                key: k.unwrap_or("none").to_string(),
+                entries: l.entries,
+                share: share(l.entries).share,
+                timeout_secs: k.and_then(|k| timeouts.get(k).copied()),
+                floor_secs: k.and_then(|k| floors.floor_of(k)),
+                left_mean_secs: l.left_sum.checked_div(l.entries).unwrap_or(0),
+                left_max_secs: l.left_max,
+            })
+            .collect();
+        keys.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.key.cmp(&b.key)));
+        Summary {
+            entries: n,
+            protocols,
+            tcp_states,
+            assured: share(self.assured),
+            unreplied: share(self.unreplied),
+            sources,
+            ports,
+            zones,
+            marks,
+            timeouts: keys,
+            keys_capped: [
+                ("sources", self.sources.other()),
+                ("ports", self.ports.other()),
+                ("zones", self.zones.other()),
+                ("marks", self.marks.other()),
+            ]
+            .into_iter()
+            .filter(|(_, o)| *o > 0)
+            .map(|(b, _)| b.to_string())
+            .collect(),
+        }
+    }
+}
+
+/// A count and its share of the entries read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Share {
+    /// Entries.
+    pub entries: u64,
+    /// Fraction of the entries read, 0..1.
+    pub share: f64,
+}
+
+impl Share {
+    fn new(c: u64, n: u64) -> Share {
+        Share {
+            entries: c,
+            share: if n == 0 { 0.0 } else { c as f64 / n as f64 },
+        }
+    }
+}
+
+/// One key of a bucket, its count and share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Named {
+    /// The key as printed ("tcp", "established", "10.0.0.0/24", "udp/53", "other").
+    pub key: String,
+    /// Entries.
+    pub entries: u64,
+    /// Fraction of the entries read, 0..1.
+    pub share: f64,
+}
+
+/// The entries one timeout key governs and how long they live.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyShare {
+    /// The sysctl ("none": not a sysctl, see [`governing_key`]).
+    pub key: String,
+    /// Entries it governs.
+    pub entries: u64,
+    /// Their fraction of the entries read.
+    pub share: f64,
+    /// The timeout in force in this namespace: how long such an entry lives idle.
+    pub timeout_secs: Option<u64>,
+    /// ctune's floor for the key: how long it would live idle at the lowest ctune sets.
+    pub floor_secs: Option<u64>,
+    /// The mean of the seconds these entries have left now.
+    pub left_mean_secs: u64,
+    /// The most seconds any of them has left.
+    pub left_max_secs: u64,
+}
+
+/// What `ctune top` shows for one table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Entries read.
+    pub entries: u64,
+    /// By layer-4 protocol, largest first.
+    pub protocols: Vec<Named>,
+    /// TCP entries by state (shares of all entries).
+    pub tcp_states: Vec<Named>,
+    /// Entries marked assured.
+    pub assured: Share,
+    /// Entries that never saw a reply.
+    pub unreplied: Share,
+    /// Top source prefixes, then "other".
+    pub sources: Vec<Named>,
+    /// Top destination ports, then "other".
+    pub ports: Vec<Named>,
+    /// Top zones, then "other".
+    pub zones: Vec<Named>,
+    /// Top marks, then "other".
+    pub marks: Vec<Named>,
+    /// Per governing timeout key.
+    pub timeouts: Vec<KeyShare>,
+    /// Buckets that reached the cap on distinct keys.
+    pub keys_capped: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(proto: u8, state: Option<u8>, status: u32, src: [u8; 4], port: u16) -> Flow {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&src);
+        Flow {
+            family: Family::V4,
+            src: Some(a),
+            proto,
+            dst_port: Some(port),
+            tcp_state: state,
+            status,
+            zone: 0,
+            mark: 0,
+            timeout: Some(100),
+        }
+    }
+
+    #[test]
+    fn governing_keys_follow_the_kernel() {
+        let udp = flow(17, None, 0, [10, 0, 0, 1], 53);
+        assert_eq!(governing_key(&udp), Some("nf_conntrack_udp_timeout"));
+        let replied = Flow {
+            status: IPS_SEEN_REPLY | IPS_ASSURED,
+            ..udp
+        };
+        assert_eq!(
+            governing_key(&replied),
+            Some("nf_conntrack_udp_timeout_stream")
+        );
+        let est = flow(6, Some(3), IPS_ASSURED, [10, 0, 0, 1], 443);
+        assert_eq!(
+            governing_key(&est),
+            Some("nf_conntrack_tcp_timeout_established")
+        );
+        assert_eq!(
+            governing_key(&Flow {
+                tcp_state: Some(7),
+                ..est
+            }),
+            Some("nf_conntrack_tcp_timeout_time_wait")
+        );
+        assert_eq!(
+            governing_key(&Flow {
+                tcp_state: Some(9),
+                ..est
+            }),
+            None
+        );
+        assert_eq!(
+            governing_key(&flow(1, None, 0, [1, 2, 3, 4], 0)),
+            Some("nf_conntrack_icmp_timeout")
+        );
+        assert_eq!(
+            governing_key(&flow(50, None, 0, [1, 2, 3, 4], 0)),
+            Some("nf_conntrack_generic_timeout")
+        );
+        // Every key named is a key some kernel has.
+        for p in 0..=255u8 {
+            for s in 0..12u8 {
+                for st in [0, IPS_SEEN_REPLY] {
+                    if let Some(k) = governing_key(&flow(p, Some(s), st, [0; 4], 0)) {
+                        assert!(crate::tunables::known_timeout_keys().any(|x| x == k), "{k}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shares_tops_and_caps() {
+        let mut c = Composition::new(3);
+        for i in 0..60u16 {
+            c.add(&flow(17, None, 0, [10, 0, (i % 5) as u8, 1], 1000 + i));
+        }
+        for _ in 0..40 {
+            c.add(&flow(
+                6,
+                Some(3),
+                IPS_ASSURED | IPS_SEEN_REPLY,
+                [192, 168, 1, 9],
+                443,
+            ));
+        }
+        let mut t = BTreeMap::new();
+        t.insert("nf_conntrack_udp_timeout".to_string(), 30);
+        let s = c.summarize(2, &t, &crate::config::Config::default().timeouts);
+        assert_eq!(s.entries, 100);
+        assert_eq!(s.protocols[0].key, "udp");
+        assert!((s.protocols[0].share - 0.6).abs() < 1e-9);
+        assert_eq!(s.tcp_states[0].key, "established");
+        assert!((s.unreplied.share - 0.6).abs() < 1e-9);
+        assert!((s.assured.share - 0.4).abs() < 1e-9);
+        // Ports: the first three keys are kept (1000..1002, one each), 443 came after.
+        assert_eq!(s.keys_capped, ["sources", "ports"]);
+        let other = s.ports.last().unwrap();
+        assert_eq!((other.key.as_str(), other.entries), ("other", 98));
+        // Sources: 10.0.0/24, 10.0.1/24 and 10.0.2/24 kept (12 each); the rest is other.
+        assert_eq!(s.sources[0].key, "10.0.0.0/24");
+        assert_eq!(s.sources.iter().map(|n| n.entries).sum::<u64>(), 100);
+        let udp = s
+            .timeouts
+            .iter()
+            .find(|k| k.key == "nf_conntrack_udp_timeout")
+            .unwrap();
+        assert_eq!(udp.entries, 60);
+        assert_eq!(udp.timeout_secs, Some(30));
+        assert_eq!(udp.left_mean_secs, 100);
+        assert!(udp.floor_secs.is_some());
+    }
+
+    #[test]
+    fn ipv6_prefix_prints_as_64() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[15] = 7;
+        let f = Flow {
+            family: Family::V6,
+            src: Some(a),
+            ..flow(17, None, 0, [0; 4], 1)
+        };
+        assert_eq!(Prefix::of(&f).unwrap().to_string(), "2001:db8::/64");
+    }
+
+    #[test]
+    fn an_empty_table_has_no_shares() {
+        let s = Composition::new(10).summarize(5, &BTreeMap::new(), &Timeouts::default());
+        assert_eq!(s.entries, 0);
+        assert_eq!(s.assured.share, 0.0);
+        assert!(s.protocols.is_empty() && s.timeouts.is_empty());
+    }
+}
