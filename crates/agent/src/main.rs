@@ -12,7 +12,6 @@ use ctune::report;
 use ctune::run::agent_loop as agent;
 use ctune::run::engine::{self, Engine};
 use ctune::sense::roots::Roots;
-use ctune_core::policy::PolicyState;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -200,10 +199,10 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
             // with the counters' rise over the sample.
             let mut notes = Vec::new();
             let prev = match state::load(&roots) {
-                Ok(st) => st.policy,
+                Ok(st) => st,
                 Err(e) => {
                     notes.push(format!("{e}; planning as if ctune had never run"));
-                    PolicyState::default()
+                    state::State::default()
                 }
             };
             let mut sampler = engine::Sampler::start(&roots, &cfg, &prev, !sample.is_zero())?;
@@ -237,6 +236,7 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
         Command::Apply => {
             let _lock = ctune::act::lock::acquire(&roots)?;
             let mut engine = Engine::new(roots, cfg)?;
+            engine.sample_before_deciding = true;
             let report = engine.step(state::now())?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut stdout, &report::apply_json(&report))

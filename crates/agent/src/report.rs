@@ -113,6 +113,10 @@ pub struct NamespaceStatus {
     pub lowered: BTreeMap<String, Lowered>,
     /// Why it could not be read, if so.
     pub error: Option<String>,
+    /// What held its entries at the agent's last composition sample (taken while the
+    /// namespace is elevated or critical); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub composition: Option<ctune_core::model::Governed>,
 }
 
 /// Whether packets are being lost now, for people and for `status`'s exit code.
@@ -294,6 +298,7 @@ fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
             .map(|s| s.lowered.clone())
             .unwrap_or_default(),
         error: n.error.clone(),
+        composition: n.composition.clone(),
     }
 }
 
@@ -375,6 +380,12 @@ pub fn plan_text(
     out.push_str(&budget_lines(c));
 
     namespaces_section(&mut out, plan);
+    composition_section(
+        &mut out,
+        obs.namespaces
+            .iter()
+            .filter_map(|n| Some((n.id.name.as_str(), n.composition.as_ref()?))),
+    );
     let _ = writeln!(out, "\nChanges");
     if plan.changes.is_empty() {
         let _ = writeln!(out, "  none");
@@ -545,6 +556,12 @@ pub fn status_text(s: &StatusReport) -> String {
         out,
         "(LEVEL: against the live max, now. /s: {sample}.\n After |: cumulative since each namespace started. CLASH: drops from insert clashes,\n two packets of one new flow racing (NAT'd DNS), not a full table.)"
     );
+    composition_section(
+        &mut out,
+        s.namespaces
+            .iter()
+            .filter_map(|n| Some((n.name.as_str(), n.composition.as_ref()?))),
+    );
     lowered_section(&mut out, s);
     changed_section(&mut out, s);
     let _ = writeln!(
@@ -647,6 +664,38 @@ fn lowered_section(out: &mut String, s: &StatusReport) {
         let _ = writeln!(
             out,
             "  none: the operator's timeouts are in force everywhere"
+        );
+    }
+}
+
+/// The agent's last composition samples: what holds each pressed namespace's entries,
+/// by the timeout key that governs them, largest first (`ctune top` shows the rest).
+fn composition_section<'a>(
+    out: &mut String,
+    samples: impl Iterator<Item = (&'a str, &'a ctune_core::model::Governed)>,
+) {
+    for (i, (name, g)) in samples.enumerate() {
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "\nWhat holds the entries (the agent's last composition sample, by the timeout\n that governs them; the keys under timeouts.min_share are not lowered; ctune top\n shows all of it)"
+            );
+        }
+        let mut keys: Vec<(&String, &u64)> = g.by_key.iter().collect();
+        keys.sort_by_key(|(k, n)| (std::cmp::Reverse(**n), k.as_str()));
+        let list: Vec<String> = keys
+            .iter()
+            .take(4)
+            .map(|(k, _)| format!("{} {}", short_key(k), fmt_pct(g.share(k))))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}: {} (of {} entries{}, {}s ago)",
+            truncate(name, 24),
+            list.join(", "),
+            g.entries,
+            if g.partial { " read: partial" } else { "" },
+            g.age_secs
         );
     }
 }

@@ -14,7 +14,8 @@ use crate::sense::ctnetlink::{self, Limits};
 use crate::sense::kfile;
 use crate::sense::netns::{self, Handle};
 use crate::sense::roots::Roots;
-use ctune_core::composition::{Composition, Summary};
+use ctune_core::advice::{self, Advice, Thresholds};
+use ctune_core::composition::{Composition, LocalNets, Summary};
 use ctune_core::config::{Config, NamespaceMode, Namespaces};
 use ctune_core::tunables;
 use ctune_core::units::{fmt_pct, printable};
@@ -59,9 +60,15 @@ pub struct NamespaceTop {
     pub elapsed_ms: u64,
     /// Why this namespace could not be read (null: it was).
     pub error: Option<String>,
+    /// Why its local addresses could not be read (reported in the notes).
+    #[serde(skip)]
+    pub local_error: Option<String>,
     /// What was read.
     #[serde(flatten)]
     pub summary: Option<Summary>,
+    /// What an operator should consider changing and ctune will not
+    /// ([`ctune_core::advice`]); empty when nothing calls for it or nothing was read.
+    pub advice: Vec<Advice>,
 }
 
 /// Everything `ctune top --json` prints.
@@ -81,11 +88,27 @@ struct Reading {
     outcome: ctnetlink::Outcome,
     count: Option<u64>,
     timeouts: BTreeMap<String, u64>,
+    /// Why the namespace's local addresses are unknown (then no `notrack_port` advice).
+    local_error: Option<String>,
+}
+
+/// The calling thread's namespace's local addresses: IPv4 `LOCAL` routes from
+/// `fib_trie`, IPv6 addresses from `if_inet6` (absent without IPv6: none). Read through
+/// `thread-self`, which follows the thread's namespace.
+fn local_nets(roots: &Roots) -> Result<LocalNets, String> {
+    let fib = roots.proc.join("thread-self/net/fib_trie");
+    let fib_text = kfile::read_bounded(&fib).map_err(|e| format!("{}: {e}", fib.display()))?;
+    let v6 = kfile::read_bounded(&roots.proc.join("thread-self/net/if_inet6")).unwrap_or_default();
+    Ok(LocalNets::parse(&fib_text, &v6))
 }
 
 /// Dumps and counts the calling thread's namespace.
 fn read_here(roots: &Roots, opts: &Options) -> Result<Reading, String> {
-    let mut comp = Composition::new(opts.max_keys);
+    let (local, local_error) = match local_nets(roots) {
+        Ok(l) => (Some(l), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut comp = Composition::new(opts.max_keys).with_local(local);
     let outcome = ctnetlink::dump(&opts.limits, &mut |f| comp.add(f)).map_err(|e| e.to_string())?;
     let count = kfile::read_u64(&roots.sysctl(tunables::COUNT)).ok();
     let timeouts = comp
@@ -102,6 +125,7 @@ fn read_here(roots: &Roots, opts: &Options) -> Result<Reading, String> {
         outcome,
         count,
         timeouts,
+        local_error,
     })
 }
 
@@ -113,15 +137,25 @@ fn namespace_top(
     top: usize,
 ) -> NamespaceTop {
     match r {
-        Ok(r) => NamespaceTop {
-            name,
-            inode,
-            count: r.count,
-            partial: r.outcome.partial.clone(),
-            elapsed_ms: r.outcome.elapsed.as_millis() as u64,
-            error: None,
-            summary: Some(r.comp.summarize(top, &r.timeouts, &cfg.timeouts)),
-        },
+        Ok(r) => {
+            let summary = r.comp.summarize(top, &r.timeouts, &cfg.timeouts);
+            let advice = advice::advise(
+                &summary,
+                r.outcome.partial.is_none(),
+                &Thresholds::default(),
+            );
+            NamespaceTop {
+                name,
+                inode,
+                count: r.count,
+                partial: r.outcome.partial.clone(),
+                elapsed_ms: r.outcome.elapsed.as_millis() as u64,
+                error: None,
+                summary: Some(summary),
+                advice,
+                local_error: r.local_error,
+            }
+        }
         Err(e) => NamespaceTop {
             name,
             inode,
@@ -130,6 +164,8 @@ fn namespace_top(
             elapsed_ms: 0,
             error: Some(e),
             summary: None,
+            advice: Vec::new(),
+            local_error: None,
         },
     }
 }
@@ -188,6 +224,12 @@ pub fn report(roots: &Roots, cfg: &Config, opts: &Options) -> Result<TopReport, 
     for n in &namespaces {
         if let Some(e) = &n.error {
             notes.push(format!("namespace {}: {e}", n.name));
+        }
+        if let Some(e) = &n.local_error {
+            notes.push(format!(
+                "namespace {}: local addresses not read ({e}): no notrack advice",
+                n.name
+            ));
         }
     }
     Ok(TopReport {
@@ -318,6 +360,7 @@ pub fn text(r: &TopReport) -> String {
                 s.keys_capped.join(", ")
             ));
         }
+        advice_text(&mut out, &n.advice);
         out.push('\n');
     }
     if r.namespaces.is_empty() {
@@ -327,6 +370,24 @@ pub fn text(r: &TopReport) -> String {
         out.push_str(&format!("note: {}\n", printable(note)));
     }
     out
+}
+
+/// The advice section of one namespace (nothing when there is none).
+fn advice_text(out: &mut String, advice: &[Advice]) {
+    if advice.is_empty() {
+        return;
+    }
+    out.push_str("\n  Advice (ctune changes none of this)\n");
+    for a in advice {
+        out.push_str(&format!("  - {}: {}\n", a.kind.name(), printable(&a.text)));
+        out.push_str(&format!("    warning: {}\n", printable(&a.warning)));
+        if let Some(snippet) = &a.snippet {
+            out.push_str("    nftables (save as a file; `nft -c -f FILE` checks it):\n");
+            for line in snippet.lines() {
+                out.push_str(&format!("      {}\n", line.replace('\t', "  ")));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

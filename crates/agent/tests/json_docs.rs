@@ -180,7 +180,40 @@ fn tree(small: bool) -> common::FixtureTree {
             .collect();
         std::fs::write(&meminfo, text).unwrap();
     }
+    seed_sample(&t);
     t
+}
+
+/// A composition sample of the fixture's own namespace in ctune's state, taken now: what
+/// the agent leaves while a namespace is under pressure, and what `plan` and `status`
+/// show and weigh timeouts by.
+fn seed_sample(t: &common::FixtureTree) {
+    use ctune::act::state;
+    let roots = ctune::sense::roots::Roots::all_under(t.path());
+    let own = ctune_core::config::Namespaces {
+        mode: ctune_core::config::NamespaceMode::Initial,
+        names: Vec::new(),
+    };
+    let inode = ctune::sense::netns::discover(&roots, &own)
+        .own_inode
+        .expect("the fixture's own namespace");
+    let mut st = state::load(&roots).unwrap();
+    let by_key = [
+        ("nf_conntrack_udp_timeout", 200_000),
+        ("nf_conntrack_tcp_timeout_established", 40_000),
+        ("nf_conntrack_generic_timeout", 10_000),
+    ];
+    st.compositions.insert(
+        inode,
+        ctune_core::model::Governed {
+            entries: 250_000,
+            by_key: by_key.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            partial: false,
+            taken_at: state::now(),
+            age_secs: 0,
+        },
+    );
+    state::save(&roots, &st).unwrap();
 }
 
 #[test]
@@ -246,15 +279,16 @@ fn the_docs_state_this_schema_version() {
     }
 }
 
-/// `ctune top --json` on a live namespace (root): a few UDP flows and one TCP
-/// connection, so every list has rows.
+/// `ctune top --json` on a live namespace (root): UDP flows and one TCP connection, so
+/// every list has rows; 10 000 flows from one source, so the table is large enough for
+/// advice (`source_limit`, `remove_tracking`) and its fields are printed.
 #[test]
 fn top_json_is_docs_json_md() {
     if !common::require_root("top_json_is_docs_json_md") {
         return;
     }
     let ns = common::TestNetns::new("topdoc");
-    assert_eq!(ns.udp_flows(50), 0);
+    assert_eq!(ns.udp_flows(10_000), 0);
     let _conn = ns.run_in(|| {
         let l = std::net::TcpListener::bind("127.0.0.1:8080").unwrap();
         let c = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();

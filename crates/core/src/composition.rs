@@ -41,6 +41,8 @@ pub struct Flow {
     pub family: Family,
     /// Original-direction source address (4 bytes used for IPv4), if present.
     pub src: Option<[u8; 16]>,
+    /// Original-direction destination address (4 bytes used for IPv4), if present.
+    pub dst: Option<[u8; 16]>,
     /// Layer-4 protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
     pub proto: u8,
     /// Original-direction destination port (TCP, UDP, SCTP, DCCP, UDP-Lite).
@@ -61,6 +63,14 @@ pub struct Flow {
 pub const IPS_SEEN_REPLY: u32 = 1 << 1;
 /// `IPS_ASSURED`: kept until it expires (never early-dropped).
 pub const IPS_ASSURED: u32 = 1 << 2;
+
+/// `IPS_SRC_NAT`: the entry's source is translated (SNAT, masquerade).
+pub const IPS_SRC_NAT: u32 = 1 << 4;
+/// `IPS_DST_NAT`: the entry's destination is translated (DNAT, redirect).
+pub const IPS_DST_NAT: u32 = 1 << 5;
+/// `IPS_SRC_NAT_DONE` | `IPS_DST_NAT_DONE`: a NAT hook has seen the entry (set even when
+/// no rule translated it: the null binding), so a NAT chain is in its path.
+pub const IPS_NAT_DONE: u32 = (1 << 7) | (1 << 8);
 
 /// Names of `enum tcp_conntrack`, by value.
 pub const TCP_STATES: [&str; 10] = [
@@ -250,6 +260,22 @@ pub struct Composition {
     /// Marks.
     pub marks: Capped<u32>,
     by_key: BTreeMap<Option<&'static str>, Lifetimes>,
+    nat: u64,
+    nat_hooked: u64,
+    zoned: u64,
+    marked: u64,
+    /// Per destination port kept in `ports`: entries to a local address, replied, NAT'd.
+    port_detail: HashMap<(u8, u16), PortCounts>,
+    local: Option<LocalNets>,
+}
+
+/// Per destination port: how many of its entries go to this namespace's own addresses,
+/// saw a reply, or are NAT'd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PortCounts {
+    to_local: u64,
+    replied: u64,
+    nat: u64,
 }
 
 impl Composition {
@@ -266,7 +292,21 @@ impl Composition {
             zones: Capped::new(max_keys),
             marks: Capped::new(max_keys),
             by_key: BTreeMap::new(),
+            nat: 0,
+            nat_hooked: 0,
+            zoned: 0,
+            marked: 0,
+            port_detail: HashMap::new(),
+            local: None,
         }
+    }
+
+    /// The namespace's local addresses ([`LocalNets`]), so that entries whose destination
+    /// is one of them are counted per port (what `notrack` advice needs). Without them,
+    /// whether a port is served here is unknown and no such advice is given.
+    pub fn with_local(mut self, local: Option<LocalNets>) -> Self {
+        self.local = local;
+        self
     }
 
     /// Counts one entry.
@@ -283,8 +323,25 @@ impl Composition {
         if f.status & IPS_SEEN_REPLY == 0 {
             self.unreplied += 1;
         }
+        let nat = f.status & (IPS_SRC_NAT | IPS_DST_NAT) != 0;
+        self.nat += u64::from(nat);
+        self.nat_hooked += u64::from(f.status & IPS_NAT_DONE != 0);
+        self.zoned += u64::from(f.zone != 0);
+        self.marked += u64::from(f.mark != 0);
         if let Some(p) = f.dst_port {
-            self.ports.add((f.proto, p));
+            let k = (f.proto, p);
+            self.ports.add(k);
+            // Only ports kept in `ports` get details, so this map is capped the same.
+            if self.ports.counts.contains_key(&k) {
+                let local = match (&self.local, f.dst) {
+                    (Some(l), Some(d)) => l.contains(f.family, &d),
+                    _ => false,
+                };
+                let d = self.port_detail.entry(k).or_default();
+                d.to_local += u64::from(local);
+                d.replied += u64::from(f.status & IPS_SEEN_REPLY != 0);
+                d.nat += u64::from(nat);
+            }
         }
         if let Some(p) = Prefix::of(f) {
             self.sources.add(p);
@@ -409,6 +466,165 @@ impl Composition {
             .filter(|(_, o)| *o > 0)
             .map(|(b, _)| b.to_string())
             .collect(),
+            details: Details {
+                tcp: self.by_proto[6],
+                nat: self.nat,
+                nat_hooked: self.nat_hooked,
+                zoned: self.zoned,
+                marked: self.marked,
+                local_known: self.local.is_some(),
+                sources: self.sources.top(top),
+                ports: self
+                    .ports
+                    .top(top)
+                    .into_iter()
+                    .map(|((proto, port), entries)| {
+                        let d = self
+                            .port_detail
+                            .get(&(proto, port))
+                            .copied()
+                            .unwrap_or_default();
+                        PortDetail {
+                            proto,
+                            port,
+                            entries,
+                            to_local: d.to_local,
+                            replied: d.replied,
+                            nat: d.nat,
+                        }
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// What advice ([`crate::advice`]) needs beyond the shares printed, typed (never parsed
+/// back from the printed keys). Not serialized: each advice carries its own numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Details {
+    /// TCP entries.
+    pub tcp: u64,
+    /// Entries with source or destination NAT (`IPS_SRC_NAT` / `IPS_DST_NAT`).
+    pub nat: u64,
+    /// Entries a NAT hook has seen ([`IPS_NAT_DONE`]), translated or not.
+    pub nat_hooked: u64,
+    /// Entries in a zone other than 0.
+    pub zoned: u64,
+    /// Entries with a mark other than 0.
+    pub marked: u64,
+    /// Whether the namespace's local addresses were known (see [`LocalNets`]).
+    pub local_known: bool,
+    /// The top source prefixes, largest first.
+    pub sources: Vec<(Prefix, u64)>,
+    /// The top destination ports, largest first.
+    pub ports: Vec<PortDetail>,
+}
+
+/// One destination port and what its entries are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortDetail {
+    /// Layer-4 protocol number.
+    pub proto: u8,
+    /// The port.
+    pub port: u16,
+    /// Entries to it.
+    pub entries: u64,
+    /// Of those, to one of the namespace's own addresses (0 when they are not known).
+    pub to_local: u64,
+    /// Of those, entries that saw a reply.
+    pub replied: u64,
+    /// Of those, entries with NAT.
+    pub nat: u64,
+}
+
+/// The addresses a namespace delivers locally: IPv4 `LOCAL` routes (from
+/// `/proc/net/fib_trie`: 127.0.0.0/8 and every address configured) and IPv6 addresses
+/// (`/proc/net/if_inet6`). Looked up by prefix length, one hash probe per distinct
+/// length, so the lookup per entry stays cheap with many addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNets {
+    v4: BTreeMap<u8, std::collections::HashSet<u32>>,
+    v6: BTreeMap<u8, std::collections::HashSet<u128>>,
+}
+
+/// At most this many local prefixes are kept (a namespace with more is not a host).
+pub const MAX_LOCAL_PREFIXES: usize = 65_536;
+
+fn mask4(a: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(len.min(32))))
+    }
+}
+
+fn mask6(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len.min(128))))
+    }
+}
+
+impl LocalNets {
+    /// From the text of `/proc/net/fib_trie` (every `/N host LOCAL` leaf: the address on
+    /// the `|--` line above it, with that length) and of `/proc/net/if_inet6` (32 hex
+    /// digits per address, /128). Lines that do not parse are skipped.
+    pub fn parse(fib_trie: &str, if_inet6: &str) -> LocalNets {
+        let mut n = LocalNets::default();
+        let mut last: Option<u32> = None;
+        for line in fib_trie.lines() {
+            let t = line.trim();
+            if let Some(a) = t.strip_prefix("|-- ") {
+                last = a.trim().parse::<std::net::Ipv4Addr>().ok().map(u32::from);
+            } else if let Some(rest) = t.strip_prefix('/') {
+                let mut w = rest.split_whitespace();
+                let len = w.next().and_then(|l| l.parse::<u8>().ok());
+                let local = w.nth(1) == Some("LOCAL");
+                if let (Some(a), Some(len), true) = (last, len, local)
+                    && len <= 32
+                    && n.len() < MAX_LOCAL_PREFIXES
+                {
+                    n.v4.entry(len).or_default().insert(mask4(a, len));
+                }
+            }
+        }
+        for line in if_inet6.lines() {
+            if let Some(hex) = line.split_whitespace().next()
+                && hex.len() == 32
+                && let Ok(a) = u128::from_str_radix(hex, 16)
+                && n.len() < MAX_LOCAL_PREFIXES
+            {
+                n.v6.entry(128).or_default().insert(a);
+            }
+        }
+        n
+    }
+
+    /// Prefixes kept.
+    pub fn len(&self) -> usize {
+        self.v4.values().map(|s| s.len()).sum::<usize>()
+            + self.v6.values().map(|s| s.len()).sum::<usize>()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `addr` (of `family`; 4 bytes used for IPv4) is delivered locally.
+    pub fn contains(&self, family: Family, addr: &[u8; 16]) -> bool {
+        match family {
+            Family::V4 => {
+                let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+                self.v4.iter().any(|(len, s)| s.contains(&mask4(a, *len)))
+            }
+            Family::V6 => {
+                let a = u128::from_be_bytes(*addr);
+                self.v6.iter().any(|(len, s)| s.contains(&mask6(a, *len)))
+            }
+            Family::Other(_) => false,
         }
     }
 }
@@ -486,6 +702,9 @@ pub struct Summary {
     pub timeouts: Vec<KeyShare>,
     /// Buckets that reached the cap on distinct keys.
     pub keys_capped: Vec<String>,
+    /// Typed inputs of the advice (not printed).
+    #[serde(skip)]
+    pub details: Details,
 }
 
 #[cfg(test)]
@@ -498,6 +717,7 @@ mod tests {
         Flow {
             family: Family::V4,
             src: Some(a),
+            dst: None,
             proto,
             dst_port: Some(port),
             tcp_state: state,

@@ -197,6 +197,11 @@ pub struct Agent {
     /// When someone else changes a value ctune set, adopt theirs and leave it alone
     /// until it becomes unsafe (drops, or the critical level); false: ctune's plan wins.
     pub respect_operator: bool,
+    /// How often at most the agent reads an elevated or critical namespace's composition
+    /// (a dump of its table: about a second of kernel time at a million entries); 0
+    /// never, and timeouts then follow the tiers alone.
+    #[serde(with = "duration")]
+    pub composition_interval: Duration,
 }
 
 /// Which namespaces count.
@@ -373,6 +378,11 @@ pub struct Timeouts {
     /// max_retrans floor below 2 min (TCP's largest retransmission interval).
     #[serde(default)]
     pub allow_established_below_keepalive: bool,
+    /// Under pressure, a key is lowered only when the namespace's last composition
+    /// sample found it governing at least this share of the entries: a timeout that
+    /// governs almost nothing frees almost nothing, and cutting it only shortens flows.
+    /// Without a sample the tiers alone decide.
+    pub min_share: Fraction,
 }
 
 impl Timeouts {
@@ -898,6 +908,16 @@ fn check_agent_and_timeouts(cfg: &Config) -> Result<(), Invalid> {
             format!(
                 "{} is out of range 100ms ..= 1h",
                 humantime::format_duration(idle)
+            ),
+        );
+    }
+    let every = cfg.agent.composition_interval;
+    if !every.is_zero() && (every < Duration::from_secs(1) || every > Duration::from_secs(86_400)) {
+        return bad(
+            "agent.composition_interval",
+            format!(
+                "{} is out of range 1s ..= 1d (or 0: never)",
+                humantime::format_duration(every)
             ),
         );
     }

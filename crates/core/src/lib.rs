@@ -7,6 +7,7 @@
 //! [`policy::decide`]: an [`model::Observation`], a [`config::Config`] and the previous
 //! [`policy::PolicyState`] in, a [`plan::Plan`] and the next state out.
 
+pub mod advice;
 pub mod bounds;
 pub mod ceiling;
 pub mod composition;

@@ -4,15 +4,21 @@
 //! The operator's value of a key (its baseline) is remembered the first time ctune lowers
 //! it. If the live value later differs from what ctune set, someone else changed it: that
 //! value becomes the new baseline instead of being overwritten back.
+//!
+//! With a composition sample of the namespace ([`Governed`]), a key the level would lower
+//! is lowered only when it governs at least `timeouts.min_share` of the entries (a key
+//! already lowered stays so while the level lasts: no flapping with the sample), and the
+//! keys are lowered in the order of the entries they govern, most first.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Timeouts;
+use crate::model::Governed;
 use crate::plan::{ADOPTED, Change, Target};
 use crate::pressure::Level;
 use crate::tunables::{self, TimeoutTier};
-use crate::units::fmt_secs;
+use crate::units::{fmt_pct, fmt_secs};
 
 /// A key ctune has lowered: what the operator had, and what ctune set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +52,10 @@ pub struct Inputs<'a> {
     pub level_reason: &'a str,
     /// Whether a value someone else changed is left alone until pressure ends.
     pub respect_operator: bool,
+    /// What holds the namespace's entries, when sampled.
+    pub composition: Option<&'a Governed>,
+    /// A sample is due: nothing is newly lowered until it is at hand.
+    pub composition_due: bool,
 }
 
 /// A namespace's timeout plan and what to remember.
@@ -76,6 +86,8 @@ pub fn plan(
         level,
         level_reason: _,
         respect_operator,
+        composition,
+        composition_due,
     } = *inp;
     // A hold lasts for one pressure episode.
     let mut held = if level == Level::Normal {
@@ -87,7 +99,16 @@ pub fn plan(
     let mut record = BTreeMap::new();
     let mut notes = Vec::new();
     let mut keys: Vec<&String> = live.keys().collect();
-    keys.sort_by_key(|k| (tunables::tier_of(k), k.as_str()));
+    let governed = |k: &str| composition.map_or(0, |g| g.by_key.get(k).copied().unwrap_or(0));
+    keys.sort_by_key(|k| {
+        (
+            tunables::tier_of(k),
+            std::cmp::Reverse(governed(k)),
+            k.as_str(),
+        )
+    });
+    let mut spared = Vec::new();
+    let mut waiting = false;
     for key in keys {
         let current = live[key];
         // A key lowered earlier whose floor was since removed from the config goes back
@@ -108,10 +129,23 @@ pub fn plan(
             }
             None => current,
         };
-        let lower = cfg.manage
+        let wanted = cfg.manage
             && lowered_at(tunables::tier_of(key), level)
             && baseline > floor
             && !held.contains(key);
+        let already = current < baseline && lowered.get(key).is_some_and(|l| l.set == current);
+        let governs = match composition {
+            Some(g) => g.share(key) >= cfg.min_share.get(),
+            None => !composition_due,
+        };
+        if wanted && !governs && !already {
+            if composition_due {
+                waiting = true;
+            } else {
+                spared.push(key.as_str());
+            }
+        }
+        let lower = wanted && (governs || already);
         let desired = if lower { floor } else { baseline };
         if desired != baseline {
             record.insert(
@@ -133,6 +167,14 @@ pub fn plan(
             reason: reason(inp, key, lower, current, desired),
         });
     }
+    if let (Some(g), false) = (composition, spared.is_empty()) {
+        notes.push(spared_note(inp, cfg, g, &spared));
+    }
+    if waiting {
+        notes.push(format!(
+            "netns {ns_name} at {level}: its timeouts wait one step for the composition sample taken after this one, so the first cut follows what holds the entries"
+        ));
+    }
     carry_over(inp, cfg, lowered, &mut record, &mut notes);
     TimeoutPlan {
         changes,
@@ -150,11 +192,36 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
     } else {
         ("restoring", String::new(), "operator's value")
     };
+    let share = match inp.composition {
+        Some(g) if lower => format!(
+            "; governs {} of the entries in netns {ns_name}{}",
+            fmt_pct(g.share(key)),
+            if g.partial { ", of those read" } else { "" }
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{ns_name} at {level}{why}: {verb} {} {} -> {} ({source})",
+        "{ns_name} at {level}{why}: {verb} {} {} -> {} ({source}{share})",
         short(key),
         fmt_secs(current),
         fmt_secs(desired)
+    )
+}
+
+/// Why keys the level would lower are left: they govern too little of the table.
+fn spared_note(inp: &Inputs<'_>, cfg: &Timeouts, g: &Governed, spared: &[&str]) -> String {
+    let list: Vec<String> = spared
+        .iter()
+        .map(|k| format!("{} ({})", short(k), fmt_pct(g.share(k))))
+        .collect();
+    format!(
+        "netns {} at {}: left alone, each governing under timeouts.min_share {} of the {} entries sampled {}s ago: {}",
+        inp.ns_name,
+        inp.level,
+        fmt_pct(cfg.min_share.get()),
+        g.entries,
+        g.age_secs,
+        list.join(", ")
     )
 }
 
@@ -222,6 +289,8 @@ mod tests {
             level,
             level_reason: "test",
             respect_operator: true,
+            composition: None,
+            composition_due: false,
         }
     }
 
@@ -390,5 +459,107 @@ mod tests {
     fn floors_for_absent_keys_are_noted() {
         let (_, _, notes) = run(Level::Normal, &live(), &BTreeMap::new());
         assert!(notes.iter().any(|n| n.contains("tcp_timeout_syn_sent")));
+    }
+
+    /// A composition sample: `entries` in all, `by_key` (short names) governed.
+    fn sample(entries: u64, by_key: &[(&str, u64)]) -> Governed {
+        Governed {
+            entries,
+            by_key: by_key
+                .iter()
+                .map(|(k, n)| (format!("nf_conntrack_{k}"), *n))
+                .collect(),
+            partial: false,
+            taken_at: std::time::Duration::from_secs(100),
+            age_secs: 3,
+        }
+    }
+
+    fn run_with(level: Level, g: &Governed, lowered: &BTreeMap<String, Lowered>) -> TimeoutPlan {
+        let live = live();
+        let mut inp = inputs(level, &live);
+        inp.composition = Some(g);
+        plan(&inp, &Config::default().timeouts, lowered, &BTreeSet::new())
+    }
+
+    fn keys(c: &[Change]) -> Vec<&str> {
+        c.iter().map(|c| short(&c.key)).collect()
+    }
+
+    #[test]
+    fn unreplied_udp_gets_its_timeout_cut_and_the_rest_is_spared() {
+        let g = sample(
+            1000,
+            &[
+                ("udp_timeout", 950),
+                ("generic_timeout", 20),
+                ("tcp_timeout_established", 30),
+            ],
+        );
+        let p = run_with(Level::Critical, &g, &BTreeMap::new());
+        assert_eq!(keys(&p.changes), ["udp_timeout"], "{:?}", p.changes);
+        assert!(
+            p.changes[0]
+                .reason
+                .contains("governs 95% of the entries in netns init"),
+            "{}",
+            p.changes[0].reason
+        );
+        let note = p
+            .notes
+            .iter()
+            .find(|n| n.contains("left alone"))
+            .expect("a note");
+        for spared in ["generic_timeout (2%)", "tcp_timeout_established (3%)"] {
+            assert!(note.contains(spared), "{spared} in {note}");
+        }
+    }
+
+    #[test]
+    fn established_tcp_at_elevated_cuts_nothing_and_at_critical_only_established() {
+        let g = sample(
+            1000,
+            &[
+                ("tcp_timeout_established", 900),
+                ("udp_timeout", 40),
+                ("generic_timeout", 10),
+            ],
+        );
+        let p = run_with(Level::Elevated, &g, &BTreeMap::new());
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        let p = run_with(Level::Critical, &g, &BTreeMap::new());
+        assert_eq!(keys(&p.changes), ["tcp_timeout_established"]);
+    }
+
+    #[test]
+    fn keys_are_lowered_most_governing_first() {
+        let g = sample(100, &[("generic_timeout", 30), ("udp_timeout", 60)]);
+        let p = run_with(Level::Elevated, &g, &BTreeMap::new());
+        assert_eq!(keys(&p.changes), ["udp_timeout", "generic_timeout"]);
+    }
+
+    #[test]
+    fn a_key_already_lowered_stays_lowered_when_its_share_falls() {
+        let before = BTreeMap::from([(
+            "nf_conntrack_udp_timeout".to_string(),
+            Lowered {
+                baseline: 60,
+                set: 30,
+            },
+        )]);
+        // Live udp_timeout is 30 (ctune's floor here is 10, set earlier to 30 by test
+        // data: what matters is that ctune set the live value).
+        let g = sample(1000, &[("tcp_timeout_established", 1000)]);
+        let p = run_with(Level::Elevated, &g, &before);
+        assert!(
+            p.lowered.contains_key("nf_conntrack_udp_timeout"),
+            "{:?}",
+            p.lowered
+        );
+        assert!(
+            !p.changes.iter().any(|c| c.new == 60),
+            "restored while the level lasts: {:?}",
+            p.changes
+        );
     }
 }

@@ -178,6 +178,8 @@ impl ObsBuilder {
             timeouts: kernel_timeouts(),
             error: None,
             handle: None,
+            composition: None,
+            composition_due: false,
         });
         self
     }

@@ -1020,6 +1020,8 @@ impl Table {
             timeouts: self.timeouts.clone(),
             error: None,
             handle: None,
+            composition: None,
+            composition_due: false,
         }
     }
 }

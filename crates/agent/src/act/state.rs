@@ -30,6 +30,11 @@ pub struct State {
     pub original: BTreeMap<String, u64>,
     /// The policy's memory.
     pub policy: PolicyState,
+    /// The last composition sample of each namespace at the elevated level or above, by
+    /// inode: the agent takes them (`agent.composition_interval` apart), and `plan` and
+    /// `status` weigh timeouts by them as the agent does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compositions: BTreeMap<u64, ctune_core::model::Governed>,
 }
 
 /// A state file that could not be used.
@@ -120,6 +125,7 @@ pub fn load(roots: &Roots) -> Result<State, StateError> {
             operator_held: st.policy.operator_held,
             ..PolicyState::default()
         };
+        st.compositions.clear();
         st.boot_id = current;
     }
     Ok(st)

@@ -9,12 +9,16 @@ use crate::act::atomic;
 use crate::act::history;
 use crate::act::persist::{self, FileUpdate};
 use crate::act::state::{self, State, StateError};
+use crate::sense::ctnetlink;
+use crate::sense::netns;
 use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
 use ctune_core::config::Config;
-use ctune_core::model::Observation;
+use ctune_core::model::{NamespaceObs, Observation};
 use ctune_core::plan::{Plan, Target};
 use ctune_core::policy::PolicyState;
+use ctune_core::pressure::Level;
+use ctune_core::units::printable;
 
 /// One file a step wrote (or failed to write).
 #[derive(Debug)]
@@ -104,7 +108,7 @@ pub fn preview(
 pub struct Sampler<'a> {
     roots: &'a Roots,
     cfg: &'a Config,
-    saved: &'a PolicyState,
+    saved: &'a State,
     last: Option<(Observation, Duration)>,
 }
 
@@ -124,7 +128,7 @@ impl<'a> Sampler<'a> {
     pub fn start(
         roots: &'a Roots,
         cfg: &'a Config,
-        saved: &'a PolicyState,
+        saved: &'a State,
         first_reading: bool,
     ) -> Result<Sampler<'a>, ObserveError> {
         let mut s = Sampler {
@@ -141,14 +145,15 @@ impl<'a> Sampler<'a> {
 
     /// Reads again and decides, with the previous reading as the baseline.
     pub fn read(&mut self) -> Result<Sample, ObserveError> {
-        let obs = observe::observe(self.roots, &self.cfg.namespaces)?;
+        let mut obs = observe::observe(self.roots, &self.cfg.namespaces)?;
         let now = state::now();
+        attach_samples(&mut obs, self.saved, self.cfg, now);
         let (prev, elapsed) = match &self.last {
             Some((first, at)) => (
-                ctune_core::policy::with_sample(self.saved, first, *at),
+                ctune_core::policy::with_sample(&self.saved.policy, first, *at),
                 now.saturating_sub(*at),
             ),
-            None => (self.saved.clone(), Duration::ZERO),
+            None => (self.saved.policy.clone(), Duration::ZERO),
         };
         let preview = preview(self.roots, self.cfg, &obs, &prev, now);
         self.last = Some((obs.clone(), now));
@@ -173,6 +178,20 @@ fn files_for(
     persist::render(roots, cfg.persist.layout, obs, plan, &managed)
 }
 
+/// The bounds of one composition sample in the agent: it runs between steps, so at most
+/// two seconds (about a million entries) and the entries read then.
+const SAMPLE_LIMITS: ctnetlink::Limits = ctnetlink::Limits {
+    max_entries: 4_000_000,
+    max_time: Duration::from_secs(2),
+};
+
+/// Gives the observation the state's composition samples, as the agent's decision sees
+/// them: a sample older than three `agent.composition_interval`s is left out.
+pub fn attach_samples(obs: &mut Observation, state: &State, cfg: &Config, now: Duration) {
+    let max_age = cfg.agent.composition_interval.saturating_mul(3);
+    ctune_core::policy::attach_compositions(obs, &state.compositions, now, max_age);
+}
+
 /// The imperative shell around the policy.
 #[derive(Debug)]
 pub struct Engine {
@@ -184,6 +203,13 @@ pub struct Engine {
     pub state: State,
     /// The state as last saved (or loaded), without its sample times.
     saved: State,
+    /// Take a due composition sample before deciding, not after applying: for the
+    /// one-shot `apply`, where a second's dump delays nothing that waits on it. The agent
+    /// samples after applying, so a dump never delays a raise of max.
+    pub sample_before_deciding: bool,
+    /// Namespaces whose last sample failed, and when: their timeouts follow the tiers
+    /// until `agent.composition_interval` has passed.
+    sample_failed: std::collections::BTreeMap<u64, Duration>,
 }
 
 impl Engine {
@@ -195,6 +221,8 @@ impl Engine {
             config,
             saved: state::untimed(&state),
             state,
+            sample_before_deciding: false,
+            sample_failed: Default::default(),
         })
     }
 
@@ -212,6 +240,89 @@ impl Engine {
         Ok(())
     }
 
+    /// Marks the namespaces whose timeouts should wait for a composition sample: none at
+    /// hand, sampling on and possible here (the real /proc), and no failure of it within
+    /// the interval.
+    fn mark_due(&self, obs: &mut Observation, now: Duration) {
+        let every = self.config.agent.composition_interval;
+        let possible = !every.is_zero() && self.roots.proc_is_live();
+        for n in &mut obs.namespaces {
+            let failed = self
+                .sample_failed
+                .get(&n.id.inode)
+                .is_some_and(|at| now.saturating_sub(*at) < every);
+            n.composition_due = possible && n.composition.is_none() && !failed;
+        }
+    }
+
+    /// After a step: forgets the samples of namespaces back at normal (or gone), and
+    /// takes one of each namespace at the elevated level or above whose sample is
+    /// older than `agent.composition_interval`, for the next steps' decisions. Taken
+    /// after the changes are applied, so a dump never delays a raise. Returns notes on
+    /// the dumps that failed.
+    fn sample_compositions(
+        &mut self,
+        obs: &Observation,
+        plan: &Plan,
+        now: Duration,
+    ) -> Vec<String> {
+        let every = self.config.agent.composition_interval;
+        let pressed: Vec<u64> = plan
+            .namespaces
+            .iter()
+            .filter(|v| v.level >= Level::Elevated)
+            .map(|v| v.netns.inode)
+            .collect();
+        let samples = &mut self.state.compositions;
+        samples.retain(|ino, _| !every.is_zero() && pressed.contains(ino));
+        let due = |n: &&NamespaceObs| {
+            pressed.contains(&n.id.inode)
+                && samples
+                    .get(&n.id.inode)
+                    .is_none_or(|g| now.saturating_sub(g.taken_at) >= every)
+        };
+        let due: Vec<&NamespaceObs> = obs.namespaces.iter().filter(due).collect();
+        if every.is_zero() || due.is_empty() || !self.roots.proc_is_live() {
+            return Vec::new();
+        }
+        let take = || ctnetlink::governed(&SAMPLE_LIMITS, now).map_err(|e| e.to_string());
+        let mut handles = Vec::new();
+        let mut taken = Vec::new();
+        for n in due {
+            match &n.handle {
+                None => taken.push((n.id.clone(), take())),
+                Some(path) => handles.push(netns::Handle {
+                    id: n.id.clone(),
+                    path: path.clone(),
+                }),
+            }
+        }
+        let others = netns::read_each(&handles, take);
+        taken.extend(
+            handles
+                .iter()
+                .map(|h| h.id.clone())
+                .zip(others.into_iter().map(|r| r.and_then(|r| r))),
+        );
+        let mut notes = Vec::new();
+        for (id, result) in taken {
+            match result {
+                Ok(g) => {
+                    samples.insert(id.inode, g);
+                    self.sample_failed.remove(&id.inode);
+                }
+                Err(e) => {
+                    self.sample_failed.insert(id.inode, now);
+                    notes.push(format!(
+                        "netns {}: no composition sample ({e}); its timeouts follow the tiers alone",
+                        printable(&id.name)
+                    ))
+                }
+            }
+        }
+        notes
+    }
+
     /// Observes, decides, applies, persists, and saves the state.
     pub fn step(&mut self, now: Duration) -> Result<StepReport, ObserveError> {
         // Only the timeouts ctune may change (or has changed): a step reads a dozen
@@ -226,13 +337,22 @@ impl Engine {
         for ns in self.state.policy.namespaces.values() {
             keys.extend(ns.lowered.keys().cloned());
         }
-        let obs = observe::observe_keys(
+        let mut obs = observe::observe_keys(
             &self.roots,
             &self.config.namespaces,
             &observe::TimeoutKeys::Only(keys),
         )?;
+        attach_samples(&mut obs, &self.state, &self.config, now);
+        self.mark_due(&mut obs, now);
         let prev = self.state.policy.clone();
-        let (plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+        let (mut plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+        let mut sample_notes = Vec::new();
+        if self.sample_before_deciding && obs.namespaces.iter().any(|n| n.composition_due) {
+            sample_notes = self.sample_compositions(&obs, &plan, now);
+            // Sampled or failed: the tiers decide where no sample came.
+            attach_samples(&mut obs, &self.state, &self.config, now);
+            (plan, next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+        }
         // The operator's value from before ctune's first change of a global key is saved
         // before the kernel is touched: if it cannot be, nothing is changed, so `restore`
         // can always put it back.
@@ -274,8 +394,10 @@ impl Engine {
             })
             .collect();
         self.state.policy = next;
-        let state_error = self.save_if_changed().err();
         let mut notes = obs.notes.clone();
+        notes.extend(sample_notes);
+        notes.extend(self.sample_compositions(&obs, &plan, now));
+        let state_error = self.save_if_changed().err();
         notes.extend(file_notes);
         // The record of what took effect; a failure to keep it never fails the step.
         if let Err(e) =

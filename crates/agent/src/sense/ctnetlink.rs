@@ -18,6 +18,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ctune_core::composition::{Family, Flow};
+use ctune_core::model::Governed;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -41,7 +42,9 @@ const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTOINFO_TCP: u16 = 1;
@@ -156,6 +159,7 @@ fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> 
     let mut f = Flow {
         family: Family::from_af(family),
         src: None,
+        dst: None,
         proto: 0,
         dst_port: None,
         tcp_state: None,
@@ -169,15 +173,21 @@ fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> 
             CTA_TUPLE_ORIG => attrs(v, off, |t, v, off| {
                 match t {
                     CTA_TUPLE_IP => attrs(v, off, |t, v, _| {
-                        let n = match t {
-                            CTA_IP_V4_SRC => 4,
-                            CTA_IP_V6_SRC => 16,
+                        let (n, src) = match t {
+                            CTA_IP_V4_SRC => (4, true),
+                            CTA_IP_V6_SRC => (16, true),
+                            CTA_IP_V4_DST => (4, false),
+                            CTA_IP_V6_DST => (16, false),
                             _ => return Ok(()),
                         };
                         if let Some(bytes) = v.get(..n) {
                             let mut a = [0u8; 16];
                             a[..n].copy_from_slice(bytes);
-                            f.src = Some(a);
+                            if src {
+                                f.src = Some(a);
+                            } else {
+                                f.dst = Some(a);
+                            }
                         }
                         Ok(())
                     })?,
@@ -443,6 +453,30 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
     Ok(out)
 }
 
+/// Dumps the calling thread's namespace and counts its entries by the timeout key that
+/// governs each ([`ctune_core::composition::governing_key`]): the sample the agent's
+/// decision weighs timeouts by, taken at `taken_at` on ctune's clock.
+pub fn governed(limits: &Limits, taken_at: Duration) -> Result<Governed, DumpError> {
+    let mut by_key: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut entries = 0;
+    let outcome = dump(limits, &mut |f| {
+        entries += 1;
+        if let Some(k) = ctune_core::composition::governing_key(f) {
+            *by_key.entry(k).or_default() += 1;
+        }
+    })?;
+    Ok(Governed {
+        entries,
+        by_key: by_key
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
+        partial: outcome.partial.is_some(),
+        taken_at,
+        age_secs: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +504,9 @@ mod tests {
     }
 
     fn entry() -> Vec<u8> {
-        let ip = nla(0x8000 | CTA_TUPLE_IP, &nla(CTA_IP_V4_SRC, &[10, 1, 2, 3]));
+        let mut ip = nla(CTA_IP_V4_SRC, &[10, 1, 2, 3]);
+        ip.extend(nla(CTA_IP_V4_DST, &[10, 9, 8, 7]));
+        let ip = nla(0x8000 | CTA_TUPLE_IP, &ip);
         let mut proto = nla(CTA_PROTO_NUM, &[6]);
         proto.extend(nla(CTA_PROTO_DST_PORT, &443u16.to_be_bytes()));
         let mut tuple = ip;
@@ -506,6 +542,7 @@ mod tests {
         let f = seen[0];
         assert_eq!(f.family, Family::V4);
         assert_eq!(&f.src.unwrap()[..4], &[10, 1, 2, 3]);
+        assert_eq!(&f.dst.unwrap()[..4], &[10, 9, 8, 7]);
         assert_eq!(
             (f.proto, f.dst_port, f.tcp_state, f.status, f.mark, f.zone),
             (6, Some(443), Some(3), 6, 7, 3)

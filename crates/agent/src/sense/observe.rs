@@ -136,6 +136,8 @@ pub fn observe_keys(
             timeouts: BTreeMap::new(),
             error: Some(format!("cannot enter: {e}")),
             handle: None,
+            composition: None,
+            composition_due: false,
         });
         obs.id = handle.id.clone();
         obs.handle = Some(handle.path.clone());
@@ -186,6 +188,8 @@ fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> Namesp
         timeouts,
         error: (!problems.is_empty()).then(|| problems.join("; ")),
         handle: None,
+        composition: None,
+        composition_due: false,
     }
 }
 

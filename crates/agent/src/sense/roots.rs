@@ -45,6 +45,13 @@ impl Roots {
         }
     }
 
+    /// Whether procfs is the real one. A ctnetlink dump reads the kernel of the calling
+    /// thread's namespace whatever the roots say: only then do the two describe the same
+    /// tables (a fixture tree has no netlink).
+    pub fn proc_is_live(&self) -> bool {
+        self.proc == std::path::Path::new("/proc")
+    }
+
     /// Directory holding the `nf_conntrack_*` sysctls of the reading thread's namespace.
     pub fn netfilter_sysctl_dir(&self) -> PathBuf {
         self.proc.join("sys/net/netfilter")

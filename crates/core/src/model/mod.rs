@@ -154,6 +154,45 @@ pub struct NamespaceObs {
     pub error: Option<String>,
     /// The handle that enters it (/run/netns/NAME, /proc/PID/ns/net); None for ctune's own.
     pub handle: Option<std::path::PathBuf>,
+    /// What holds its entries, from the last composition sample (the agent takes one
+    /// while the namespace is elevated or critical, `agent.composition_interval` apart);
+    /// None: no sample, and the tiers alone decide which timeouts are lowered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub composition: Option<Governed>,
+    /// A composition sample is due and none is at hand: a timeout this namespace's
+    /// level would newly lower waits for it (one step), so the first cut already
+    /// follows what holds the entries. False when sampling is off or just failed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub composition_due: bool,
+}
+
+/// The entries each timeout key governs in one namespace, from a dump of its table
+/// ([`crate::composition::governing_key`]): what the decision weighs timeouts by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Governed {
+    /// Entries read.
+    pub entries: u64,
+    /// Entries per governing sysctl (full name); entries no sysctl governs are left out.
+    pub by_key: BTreeMap<String, u64>,
+    /// The dump stopped at a bound: the shares are of the entries read.
+    pub partial: bool,
+    /// When it was taken, on ctune's clock (time since boot).
+    pub taken_at: std::time::Duration,
+    /// Seconds since it was taken, when the decision ran.
+    #[serde(default)]
+    pub age_secs: u64,
+}
+
+impl Governed {
+    /// The share of the entries read that `key` governs (0 when it governs none; at
+    /// most 1, whatever a hand-edited state file claims).
+    pub fn share(&self, key: &str) -> f64 {
+        if self.entries == 0 {
+            return 0.0;
+        }
+        let n = self.by_key.get(key).copied().unwrap_or(0).min(self.entries);
+        n as f64 / self.entries as f64
+    }
 }
 
 impl Observation {

@@ -237,6 +237,26 @@ pub fn decide(
     (plan, draft.next)
 }
 
+/// Gives each observed namespace its last composition sample from `samples` (by inode),
+/// with its age at `now`, unless older than `max_age`: a sample that old says little of
+/// the table now, and the tiers alone decide.
+pub fn attach_compositions(
+    obs: &mut Observation,
+    samples: &BTreeMap<u64, crate::model::Governed>,
+    now: Duration,
+    max_age: Duration,
+) {
+    for n in &mut obs.namespaces {
+        n.composition = samples.get(&n.id.inode).and_then(|g| {
+            let age = now.checked_sub(g.taken_at)?;
+            (age <= max_age).then(|| crate::model::Governed {
+                age_secs: age.as_secs(),
+                ..g.clone()
+            })
+        });
+    }
+}
+
 /// ceil(n * f), saturating.
 fn ceil_mul(n: u64, f: f64) -> u64 {
     let v = (n as f64 * f).ceil();
@@ -333,6 +353,8 @@ pub(super) mod testkit {
                     timeouts: BTreeMap::new(),
                     error: None,
                     handle: None,
+                    composition: None,
+                    composition_due: false,
                 })
                 .collect(),
             notes: Vec::new(),

@@ -180,6 +180,8 @@ fn timeouts_of(
             level,
             level_reason,
             respect_operator: input.cfg.agent.respect_operator,
+            composition: n.composition.as_ref(),
+            composition_due: n.composition_due,
         },
         &input.cfg.timeouts,
         lowered_before,
