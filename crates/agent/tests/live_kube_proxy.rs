@@ -205,7 +205,7 @@ fn kube_proxy_with_max_per_core_zero_leaves_max_to_ctune() {
     guard.set_max(8192);
     guard.set_buckets(2048);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = agent_config(dir.path(), &ns, 65_536, "1s");
+    let cfg = agent_config(dir.path(), &ns, 65_536, "1s", "0s");
     let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // The recommended setting writes nothing at all.
@@ -269,7 +269,9 @@ fn kube_proxy_defaults_are_adopted_held_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     // A long hold keeps the namespace under pressure after kube-proxy raises max, so the
     // timeouts it rewrote stay held (and shown) for the rest of the test.
-    let cfg = agent_config(dir.path(), &ns, CAP, "60s");
+    // The tiers alone (no composition sample): the flood is UDP, and this test needs
+    // the established and CLOSE_WAIT timeouts lowered for kube-proxy to write over.
+    let cfg = agent_config(dir.path(), &ns, CAP, "60s", "0s");
     let mut agent = Agent::start_stepped(&cfg, dir.path());
 
     // ctune at work before kube-proxy starts: a flood past the ceiling. Max goes to the

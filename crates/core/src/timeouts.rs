@@ -6,9 +6,11 @@
 //! value becomes the new baseline instead of being overwritten back.
 //!
 //! With a composition sample of the namespace ([`Governed`]), a key the level would lower
-//! is lowered only when it governs at least `timeouts.min_share` of the entries (a key
-//! already lowered stays so while the level lasts: no flapping with the sample), and the
-//! keys are lowered in the order of the entries they govern, most first.
+//! is lowered only when it governs at least `timeouts.min_share` of the entries, and one
+//! already lowered (by the tiers, before the first sample came) stays so only while it
+//! governs at least half of that: a cut that frees nothing is undone, and a share near
+//! the line does not flap. Keys are lowered in the order of the entries they govern,
+//! most first.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,8 +56,6 @@ pub struct Inputs<'a> {
     pub respect_operator: bool,
     /// What holds the namespace's entries, when sampled.
     pub composition: Option<&'a Governed>,
-    /// A sample is due: nothing is newly lowered until it is at hand.
-    pub composition_due: bool,
 }
 
 /// A namespace's timeout plan and what to remember.
@@ -87,7 +87,6 @@ pub fn plan(
         level_reason: _,
         respect_operator,
         composition,
-        composition_due,
     } = *inp;
     // A hold lasts for one pressure episode.
     let mut held = if level == Level::Normal {
@@ -108,7 +107,6 @@ pub fn plan(
         )
     });
     let mut spared = Vec::new();
-    let mut waiting = false;
     for key in keys {
         let current = live[key];
         // A key lowered earlier whose floor was since removed from the config goes back
@@ -134,18 +132,15 @@ pub fn plan(
             && baseline > floor
             && !held.contains(key);
         let already = current < baseline && lowered.get(key).is_some_and(|l| l.set == current);
-        let governs = match composition {
-            Some(g) => g.share(key) >= cfg.min_share.get(),
-            None => !composition_due,
-        };
-        if wanted && !governs && !already {
-            if composition_due {
-                waiting = true;
-            } else {
-                spared.push(key.as_str());
-            }
+        // Lowered from min_share up, kept lowered down to half of it (no flapping
+        // around the line); without a sample the tiers alone decide.
+        let share = composition.map(|g| g.share(key));
+        let governs = share.is_none_or(|s| s >= cfg.min_share.get());
+        let keeps = share.is_none_or(|s| s >= cfg.min_share.get() / 2.0);
+        if wanted && !governs && !(already && keeps) {
+            spared.push(key.as_str());
         }
-        let lower = wanted && (governs || already);
+        let lower = wanted && (governs || (already && keeps));
         let desired = if lower { floor } else { baseline };
         if desired != baseline {
             record.insert(
@@ -170,11 +165,7 @@ pub fn plan(
     if let (Some(g), false) = (composition, spared.is_empty()) {
         notes.push(spared_note(inp, cfg, g, &spared));
     }
-    if waiting {
-        notes.push(format!(
-            "netns {ns_name} at {level}: its timeouts wait one step for the composition sample taken after this one, so the first cut follows what holds the entries"
-        ));
-    }
+
     carry_over(inp, cfg, lowered, &mut record, &mut notes);
     TimeoutPlan {
         changes,
@@ -197,6 +188,10 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
             "; governs {} of the entries in netns {ns_name}{}",
             fmt_pct(g.share(key)),
             if g.partial { ", of those read" } else { "" }
+        ),
+        Some(g) if level > Level::Normal => format!(
+            "; it governs only {} of the entries now: the cut frees next to nothing",
+            fmt_pct(g.share(key))
         ),
         _ => String::new(),
     };
@@ -290,7 +285,6 @@ mod tests {
             level_reason: "test",
             respect_operator: true,
             composition: None,
-            composition_due: false,
         }
     }
 
@@ -539,26 +533,53 @@ mod tests {
     }
 
     #[test]
-    fn a_key_already_lowered_stays_lowered_when_its_share_falls() {
+    fn a_lowered_key_stays_down_to_half_the_min_share_and_is_undone_below() {
+        // udp_timeout at its floor (10 s), which ctune set (the tiers, before a sample),
+        // over the operator's 30 s.
+        let mut live = live();
+        live.insert("nf_conntrack_udp_timeout".into(), 10);
         let before = BTreeMap::from([(
             "nf_conntrack_udp_timeout".to_string(),
             Lowered {
-                baseline: 60,
-                set: 30,
+                baseline: 30,
+                set: 10,
             },
         )]);
-        // Live udp_timeout is 30 (ctune's floor here is 10, set earlier to 30 by test
-        // data: what matters is that ctune set the live value).
-        let g = sample(1000, &[("tcp_timeout_established", 1000)]);
-        let p = run_with(Level::Elevated, &g, &before);
+        let run = |g: &Governed| {
+            let mut inp = inputs(Level::Elevated, &live);
+            inp.composition = Some(g);
+            plan(&inp, &Config::default().timeouts, &before, &BTreeSet::new())
+        };
+        // 3 % of the entries: under min_share (5 %), over half of it: kept.
+        let p = run(&sample(
+            1000,
+            &[("udp_timeout", 30), ("tcp_timeout_established", 970)],
+        ));
         assert!(
             p.lowered.contains_key("nf_conntrack_udp_timeout"),
             "{:?}",
             p.lowered
         );
         assert!(
-            !p.changes.iter().any(|c| c.new == 60),
-            "restored while the level lasts: {:?}",
+            !p.changes.iter().any(|c| c.key.ends_with("udp_timeout")),
+            "{:?}",
+            p.changes
+        );
+        // 1 %: the cut frees nothing and is undone, though the level lasts.
+        let p = run(&sample(
+            1000,
+            &[("udp_timeout", 10), ("tcp_timeout_established", 990)],
+        ));
+        assert!(
+            !p.lowered.contains_key("nf_conntrack_udp_timeout"),
+            "{:?}",
+            p.lowered
+        );
+        let undo = p.changes.iter().find(|c| c.key.ends_with("udp_timeout"));
+        assert_eq!(
+            undo.map(|c| (c.old, c.new)),
+            Some((10, 30)),
+            "{:?}",
             p.changes
         );
     }

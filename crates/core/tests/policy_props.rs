@@ -179,7 +179,6 @@ impl ObsBuilder {
             error: None,
             handle: None,
             composition: None,
-            composition_due: false,
         });
         self
     }

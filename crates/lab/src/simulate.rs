@@ -1021,7 +1021,6 @@ impl Table {
             error: None,
             handle: None,
             composition: None,
-            composition_due: false,
         }
     }
 }

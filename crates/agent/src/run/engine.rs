@@ -14,7 +14,7 @@ use crate::sense::netns;
 use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
 use ctune_core::config::Config;
-use ctune_core::model::{NamespaceObs, Observation};
+use ctune_core::model::{NamespaceObs, NetnsId, Observation};
 use ctune_core::plan::{Plan, Target};
 use ctune_core::policy::PolicyState;
 use ctune_core::pressure::Level;
@@ -203,14 +203,24 @@ pub struct Engine {
     pub state: State,
     /// The state as last saved (or loaded), without its sample times.
     saved: State,
-    /// Take a due composition sample before deciding, not after applying: for the
-    /// one-shot `apply`, where a second's dump delays nothing that waits on it. The agent
-    /// samples after applying, so a dump never delays a raise of max.
+    /// Take a due composition sample before deciding (and decide again with it), not in
+    /// the background after applying: for the one-shot `apply`, where a second's dump
+    /// delays nothing that waits on it. The agent's steps never wait for a dump.
     pub sample_before_deciding: bool,
-    /// Namespaces whose last sample failed, and when: their timeouts follow the tiers
-    /// until `agent.composition_interval` has passed.
+    /// Namespaces whose last sample failed, and when: not tried again before
+    /// `agent.composition_interval` has passed (their timeouts follow the tiers).
     sample_failed: std::collections::BTreeMap<u64, Duration>,
+    /// The thread taking composition samples, while it runs.
+    sampling: Option<std::thread::JoinHandle<Vec<TakenSample>>>,
 }
+
+/// One namespace's composition sample as the sampling thread returns it, with when it
+/// was taken.
+type TakenSample = (
+    NetnsId,
+    Result<ctune_core::model::Governed, String>,
+    Duration,
+);
 
 impl Engine {
     /// Loads the state and prepares a step.
@@ -223,6 +233,7 @@ impl Engine {
             state,
             sample_before_deciding: false,
             sample_failed: Default::default(),
+            sampling: None,
         })
     }
 
@@ -240,32 +251,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Marks the namespaces whose timeouts should wait for a composition sample: none at
-    /// hand, sampling on and possible here (the real /proc), and no failure of it within
-    /// the interval.
-    fn mark_due(&self, obs: &mut Observation, now: Duration) {
-        let every = self.config.agent.composition_interval;
-        let possible = !every.is_zero() && self.roots.proc_is_live();
-        for n in &mut obs.namespaces {
-            let failed = self
-                .sample_failed
-                .get(&n.id.inode)
-                .is_some_and(|at| now.saturating_sub(*at) < every);
-            n.composition_due = possible && n.composition.is_none() && !failed;
+    /// Takes in the samples of a finished sampling thread (without waiting for one still
+    /// running, unless `wait`); returns notes on the dumps that failed.
+    fn collect_samples(&mut self, wait: bool) -> Vec<String> {
+        let finished = self.sampling.as_ref().is_some_and(|h| h.is_finished());
+        if !(finished || (wait && self.sampling.is_some())) {
+            return Vec::new();
         }
+        let Some(handle) = self.sampling.take() else {
+            return Vec::new();
+        };
+        let results = handle.join().unwrap_or_else(|_| Vec::new());
+        let mut notes = Vec::new();
+        for (id, result, taken_at) in results {
+            match result {
+                Ok(g) => {
+                    self.state.compositions.insert(id.inode, g);
+                    self.sample_failed.remove(&id.inode);
+                }
+                Err(e) => {
+                    self.sample_failed.insert(id.inode, taken_at);
+                    notes.push(format!(
+                        "netns {}: no composition sample ({e}); its timeouts follow the tiers alone",
+                        printable(&id.name)
+                    ));
+                }
+            }
+        }
+        notes
     }
 
     /// After a step: forgets the samples of namespaces back at normal (or gone), and
-    /// takes one of each namespace at the elevated level or above whose sample is
-    /// older than `agent.composition_interval`, for the next steps' decisions. Taken
-    /// after the changes are applied, so a dump never delays a raise. Returns notes on
-    /// the dumps that failed.
-    fn sample_compositions(
-        &mut self,
-        obs: &Observation,
-        plan: &Plan,
-        now: Duration,
-    ) -> Vec<String> {
+    /// starts a thread that samples each namespace at the elevated level or above whose
+    /// sample is older than `agent.composition_interval` (unless one is running). The
+    /// steps go on meanwhile: a dump of a large table under a flood takes seconds, and
+    /// must not hold up a raise of max; the next step after it ends takes the samples in.
+    fn start_sampling(&mut self, obs: &Observation, plan: &Plan, now: Duration) {
         let every = self.config.agent.composition_interval;
         let pressed: Vec<u64> = plan
             .namespaces
@@ -275,52 +296,49 @@ impl Engine {
             .collect();
         let samples = &mut self.state.compositions;
         samples.retain(|ino, _| !every.is_zero() && pressed.contains(ino));
+        if every.is_zero() || self.sampling.is_some() || !self.roots.proc_is_live() {
+            return;
+        }
+        let failed = &self.sample_failed;
         let due = |n: &&NamespaceObs| {
+            let stale = |at: Duration| now.saturating_sub(at) >= every;
             pressed.contains(&n.id.inode)
-                && samples
-                    .get(&n.id.inode)
-                    .is_none_or(|g| now.saturating_sub(g.taken_at) >= every)
+                && samples.get(&n.id.inode).is_none_or(|g| stale(g.taken_at))
+                && failed.get(&n.id.inode).is_none_or(|at| stale(*at))
         };
-        let due: Vec<&NamespaceObs> = obs.namespaces.iter().filter(due).collect();
-        if every.is_zero() || due.is_empty() || !self.roots.proc_is_live() {
-            return Vec::new();
-        }
-        let take = || ctnetlink::governed(&SAMPLE_LIMITS, now).map_err(|e| e.to_string());
-        let mut handles = Vec::new();
-        let mut taken = Vec::new();
-        for n in due {
-            match &n.handle {
-                None => taken.push((n.id.clone(), take())),
-                Some(path) => handles.push(netns::Handle {
+        let due: Vec<(netns::Handle, bool)> = obs
+            .namespaces
+            .iter()
+            .filter(due)
+            .map(|n| {
+                let h = netns::Handle {
                     id: n.id.clone(),
-                    path: path.clone(),
-                }),
-            }
+                    path: n.handle.clone().unwrap_or_default(),
+                };
+                (h, n.handle.is_none())
+            })
+            .collect();
+        if due.is_empty() {
+            return;
         }
-        let others = netns::read_each(&handles, take);
-        taken.extend(
-            handles
-                .iter()
-                .map(|h| h.id.clone())
-                .zip(others.into_iter().map(|r| r.and_then(|r| r))),
-        );
-        let mut notes = Vec::new();
-        for (id, result) in taken {
-            match result {
-                Ok(g) => {
-                    samples.insert(id.inode, g);
-                    self.sample_failed.remove(&id.inode);
-                }
-                Err(e) => {
-                    self.sample_failed.insert(id.inode, now);
-                    notes.push(format!(
-                        "netns {}: no composition sample ({e}); its timeouts follow the tiers alone",
-                        printable(&id.name)
-                    ))
-                }
-            }
-        }
-        notes
+        // A new thread starts in the namespace of the one that creates it: ctune's own,
+        // which it samples first, before entering the others.
+        let spawned = std::thread::Builder::new()
+            .name("ctune-sample".into())
+            .spawn(move || {
+                let mut due = due;
+                due.sort_by_key(|(_, own)| !own);
+                due.into_iter()
+                    .map(|(h, own)| {
+                        let taken_at = state::now();
+                        let result = if own { Ok(()) } else { netns::enter(&h) }.and_then(|()| {
+                            ctnetlink::governed(&SAMPLE_LIMITS, taken_at).map_err(|e| e.to_string())
+                        });
+                        (h.id, result, taken_at)
+                    })
+                    .collect()
+            });
+        self.sampling = spawned.ok();
     }
 
     /// Observes, decides, applies, persists, and saves the state.
@@ -342,16 +360,18 @@ impl Engine {
             &self.config.namespaces,
             &observe::TimeoutKeys::Only(keys),
         )?;
+        let mut sample_notes = self.collect_samples(false);
         attach_samples(&mut obs, &self.state, &self.config, now);
-        self.mark_due(&mut obs, now);
         let prev = self.state.policy.clone();
         let (mut plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
-        let mut sample_notes = Vec::new();
-        if self.sample_before_deciding && obs.namespaces.iter().any(|n| n.composition_due) {
-            sample_notes = self.sample_compositions(&obs, &plan, now);
-            // Sampled or failed: the tiers decide where no sample came.
-            attach_samples(&mut obs, &self.state, &self.config, now);
-            (plan, next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+        if self.sample_before_deciding {
+            self.start_sampling(&obs, &plan, now);
+            if self.sampling.is_some() {
+                sample_notes.extend(self.collect_samples(true));
+                // Sampled or failed: the tiers decide where no sample came.
+                attach_samples(&mut obs, &self.state, &self.config, now);
+                (plan, next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
+            }
         }
         // The operator's value from before ctune's first change of a global key is saved
         // before the kernel is touched: if it cannot be, nothing is changed, so `restore`
@@ -396,7 +416,7 @@ impl Engine {
         self.state.policy = next;
         let mut notes = obs.notes.clone();
         notes.extend(sample_notes);
-        notes.extend(self.sample_compositions(&obs, &plan, now));
+        self.start_sampling(&obs, &plan, now);
         let state_error = self.save_if_changed().err();
         notes.extend(file_notes);
         // The record of what took effect; a failure to keep it never fails the step.

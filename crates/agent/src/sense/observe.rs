@@ -137,7 +137,6 @@ pub fn observe_keys(
             error: Some(format!("cannot enter: {e}")),
             handle: None,
             composition: None,
-            composition_due: false,
         });
         obs.id = handle.id.clone();
         obs.handle = Some(handle.path.clone());
@@ -189,7 +188,6 @@ fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> Namesp
         error: (!problems.is_empty()).then(|| problems.join("; ")),
         handle: None,
         composition: None,
-        composition_due: false,
     }
 }
 

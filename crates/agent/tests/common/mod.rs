@@ -366,8 +366,15 @@ pub fn named_config(dir: &Path, names: &[&str]) -> PathBuf {
 }
 
 /// A config for an agent watching the test namespace `ns`: ceiling `cap`, hash resizes
-/// at most every second, pressure held for `hold`, a step every 200 ms.
-pub fn agent_config(dir: &Path, ns: &TestNetns, cap: u64, hold: &str) -> PathBuf {
+/// at most every second, pressure held for `hold`, a step every 200 ms, a composition
+/// sample every `composition` (`0s`: none, the tiers alone choose the timeouts).
+pub fn agent_config(
+    dir: &Path,
+    ns: &TestNetns,
+    cap: u64,
+    hold: &str,
+    composition: &str,
+) -> PathBuf {
     let cfg = dir.join("ctune.yaml");
     std::fs::write(
         &cfg,
@@ -376,7 +383,7 @@ pub fn agent_config(dir: &Path, ns: &TestNetns, cap: u64, hold: &str) -> PathBuf
              ceiling:\n  min_max: 1024\n  max_cap: {cap}\n\
              hash:\n  min_interval: 1s\n\
              pressure:\n  hold: {hold}\n\
-             agent:\n  interval: 200ms\n",
+             agent:\n  interval: 200ms\n  composition_interval: {composition}\n",
             ns.name
         ),
     )

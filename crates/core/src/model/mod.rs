@@ -159,11 +159,6 @@ pub struct NamespaceObs {
     /// None: no sample, and the tiers alone decide which timeouts are lowered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub composition: Option<Governed>,
-    /// A composition sample is due and none is at hand: a timeout this namespace's
-    /// level would newly lower waits for it (one step), so the first cut already
-    /// follows what holds the entries. False when sampling is off or just failed.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub composition_due: bool,
 }
 
 /// The entries each timeout key governs in one namespace, from a dump of its table

@@ -354,7 +354,6 @@ pub(super) mod testkit {
                     error: None,
                     handle: None,
                     composition: None,
-                    composition_due: false,
                 })
                 .collect(),
             notes: Vec::new(),

@@ -181,7 +181,6 @@ fn timeouts_of(
             level_reason,
             respect_operator: input.cfg.agent.respect_operator,
             composition: n.composition.as_ref(),
-            composition_due: n.composition_due,
         },
         &input.cfg.timeouts,
         lowered_before,

@@ -1,0 +1,174 @@
+//! Timeouts chosen by what holds the entries, on the live kernel: the agent samples a
+//! pressed namespace's table over ctnetlink (`agent.composition_interval`) and keeps
+//! lowered only the timeouts that govern a real share of it.
+//!
+//! - A table full of unreplied UDP: udp_timeout is lowered, and the established timeout
+//!   (which the tiers cut at the critical level before the first sample came) is back
+//!   at the operator's value while the pressure lasts.
+//! - A table full of established TCP: the established timeout is lowered, and the
+//!   transient ones (UDP, SYN, FIN, generic: nothing there) are not left cut.
+
+mod common;
+
+use common::*;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const UDP: &str = "nf_conntrack_udp_timeout";
+const EST: &str = "nf_conntrack_tcp_timeout_established";
+const SYN_SENT: &str = "nf_conntrack_tcp_timeout_syn_sent";
+const GENERIC: &str = "nf_conntrack_generic_timeout";
+
+/// The agent watching `ns` only, max capped at `cap` (so the flood reaches critical),
+/// levels held 30 s (no stepping down while the test looks), a composition sample every
+/// second.
+fn config(dir: &Path, ns: &TestNetns, cap: u64) -> PathBuf {
+    let cfg = dir.join("ctune.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "namespaces:\n  mode: named\n  names: [\"{}\"]\n\
+             ceiling:\n  min_max: 1024\n  max_cap: {cap}\n\
+             hash:\n  min_interval: 1s\n\
+             pressure:\n  hold: 30s\n\
+             agent:\n  interval: 200ms\n  composition_interval: 1s\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `ctune status --json` on the agent's config and state.
+fn status(cfg: &Path, dir: &Path) -> serde_json::Value {
+    let (code, out, err) = ctune(&[
+        "status",
+        "--json",
+        "--sample",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+    ]);
+    assert!([0, 5, 6].contains(&code), "status exited {code}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The share the agent's last sample gives `key` in the namespace named `ns`.
+fn sampled_share(st: &serde_json::Value, ns: &str, key: &str) -> Option<f64> {
+    let n = st["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == ns)?;
+    let c = &n["composition"];
+    let entries = c["entries"].as_f64()?;
+    Some(c["by_key"][key].as_f64().unwrap_or(0.0) / entries)
+}
+
+#[test]
+fn a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout() {
+    if !require_root("a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout") {
+        return;
+    }
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("compudp");
+    guard.set_max(8192);
+    guard.set_buckets(2048);
+    let est = ns.read_sysctl(EST);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &ns, 16_384);
+    let agent = Agent::start_stepped(&cfg, dir.path());
+    // Past the cap: the table fills, the namespace goes critical.
+    let refused = ns.udp_flows_paced(0, 17_000, Some(20_000));
+    let settled = wait_for(Duration::from_secs(20), || {
+        ns.read_sysctl(UDP) < 600
+            && ns.read_sysctl(EST) == est
+            && agent.log().contains("lowering udp_timeout")
+    });
+    let st = status(&cfg, dir.path());
+    assert!(
+        settled,
+        "udp_timeout {} (operator 600), established {} (operator {est}), {refused} sends refused; status:\n{st:#}\nlog:\n{}",
+        ns.read_sysctl(UDP),
+        ns.read_sysctl(EST),
+        agent.log()
+    );
+    // The sample the decision used, as status shows it.
+    let share = sampled_share(&st, &ns.name, UDP);
+    assert!(
+        share.is_some_and(|s| s > 0.95),
+        "udp share {share:?}: {st:#}"
+    );
+    drop(agent);
+    drop(ns);
+    drop(guard);
+}
+
+#[test]
+fn a_table_of_established_tcp_keeps_its_transient_timeouts() {
+    if !require_root("a_table_of_established_tcp_keeps_its_transient_timeouts") {
+        return;
+    }
+    // Both ends of every connection are descriptors of this process.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let conns = 3_950usize;
+    if hard < 2 * conns as u64 + 1024 {
+        eprintln!(
+            "a_table_of_established_tcp_keeps_its_transient_timeouts: skipped, RLIMIT_NOFILE hard {hard}"
+        );
+        return;
+    }
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("setrlimit");
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("comptcp");
+    // 3950 established entries of 4096: critical (95 %), and max cannot grow (the cap).
+    guard.set_max(4096);
+    guard.set_buckets(1024);
+    let before: Vec<(&str, u64)> = [EST, UDP, SYN_SENT, GENERIC]
+        .iter()
+        .map(|k| (*k, ns.read_sysctl(k)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &ns, 4096);
+    let agent = Agent::start_stepped(&cfg, dir.path());
+    let _kept = ns.run_in(|| {
+        let listener = TcpListener::bind("127.0.0.1:8080").expect("listen");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut kept = Vec::with_capacity(2 * conns);
+        for _ in 0..conns {
+            assert!(Instant::now() < deadline, "TCP setup took over 60 s");
+            kept.push(TcpStream::connect("127.0.0.1:8080").expect("connect"));
+            kept.push(listener.accept().expect("accept").0);
+        }
+        kept
+    });
+    let operator = |k: &str| before.iter().find(|(b, _)| *b == k).unwrap().1;
+    let settled = wait_for(Duration::from_secs(20), || {
+        ns.read_sysctl(EST) < operator(EST)
+            && [UDP, SYN_SENT, GENERIC]
+                .iter()
+                .all(|k| ns.read_sysctl(k) == operator(k))
+    });
+    let st = status(&cfg, dir.path());
+    let now: Vec<(&str, u64)> = before
+        .iter()
+        .map(|(k, _)| (*k, ns.read_sysctl(k)))
+        .collect();
+    assert!(
+        settled,
+        "timeouts {now:?} (operator's {before:?}); status:\n{st:#}\nlog:\n{}",
+        agent.log()
+    );
+    let share = sampled_share(&st, &ns.name, EST);
+    assert!(
+        share.is_some_and(|s| s > 0.95),
+        "established share {share:?}: {st:#}"
+    );
+    drop(agent);
+    drop(ns);
+    drop(guard);
+}
