@@ -102,8 +102,8 @@ pub fn proto_name(proto: u8) -> String {
 }
 
 /// The timeout sysctl that sets how long an idle entry like this one lives, with the
-/// kernel's semantics (`nf_conntrack_proto_*.c`): unreplied UDP takes `udp_timeout`, UDP
-/// that has seen a reply `udp_timeout_stream`; TCP its state's key; ICMP its own;
+/// kernel's semantics (`nf_conntrack_proto_*.c`): UDP takes `udp_timeout` until it is a
+/// stream, then `udp_timeout_stream`; TCP its state's key; ICMP its own;
 /// anything the kernel has no tracker for `generic_timeout`. None: the entry's timeout
 /// is not a sysctl (TCP SYN_SENT2, whose two minutes are fixed) or depends on a
 /// protocol state the dump does not carry here (SCTP, DCCP).
@@ -111,8 +111,15 @@ pub fn proto_name(proto: u8) -> String {
 /// An established TCP entry with data unacknowledged or retransmitted too often lives
 /// by `tcp_timeout_unacknowledged` / `tcp_timeout_max_retrans` instead (the smaller
 /// wins); a dump cannot tell those apart, so they count as established.
+///
+/// A UDP stream is an assured entry: since Linux 5.x `nf_conntrack_udp_packet` gives a
+/// replied entry the stream timeout (and `IPS_ASSURED`) only once it is still active two
+/// seconds after it began; before that, a request answered at once (a DNS lookup) lives
+/// by `udp_timeout`. Older kernels assure at the first reply, so assured is the stream
+/// on both.
 pub fn governing_key(f: &Flow) -> Option<&'static str> {
     let replied = f.status & IPS_SEEN_REPLY != 0;
+    let assured = f.status & IPS_ASSURED != 0;
     Some(match f.proto {
         6 => match f.tcp_state? {
             // The kernel gives a NONE-state entry the SYN_SENT timeout.
@@ -126,7 +133,7 @@ pub fn governing_key(f: &Flow) -> Option<&'static str> {
             8 => "nf_conntrack_tcp_timeout_close",
             _ => return None,
         },
-        17 | 136 if replied => "nf_conntrack_udp_timeout_stream",
+        17 | 136 if replied && assured => "nf_conntrack_udp_timeout_stream",
         17 | 136 => "nf_conntrack_udp_timeout",
         1 => "nf_conntrack_icmp_timeout",
         58 => "nf_conntrack_icmpv6_timeout",
@@ -740,6 +747,12 @@ mod tests {
             governing_key(&replied),
             Some("nf_conntrack_udp_timeout_stream")
         );
+        // Answered at once (a DNS lookup): not yet a stream, still `udp_timeout`.
+        let answered = Flow {
+            status: IPS_SEEN_REPLY,
+            ..udp
+        };
+        assert_eq!(governing_key(&answered), Some("nf_conntrack_udp_timeout"));
         let est = flow(6, Some(3), IPS_ASSURED, [10, 0, 0, 1], 443);
         assert_eq!(
             governing_key(&est),

@@ -1195,6 +1195,14 @@ fn oscillate(cfg: &Config, enter: f64, d: f64, ticks: u64, step_secs: u64) -> (u
     cfg.ceiling.min_max = m;
     cfg.ceiling.max_cap = m;
     cfg.max.shrink.enabled = false;
+    // The property is about the utilisation bands: memory must not bind. (A table whose
+    // memory oscillates across its budget is critical above it and, with ticks longer
+    // than the hold, steps down below it each time: the memory signal has no band of its
+    // own. Found by this test with 42 KB of extensions per entry; a design question,
+    // not a utilisation flap.)
+    cfg.ceiling.extension_bytes = 128;
+    cfg.ceiling.memory_fraction = ctune_core::config::Fraction(0.5);
+    cfg.ceiling.memory_cap = None;
     let obs = ObsBuilder::new(m).ns("init", 1, 0).build();
     let mut sim = Sim::new(obs, cfg);
     let mut levels = Vec::new();

@@ -30,6 +30,14 @@
 //!     clash, counted in `drop` and `insert_failed` as `nf_ct_resolve_clash` does, at any
 //!     utilisation. Reported as clash drops, apart from the table-full loss.
 //!
+//!   Each class's entries also carry the protocol, TCP state and status bits a dump
+//!   shows of them ([`Class::flow`]), so the agent's composition sample is counted by
+//!   the agent's own rule ([`Class::governing_key`], `composition::governing_key`):
+//!   unreplied UDP under `udp_timeout`; `udp_request_response` and `dns_race` (replied
+//!   within 2 s, never assured, so never a stream) under `udp_timeout` too, as in the
+//!   kernel; `tcp_short` under `tcp_timeout_time_wait` (its modelled life is all
+//!   TIME_WAIT); `tcp_idle` under `tcp_timeout_established`.
+//!
 //!   The handshake and data phase of `tcp_short` (milliseconds) are folded into its
 //!   creation. The timeout is the one in force when the entry is created: a changed
 //!   timeout applies to an entry only at its next packet, and these idle or finished
@@ -70,7 +78,15 @@
 //!   an immediate step when [`probe::step_now`] says so; an early step restarts the
 //!   regular schedule from itself, and probing pauses while the last step found the
 //!   table past the watermark without raising max (at the ceiling), as in the agent. A probe that falls on a regular step is skipped (the
-//!   step has just read the count). `kube-proxy` does what kube-proxy does at its
+//!   step has just read the count). After each step it takes composition samples as
+//!   `Engine::start_sampling` does, by the same core rules
+//!   ([`policy::forget_compositions`], [`policy::compositions_due`]): each namespace at
+//!   elevated or above whose sample is `agent.composition_interval` old (1m; `0s` turns
+//!   sampling off), read whole as the table is after the step; the next step takes it in
+//!   and decides with it ([`policy::attach_recent_compositions`]: ignored when older
+//!   than three intervals); a namespace back at normal loses it. Unlike the agent's
+//!   dump (bounded at 2 s, on a thread of its own), the model's never fails, is never
+//!   partial and always ends before the next step. `kube-proxy` does what kube-proxy does at its
 //!   start: max to max(131072, 32768 x CPUs) (raise-only, as kube-proxy became), the
 //!   hash to max / 4 when smaller, established 1 d, close_wait 1 h. `static` changes
 //!   nothing.
@@ -89,7 +105,7 @@ use ctune_core::config::{self, Config, ConfigError};
 use ctune_core::model::NetnsId;
 use ctune_core::model::meminfo::MemInfo;
 use ctune_core::model::stat::ConntrackStat;
-use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::model::{Access, Global, Governed, Host, ModuleState, NamespaceObs, Observation};
 use ctune_core::plan::Target;
 use ctune_core::policy::{self, PolicyState};
 use ctune_core::pressure::Level;
@@ -1025,6 +1041,28 @@ impl Table {
     }
 }
 
+impl Table {
+    /// What the agent's composition sample of this table reads at `taken_at`: every
+    /// entry, counted under the key [`Class::governing_key`] names (a dump that never
+    /// stops at a bound: the model's tables are read whole).
+    fn composition(&self, taken_at: Duration) -> Governed {
+        let mut by_key = BTreeMap::new();
+        for class in Class::ALL {
+            let n: u64 = self.cohorts[class.index()].values().sum();
+            if let (Some(key), true) = (class.governing_key(), n > 0) {
+                *by_key.entry(key.to_string()).or_insert(0) += n;
+            }
+        }
+        Governed {
+            entries: self.count,
+            by_key,
+            partial: false,
+            taken_at,
+            age_secs: 0,
+        }
+    }
+}
+
 /// Splits `amount` (at most the sum of `weights`) in proportion to `weights`, remainders
 /// to the largest fractions (ties: class order): exact and deterministic.
 fn share(weights: &[u64; Class::COUNT], amount: u64) -> [u64; Class::COUNT] {
@@ -1057,6 +1095,8 @@ fn share(weights: &[u64; Class::COUNT], amount: u64) -> [u64; Class::COUNT] {
 pub struct TimeoutChange {
     /// Milliseconds since the start of the run.
     pub at_ms: u64,
+    /// The namespace ("init", or a tenant's name).
+    pub netns: String,
     /// The sysctl.
     pub key: String,
     /// Before.
@@ -1092,9 +1132,61 @@ pub struct RunDetails {
     pub peak_chain: f64,
     /// Every timeout change, in order.
     pub timeout_changes: Vec<TimeoutChange>,
+    /// Every composition sample ctune took (`ctune` only): (milliseconds, namespace,
+    /// the sample), in order.
+    pub compositions: Vec<(u64, String, Governed)>,
+    /// The first step that decided with a composition sample, in milliseconds.
+    pub first_decided_with_composition: Option<u64>,
     /// The most the table cost above what the host could spare at that moment
     /// (MemTotal - other use - ctune's reserve), in bytes; 0 when it always fit.
     pub peak_over_spare: u64,
+}
+
+impl RunDetails {
+    /// The value of `key` in namespace `netns` at `at_ms` (after the changes made then):
+    /// the kernel default unless a change says otherwise.
+    pub fn timeout_at(&self, netns: &str, key: &str, at_ms: u64) -> Option<u64> {
+        let start = KERNEL_DEFAULT_TIMEOUTS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v);
+        self.timeout_changes
+            .iter()
+            .rev()
+            .find(|c| c.at_ms <= at_ms && c.netns == netns && c.key == key)
+            .map(|c| c.new)
+            .or(start)
+    }
+
+    /// The keys (short names) below their kernel default in some namespace at some
+    /// moment from `from_ms` on.
+    pub fn lowered_from(&self, from_ms: u64) -> BTreeSet<String> {
+        let below = |key: &str, v: u64| {
+            KERNEL_DEFAULT_TIMEOUTS
+                .iter()
+                .any(|(k, d)| *k == key && v < *d)
+        };
+        let mut out = BTreeSet::new();
+        let mut ns_keys: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for c in &self.timeout_changes {
+            ns_keys.insert((&c.netns, &c.key));
+            if c.at_ms >= from_ms && below(&c.key, c.new) {
+                out.insert(c.key.clone());
+            }
+        }
+        // In force when `from_ms` came.
+        for (netns, key) in ns_keys {
+            if self
+                .timeout_at(netns, key, from_ms)
+                .is_some_and(|v| below(key, v))
+            {
+                out.insert(key.to_string());
+            }
+        }
+        out.into_iter()
+            .map(|k| k.trim_start_matches("nf_conntrack_").to_string())
+            .collect()
+    }
 }
 
 /// A scenario's report, with the details of each run in the same order.
@@ -1124,6 +1216,12 @@ struct Agent {
     ceiling: Option<u64>,
     /// The latest step's level in its most pressed namespace, for the timeline.
     level: Option<Level>,
+    /// The composition samples the decision sees, by inode (the agent's
+    /// `State.compositions`).
+    compositions: BTreeMap<u64, Governed>,
+    /// Samples taken after the last step: the agent's sampling thread, whose dumps the
+    /// next step takes in.
+    sampling: Vec<(u64, Governed)>,
 }
 
 impl Agent {
@@ -1138,6 +1236,8 @@ impl Agent {
             names,
             ceiling: None,
             level: None,
+            compositions: BTreeMap::new(),
+            sampling: Vec::new(),
         }
     }
 
@@ -1192,7 +1292,14 @@ impl Agent {
     /// One full step: observe the model, decide, apply every change.
     fn step(&mut self, now: Duration, tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
         let ext = self.cfg.ceiling.extension_bytes;
-        let obs = tables.observation(host, &self.names, now.as_secs_f64(), ext);
+        let mut obs = tables.observation(host, &self.names, now.as_secs_f64(), ext);
+        // The samples taken after the previous step are in (`Engine::collect_samples`).
+        self.compositions.extend(self.sampling.drain(..));
+        policy::attach_recent_compositions(&mut obs, &self.compositions, &self.cfg, now);
+        if obs.namespaces.iter().any(|n| n.composition.is_some()) {
+            d.first_decided_with_composition
+                .get_or_insert(now.as_millis() as u64);
+        }
         let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
         d.ceiling = Some(
             d.ceiling
@@ -1214,7 +1321,7 @@ impl Agent {
                 }
                 (key, Target::Namespace { netns }) => {
                     if let Some(t) = tables.by_inode(netns.inode) {
-                        set_timeout(t, key, ch.new, at_ms, d);
+                        set_timeout(t, &netns.name, key, ch.new, at_ms, d);
                     }
                 }
                 (_, Target::Global) => {}
@@ -1233,17 +1340,59 @@ impl Agent {
             .step_in(now, schedule::step_period(&plan, &self.cfg));
         self.schedule.probe_in(now, self.pace(tables.max));
         self.state = next;
+        self.sample(&obs, &plan, now, tables, d);
         // For the timeline only: nothing above reads them.
         self.ceiling = Some(plan.ceiling.value);
         self.level = plan.namespaces.iter().map(|v| v.level).max();
     }
 }
 
-fn set_timeout(table: &mut Table, key: &str, new: u64, at_ms: u64, d: &mut RunDetails) {
+impl Agent {
+    /// After a step, as `Engine::start_sampling`: forgets the samples of namespaces
+    /// back at normal, and samples each one due ([`policy::compositions_due`]); the
+    /// samples reach the decision at the next step. A dump in the model never fails and
+    /// always ends before the next step (a real one of millions of entries may take two
+    /// seconds, so a step or two later), and reads the table as it is when the step's
+    /// changes are applied.
+    fn sample(
+        &mut self,
+        obs: &Observation,
+        plan: &ctune_core::plan::Plan,
+        now: Duration,
+        tables: &Tables,
+        d: &mut RunDetails,
+    ) {
+        policy::forget_compositions(&mut self.compositions, plan, &self.cfg);
+        let failed = BTreeMap::new();
+        let due = policy::compositions_due(obs, plan, &self.compositions, &failed, &self.cfg, now);
+        for n in due {
+            let Some(i) = n.id.inode.checked_sub(INIT_NET_INODE) else {
+                continue;
+            };
+            let Some(table) = usize::try_from(i).ok().and_then(|i| tables.spaces.get(i)) else {
+                continue;
+            };
+            let g = table.composition(now);
+            d.compositions
+                .push((now.as_millis() as u64, n.id.name.clone(), g.clone()));
+            self.sampling.push((n.id.inode, g));
+        }
+    }
+}
+
+fn set_timeout(
+    table: &mut Table,
+    netns: &str,
+    key: &str,
+    new: u64,
+    at_ms: u64,
+    d: &mut RunDetails,
+) {
     let old = table.timeouts.insert(key.to_string(), new).unwrap_or(0);
     if old != new {
         d.timeout_changes.push(TimeoutChange {
             at_ms,
+            netns: netns.to_string(),
             key: key.to_string(),
             old,
             new,
@@ -1265,7 +1414,7 @@ fn kube_proxy_start(tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
             tunables::round_buckets(kube_proxy::buckets(target), tunables::DEFAULT_PAGE_SIZE);
     }
     for (key, secs) in kube_proxy::TIMEOUTS {
-        set_timeout(&mut tables.spaces[0], key, secs, 0, d);
+        set_timeout(&mut tables.spaces[0], "init", key, secs, 0, d);
     }
 }
 
@@ -1289,6 +1438,94 @@ pub fn run(sc: &Scenario) -> Simulation {
             runs,
         },
         details,
+    }
+}
+
+/// ctune on one scenario with composition sampling and without it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositionComparison {
+    /// The scenario.
+    pub scenario: String,
+    /// ctune with `agent.composition_interval` as the scenario's config has it (the
+    /// default, 1m, when it says nothing; the default too when it turns sampling off).
+    pub with: (PolicyRun, RunDetails),
+    /// ctune with `agent.composition_interval: 0s`: the tiers alone decide.
+    pub without: (PolicyRun, RunDetails),
+}
+
+/// Flows a run harmed: lost to a full table (`drop`) plus evicted (`early_drop`). The
+/// clash drops of `dns_race` are left out: every policy has the same.
+pub fn harmed(r: &PolicyRun) -> u64 {
+    r.kernel_drops + r.early_drops
+}
+
+/// Runs ctune alone on `sc` twice: with composition sampling, and with it off.
+pub fn compare_composition(sc: &Scenario) -> CompositionComparison {
+    let mut on = sc.ctune.clone();
+    if on.agent.composition_interval.is_zero() {
+        on.agent.composition_interval = Config::default().agent.composition_interval;
+    }
+    let mut off = sc.ctune.clone();
+    off.agent.composition_interval = Duration::ZERO;
+    let ctune_with = |cfg: Config| {
+        let sc = Scenario {
+            ctune: cfg,
+            policies: vec![Peer::Ctune],
+            ..sc.clone()
+        };
+        run_policy(&sc, Peer::Ctune)
+    };
+    CompositionComparison {
+        scenario: sc.name.clone(),
+        with: ctune_with(on),
+        without: ctune_with(off),
+    }
+}
+
+impl CompositionComparison {
+    /// The keys (short names, `nf_conntrack_` left out) a run had below their default
+    /// from `from_ms` on.
+    fn lowered(d: &RunDetails, from_ms: u64) -> String {
+        let keys = d.lowered_from(from_ms);
+        if keys.is_empty() {
+            "none".into()
+        } else {
+            keys.into_iter().collect::<Vec<_>>().join(", ")
+        }
+    }
+
+    /// The Markdown table of comparisons, one row each.
+    pub fn markdown(rows: &[CompositionComparison]) -> String {
+        let mut out = String::from(
+            "| scenario | harmed without (lost + evicted) | harmed with | with - without | samples | keys lowered without | keys lowered with, once it decided with a sample |\n\
+             |---|---:|---:|---:|---:|---|---|\n",
+        );
+        for c in rows {
+            let (w, wo) = (harmed(&c.with.0), harmed(&c.without.0));
+            let diff = i128::from(w) - i128::from(wo);
+            out.push_str(&format!(
+                "| {} | {} ({} + {}) | {} ({} + {}) | {} | {} | {} | {} |\n",
+                c.scenario,
+                wo,
+                c.without.0.kernel_drops,
+                c.without.0.early_drops,
+                w,
+                c.with.0.kernel_drops,
+                c.with.0.early_drops,
+                if diff > 0 {
+                    format!("+{diff}")
+                } else {
+                    diff.to_string()
+                },
+                c.with.1.compositions.len(),
+                Self::lowered(&c.without.1, 0),
+                c.with.1.first_decided_with_composition.map_or_else(
+                    || Self::lowered(&c.with.1, 0),
+                    |t| Self::lowered(&c.with.1, t)
+                ),
+            ));
+        }
+        out
     }
 }
 

@@ -4,7 +4,13 @@
 
 use serde::Deserialize;
 
+use ctune_core::composition::{Family, Flow, IPS_ASSURED, IPS_SEEN_REPLY, governing_key};
 use ctune_core::tunables;
+
+/// `enum tcp_conntrack`: ESTABLISHED.
+const TCP_ESTABLISHED: u8 = 3;
+/// `enum tcp_conntrack`: TIME_WAIT.
+const TCP_TIME_WAIT: u8 = 7;
 
 /// A kind of traffic, with the timeout and assured state its entries get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,6 +63,45 @@ impl Class {
             Class::TcpShort => "nf_conntrack_tcp_timeout_time_wait",
             Class::TcpIdle => tunables::ESTABLISHED,
         }
+    }
+
+    /// An entry of this class as a dump of the table shows it while it waits to expire
+    /// (the protocol, TCP state and status bits the model gives it): what the agent's
+    /// composition sample reads.
+    ///
+    /// - `udp_unreplied`: UDP, no reply;
+    /// - `udp_request_response`, `dns_race`: UDP that has seen its reply, not assured
+    ///   (answered within 2 s);
+    /// - `tcp_short`: TCP in TIME_WAIT, replied and assured (the model folds the
+    ///   handshake and data phase into the creation, so its entries spend their whole
+    ///   modelled life in TIME_WAIT);
+    /// - `tcp_idle`: TCP ESTABLISHED, replied and assured.
+    pub fn flow(self) -> Flow {
+        let (proto, tcp_state, status) = match self {
+            Class::UdpUnreplied => (17, None, 0),
+            Class::UdpRequestResponse | Class::DnsRace => (17, None, IPS_SEEN_REPLY),
+            Class::TcpShort => (6, Some(TCP_TIME_WAIT), IPS_SEEN_REPLY | IPS_ASSURED),
+            Class::TcpIdle => (6, Some(TCP_ESTABLISHED), IPS_SEEN_REPLY | IPS_ASSURED),
+        };
+        Flow {
+            family: Family::V4,
+            src: None,
+            dst: None,
+            proto,
+            dst_port: None,
+            tcp_state,
+            status,
+            zone: 0,
+            mark: 0,
+            timeout: None,
+        }
+    }
+
+    /// The timeout key a composition sample counts this class's entries under: the
+    /// agent's own rule ([`governing_key`]) applied to [`Class::flow`], which agrees with
+    /// [`Class::timeout_key`] for every class (checked by a test).
+    pub fn governing_key(self) -> Option<&'static str> {
+        governing_key(&self.flow())
     }
 
     /// Whether early drop may evict entries of this class.
@@ -215,4 +260,18 @@ pub mod kube_proxy {
         (tunables::ESTABLISHED, 86_400),
         ("nf_conntrack_tcp_timeout_close_wait", 3_600),
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Class;
+
+    /// The key the agent's sample counts a class under is the one its entries live by
+    /// in the model: the simulated agent weighs timeouts as the real one would.
+    #[test]
+    fn each_class_is_counted_under_the_timeout_it_lives_by() {
+        for c in Class::ALL {
+            assert_eq!(c.governing_key(), Some(c.timeout_key()), "{c:?}");
+        }
+    }
 }

@@ -571,3 +571,138 @@ fn every_scenario_ctune_harms_no_more_than_its_peers_and_fits_what_the_host_spar
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Composition: the simulated agent samples what its tables hold, as the agent does.
+
+const ESTABLISHED: &str = "nf_conntrack_tcp_timeout_established";
+const UDP: &str = "nf_conntrack_udp_timeout";
+
+fn default_of(key: &str) -> u64 {
+    simulate::KERNEL_DEFAULT_TIMEOUTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| *v)
+        .unwrap()
+}
+
+/// A flood of mostly unreplied UDP (memory-scarce: 40k/s for two minutes, beyond what
+/// the host can spare) reaches critical: the tiers alone cut every tier key, established
+/// included; with the composition sample, ctune cuts UDP and keeps the operator's
+/// established timeout for as long as the flood lasts.
+#[test]
+fn an_unreplied_udp_flood_lowers_udp_and_keeps_established() {
+    let sc = simulate::load(&scenario_path("memory-scarce")).unwrap();
+    let c = simulate::compare_composition(&sc);
+    let (with, without) = (&c.with.1, &c.without.1);
+    let flood_end_ms = 360_000;
+    // Without a sample, critical cuts established during the flood.
+    assert!(
+        without
+            .timeout_changes
+            .iter()
+            .any(|ch| ch.key == ESTABLISHED && ch.new < ch.old && ch.at_ms < flood_end_ms),
+        "{:?}",
+        without.timeout_changes
+    );
+    // With one: samples were taken and counted unreplied UDP under udp_timeout.
+    let (first_ms, _, g) = with.compositions.first().expect("a sample under pressure");
+    assert!(g.share(UDP) > 0.9, "{g:?}");
+    let decided = with
+        .first_decided_with_composition
+        .expect("decided with it");
+    assert!(decided > *first_ms && decided < flood_end_ms);
+    // Established never moves; UDP is at its floor from the first decision with a
+    // sample to the end of the flood.
+    assert!(
+        with.timeout_changes.iter().all(|ch| ch.key != ESTABLISHED),
+        "{:?}",
+        with.timeout_changes
+    );
+    let floor = sc.ctune.timeouts.floors["udp_timeout"];
+    for t in (decided..=flood_end_ms).step_by(1000) {
+        assert_eq!(with.timeout_at("init", UDP, t), Some(floor), "at {t} ms");
+        assert_eq!(
+            with.timeout_at("init", ESTABLISHED, t),
+            Some(default_of(ESTABLISHED)),
+            "at {t} ms"
+        );
+    }
+}
+
+/// A table that fills with established TCP (established-pileup) stays under pressure
+/// to the end: ctune lowers established, and the transient timeouts the tiers cut at the
+/// onset of pressure come back once a sample shows they govern next to nothing; without
+/// the sample they stay cut.
+#[test]
+fn an_established_pileup_keeps_its_transient_timeouts() {
+    let sc = simulate::load(&scenario_path("established-pileup")).unwrap();
+    let c = simulate::compare_composition(&sc);
+    let (with, without) = (&c.with.1, &c.without.1);
+    let end_ms = sc.duration.as_millis() as u64;
+    let (_, _, g) = with.compositions.last().expect("samples under pressure");
+    assert!(g.share(ESTABLISHED) > 0.95, "{g:?}");
+    let decided = with
+        .first_decided_with_composition
+        .expect("decided with a sample");
+    // (`udp_timeout` governs the DNS background, a few % of the table: over the line,
+    // it stays cut; these govern nothing in this table.)
+    let transient = [
+        "nf_conntrack_udp_timeout_stream",
+        "nf_conntrack_generic_timeout",
+        "nf_conntrack_icmp_timeout",
+        "nf_conntrack_tcp_timeout_syn_sent",
+        "nf_conntrack_tcp_timeout_syn_recv",
+        "nf_conntrack_tcp_timeout_fin_wait",
+        "nf_conntrack_tcp_timeout_close_wait",
+        "nf_conntrack_tcp_timeout_last_ack",
+    ];
+    for t in (decided..=end_ms).step_by(1000) {
+        for key in transient {
+            assert_eq!(
+                with.timeout_at("init", key, t),
+                Some(default_of(key)),
+                "{key} at {t} ms: {:?}",
+                with.timeout_changes
+            );
+        }
+    }
+    let established_floor = sc.ctune.timeouts.floors["tcp_timeout_established"];
+    assert_eq!(
+        with.timeout_at("init", ESTABLISHED, end_ms),
+        Some(established_floor),
+        "critical lowers what holds the table"
+    );
+    // The tiers alone keep every one of them cut while the pressure lasts.
+    for key in transient {
+        assert!(
+            without.timeout_at("init", key, end_ms) < Some(default_of(key)),
+            "{key}: {:?}",
+            without.timeout_changes
+        );
+    }
+}
+
+/// Every shipped scenario, ctune with composition sampling against ctune without it:
+/// flows harmed (lost + evicted; the table in docs/benchmarks.md). With composition
+/// harms no more, in every scenario.
+#[test]
+fn composition_harms_no_more_flows_than_without() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    let rows: Vec<_> = paths
+        .iter()
+        .map(|p| simulate::compare_composition(&simulate::load(p).unwrap()))
+        .collect();
+    let table = simulate::CompositionComparison::markdown(&rows);
+    assert!(rows.len() >= 11, "{table}");
+    for c in &rows {
+        let (with, without) = (simulate::harmed(&c.with.0), simulate::harmed(&c.without.0));
+        assert!(with <= without, "{}: harms more\n{table}", c.scenario);
+    }
+}

@@ -14,10 +14,9 @@ use crate::sense::netns;
 use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
 use ctune_core::config::Config;
-use ctune_core::model::{NamespaceObs, NetnsId, Observation};
+use ctune_core::model::{NetnsId, Observation};
 use ctune_core::plan::{Plan, Target};
 use ctune_core::policy::PolicyState;
-use ctune_core::pressure::Level;
 use ctune_core::units::printable;
 
 /// One file a step wrote (or failed to write).
@@ -188,8 +187,7 @@ const SAMPLE_LIMITS: ctnetlink::Limits = ctnetlink::Limits {
 /// Gives the observation the state's composition samples, as the agent's decision sees
 /// them: a sample older than three `agent.composition_interval`s is left out.
 pub fn attach_samples(obs: &mut Observation, state: &State, cfg: &Config, now: Duration) {
-    let max_age = cfg.agent.composition_interval.saturating_mul(3);
-    ctune_core::policy::attach_compositions(obs, &state.compositions, now, max_age);
+    ctune_core::policy::attach_recent_compositions(obs, &state.compositions, cfg, now);
 }
 
 /// The imperative shell around the policy.
@@ -287,29 +285,20 @@ impl Engine {
     /// steps go on meanwhile: a dump of a large table under a flood takes seconds, and
     /// must not hold up a raise of max; the next step after it ends takes the samples in.
     fn start_sampling(&mut self, obs: &Observation, plan: &Plan, now: Duration) {
-        let every = self.config.agent.composition_interval;
-        let pressed: Vec<u64> = plan
-            .namespaces
-            .iter()
-            .filter(|v| v.level >= Level::Elevated)
-            .map(|v| v.netns.inode)
-            .collect();
-        let samples = &mut self.state.compositions;
-        samples.retain(|ino, _| !every.is_zero() && pressed.contains(ino));
-        if every.is_zero() || self.sampling.is_some() || !self.roots.proc_is_live() {
+        ctune_core::policy::forget_compositions(&mut self.state.compositions, plan, &self.config);
+        if self.sampling.is_some() || !self.roots.proc_is_live() {
             return;
         }
-        let failed = &self.sample_failed;
-        let due = |n: &&NamespaceObs| {
-            let stale = |at: Duration| now.saturating_sub(at) >= every;
-            pressed.contains(&n.id.inode)
-                && samples.get(&n.id.inode).is_none_or(|g| stale(g.taken_at))
-                && failed.get(&n.id.inode).is_none_or(|at| stale(*at))
-        };
-        let due: Vec<(netns::Handle, bool)> = obs
-            .namespaces
-            .iter()
-            .filter(due)
+        let due = ctune_core::policy::compositions_due(
+            obs,
+            plan,
+            &self.state.compositions,
+            &self.sample_failed,
+            &self.config,
+            now,
+        );
+        let due: Vec<(netns::Handle, bool)> = due
+            .into_iter()
             .map(|n| {
                 let h = netns::Handle {
                     id: n.id.clone(),

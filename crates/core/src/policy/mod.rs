@@ -257,6 +257,81 @@ pub fn attach_compositions(
     }
 }
 
+/// A composition sample older than this many `agent.composition_interval`s is ignored.
+pub const COMPOSITION_STALE_INTERVALS: u32 = 3;
+
+/// [`attach_compositions`] with the agent's rule for the age: a sample older than
+/// [`COMPOSITION_STALE_INTERVALS`] x `agent.composition_interval` is left out (so with
+/// sampling off, `0s`, none is attached).
+pub fn attach_recent_compositions(
+    obs: &mut Observation,
+    samples: &BTreeMap<u64, crate::model::Governed>,
+    cfg: &Config,
+    now: Duration,
+) {
+    let max_age = cfg
+        .agent
+        .composition_interval
+        .saturating_mul(COMPOSITION_STALE_INTERVALS);
+    attach_compositions(obs, samples, now, max_age);
+}
+
+/// After a step decided `plan`: forgets the composition samples of the namespaces it
+/// left below the elevated level (back at normal, or gone), and every sample when
+/// sampling is off (`agent.composition_interval: 0s`).
+pub fn forget_compositions(
+    samples: &mut BTreeMap<u64, crate::model::Governed>,
+    plan: &Plan,
+    cfg: &Config,
+) {
+    let every = cfg.agent.composition_interval;
+    samples.retain(|ino, _| !every.is_zero() && pressed(plan, *ino));
+}
+
+/// Namespaces sampled at most in one round. Each dump walks the whole (global) hash
+/// table: a host where a local user keeps hundreds of namespaces elevated must not keep
+/// ctune dumping without end. The fullest go first; the rest are due again next round.
+pub const MAX_SAMPLED_PER_ROUND: usize = 8;
+
+/// After a step decided `plan`: the observed namespaces due for a composition sample at
+/// `now`, the fullest first, at most [`MAX_SAMPLED_PER_ROUND`]: at the elevated level or
+/// above, with no sample (in `samples`) and no failed attempt (in `failed`, when it
+/// failed) within the last `agent.composition_interval`. None when sampling is off.
+pub fn compositions_due<'a>(
+    obs: &'a Observation,
+    plan: &Plan,
+    samples: &BTreeMap<u64, crate::model::Governed>,
+    failed: &BTreeMap<u64, Duration>,
+    cfg: &Config,
+    now: Duration,
+) -> Vec<&'a crate::model::NamespaceObs> {
+    let every = cfg.agent.composition_interval;
+    if every.is_zero() {
+        return Vec::new();
+    }
+    let stale = |at: Duration| now.saturating_sub(at) >= every;
+    let mut due: Vec<&crate::model::NamespaceObs> = obs
+        .namespaces
+        .iter()
+        .filter(|n| {
+            let ino = n.id.inode;
+            pressed(plan, ino)
+                && samples.get(&ino).is_none_or(|g| stale(g.taken_at))
+                && failed.get(&ino).is_none_or(|at| stale(*at))
+        })
+        .collect();
+    due.sort_by_key(|n| std::cmp::Reverse(n.count.unwrap_or(0)));
+    due.truncate(MAX_SAMPLED_PER_ROUND);
+    due
+}
+
+/// Whether `plan` leaves the namespace with this inode at the elevated level or above.
+fn pressed(plan: &Plan, inode: u64) -> bool {
+    plan.namespaces
+        .iter()
+        .any(|v| v.netns.inode == inode && v.level >= crate::pressure::Level::Elevated)
+}
+
 /// ceil(n * f), saturating.
 fn ceil_mul(n: u64, f: f64) -> u64 {
     let v = (n as f64 * f).ceil();
@@ -389,5 +464,45 @@ pub(super) mod testkit {
             changes: Vec::new(),
             explanations: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod composition_tests {
+    use super::testkit::obs;
+    use super::*;
+
+    #[test]
+    fn a_round_samples_at_most_the_eight_fullest_pressed_namespaces() {
+        // Twelve namespaces at 96 % of a max that cannot grow (the cap), one idle.
+        let counts: Vec<u64> = (0..12).map(|i| 96_000 + i).chain([10]).collect();
+        let o = obs(100_000, &counts);
+        let mut cfg = Config::default();
+        cfg.ceiling.max_cap = 100_000;
+        let (plan, _) = decide(&o, &cfg, &PolicyState::default(), Duration::from_secs(10));
+        let none = BTreeMap::new();
+        let due = compositions_due(
+            &o,
+            &plan,
+            &none,
+            &BTreeMap::new(),
+            &cfg,
+            Duration::from_secs(10),
+        );
+        let got: Vec<u64> = due.iter().filter_map(|n| n.count).collect();
+        let want: Vec<u64> = (4..12).rev().map(|i| 96_000 + i).collect();
+        assert_eq!(got, want);
+        cfg.agent.composition_interval = Duration::ZERO;
+        assert!(
+            compositions_due(
+                &o,
+                &plan,
+                &none,
+                &BTreeMap::new(),
+                &cfg,
+                Duration::from_secs(10)
+            )
+            .is_empty()
+        );
     }
 }

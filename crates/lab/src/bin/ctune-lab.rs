@@ -47,6 +47,14 @@ enum Command {
         #[arg(long, conflicts_with = "format")]
         json: bool,
     },
+    /// Run ctune alone on each scenario with composition sampling
+    /// (`agent.composition_interval`, 1m unless the scenario sets another) and without it
+    /// (`0s`), and print the flows each harmed (lost + evicted) as a Markdown table.
+    CompareComposition {
+        /// The scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
 }
 
 /// How `simulate` prints its report.
@@ -61,15 +69,20 @@ enum OutputFormat {
 }
 
 fn main() -> ExitCode {
-    let Command::Simulate {
-        scenario,
-        out,
-        config,
-        format,
-        json,
-    } = Cli::parse().command;
-    let format = if json { OutputFormat::Json } else { format };
-    match simulate_cmd(&scenario, out.as_deref(), config.as_deref(), format) {
+    let result = match Cli::parse().command {
+        Command::Simulate {
+            scenario,
+            out,
+            config,
+            format,
+            json,
+        } => {
+            let format = if json { OutputFormat::Json } else { format };
+            simulate_cmd(&scenario, out.as_deref(), config.as_deref(), format)
+        }
+        Command::CompareComposition { scenarios } => compare_cmd(&scenarios),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
             eprintln!("ctune-lab: error: {msg}");
@@ -110,5 +123,19 @@ fn simulate_cmd(
         // A closed pipe (`| head`) ends output quietly.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(|e| failure(&format!("cannot write output: {e}"))),
+    }
+}
+
+fn compare_cmd(scenarios: &[PathBuf]) -> Result<(), (u8, String)> {
+    let mut rows = Vec::new();
+    for path in scenarios {
+        let sc = simulate::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+        rows.push(simulate::compare_composition(&sc));
+    }
+    let table = simulate::CompositionComparison::markdown(&rows);
+    let mut stdout = std::io::stdout().lock();
+    match write!(stdout, "{table}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| (EXIT_PARTIAL, format!("cannot write output: {e}"))),
     }
 }
