@@ -3,29 +3,9 @@
 //! never panics, and its work is bounded by the input (no more entries than 16-byte
 //! headers fit in it). Failures are kept in ctnetlink_fuzz.proptest-regressions.
 
+use ctune::sense::ctnetlink::encode::{attr as nla, message as msg};
 use ctune::sense::ctnetlink::{ParseError, parse_datagram};
 use proptest::prelude::*;
-
-fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(payload);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
-    v
-}
-
-fn msg(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(&flags.to_ne_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(body);
-    v
-}
 
 /// A datagram as the kernel sends it: `n` entries (IPv4 TCP and IPv6 UDP), then DONE.
 fn datagram(n: usize) -> Vec<u8> {

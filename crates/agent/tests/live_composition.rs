@@ -24,36 +24,12 @@ const GENERIC: &str = "nf_conntrack_generic_timeout";
 /// levels held 30 s (no stepping down while the test looks), a composition sample every
 /// second.
 fn config(dir: &Path, ns: &TestNetns, cap: u64) -> PathBuf {
-    let cfg = dir.join("ctune.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "namespaces:\n  mode: named\n  names: [\"{}\"]\n\
-             ceiling:\n  min_max: 1024\n  max_cap: {cap}\n\
-             hash:\n  min_interval: 1s\n\
-             pressure:\n  hold: 30s\n\
-             agent:\n  interval: 200ms\n  composition_interval: 1s\n",
-            ns.name
-        ),
-    )
-    .unwrap();
-    cfg
+    agent_config(dir, ns, cap, "30s", "1s")
 }
 
 /// `ctune status --json` on the agent's config and state.
 fn status(cfg: &Path, dir: &Path) -> serde_json::Value {
-    let (code, out, err) = ctune(&[
-        "status",
-        "--json",
-        "--sample",
-        "0",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--state-dir",
-        dir.join("state").to_str().unwrap(),
-    ]);
-    assert!([0, 5, 6].contains(&code), "status exited {code}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    status_json_in(cfg, Some(&dir.join("state")))
 }
 
 /// The share the agent's last sample gives `key` in the namespace named `ns`.

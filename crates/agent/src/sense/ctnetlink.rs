@@ -477,12 +477,11 @@ pub fn governed(limits: &Limits, taken_at: Duration) -> Result<Governed, DumpErr
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One attribute, aligned.
-    pub(crate) fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+/// The inverse of the parser, for its tests and the fuzz test: messages built as the
+/// kernel lays them out (native byte order, 4-byte alignment, sequence and port 0).
+pub mod encode {
+    /// One netlink attribute, padded to 4 bytes.
+    pub fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
         v.extend_from_slice(&ty.to_ne_bytes());
@@ -493,7 +492,8 @@ mod tests {
         v
     }
 
-    fn msg(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    /// One netlink message: the 16-byte header, then `body`.
+    pub fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
         v.extend_from_slice(&ty.to_ne_bytes());
@@ -502,6 +502,13 @@ mod tests {
         v.extend_from_slice(body);
         v
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::encode::{attr as nla, message as msg};
 
     fn entry() -> Vec<u8> {
         let mut ip = nla(CTA_IP_V4_SRC, &[10, 1, 2, 3]);

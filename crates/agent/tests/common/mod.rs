@@ -337,14 +337,17 @@ pub fn ctune(args: &[&str]) -> (i32, String, String) {
 /// tables are (0, 5 over a level, 6 dropping: other work on the machine may fill one);
 /// anything else fails the test.
 pub fn status_json(cfg: &Path) -> serde_json::Value {
-    let (code, out, err) = ctune(&[
-        "status",
-        "--json",
-        "--sample",
-        "0",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    status_json_in(cfg, None)
+}
+
+/// [`status_json`] on the state in `state_dir` (None: the default).
+pub fn status_json_in(cfg: &Path, state_dir: Option<&Path>) -> serde_json::Value {
+    let mut args = vec!["status", "--json", "--sample", "0", "--config"];
+    args.push(cfg.to_str().unwrap());
+    if let Some(dir) = state_dir {
+        args.extend(["--state-dir", dir.to_str().unwrap()]);
+    }
+    let (code, out, err) = ctune(&args);
     assert!([0, 5, 6].contains(&code), "status exited {code}: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
