@@ -274,37 +274,29 @@ pub fn render(
                 "load conntrack before sysctls are applied",
             ));
         }
-        match layout {
-            Layout::Systemd => {
-                if let Some(buckets) = hashsize {
-                    let old = read(paths.module_options);
-                    let body = format!(
+        // The module's options: modprobe.d's only with a hash size to set; OpenWrt's
+        // modules.d line also loads the module, so it is written either way.
+        let options = match layout {
+            Layout::Systemd => hashsize.map(|buckets| {
+                (
+                    format!(
                         "{HEADER}# The hash size at module load (the sysctl would resize a filled table later).\n{}\n",
                         modprobe_line(buckets)
-                    );
-                    files.push(update(
-                        roots,
-                        paths.module_options,
-                        old,
-                        body,
-                        "hash size at module load",
-                    ));
-                }
-            }
-            Layout::Openwrt => {
-                let old = read(paths.module_options);
-                let body = format!(
+                    ),
+                    "hash size at module load",
+                )
+            }),
+            Layout::Openwrt => Some((
+                format!(
                     "{HEADER}# Read by kmodloader at boot (/etc/init.d/boot, START=10): loads nf_conntrack, with the hash\n# size when ctune persists one, before /etc/init.d/sysctl applies 99-ctune.conf.\n{}\n",
                     kmodloader_line(hashsize)
-                );
-                files.push(update(
-                    roots,
-                    paths.module_options,
-                    old,
-                    body,
-                    "load conntrack early, with the hash size at module load",
-                ));
-            }
+                ),
+                "load conntrack early, with the hash size at module load",
+            )),
+        };
+        if let Some((body, purpose)) = options {
+            let old = read(paths.module_options);
+            files.push(update(roots, paths.module_options, old, body, purpose));
         }
     }
     (files, notes.into_iter().chain(zero_notes).collect())
