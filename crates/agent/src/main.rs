@@ -293,6 +293,7 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
             netns,
             top,
             max_entries,
+            all,
             max_time,
             max_keys,
         } => {
@@ -301,7 +302,7 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
                 json: cli.json,
                 top,
                 limits: ctune::sense::ctnetlink::Limits {
-                    max_entries,
+                    max_entries: if all { u64::MAX } else { max_entries },
                     max_time,
                 },
                 max_keys,

@@ -294,17 +294,17 @@ fn top_json_is_docs_json_md() {
         let c = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
         (c, l.accept().unwrap().0)
     });
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .args(["top", "--json", "--top", "3", "--netns", &ns.name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Read whole, and as a sample (the first 5000 entries), which adds `sample`.
+    let read = |extra: &[&str]| {
+        let mut args = vec!["top", "--json", "--top", "3", "--netns", &ns.name];
+        args.extend_from_slice(extra);
+        let (code, text, err) = common::ctune(&args);
+        assert_eq!(code, 0, "{err}");
+        assert!(text.starts_with("{\n  \"schema\": "), "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    check(
+        "ctune top --json",
+        &[read(&[]), read(&["--max-entries", "5000"])],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("{\n  \"schema\": "), "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    check("ctune top --json", &[v]);
 }

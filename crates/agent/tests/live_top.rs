@@ -1,6 +1,9 @@
 //! `ctune top` on a live table (root): a namespace filled with a known mix (TCP
 //! established, unreplied UDP from many ports, one heavy source) must be reported with
-//! every share within 2 % of what the test made, at 100k entries.
+//! every share within 2 % of what the test made, at 100k entries, both from the default
+//! sample (the first 32768 entries of the dump) and from `--all`; and three UDP classes
+//! at a million entries (`CTUNE_TOP_SCALE_ENTRIES` sets another count: the kernel's
+//! share of the work grows with it, about 2.5 s a million for `--all`).
 
 mod common;
 
@@ -71,6 +74,69 @@ fn share(ns: &Value, list: &str, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `ctune top --json --netns NS ARGS`: the namespace's object and the whole output.
+fn top_json(ns: &TestNetns, args: &[&str]) -> (Value, String) {
+    let mut full = vec!["top", "--json", "--netns", &ns.name];
+    full.extend_from_slice(args);
+    let (code, text, err) = common::ctune(&full);
+    assert_eq!(code, 0, "ctune top {args:?} failed: {err}{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (v["namespaces"][0].clone(), text)
+}
+
+/// Checks every (list, key, share) of `expected` against `n` within 2 % (a list with an
+/// empty key is a share object: `unreplied`, `assured`); prints what it saw, and panics
+/// with it when one is off. Returns the report.
+fn check_shares(
+    what: &str,
+    n: &Value,
+    expected: &[(&str, &str, f64)],
+    made: f64,
+    text: &str,
+) -> String {
+    let mut report = format!(
+        "{what}; read {} (kernel count {}) in {} ms, partial {}, sample {}\n",
+        n["entries"], n["count"], n["elapsed_ms"], n["partial"], n["sample"]
+    );
+    let mut bad = Vec::new();
+    for (list, key, want) in expected {
+        let got = if key.is_empty() {
+            n[*list]["share"].as_f64().unwrap_or(-1.0)
+        } else {
+            share(n, list, key)
+        };
+        let label = format!("{list} {key}");
+        report.push_str(&format!("  {label:<50} made {want:.4} read {got:.4}\n"));
+        if (got - want).abs() > 0.02 {
+            bad.push(label);
+        }
+    }
+    eprintln!("{report}");
+    assert!(
+        bad.is_empty(),
+        "off by more than 2 % of {made}: {bad:?}\n{report}{text}"
+    );
+    report
+}
+
+/// The default reading of a table larger than its 32768 entries: a sample, saying of
+/// what table and within what margin.
+fn assert_sampled(n: &Value, made: f64, report: &str) {
+    assert_eq!(n["entries"], 32_768, "{report}");
+    let sample = &n["sample"];
+    assert_eq!(sample["read"], 32_768, "{report}");
+    let table = sample["table_entries"].as_f64().unwrap_or(0.0);
+    assert!((table / made - 1.0).abs() <= 0.02, "{report}");
+    let margin = sample["margin_95"].as_f64().unwrap_or(1.0);
+    assert!(margin > 0.004 && margin < 0.006, "{report}");
+    assert!(
+        n["partial"]
+            .as_str()
+            .is_some_and(|p| p.contains("--max-entries")),
+        "{report}"
+    );
+}
+
 #[test]
 fn top_reports_the_shares_the_test_made() {
     if !require_root("top_reports_the_shares_the_test_made") {
@@ -98,18 +164,6 @@ fn top_reports_the_shares_the_test_made() {
     let made = (TCP + many + heavy) as f64;
     let setup = started.elapsed();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .args(["top", "--json", "--netns", &ns.name])
-        .output()
-        .expect("run ctune top");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ctune top failed: {}{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    let n = &v["namespaces"][0];
     let expected = [
         ("protocols", "udp", (many + heavy) as f64 / made),
         ("protocols", "tcp", TCP as f64 / made),
@@ -131,47 +185,33 @@ fn top_reports_the_shares_the_test_made() {
         ),
         ("zones", "0", 1.0),
         ("marks", "0x0", 1.0),
+        ("unreplied", "", (many + heavy) as f64 / made),
+        ("assured", "", TCP as f64 / made),
     ];
-    let mut report = format!(
-        "made {made} entries ({TCP} tcp, {many} udp from many ports, {heavy} heavy) in {setup:?}; \
-         read {} (kernel count {}) in {} ms, partial {}\n",
-        n["entries"], n["count"], n["elapsed_ms"], n["partial"]
+    let what = format!(
+        "made {made} entries ({TCP} tcp, {many} udp from many ports, {heavy} heavy) in {setup:?}"
     );
-    let mut bad = Vec::new();
-    let mut check = |what: String, got: f64, want: f64| {
-        report.push_str(&format!("  {what:<50} made {want:.4} read {got:.4}\n"));
-        if (got - want).abs() > 0.02 {
-            bad.push(what);
+    for args in [&[][..], &["--all"][..]] {
+        let (n, text) = top_json(&ns, args);
+        let report = check_shares(&what, &n, &expected, made, &text);
+        if args.is_empty() {
+            assert_sampled(&n, made, &report);
+        } else {
+            assert!(n["partial"].is_null() && n["sample"].is_null(), "{report}");
+            let entries = n["entries"].as_f64().unwrap_or(0.0);
+            assert!(
+                (entries / made - 1.0).abs() <= 0.02,
+                "--all read {entries} of {made}\n{report}"
+            );
         }
-    };
-    for (list, key, want) in expected {
-        check(format!("{list} {key}"), share(n, list, key), want);
+        let udp = n["timeouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == "nf_conntrack_udp_timeout")
+            .unwrap();
+        assert_eq!(udp["timeout_secs"], 600, "the test set 600 s: {udp}");
     }
-    check(
-        "unreplied".into(),
-        n["unreplied"]["share"].as_f64().unwrap_or(-1.0),
-        (many + heavy) as f64 / made,
-    );
-    check(
-        "assured".into(),
-        n["assured"]["share"].as_f64().unwrap_or(-1.0),
-        TCP as f64 / made,
-    );
-    let entries = n["entries"].as_f64().unwrap_or(0.0);
-    check("entries / made".into(), entries / made, 1.0);
-    eprintln!("{report}");
-    assert!(
-        bad.is_empty(),
-        "off by more than 2 %: {bad:?}\n{report}{text}"
-    );
-    assert!(n["partial"].is_null(), "{report}");
-    let udp = n["timeouts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key"] == "nf_conntrack_udp_timeout")
-        .unwrap();
-    assert_eq!(udp["timeout_secs"], 600, "the test set 600 s: {udp}");
     drop(conns);
     drop(ns);
     drop(guard);
@@ -184,13 +224,9 @@ fn top_stops_at_max_entries_and_says_so() {
     }
     let ns = TestNetns::new("topcap");
     assert_eq!(ns.udp_flows(500), 0, "table refused flows");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .args(["top", "--json", "--netns", &ns.name, "--max-entries", "100"])
-        .output()
-        .expect("run ctune top");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let n = &v["namespaces"][0];
+    let (n, v) = top_json(&ns, &["--max-entries", "100"]);
     assert_eq!(n["entries"], 100, "{v}");
+    assert_eq!(n["sample"]["read"], 100, "{v}");
     assert!(
         n["partial"]
             .as_str()
@@ -198,13 +234,116 @@ fn top_stops_at_max_entries_and_says_so() {
         "{v}"
     );
     // The text says it too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctune"))
-        .args(["top", "--netns", &ns.name, "--max-entries", "100"])
-        .output()
-        .expect("run ctune top");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text, err) = common::ctune(&["top", "--netns", &ns.name, "--max-entries", "100"]);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        text.contains("PARTIAL: stopped after 100 entries"),
+        text.contains("SAMPLE: read the first 100 entries the kernel sent (--max-entries), of"),
         "{text}"
     );
+    // A table of exactly --max-entries entries is read whole: no sample.
+    let count = ns.read_sysctl("nf_conntrack_count").to_string();
+    let (n, text) = top_json(&ns, &["--max-entries", &count]);
+    assert_eq!(n["entries"].to_string(), count, "{text}");
+    assert!(n["partial"].is_null() && n["sample"].is_null(), "{text}");
+}
+
+/// One UDP class of the scale test: `n` flows from sources in 127.0.`net`.0/24 (a
+/// socket per 50000 flows, each on its own address), to `port` on as many hosts, or
+/// (None) to 50000 ports of one host.
+struct Class {
+    net: u8,
+    share: f64,
+    port: Option<u16>,
+}
+
+/// Sends the classes' flows in the namespace, `total` in all; returns each class's
+/// accepted sends.
+fn udp_classes(ns: &TestNetns, classes: &[Class], total: usize) -> Vec<usize> {
+    ns.run_in(|| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut made = Vec::new();
+        for c in classes {
+            let n = (total as f64 * c.share) as usize;
+            let mut ok = 0;
+            for k in 0..n.div_ceil(50_000) {
+                let src = Ipv4Addr::new(127, 0, c.net, (k % 250) as u8 + 1);
+                let sock = UdpSocket::bind(SocketAddrV4::new(src, 0)).expect("bind");
+                for j in 0..50_000.min(n - k * 50_000) {
+                    assert!(Instant::now() < deadline, "UDP setup took over 300 s");
+                    let dst = match c.port {
+                        Some(p) => SocketAddrV4::new(
+                            Ipv4Addr::new(127, 100 + c.net, (j / 250) as u8, (j % 250) as u8 + 1),
+                            p,
+                        ),
+                        None => SocketAddrV4::new(Ipv4Addr::new(127, 1, 0, 1), 10_000 + j as u16),
+                    };
+                    ok += usize::from(sock.send_to(&[0], dst).is_ok());
+                }
+            }
+            made.push(ok);
+        }
+        made
+    })
+}
+
+#[test]
+fn top_reports_the_shares_at_a_million_entries() {
+    if !require_root("top_reports_the_shares_at_a_million_entries") {
+        return;
+    }
+    let total: usize = std::env::var("CTUNE_TOP_SCALE_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let guard = GlobalGuard::save();
+    let need = total as u64 + total as u64 / 4 + 65_536;
+    if common::global("nf_conntrack_max") < need {
+        guard.set_max(need);
+    }
+    let ns = TestNetns::new("topscale");
+    let classes = [
+        Class {
+            net: 4,
+            share: 0.5,
+            port: None,
+        },
+        Class {
+            net: 5,
+            share: 0.3,
+            port: Some(53),
+        },
+        Class {
+            net: 6,
+            share: 0.2,
+            port: Some(123),
+        },
+    ];
+    let started = Instant::now();
+    let got = udp_classes(&ns, &classes, total);
+    let setup = started.elapsed();
+    let made = got.iter().sum::<usize>() as f64;
+    let sh = |i: usize| got[i] as f64 / made;
+    let expected = [
+        ("sources", "127.0.4.0/24", sh(0)),
+        ("sources", "127.0.5.0/24", sh(1)),
+        ("sources", "127.0.6.0/24", sh(2)),
+        ("ports", "udp/53", sh(1)),
+        ("ports", "udp/123", sh(2)),
+        ("protocols", "udp", 1.0),
+        ("timeouts", "nf_conntrack_udp_timeout", 1.0),
+        ("unreplied", "", 1.0),
+    ];
+    let what = format!("made {made} entries {got:?} in {setup:?}");
+    let (n, text) = top_json(&ns, &[]);
+    let report = check_shares(&what, &n, &expected, made, &text);
+    assert_sampled(&n, made, &report);
+    let (n, text) = top_json(&ns, &["--all"]);
+    let report = check_shares(&what, &n, &expected, made, &text);
+    let entries = n["entries"].as_f64().unwrap_or(0.0);
+    assert!(
+        (entries / made - 1.0).abs() <= 0.02 && n["sample"].is_null(),
+        "--all read {entries} of {made}\n{report}"
+    );
+    drop(ns);
+    drop(guard);
 }

@@ -181,6 +181,30 @@ fn share(n: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { n as f64 / of as f64 }
 }
 
+/// `n` entries counted in what was read, as entries of the whole table (the same when
+/// every entry was read; scaled up from a sample).
+fn in_table(s: &Summary, n: u64) -> u64 {
+    match s.sample {
+        Some(sample) if sample.read > 0 => {
+            (n as f64 * sample.table_entries as f64 / sample.read as f64).round() as u64
+        }
+        _ => n,
+    }
+}
+
+/// What an advice's text adds when its numbers come from a sample ("" otherwise).
+fn sample_note(s: &Summary) -> String {
+    s.sample.map_or(String::new(), |sample| {
+        format!(
+            "; counted in a random sample: {} of the {} entries in the table, shares within \
+             {}",
+            sample.read,
+            sample.table_entries,
+            fmt_pct(sample.margin_95)
+        )
+    })
+}
+
 /// The lines every snippet starts with: what it is and how to check, load and undo it.
 fn header(kind: Kind, what: &str) -> String {
     let table = kind.table();
@@ -205,7 +229,7 @@ fn chain(hook: &str, priority: &str, rules: &[String]) -> String {
 }
 
 fn source_limit(s: &Summary, t: &Thresholds) -> Option<Advice> {
-    if s.entries < t.source_min_entries {
+    if s.table_entries() < t.source_min_entries {
         return None;
     }
     let (prefix, n) = *s.details.sources.first()?;
@@ -213,8 +237,9 @@ fn source_limit(s: &Summary, t: &Thresholds) -> Option<Advice> {
     if sh <= t.source_share {
         return None;
     }
-    // Rounded up to a hundred, within what `ct count` takes (u32), at least 100.
-    let raw = (s.entries as f64 * t.source_limit_share).ceil() as u64;
+    // Of the whole table (a sample's count would set it far too low); rounded up to a
+    // hundred, within what `ct count` takes (u32), at least 100.
+    let raw = (s.table_entries() as f64 * t.source_limit_share).ceil() as u64;
     let limit = raw
         .div_ceil(100)
         .saturating_mul(100)
@@ -249,13 +274,14 @@ fn source_limit(s: &Summary, t: &Thresholds) -> Option<Advice> {
         min_entries: t.source_min_entries,
         limit: Some(limit),
         text: format!(
-            "source {prefix} holds {n} of {} entries ({}, over {}): one network fills the \
+            "source {prefix} holds {n} of {} entries ({}, over {}{}): one network fills the \
              table. The snippet caps every {family} source prefix at {limit} tracked \
              connections ({} of the entries now); new connections over it are dropped \
              (prerouting for traffic that arrives, output for traffic this host sends).",
             s.entries,
             fmt_pct(sh),
             fmt_pct(t.source_share),
+            sample_note(s),
             fmt_pct(t.source_limit_share),
         ),
         warning: format!(
@@ -268,7 +294,7 @@ fn source_limit(s: &Summary, t: &Thresholds) -> Option<Advice> {
 }
 
 fn notrack_port(s: &Summary, t: &Thresholds) -> Option<Advice> {
-    if s.entries < t.port_min_entries || !s.details.local_known {
+    if s.table_entries() < t.port_min_entries || !s.details.local_known {
         return None;
     }
     let p = *s.details.ports.first()?;
@@ -315,7 +341,7 @@ fn notrack_port(s: &Summary, t: &Thresholds) -> Option<Advice> {
         min_entries: t.port_min_entries,
         limit: None,
         text: format!(
-            "{proto}/{port} holds {} of {} entries ({}, over {}), {} of them to this \
+            "{proto}/{port} holds {} of {} entries ({}, over {}{}), {} of them to this \
              namespace's own addresses and {} answered, none NAT'd: a service this host \
              serves fills the table. If it needs no state (DNS, NTP, syslog, a stateless \
              proxy), do not track it: the snippet marks its requests (prerouting and output, \
@@ -325,6 +351,7 @@ fn notrack_port(s: &Summary, t: &Thresholds) -> Option<Advice> {
             s.entries,
             fmt_pct(sh),
             fmt_pct(t.port_share),
+            sample_note(s),
             fmt_pct(share(p.to_local, p.entries)),
             fmt_pct(share(p.replied, p.entries)),
         ),
@@ -393,7 +420,7 @@ fn close_wait(s: &Summary, t: &Thresholds) -> Option<Advice> {
         .map_or(0, |x| x.entries);
     let tcp = s.details.tcp;
     let sh = share(n, tcp);
-    if n <= t.close_wait_min || sh <= t.close_wait_share {
+    if in_table(s, n) <= t.close_wait_min || sh <= t.close_wait_share {
         return None;
     }
     Some(Advice {
@@ -406,12 +433,13 @@ fn close_wait(s: &Summary, t: &Thresholds) -> Option<Advice> {
         min_entries: t.close_wait_min,
         limit: None,
         text: format!(
-            "{n} of {tcp} TCP entries ({}, over {}) are in CLOSE_WAIT: the peer has closed \
+            "{n} of {tcp} TCP entries ({}, over {}{}) are in CLOSE_WAIT: the peer has closed \
              and the application on this side (this host, or the one behind it for \
              forwarded traffic) has not closed its socket. That is an application bug or \
              overload, not a table problem: find it with `ss -tanp state close-wait`.",
             fmt_pct(sh),
             fmt_pct(t.close_wait_share),
+            sample_note(s),
         ),
         warning: "A shorter nf_conntrack_tcp_timeout_close_wait would only hide it: the \
                   sockets stay open and keep their memory and descriptors."
@@ -663,6 +691,46 @@ mod tests {
             kinds(&advise(&tcp_states(2_001, 8_000), true, &t)),
             [Kind::CloseWait]
         );
+    }
+
+    #[test]
+    fn a_sample_is_judged_by_the_table_it_comes_from() {
+        let t = Thresholds::default();
+        // 6000 of 9000 read: under the 10000 a table needs, unless the table is larger.
+        let read = sources(6_000, 3_000);
+        assert!(advise(&read, false, &t).is_empty());
+        let sampled = read.sampled_from(Some(1_000_000));
+        let a = advise(&sampled, false, &t);
+        assert_eq!(kinds(&a), [Kind::SourceLimit]);
+        // The limit is a quarter of the table, not of the sample.
+        assert_eq!(a[0].limit, Some(250_000), "{}", a[0].text);
+        assert!(
+            a[0].text
+                .contains("random sample: 9000 of the 1000000 entries in the table"),
+            "{}",
+            a[0].text
+        );
+        // 600 CLOSE_WAIT in a sample of 2400 stand for 250000 in the table.
+        let cw = tcp_states(600, 1_800);
+        assert!(advise(&cw, true, &t).is_empty());
+        let cw = cw.sampled_from(Some(1_000_000));
+        assert_eq!(kinds(&advise(&cw, false, &t)), [Kind::CloseWait]);
+        // remove_tracking is a claim about every entry: never from a sample.
+        let unused = ports(3_000, 7_000, 17, false, IPS_SEEN_REPLY).sampled_from(Some(50_000));
+        assert!(advise(&unused, false, &t).is_empty());
+    }
+
+    #[test]
+    fn a_sample_margin_shrinks_with_its_size_and_vanishes_at_the_table() {
+        use crate::composition::Sample;
+        let m = |read, table| Sample::new(read, Some(table)).margin_95;
+        assert!((m(32_768, 10_000_000) - 0.005_413).abs() < 1e-5);
+        assert!((m(32_768, 1_000_000) - 0.005_324).abs() < 1e-5);
+        assert!((m(65_536, 10_000_000) - 0.003_816).abs() < 1e-5);
+        assert_eq!(m(1_000, 1_000), 0.0);
+        // A count below the entries read (the table shrank) is raised to them.
+        assert_eq!(Sample::new(500, Some(10)).table_entries, 500);
+        assert_eq!(Sample::new(500, None).margin_95, 0.0);
     }
 
     #[test]

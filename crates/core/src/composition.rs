@@ -184,7 +184,12 @@ impl std::fmt::Display for Prefix {
 
 /// Counts by key, at most `cap` distinct keys; entries of keys past the cap go to
 /// `other`. The first keys seen are kept, so a key that first appears after the cap is
-/// reached is only in `other`: a full bucket's top list is a lower bound.
+/// reached is only in `other`. A dump sends entries in a random order (the kernel's
+/// keyed hash), so a key holding a share p of the table is among the first `cap`
+/// entries, and kept, with probability 1 - (1 - p)^cap: at the default 65536, any key
+/// over 0.01 % of the table (all but surely); a smaller one may be missed, and a full
+/// bucket's `other` is then an upper bound on what the missed keys hold. With fewer
+/// entries read than `cap` (`ctune top`'s default sample) nothing is ever missed.
 #[derive(Debug, Clone)]
 pub struct Capped<K> {
     counts: HashMap<K, u64>,
@@ -454,6 +459,7 @@ impl Composition {
         keys.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.key.cmp(&b.key)));
         Summary {
             entries: n,
+            sample: None,
             protocols,
             tcp_states,
             assured: share(self.assured),
@@ -689,6 +695,9 @@ pub struct KeyShare {
 pub struct Summary {
     /// Entries read.
     pub entries: u64,
+    /// When the entries read are a sample of a larger table: how large, and how close
+    /// the shares are (None: every entry was read). Set by [`Summary::sampled_from`].
+    pub sample: Option<Sample>,
     /// By layer-4 protocol, largest first.
     pub protocols: Vec<Named>,
     /// TCP entries by state (shares of all entries).
@@ -712,6 +721,56 @@ pub struct Summary {
     /// Typed inputs of the advice (not printed).
     #[serde(skip)]
     pub details: Details,
+}
+
+/// What a sample of a table is worth. A conntrack dump sends the entries in the order
+/// of the kernel's hash table, whose hash is keyed by a seed drawn at boot, so the
+/// first entries a dump sends are a random sample of the table: not the oldest, the
+/// newest or one source's. A share counted in a sample of `read` entries is then within
+/// [`Sample::margin_95`] of the table's share 95 times in 100.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Entries in the table: the kernel's count (at least the entries read).
+    pub table_entries: u64,
+    /// Entries read.
+    pub read: u64,
+    /// Half the width of a 95 % confidence interval on a share, at its widest (a share
+    /// of one half): 1.96 * sqrt(p(1-p)/n), with the finite-population correction.
+    pub margin_95: f64,
+}
+
+impl Sample {
+    /// A sample of `read` entries from a table the kernel counts `table` entries in (None:
+    /// unknown, then the entries read stand for the table).
+    pub fn new(read: u64, table: Option<u64>) -> Sample {
+        let table_entries = table.unwrap_or(read).max(read);
+        let margin_95 = if read == 0 || table_entries <= 1 {
+            0.0
+        } else {
+            let (n, big_n) = (read as f64, table_entries as f64);
+            let fpc = ((big_n - n) / (big_n - 1.0)).max(0.0).sqrt();
+            1.96 * (0.25 / n).sqrt() * fpc
+        };
+        Sample {
+            table_entries,
+            read,
+            margin_95,
+        }
+    }
+}
+
+impl Summary {
+    /// Marks the summary as a sample of a table the kernel counts `table` entries in.
+    pub fn sampled_from(mut self, table: Option<u64>) -> Summary {
+        self.sample = Some(Sample::new(self.entries, table));
+        self
+    }
+
+    /// The entries in the table: the kernel's count for a sample, the entries read
+    /// otherwise. What thresholds on a table's size compare with.
+    pub fn table_entries(&self) -> u64 {
+        self.sample.map_or(self.entries, |s| s.table_entries)
+    }
 }
 
 #[cfg(test)]

@@ -187,7 +187,11 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
         Some(g) if lower => format!(
             "; governs {} of the entries in netns {ns_name}{}",
             fmt_pct(g.share(key)),
-            if g.partial { ", of those read" } else { "" }
+            if g.partial {
+                format!(" (in a random sample of {})", g.entries)
+            } else {
+                String::new()
+            }
         ),
         Some(g) if level > Level::Normal => format!(
             "; it governs only {} of the entries now: the cut frees next to nothing",

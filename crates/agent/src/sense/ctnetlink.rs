@@ -319,6 +319,11 @@ pub struct Outcome {
     pub entries: u64,
     /// Why the entries read are not the whole table (None: they are).
     pub partial: Option<String>,
+    /// The dump was stopped before its end (by a limit): the entries read are the first
+    /// the kernel sent. It sends them in hash-table order, and the table's hash is keyed
+    /// by a random seed, so they are a random sample of the table's entries (shares are
+    /// estimates), not the oldest or the newest.
+    pub sampled: bool,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -372,7 +377,8 @@ const RECV_BUF: usize = 64 * 1024;
 
 /// Dumps the calling thread's namespace's table, calling `on_entry` for each entry,
 /// within `limits`. A dump cut short by a limit or flagged inconsistent by the kernel
-/// is returned with `partial` saying why.
+/// is returned with `partial` saying why; one cut short by a limit is also `sampled`
+/// (its entries are a random sample, see [`Outcome::sampled`]).
 pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome, DumpError> {
     let started = Instant::now();
     let fd = socket(
@@ -399,25 +405,24 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
     let mut out = Outcome::default();
     let mut interrupted = false;
     loop {
-        if out.entries >= limits.max_entries {
-            out.partial = Some(format!(
-                "stopped after {} entries (--max-entries)",
-                out.entries
-            ));
-            break;
-        }
         if started.elapsed() >= limits.max_time {
             out.partial = Some(format!(
-                "stopped after {} (--max-time)",
+                "read the first {} entries the kernel sent in {} (--max-time)",
+                out.entries,
                 humantime::format_duration(limits.max_time)
             ));
+            out.sampled = true;
             break;
         }
         let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => {
-                out.partial = Some("the kernel stopped answering (--max-time)".into());
+                out.partial = Some(format!(
+                    "read {} entries, then the kernel stopped answering (--max-time)",
+                    out.entries
+                ));
+                out.sampled = true;
                 break;
             }
             Err(e) => return Err(sock_err("recv")(e)),
@@ -433,14 +438,26 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
         }
         let max = limits.max_entries;
         let mut taken = out.entries;
+        let mut more = false;
         let p = parse_datagram(&buf[..n], &mut |f| {
             if taken < max {
                 on_entry(f);
                 taken += 1;
+            } else {
+                more = true;
             }
         })?;
         out.entries = taken;
         interrupted |= p.interrupted;
+        // At the cap, one more datagram tells a table of exactly `max` entries (only
+        // NLMSG_DONE follows) from a larger one.
+        if more {
+            out.partial = Some(format!(
+                "read the first {taken} entries the kernel sent (--max-entries)"
+            ));
+            out.sampled = true;
+            break;
+        }
         if p.done {
             break;
         }

@@ -169,7 +169,8 @@ pub struct Governed {
     pub entries: u64,
     /// Entries per governing sysctl (full name); entries no sysctl governs are left out.
     pub by_key: BTreeMap<String, u64>,
-    /// The dump stopped at a bound: the shares are of the entries read.
+    /// The dump stopped at a bound: the entries read are the first the kernel sent, a
+    /// random sample of the table (it dumps in hash order), and the shares estimates.
     pub partial: bool,
     /// When it was taken, on ctune's clock (time since boot).
     pub taken_at: std::time::Duration,
