@@ -678,7 +678,7 @@ fn composition_section<'a>(
         if i == 0 {
             let _ = writeln!(
                 out,
-                "\nWhat holds the entries (the agent's last composition sample, by the timeout\n that governs them; the keys under timeouts.min_share are not lowered; ctune top\n shows all of it)"
+                "\nWhat holds the entries (the last composition sample, the agent's or this command's\n at the onset of pressure, by the timeout that governs them; the keys under\n timeouts.min_share are not lowered; ctune top shows all of it)"
             );
         }
         let mut keys: Vec<(&String, &u64)> = g.by_key.iter().collect();

@@ -3,10 +3,10 @@
 //! lowered only the timeouts that govern a real share of it.
 //!
 //! - A table full of unreplied UDP: udp_timeout is lowered, and the established timeout
-//!   (which the tiers cut at the critical level before the first sample came) is back
-//!   at the operator's value while the pressure lasts.
+//!   never is, not even at the onset (the agent samples a newly pressed namespace within
+//!   the step, once max is raised, before it lowers a timeout).
 //! - A table full of established TCP: the established timeout is lowered, and the
-//!   transient ones (UDP, SYN, FIN, generic: nothing there) are not left cut.
+//!   transient ones (UDP, SYN, FIN, generic: nothing there) never are.
 
 mod common;
 
@@ -69,6 +69,13 @@ fn a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout() {
         "udp_timeout {} (operator 600), established {} (operator {est}), {refused} sends refused; status:\n{st:#}\nlog:\n{}",
         ns.read_sysctl(UDP),
         ns.read_sysctl(EST),
+        agent.log()
+    );
+    // Never cut, not even at the onset (the agent samples the newly pressed namespace
+    // within the step, before it lowers anything).
+    assert!(
+        !agent.log().contains("lowering tcp_timeout_established"),
+        "the established timeout was cut:\n{}",
         agent.log()
     );
     // The sample the decision used, as status shows it.
@@ -139,12 +146,74 @@ fn a_table_of_established_tcp_keeps_its_transient_timeouts() {
         "timeouts {now:?} (operator's {before:?}); status:\n{st:#}\nlog:\n{}",
         agent.log()
     );
+    for key in ["udp_timeout", "tcp_timeout_syn_sent", "generic_timeout"] {
+        assert!(
+            !agent.log().contains(&format!("lowering {key} ")),
+            "{key} was cut:\n{}",
+            agent.log()
+        );
+    }
     let share = sampled_share(&st, &ns.name, EST);
     assert!(
         share.is_some_and(|s| s > 0.95),
         "established share {share:?}: {st:#}"
     );
     drop(agent);
+    drop(ns);
+    drop(guard);
+}
+
+#[test]
+fn a_dry_run_and_a_one_shot_apply_sample_before_they_lower() {
+    if !require_root("a_dry_run_and_a_one_shot_apply_sample_before_they_lower") {
+        return;
+    }
+    let guard = GlobalGuard::save();
+    let ns = TestNetns::new("compapply");
+    guard.set_max(8192);
+    let est = ns.read_sysctl(EST);
+    // 8000 unreplied UDP entries of 8192, and max at its cap: critical.
+    assert_eq!(ns.udp_flows(8_000), 0, "table refused flows");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &ns, 8192);
+    let etc = dir.path().join("etc");
+    let state = dir.path().join("state");
+    // The dry run says what apply will do: it samples as the agent would.
+    let (code, out, err) = ctune(&[
+        "--dry-run",
+        "--sample",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--etc-root",
+        etc.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let seen = format!("exit {code}\n{out}\n{err}");
+    assert!(
+        out.contains("governs 100% of the entries") && !out.contains("tcp_timeout_established 5"),
+        "{seen}"
+    );
+    let (code, out, err) = ctune(&[
+        "apply",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--etc-root",
+        etc.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let seen = format!("exit {code}\n{out}\n{err}");
+    assert!(matches!(code, 0 | 5), "{seen}");
+    assert_eq!(
+        ns.read_sysctl(UDP),
+        10,
+        "udp_timeout not at its floor: {seen}"
+    );
+    assert!(out.contains("governs 100% of the entries"), "{seen}");
+    assert_eq!(ns.read_sysctl(EST), est, "established cut: {seen}");
+    assert_eq!(ns.read_sysctl(GENERIC), 600, "generic cut: {seen}");
     drop(ns);
     drop(guard);
 }

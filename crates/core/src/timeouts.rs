@@ -188,7 +188,7 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
             "; governs {} of the entries in netns {ns_name}{}",
             fmt_pct(g.share(key)),
             if g.partial {
-                format!(" (in a random sample of {})", g.entries)
+                format!(", in a random sample of {}", g.entries)
             } else {
                 String::new()
             }

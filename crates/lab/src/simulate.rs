@@ -78,7 +78,9 @@
 //!   an immediate step when [`probe::step_now`] says so; an early step restarts the
 //!   regular schedule from itself, and probing pauses while the last step found the
 //!   table past the watermark without raising max (at the ceiling), as in the agent. A probe that falls on a regular step is skipped (the
-//!   step has just read the count). After each step it takes composition samples as
+//!   step has just read the count). At the onset of pressure it samples within the step
+//!   and decides again, as `Engine::onset` does ([`policy::onset_samples_due`]). After
+//!   each step it takes composition samples as
 //!   `Engine::start_sampling` does, by the same core rules
 //!   ([`policy::forget_compositions`], [`policy::compositions_due`]): each namespace at
 //!   elevated or above whose sample is `agent.composition_interval` old (1m; `0s` turns
@@ -971,6 +973,12 @@ impl Tables {
         self.spaces.get_mut(usize::try_from(i).ok()?)
     }
 
+    /// [`Tables::by_inode`], to read.
+    fn by_inode_ref(&self, inode: u64) -> Option<&Table> {
+        let i = inode.checked_sub(INIT_NET_INODE)?;
+        self.spaces.get(usize::try_from(i).ok()?)
+    }
+
     /// What the agent would read from the kernel now.
     fn observation(&self, host: &SimHost, names: &[String], t: f64, ext: u64) -> Observation {
         let table_bytes = ceiling::memory_now(self.total(), self.buckets, host.entry_bytes, ext);
@@ -1301,6 +1309,7 @@ impl Agent {
                 .get_or_insert(now.as_millis() as u64);
         }
         let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
+        let (plan, next) = self.onset(&mut obs, (plan, next), now, tables, d);
         d.ceiling = Some(
             d.ceiling
                 .map_or(plan.ceiling.value, |c| c.max(plan.ceiling.value)),
@@ -1348,6 +1357,44 @@ impl Agent {
 }
 
 impl Agent {
+    /// At the onset of pressure, as `Engine::onset`: samples each namespace
+    /// [`policy::onset_samples_due`] gives and decides again with the samples, keeping
+    /// the first decision's global changes ([`policy::with_globals_of`]). The model's
+    /// sample takes no time, so the table is as the step observed it (the agent's is
+    /// read once the global changes are in force, which leaves the entries as they are).
+    fn onset(
+        &mut self,
+        obs: &mut Observation,
+        (plan, next): (ctune_core::plan::Plan, PolicyState),
+        now: Duration,
+        tables: &Tables,
+        d: &mut RunDetails,
+    ) -> (ctune_core::plan::Plan, PolicyState) {
+        let failed = BTreeMap::new();
+        let due: Vec<(u64, String)> =
+            policy::onset_samples_due(obs, &plan, &self.compositions, &failed, &self.cfg, now)
+                .iter()
+                .map(|n| (n.id.inode, n.id.name.clone()))
+                .collect();
+        if due.is_empty() {
+            return (plan, next);
+        }
+        for (inode, name) in due {
+            let Some(table) = tables.by_inode_ref(inode) else {
+                continue;
+            };
+            let g = table.composition(now);
+            d.compositions
+                .push((now.as_millis() as u64, name, g.clone()));
+            self.compositions.insert(inode, g);
+        }
+        policy::attach_recent_compositions(obs, &self.compositions, &self.cfg, now);
+        d.first_decided_with_composition
+            .get_or_insert(now.as_millis() as u64);
+        let (again, next) = policy::decide(obs, &self.cfg, &self.state, now);
+        (policy::with_globals_of(again, &plan), next)
+    }
+
     /// After a step, as `Engine::start_sampling`: forgets the samples of namespaces
     /// back at normal, and samples each one due ([`policy::compositions_due`]); the
     /// samples reach the decision at the next step. A dump in the model never fails and
@@ -1366,10 +1413,7 @@ impl Agent {
         let failed = BTreeMap::new();
         let due = policy::compositions_due(obs, plan, &self.compositions, &failed, &self.cfg, now);
         for n in due {
-            let Some(i) = n.id.inode.checked_sub(INIT_NET_INODE) else {
-                continue;
-            };
-            let Some(table) = usize::try_from(i).ok().and_then(|i| tables.spaces.get(i)) else {
+            let Some(table) = tables.by_inode_ref(n.id.inode) else {
                 continue;
             };
             let g = table.composition(now);
@@ -1497,7 +1541,7 @@ impl CompositionComparison {
     /// The Markdown table of comparisons, one row each.
     pub fn markdown(rows: &[CompositionComparison]) -> String {
         let mut out = String::from(
-            "| scenario | harmed without (lost + evicted) | harmed with | with - without | samples | keys lowered without | keys lowered with, once it decided with a sample |\n\
+            "| scenario | harmed without (lost + evicted) | harmed with | with - without | samples | keys lowered without | keys lowered with |\n\
              |---|---:|---:|---:|---:|---|---|\n",
         );
         for c in rows {
@@ -1519,10 +1563,7 @@ impl CompositionComparison {
                 },
                 c.with.1.compositions.len(),
                 Self::lowered(&c.without.1, 0),
-                c.with.1.first_decided_with_composition.map_or_else(
-                    || Self::lowered(&c.with.1, 0),
-                    |t| Self::lowered(&c.with.1, t)
-                ),
+                Self::lowered(&c.with.1, 0),
             ));
         }
         out

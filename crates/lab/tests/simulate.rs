@@ -588,8 +588,8 @@ fn default_of(key: &str) -> u64 {
 
 /// A flood of mostly unreplied UDP (memory-scarce: 40k/s for two minutes, beyond what
 /// the host can spare) reaches critical: the tiers alone cut every tier key, established
-/// included; with the composition sample, ctune cuts UDP and keeps the operator's
-/// established timeout for as long as the flood lasts.
+/// included; with the composition sample (the first taken within the step of the onset),
+/// ctune cuts UDP and never touches the operator's established timeout.
 #[test]
 fn an_unreplied_udp_flood_lowers_udp_and_keeps_established() {
     let sc = simulate::load(&scenario_path("memory-scarce")).unwrap();
@@ -611,7 +611,8 @@ fn an_unreplied_udp_flood_lowers_udp_and_keeps_established() {
     let decided = with
         .first_decided_with_composition
         .expect("decided with it");
-    assert!(decided > *first_ms && decided < flood_end_ms);
+    // The first sample is an onset one, taken within the step that would cut first.
+    assert!(decided == *first_ms && decided < flood_end_ms);
     // Established never moves; UDP is at its floor from the first decision with a
     // sample to the end of the flood.
     assert!(
@@ -631,9 +632,9 @@ fn an_unreplied_udp_flood_lowers_udp_and_keeps_established() {
 }
 
 /// A table that fills with established TCP (established-pileup) stays under pressure
-/// to the end: ctune lowers established, and the transient timeouts the tiers cut at the
-/// onset of pressure come back once a sample shows they govern next to nothing; without
-/// the sample they stay cut.
+/// to the end: ctune lowers established and never the transient timeouts, which govern
+/// next to nothing (the onset sample says so before the tiers would cut them); without
+/// the sample they are cut and stay cut.
 #[test]
 fn an_established_pileup_keeps_its_transient_timeouts() {
     let sc = simulate::load(&scenario_path("established-pileup")).unwrap();
@@ -657,6 +658,13 @@ fn an_established_pileup_keeps_its_transient_timeouts() {
         "nf_conntrack_tcp_timeout_close_wait",
         "nf_conntrack_tcp_timeout_last_ack",
     ];
+    assert!(
+        with.timeout_changes
+            .iter()
+            .all(|ch| !transient.contains(&ch.key.as_str())),
+        "{:?}",
+        with.timeout_changes
+    );
     for t in (decided..=end_ms).step_by(1000) {
         for key in transient {
             assert_eq!(

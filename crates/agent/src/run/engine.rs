@@ -15,7 +15,7 @@ use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
 use ctune_core::config::Config;
 use ctune_core::model::{NetnsId, Observation};
-use ctune_core::plan::{Plan, Target};
+use ctune_core::plan::{Change, Plan, Target};
 use ctune_core::policy::PolicyState;
 use ctune_core::units::printable;
 
@@ -109,6 +109,9 @@ pub struct Sampler<'a> {
     cfg: &'a Config,
     saved: &'a State,
     last: Option<(Observation, Duration)>,
+    /// Onset samples this command took itself (as the agent would at the onset of
+    /// pressure, [`Engine::onset`]), added to the saved ones.
+    taken: std::collections::BTreeMap<u64, ctune_core::model::Governed>,
 }
 
 /// One reading and the decision on it.
@@ -135,6 +138,7 @@ impl<'a> Sampler<'a> {
             cfg,
             saved,
             last: None,
+            taken: Default::default(),
         };
         if first_reading {
             s.last = Some((observe::observe(roots, &cfg.namespaces)?, state::now()));
@@ -142,11 +146,52 @@ impl<'a> Sampler<'a> {
         Ok(s)
     }
 
+    /// The saved composition samples and the ones this command took.
+    fn samples(&self) -> std::collections::BTreeMap<u64, ctune_core::model::Governed> {
+        let mut all = self.saved.compositions.clone();
+        all.extend(self.taken.clone());
+        all
+    }
+
+    /// Takes the onset samples the agent would take after deciding `plan` (read-only:
+    /// a dump changes nothing); true when one came. One that fails is left out (the tiers
+    /// decide, as they would for the agent).
+    fn take_onset_samples(&mut self, obs: &Observation, plan: &Plan, now: Duration) -> bool {
+        if !self.roots.proc_is_live() {
+            return false;
+        }
+        let samples = self.samples();
+        let due = ctune_core::policy::onset_samples_due(
+            obs,
+            plan,
+            &samples,
+            &Default::default(),
+            self.cfg,
+            now,
+        );
+        if due.is_empty() {
+            return false;
+        }
+        let Some(sampler) = spawn_sampler(sampler_targets(due), ONSET_LIMITS) else {
+            return false;
+        };
+        let before = self.taken.len();
+        for (id, result, _) in sampler.join().unwrap_or_default() {
+            match result {
+                Ok(g) if g.informative() => {
+                    self.taken.insert(id.inode, g);
+                }
+                _ => {}
+            }
+        }
+        self.taken.len() > before
+    }
+
     /// Reads again and decides, with the previous reading as the baseline.
     pub fn read(&mut self) -> Result<Sample, ObserveError> {
         let mut obs = observe::observe(self.roots, &self.cfg.namespaces)?;
         let now = state::now();
-        attach_samples(&mut obs, self.saved, self.cfg, now);
+        ctune_core::policy::attach_recent_compositions(&mut obs, &self.samples(), self.cfg, now);
         let (prev, elapsed) = match &self.last {
             Some((first, at)) => (
                 ctune_core::policy::with_sample(&self.saved.policy, first, *at),
@@ -154,7 +199,16 @@ impl<'a> Sampler<'a> {
             ),
             None => (self.saved.policy.clone(), Duration::ZERO),
         };
-        let preview = preview(self.roots, self.cfg, &obs, &prev, now);
+        let mut preview = preview(self.roots, self.cfg, &obs, &prev, now);
+        if self.take_onset_samples(&obs, &preview.plan, now) {
+            ctune_core::policy::attach_recent_compositions(
+                &mut obs,
+                &self.samples(),
+                self.cfg,
+                state::now(),
+            );
+            preview = self::preview(self.roots, self.cfg, &obs, &prev, now);
+        }
         self.last = Some((obs.clone(), now));
         Ok(Sample {
             observation: obs,
@@ -188,6 +242,52 @@ const SAMPLE_LIMITS: ctnetlink::Limits = ctnetlink::Limits {
     max_time: Duration::from_secs(2),
 };
 
+/// The bounds of an onset sample ([`ctune_core::policy::onset_samples_due`]): the step
+/// waits for it (after its global changes are in force), so half a second at most; a
+/// sample cut shorter than [`ctune_core::model::MIN_PARTIAL_SAMPLE`] entries is left for
+/// the background one.
+const ONSET_LIMITS: ctnetlink::Limits = ctnetlink::Limits {
+    max_entries: SAMPLE_LIMITS.max_entries,
+    max_time: Duration::from_millis(500),
+};
+
+/// The namespaces to sample, as handles to enter (`true`: ctune's own, not entered).
+fn sampler_targets(due: Vec<&ctune_core::model::NamespaceObs>) -> Vec<(netns::Handle, bool)> {
+    due.into_iter()
+        .map(|n| {
+            let h = netns::Handle {
+                id: n.id.clone(),
+                path: n.handle.clone().unwrap_or_default(),
+            };
+            (h, n.handle.is_none())
+        })
+        .collect()
+}
+
+/// Starts a thread that samples `due` within `limits`, one after the other. A new thread
+/// starts in the namespace of the one that creates it: ctune's own, which it samples
+/// first, before entering the others.
+fn spawn_sampler(
+    mut due: Vec<(netns::Handle, bool)>,
+    limits: ctnetlink::Limits,
+) -> Option<std::thread::JoinHandle<Vec<TakenSample>>> {
+    std::thread::Builder::new()
+        .name("ctune-sample".into())
+        .spawn(move || {
+            due.sort_by_key(|(_, own)| !own);
+            due.into_iter()
+                .map(|(h, own)| {
+                    let taken_at = state::now();
+                    let result = if own { Ok(()) } else { netns::enter(&h) }.and_then(|()| {
+                        ctnetlink::governed(&limits, taken_at).map_err(|e| e.to_string())
+                    });
+                    (h.id, result, taken_at)
+                })
+                .collect()
+        })
+        .ok()
+}
+
 /// Gives the observation the state's composition samples, as the agent's decision sees
 /// them: a sample older than three `agent.composition_interval`s is left out.
 pub fn attach_samples(obs: &mut Observation, state: &State, cfg: &Config, now: Duration) {
@@ -207,7 +307,8 @@ pub struct Engine {
     saved: State,
     /// Take a due composition sample before deciding (and decide again with it), not in
     /// the background after applying: for the one-shot `apply`, where a second's dump
-    /// delays nothing that waits on it. The agent's steps never wait for a dump.
+    /// delays nothing that waits on it. The agent's steps wait only for an onset sample
+    /// (a namespace newly pressed, [`Engine::onset`]), and only once max is raised.
     pub sample_before_deciding: bool,
     /// Namespaces whose last sample failed, and when: not tried again before
     /// `agent.composition_interval` has passed (their timeouts follow the tiers).
@@ -254,8 +355,11 @@ impl Engine {
     }
 
     /// Takes in the samples of a finished sampling thread (without waiting for one still
-    /// running, unless `wait`); returns notes on the dumps that failed.
-    fn collect_samples(&mut self, wait: bool) -> Vec<String> {
+    /// running, unless `wait`); returns notes on the dumps that failed. A sample too small
+    /// to weigh timeouts ([`ctune_core::model::Governed::informative`]) is kept out: an
+    /// `onset` one leaves the namespace due for the background sample (with its longer
+    /// time), any other counts as a failure (not retried before the interval).
+    fn collect_samples(&mut self, wait: bool, onset: bool) -> Vec<String> {
         let finished = self.sampling.as_ref().is_some_and(|h| h.is_finished());
         if !(finished || (wait && self.sampling.is_some())) {
             return Vec::new();
@@ -267,9 +371,19 @@ impl Engine {
         let mut notes = Vec::new();
         for (id, result, taken_at) in results {
             match result {
-                Ok(g) => {
+                Ok(g) if g.informative() => {
                     self.state.compositions.insert(id.inode, g);
                     self.sample_failed.remove(&id.inode);
+                }
+                Ok(_) if onset => {}
+                Ok(g) => {
+                    self.sample_failed.insert(id.inode, taken_at);
+                    notes.push(format!(
+                        "netns {}: the composition sample read only {} entries before its time \
+                         was up; its timeouts follow the tiers alone",
+                        printable(&id.name),
+                        g.entries
+                    ));
                 }
                 Err(e) => {
                     self.sample_failed.insert(id.inode, taken_at);
@@ -301,37 +415,74 @@ impl Engine {
             &self.config,
             now,
         );
-        let due: Vec<(netns::Handle, bool)> = due
-            .into_iter()
-            .map(|n| {
-                let h = netns::Handle {
-                    id: n.id.clone(),
-                    path: n.handle.clone().unwrap_or_default(),
-                };
-                (h, n.handle.is_none())
-            })
-            .collect();
+        let due = sampler_targets(due);
         if due.is_empty() {
             return;
         }
-        // A new thread starts in the namespace of the one that creates it: ctune's own,
-        // which it samples first, before entering the others.
-        let spawned = std::thread::Builder::new()
-            .name("ctune-sample".into())
-            .spawn(move || {
-                let mut due = due;
-                due.sort_by_key(|(_, own)| !own);
-                due.into_iter()
-                    .map(|(h, own)| {
-                        let taken_at = state::now();
-                        let result = if own { Ok(()) } else { netns::enter(&h) }.and_then(|()| {
-                            ctnetlink::governed(&SAMPLE_LIMITS, taken_at).map_err(|e| e.to_string())
-                        });
-                        (h.id, result, taken_at)
-                    })
-                    .collect()
-            });
-        self.sampling = spawned.ok();
+        self.sampling = spawn_sampler(due, SAMPLE_LIMITS);
+    }
+
+    /// At the onset of pressure ([`ctune_core::policy::onset_samples_due`]): applies
+    /// `plan`'s global changes, samples the namespaces due (waiting, within
+    /// [`ONSET_LIMITS`]; first for a background sample under way, which may bring theirs)
+    /// and decides again with the samples. Returns the plan and state to go on with (the
+    /// new decision with the global changes applied) and the outcomes of those changes;
+    /// `plan` and `next` as they were, and no outcome, when no namespace is due. The
+    /// operator's values of the global keys must be saved before.
+    fn onset(
+        &mut self,
+        obs: &mut Observation,
+        (plan, next): (Plan, PolicyState),
+        prev: &PolicyState,
+        now: Duration,
+        notes: &mut Vec<String>,
+    ) -> (Plan, PolicyState, Vec<Outcome>) {
+        if !self.roots.proc_is_live() {
+            return (plan, next, Vec::new());
+        }
+        let due: Vec<u64> = ctune_core::policy::onset_samples_due(
+            obs,
+            &plan,
+            &self.state.compositions,
+            &self.sample_failed,
+            &self.config,
+            now,
+        )
+        .iter()
+        .map(|n| n.id.inode)
+        .collect();
+        if due.is_empty() {
+            return (plan, next, Vec::new());
+        }
+        let globals: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter(|c| c.target == Target::Global)
+            .cloned()
+            .collect();
+        let early = apply::apply(&self.roots, obs, &globals);
+        let fresh = state::now();
+        if self.sampling.is_some() {
+            notes.extend(self.collect_samples(true, false));
+            attach_samples(obs, &self.state, &self.config, fresh);
+        }
+        let still = sampler_targets(
+            obs.namespaces
+                .iter()
+                .filter(|n| due.contains(&n.id.inode) && n.composition.is_none())
+                .collect(),
+        );
+        if !still.is_empty() {
+            self.sampling = spawn_sampler(still, ONSET_LIMITS);
+            notes.extend(self.collect_samples(true, true));
+            attach_samples(obs, &self.state, &self.config, fresh);
+        }
+        let (again, next) = ctune_core::policy::decide(obs, &self.config, prev, now);
+        (
+            ctune_core::policy::with_globals_of(again, &plan),
+            next,
+            early,
+        )
     }
 
     /// Observes, decides, applies, persists, and saves the state.
@@ -353,14 +504,14 @@ impl Engine {
             &self.config.namespaces,
             &observe::TimeoutKeys::Only(keys),
         )?;
-        let mut sample_notes = self.collect_samples(false);
+        let mut sample_notes = self.collect_samples(false, false);
         attach_samples(&mut obs, &self.state, &self.config, now);
         let prev = self.state.policy.clone();
         let (mut plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
         if self.sample_before_deciding {
             self.start_sampling(&obs, &plan, now);
             if self.sampling.is_some() {
-                sample_notes.extend(self.collect_samples(true));
+                sample_notes.extend(self.collect_samples(true, false));
                 // Sampled or failed: the tiers decide where no sample came.
                 attach_samples(&mut obs, &self.state, &self.config, now);
                 (plan, next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
@@ -387,7 +538,19 @@ impl Engine {
                 state_error: Some(e),
             });
         }
-        let outcomes = apply::apply(&self.roots, &obs, &plan.changes);
+        let mut outcomes = Vec::new();
+        if !self.sample_before_deciding {
+            (plan, next, outcomes) =
+                self.onset(&mut obs, (plan, next), &prev, now, &mut sample_notes);
+        }
+        // The global changes, when the onset applied them already, are not applied again.
+        let rest: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter(|c| outcomes.is_empty() || c.target != Target::Global)
+            .cloned()
+            .collect();
+        outcomes.extend(apply::apply(&self.roots, &obs, &rest));
         for o in outcomes.iter().filter(|o| o.result.is_err()) {
             next.forget_failed(&prev, &o.change);
         }

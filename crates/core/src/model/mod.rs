@@ -179,7 +179,20 @@ pub struct Governed {
     pub age_secs: u64,
 }
 
+/// The fewest entries a sample cut short by a bound ([`Governed::partial`]) must hold to
+/// weigh timeouts: 4096 put a share within 1.5 % (95 %), enough to tell a key that governs
+/// `timeouts.min_share` (1 %) from one that governs none; a dump of a namespace that is a
+/// sliver of a huge host table may read fewer before its time is up, and would otherwise
+/// say that no key governs anything (and every cut is given back).
+pub const MIN_PARTIAL_SAMPLE: u64 = 4096;
+
 impl Governed {
+    /// Whether the sample says enough to weigh timeouts by: some entries, and a whole
+    /// table or at least [`MIN_PARTIAL_SAMPLE`] of it.
+    pub fn informative(&self) -> bool {
+        self.entries > 0 && (!self.partial || self.entries >= MIN_PARTIAL_SAMPLE)
+    }
+
     /// The share of the entries read that `key` governs (0 when it governs none; at
     /// most 1, whatever a hand-edited state file claims).
     pub fn share(&self, key: &str) -> f64 {

@@ -238,8 +238,9 @@ pub fn decide(
 }
 
 /// Gives each observed namespace its last composition sample from `samples` (by inode),
-/// with its age at `now`, unless older than `max_age`: a sample that old says little of
-/// the table now, and the tiers alone decide.
+/// with its age at `now`, unless older than `max_age` (a sample that old says little of
+/// the table now) or too small to say anything ([`crate::model::Governed::informative`]):
+/// then the tiers alone decide.
 pub fn attach_compositions(
     obs: &mut Observation,
     samples: &BTreeMap<u64, crate::model::Governed>,
@@ -248,14 +249,24 @@ pub fn attach_compositions(
 ) {
     for n in &mut obs.namespaces {
         n.composition = samples.get(&n.id.inode).and_then(|g| {
-            let age = now.checked_sub(g.taken_at)?;
-            (age <= max_age).then(|| crate::model::Governed {
+            // A sample taken within the step (the one-shot `apply`'s, an onset one) is
+            // later than the step's `now`: age 0. One further ahead is not believed.
+            let age = match now.checked_sub(g.taken_at) {
+                Some(age) => age,
+                None if g.taken_at - now <= SAMPLE_AHEAD_SLACK => Duration::ZERO,
+                None => return None,
+            };
+            (age <= max_age && g.informative()).then(|| crate::model::Governed {
                 age_secs: age.as_secs(),
                 ..g.clone()
             })
         });
     }
 }
+
+/// How far after the step's clock a composition sample may have been taken and count
+/// as new: a sample taken within the step ends at most a couple of seconds after it.
+pub const SAMPLE_AHEAD_SLACK: Duration = Duration::from_secs(5);
 
 /// A composition sample older than this many `agent.composition_interval`s is ignored.
 pub const COMPOSITION_STALE_INTERVALS: u32 = 3;
@@ -323,6 +334,56 @@ pub fn compositions_due<'a>(
     due.sort_by_key(|n| std::cmp::Reverse(n.count.unwrap_or(0)));
     due.truncate(MAX_SAMPLED_PER_ROUND);
     due
+}
+
+/// Namespaces given an onset sample in one step (the fullest): each is a dump the step
+/// waits for, so a handful, not [`MAX_SAMPLED_PER_ROUND`].
+pub const MAX_ONSET_SAMPLES: usize = 2;
+
+/// Of the namespaces [`compositions_due`] gives after a step decided `plan` on `obs`:
+/// those the decision had no composition for and whose timeouts `plan` lowers, at most
+/// [`MAX_ONSET_SAMPLES`]. At the onset of pressure the tiers alone would cut keys the
+/// table may not hold (a UDP flood's established timeout) and the background sample
+/// would give them back a step later; so the agent samples these within the step, after
+/// the plan's global changes are in force (a dump never delays a raise of max), and
+/// decides the timeouts again with the sample ([`with_globals_of`]).
+pub fn onset_samples_due<'a>(
+    obs: &'a Observation,
+    plan: &Plan,
+    samples: &BTreeMap<u64, crate::model::Governed>,
+    failed: &BTreeMap<u64, Duration>,
+    cfg: &Config,
+    now: Duration,
+) -> Vec<&'a crate::model::NamespaceObs> {
+    let lowers = |inode: u64| {
+        plan.changes.iter().any(|c| {
+            c.new < c.old
+                && matches!(&c.target, crate::plan::Target::Namespace { netns } if netns.inode == inode)
+        })
+    };
+    let mut due = compositions_due(obs, plan, samples, failed, cfg, now);
+    due.retain(|n| n.composition.is_none() && lowers(n.id.inode));
+    due.truncate(MAX_ONSET_SAMPLES);
+    due
+}
+
+/// `redecided`, the decision taken again with the onset samples, with the global changes
+/// of `first`, the decision they were applied from. A composition weighs only timeouts,
+/// so the two agree on every global key; should they ever not, what is in force (the
+/// first's) is what the plan reports and persists.
+pub fn with_globals_of(mut redecided: Plan, first: &Plan) -> Plan {
+    let is_global = |c: &&crate::plan::Change| c.target == crate::plan::Target::Global;
+    let globals = |p: &Plan| -> Vec<crate::plan::Change> {
+        p.changes.iter().filter(is_global).cloned().collect()
+    };
+    let applied = globals(first);
+    if globals(&redecided) != applied {
+        redecided
+            .changes
+            .retain(|c| c.target != crate::plan::Target::Global);
+        redecided.changes.splice(0..0, applied);
+    }
+    redecided
 }
 
 /// Whether `plan` leaves the namespace with this inode at the elevated level or above.
@@ -504,5 +565,113 @@ mod composition_tests {
             )
             .is_empty()
         );
+    }
+
+    /// A UDP-holding namespace at 96 % of a max at its cap, with the operator's timeouts.
+    fn pressed_udp_table() -> (Observation, Config) {
+        let mut o = obs(100_000, &[96_000, 96_001]);
+        for n in &mut o.namespaces[..1] {
+            n.timeouts = [
+                ("nf_conntrack_udp_timeout", 30),
+                ("nf_conntrack_tcp_timeout_established", 432_000),
+                ("nf_conntrack_generic_timeout", 600),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        }
+        let mut cfg = Config::default();
+        cfg.ceiling.max_cap = 100_000;
+        (o, cfg)
+    }
+
+    fn udp_sample(entries: u64, partial: bool) -> crate::model::Governed {
+        crate::model::Governed {
+            entries,
+            by_key: [("nf_conntrack_udp_timeout".to_string(), entries)].into(),
+            partial,
+            taken_at: Duration::from_secs(10),
+            age_secs: 0,
+        }
+    }
+
+    #[test]
+    fn an_onset_sample_is_due_where_the_tiers_would_cut_without_one() {
+        let (mut o, cfg) = pressed_udp_table();
+        let now = Duration::from_secs(10);
+        let none = BTreeMap::new();
+        let (first, _) = decide(&o, &cfg, &PolicyState::default(), now);
+        let due = onset_samples_due(&o, &first, &none, &BTreeMap::new(), &cfg, now);
+        // ns1 is pressed too but has no timeouts to lower: its sample can wait.
+        let names: Vec<&str> = due.iter().map(|n| n.id.name.as_str()).collect();
+        assert_eq!(names, ["ns0"]);
+        // With the sample, the decision lowers only what the table holds, and its
+        // global changes are the first decision's (a composition weighs only timeouts).
+        let samples: BTreeMap<u64, _> = [(1, udp_sample(96_000, false))].into();
+        attach_compositions(&mut o, &samples, now, Duration::from_secs(180));
+        let (again, _) = decide(&o, &cfg, &PolicyState::default(), now);
+        let keys = |p: &Plan| -> Vec<String> { p.changes.iter().map(|c| c.key.clone()).collect() };
+        assert!(keys(&first).contains(&"nf_conntrack_generic_timeout".to_string()));
+        assert!(!keys(&again).contains(&"nf_conntrack_generic_timeout".to_string()));
+        assert!(keys(&again).contains(&"nf_conntrack_udp_timeout".to_string()));
+        assert_eq!(with_globals_of(again.clone(), &first), again);
+        // Once it has one, no onset sample.
+        assert!(onset_samples_due(&o, &again, &samples, &BTreeMap::new(), &cfg, now).is_empty());
+    }
+
+    #[test]
+    fn a_plan_keeps_the_globals_that_were_applied() {
+        let (o, cfg) = pressed_udp_table();
+        let now = Duration::from_secs(10);
+        let (first, _) = decide(&o, &cfg, &PolicyState::default(), now);
+        let mut other = first.clone();
+        other
+            .changes
+            .retain(|c| c.target != crate::plan::Target::Global);
+        let mut forged = first.changes[0].clone();
+        forged.target = crate::plan::Target::Global;
+        forged.key = "nf_conntrack_max".into();
+        other.changes.push(forged);
+        let kept = with_globals_of(other, &first);
+        let globals = |p: &Plan| -> Vec<crate::plan::Change> {
+            p.changes
+                .iter()
+                .filter(|c| c.target == crate::plan::Target::Global)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(globals(&kept), globals(&first));
+    }
+
+    #[test]
+    fn a_sample_too_small_to_say_anything_is_not_attached() {
+        let (mut o, _) = pressed_udp_table();
+        let now = Duration::from_secs(10);
+        let max_age = Duration::from_secs(180);
+        for (g, attached) in [
+            (udp_sample(0, false), false),
+            (udp_sample(4095, true), false),
+            (udp_sample(4096, true), true),
+            (udp_sample(50, false), true),
+            // Taken within the step, after its clock: new; far ahead of it: not believed.
+            (
+                crate::model::Governed {
+                    taken_at: now + SAMPLE_AHEAD_SLACK,
+                    ..udp_sample(5000, false)
+                },
+                true,
+            ),
+            (
+                crate::model::Governed {
+                    taken_at: now + SAMPLE_AHEAD_SLACK + Duration::from_millis(1),
+                    ..udp_sample(5000, false)
+                },
+                false,
+            ),
+        ] {
+            let samples: BTreeMap<u64, _> = [(1, g.clone())].into();
+            attach_compositions(&mut o, &samples, now, max_age);
+            assert_eq!(o.namespaces[0].composition.is_some(), attached, "{g:?}");
+        }
     }
 }
