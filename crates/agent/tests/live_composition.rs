@@ -178,32 +178,22 @@ fn a_dry_run_and_a_one_shot_apply_sample_before_they_lower() {
     let cfg = config(dir.path(), &ns, 8192);
     let etc = dir.path().join("etc");
     let state = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend(["--config", cfg.to_str().unwrap()]);
+        full.extend(["--etc-root", etc.to_str().unwrap()]);
+        full.extend(["--state-dir", state.to_str().unwrap()]);
+        ctune(&full)
+    };
     // The dry run says what apply will do: it samples as the agent would.
-    let (code, out, err) = ctune(&[
-        "--dry-run",
-        "--sample",
-        "0",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--etc-root",
-        etc.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let (code, out, err) = run(&["--dry-run", "--sample", "0"]);
     let seen = format!("exit {code}\n{out}\n{err}");
     assert!(
-        out.contains("governs 100% of the entries") && !out.contains("tcp_timeout_established 5"),
+        out.contains("governs 100% of the entries")
+            && !out.contains("lowering tcp_timeout_established"),
         "{seen}"
     );
-    let (code, out, err) = ctune(&[
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--etc-root",
-        etc.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let (code, out, err) = run(&["apply"]);
     let seen = format!("exit {code}\n{out}\n{err}");
     assert!(matches!(code, 0 | 5), "{seen}");
     assert_eq!(
