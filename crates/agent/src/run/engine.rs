@@ -112,6 +112,9 @@ pub struct Sampler<'a> {
     /// Onset samples this command took itself (as the agent would at the onset of
     /// pressure, [`Engine::onset`]), added to the saved ones.
     taken: std::collections::BTreeMap<u64, ctune_core::model::Governed>,
+    /// Namespaces whose onset sample failed or said nothing: not tried again by this
+    /// command (`status --watch` reads every second).
+    missed: std::collections::BTreeMap<u64, Duration>,
 }
 
 /// One reading and the decision on it.
@@ -139,6 +142,7 @@ impl<'a> Sampler<'a> {
             saved,
             last: None,
             taken: Default::default(),
+            missed: Default::default(),
         };
         if first_reading {
             s.last = Some((observe::observe(roots, &cfg.namespaces)?, state::now()));
@@ -161,14 +165,11 @@ impl<'a> Sampler<'a> {
             return false;
         }
         let samples = self.samples();
-        let due = ctune_core::policy::onset_samples_due(
-            obs,
-            plan,
-            &samples,
-            &Default::default(),
-            self.cfg,
-            now,
-        );
+        // Missed by this command: as failed at the end of time, never due again here.
+        let missed: std::collections::BTreeMap<u64, Duration> =
+            self.missed.keys().map(|k| (*k, Duration::MAX)).collect();
+        let due =
+            ctune_core::policy::onset_samples_due(obs, plan, &samples, &missed, self.cfg, now);
         if due.is_empty() {
             return false;
         }
@@ -176,12 +177,14 @@ impl<'a> Sampler<'a> {
             return false;
         };
         let before = self.taken.len();
-        for (id, result, _) in sampler.join().unwrap_or_default() {
+        for (id, result, taken_at) in sampler.join().unwrap_or_default() {
             match result {
                 Ok(g) if g.informative() => {
                     self.taken.insert(id.inode, g);
                 }
-                _ => {}
+                _ => {
+                    self.missed.insert(id.inode, taken_at);
+                }
             }
         }
         self.taken.len() > before
@@ -313,6 +316,10 @@ pub struct Engine {
     /// Namespaces whose last sample failed, and when: not tried again before
     /// `agent.composition_interval` has passed (their timeouts follow the tiers).
     sample_failed: std::collections::BTreeMap<u64, Duration>,
+    /// Namespaces whose onset sample read too little to say anything, and when: no onset
+    /// sample again before `agent.composition_interval` has passed (the background one,
+    /// with its longer time, still runs), so no step waits for them over and over.
+    onset_missed: std::collections::BTreeMap<u64, Duration>,
     /// The thread taking composition samples, while it runs.
     sampling: Option<std::thread::JoinHandle<Vec<TakenSample>>>,
 }
@@ -336,6 +343,7 @@ impl Engine {
             state,
             sample_before_deciding: false,
             sample_failed: Default::default(),
+            onset_missed: Default::default(),
             sampling: None,
         })
     }
@@ -375,7 +383,9 @@ impl Engine {
                     self.state.compositions.insert(id.inode, g);
                     self.sample_failed.remove(&id.inode);
                 }
-                Ok(_) if onset => {}
+                Ok(_) if onset => {
+                    self.onset_missed.insert(id.inode, taken_at);
+                }
                 Ok(g) => {
                     self.sample_failed.insert(id.inode, taken_at);
                     notes.push(format!(
@@ -404,6 +414,9 @@ impl Engine {
     /// must not hold up a raise of max; the next step after it ends takes the samples in.
     fn start_sampling(&mut self, obs: &Observation, plan: &Plan, now: Duration) {
         ctune_core::policy::forget_compositions(&mut self.state.compositions, plan, &self.config);
+        let every = self.config.agent.composition_interval;
+        self.onset_missed
+            .retain(|_, at| now.saturating_sub(*at) < every);
         if self.sampling.is_some() || !self.roots.proc_is_live() {
             return;
         }
@@ -424,8 +437,11 @@ impl Engine {
 
     /// At the onset of pressure ([`ctune_core::policy::onset_samples_due`]): applies
     /// `plan`'s global changes, samples the namespaces due (waiting, within
-    /// [`ONSET_LIMITS`]; first for a background sample under way, which may bring theirs)
-    /// and decides again with the samples. Returns the plan and state to go on with (the
+    /// [`ONSET_LIMITS`] each; first, as long again, for a background sample under way,
+    /// which may bring theirs) and decides again with the samples. A step waits 1.5 s at
+    /// most ([`ctune_core::policy::MAX_ONSET_SAMPLES`] dumps and that wait), and a
+    /// namespace whose onset sample said nothing is not waited for again within the
+    /// interval. Returns the plan and state to go on with (the
     /// new decision with the global changes applied) and the outcomes of those changes;
     /// `plan` and `next` as they were, and no outcome, when no namespace is due. The
     /// operator's values of the global keys must be saved before.
@@ -440,11 +456,13 @@ impl Engine {
         if !self.roots.proc_is_live() {
             return (plan, next, Vec::new());
         }
+        let mut not_now = self.sample_failed.clone();
+        not_now.extend(self.onset_missed.iter().map(|(k, v)| (*k, *v)));
         let due: Vec<u64> = ctune_core::policy::onset_samples_due(
             obs,
             &plan,
             &self.state.compositions,
-            &self.sample_failed,
+            &not_now,
             &self.config,
             now,
         )
@@ -461,18 +479,25 @@ impl Engine {
             .cloned()
             .collect();
         let early = apply::apply(&self.roots, obs, &globals);
-        let fresh = state::now();
-        if self.sampling.is_some() {
-            notes.extend(self.collect_samples(true, false));
-            attach_samples(obs, &self.state, &self.config, fresh);
+        // A background sample under way may bring theirs: waited for as long as an onset
+        // sample may take, no longer (it may be dumping several large tables).
+        let deadline = std::time::Instant::now() + ONSET_LIMITS.max_time;
+        while self.sampling.as_ref().is_some_and(|h| !h.is_finished())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        notes.extend(self.collect_samples(false, false));
+        let fresh = state::now();
+        attach_samples(obs, &self.state, &self.config, fresh);
         let still = sampler_targets(
             obs.namespaces
                 .iter()
                 .filter(|n| due.contains(&n.id.inode) && n.composition.is_none())
                 .collect(),
         );
-        if !still.is_empty() {
+        // Still running: no second thread; the tiers decide this step.
+        if !still.is_empty() && self.sampling.is_none() {
             self.sampling = spawn_sampler(still, ONSET_LIMITS);
             notes.extend(self.collect_samples(true, true));
             attach_samples(obs, &self.state, &self.config, fresh);
