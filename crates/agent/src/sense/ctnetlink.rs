@@ -488,7 +488,9 @@ pub fn governed(limits: &Limits, taken_at: Duration) -> Result<Governed, DumpErr
             .into_iter()
             .map(|(k, n)| (k.to_string(), n))
             .collect(),
-        partial: outcome.partial.is_some(),
+        // Stopped at a bound (a sample); a dump the kernel flagged as changed under it
+        // still read the whole table.
+        partial: outcome.sampled,
         taken_at,
         age_secs: 0,
     })
