@@ -141,7 +141,8 @@ fn namespace_top(
     match r {
         Ok(r) => {
             let mut summary = r.comp.summarize(top, &r.timeouts, &cfg.timeouts);
-            if r.outcome.sampled {
+            // An empty read says nothing of the table: PARTIAL, not a sample.
+            if r.outcome.sampled && summary.entries > 0 {
                 summary = summary.sampled_from(r.count);
             }
             let advice = advice::advise(

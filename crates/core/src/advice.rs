@@ -164,9 +164,16 @@ pub struct Advice {
     pub snippet: Option<String>,
 }
 
+/// The fewest entries a sample must hold for advice: the shares of a smaller one (a
+/// dump cut short by its time) are too loose to send an operator to change a ruleset.
+pub const MIN_SAMPLE: u64 = crate::model::MIN_PARTIAL_SAMPLE;
+
 /// The advice for one table. `complete`: the dump read every entry (a claim about
-/// every entry, `remove_tracking`, needs it).
+/// every entry, `remove_tracking`, needs it). None from a sample under [`MIN_SAMPLE`].
 pub fn advise(s: &Summary, complete: bool, t: &Thresholds) -> Vec<Advice> {
+    if s.sample.is_some_and(|x| x.read < MIN_SAMPLE) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     out.extend(source_limit(s, t));
     out.extend(notrack_port(s, t));
@@ -710,14 +717,16 @@ mod tests {
             "{}",
             a[0].text
         );
-        // 600 CLOSE_WAIT in a sample of 2400 stand for 250000 in the table.
-        let cw = tcp_states(600, 1_800);
+        // 900 CLOSE_WAIT in a sample of 4200 stand for 214286 in the table.
+        let cw = tcp_states(900, 3_300);
         assert!(advise(&cw, true, &t).is_empty());
         let cw = cw.sampled_from(Some(1_000_000));
         assert_eq!(kinds(&advise(&cw, false, &t)), [Kind::CloseWait]);
         // remove_tracking is a claim about every entry: never from a sample.
         let unused = ports(3_000, 7_000, 17, false, IPS_SEEN_REPLY).sampled_from(Some(50_000));
         assert!(advise(&unused, false, &t).is_empty());
+        // 11 of 20 read is no ground for a ruleset change, however large the table.
+        assert!(advise(&sources(11, 9).sampled_from(Some(1_000_000)), false, &t).is_empty());
     }
 
     #[test]
@@ -727,10 +736,14 @@ mod tests {
         assert!((m(32_768, 10_000_000) - 0.005_413).abs() < 1e-5);
         assert!((m(32_768, 1_000_000) - 0.005_324).abs() < 1e-5);
         assert!((m(65_536, 10_000_000) - 0.003_816).abs() < 1e-5);
-        assert_eq!(m(1_000, 1_000), 0.0);
+        // A table no larger than the sample, or of unknown size: a cut-short dump is a
+        // sample all the same, with the margin of an unbounded table.
+        let unbounded = 1.96 * (0.25f64 / 1_000.0).sqrt();
+        assert!((m(1_000, 1_000) - unbounded).abs() < 1e-12);
+        assert!((Sample::new(1_000, None).margin_95 - unbounded).abs() < 1e-12);
         // A count below the entries read (the table shrank) is raised to them.
         assert_eq!(Sample::new(500, Some(10)).table_entries, 500);
-        assert_eq!(Sample::new(500, None).margin_95, 0.0);
+        assert!(Sample::new(0, None).margin_95.is_finite());
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl std::fmt::Display for Prefix {
 /// `other`. The first keys seen are kept, so a key that first appears after the cap is
 /// reached is only in `other`. A dump sends entries in a random order (the kernel's
 /// keyed hash), so a key holding a share p of the table is among the first `cap`
-/// entries, and kept, with probability 1 - (1 - p)^cap: at the default 65536, any key
+/// entries, and kept, with probability at least 1 - (1 - p)^cap: at the default 65536, any key
 /// over 0.01 % of the table (all but surely); a smaller one may be missed, and a full
 /// bucket's `other` is then an upper bound on what the missed keys hold. With fewer
 /// entries read than `cap` (`ctune top`'s default sample) nothing is ever missed.
@@ -735,22 +735,26 @@ pub struct Sample {
     /// Entries read.
     pub read: u64,
     /// Half the width of a 95 % confidence interval on a share, at its widest (a share
-    /// of one half): 1.96 * sqrt(p(1-p)/n), with the finite-population correction.
+    /// of one half): 1.96 * sqrt(p(1-p)/n), with the finite-population correction when
+    /// the table is known to be larger than the sample.
     pub margin_95: f64,
 }
 
 impl Sample {
-    /// A sample of `read` entries from a table the kernel counts `table` entries in (None:
-    /// unknown, then the entries read stand for the table).
+    /// A sample of `read` entries (at least one) from a table the kernel counts `table`
+    /// entries in (None: unknown, then the entries read stand for the table's size, and
+    /// the margin is the one of an unbounded table: a dump cut short was a sample, even
+    /// when the count, read after it, is no larger).
     pub fn new(read: u64, table: Option<u64>) -> Sample {
         let table_entries = table.unwrap_or(read).max(read);
-        let margin_95 = if read == 0 || table_entries <= 1 {
-            0.0
+        let n = read.max(1) as f64;
+        let fpc = if table_entries > read {
+            let big_n = table_entries as f64;
+            ((big_n - n) / (big_n - 1.0)).max(0.0).sqrt()
         } else {
-            let (n, big_n) = (read as f64, table_entries as f64);
-            let fpc = ((big_n - n) / (big_n - 1.0)).max(0.0).sqrt();
-            1.96 * (0.25 / n).sqrt() * fpc
+            1.0
         };
+        let margin_95 = 1.96 * (0.25 / n).sqrt() * fpc;
         Sample {
             table_entries,
             read,

@@ -199,7 +199,8 @@ pub struct Agent {
     pub respect_operator: bool,
     /// How often at most the agent reads an elevated or critical namespace's composition
     /// (the first 65536 entries of a dump of its table, a random sample: about 0.16 s of
-    /// kernel time at any size); 0 never, and timeouts then follow the tiers alone.
+    /// kernel time when it holds most of the host's table); 0 never, and timeouts then
+    /// follow the tiers alone.
     #[serde(with = "duration")]
     pub composition_interval: Duration,
 }

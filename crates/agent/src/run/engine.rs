@@ -490,17 +490,29 @@ impl Engine {
         notes.extend(self.collect_samples(false, false));
         let fresh = state::now();
         attach_samples(obs, &self.state, &self.config, fresh);
-        let still = sampler_targets(
-            obs.namespaces
-                .iter()
-                .filter(|n| due.contains(&n.id.inode) && n.composition.is_none())
-                .collect(),
-        );
-        // Still running: no second thread; the tiers decide this step.
-        if !still.is_empty() && self.sampling.is_none() {
+        let still: Vec<u64> = obs
+            .namespaces
+            .iter()
+            .filter(|n| due.contains(&n.id.inode) && n.composition.is_none())
+            .filter(|n| !self.sample_failed.contains_key(&n.id.inode))
+            .map(|n| n.id.inode)
+            .collect();
+        if self.sampling.is_some() {
+            // Still running: no second thread, the tiers decide this step, and these
+            // namespaces are not waited for again within the interval.
+            for inode in still {
+                self.onset_missed.insert(inode, fresh);
+            }
+        } else if !still.is_empty() {
+            let still = sampler_targets(
+                obs.namespaces
+                    .iter()
+                    .filter(|n| still.contains(&n.id.inode))
+                    .collect(),
+            );
             self.sampling = spawn_sampler(still, ONSET_LIMITS);
             notes.extend(self.collect_samples(true, true));
-            attach_samples(obs, &self.state, &self.config, fresh);
+            attach_samples(obs, &self.state, &self.config, state::now());
         }
         let (again, next) = ctune_core::policy::decide(obs, &self.config, prev, now);
         (
@@ -537,8 +549,10 @@ impl Engine {
             self.start_sampling(&obs, &plan, now);
             if self.sampling.is_some() {
                 sample_notes.extend(self.collect_samples(true, false));
-                // Sampled or failed: the tiers decide where no sample came.
-                attach_samples(&mut obs, &self.state, &self.config, now);
+                // Sampled or failed: the tiers decide where no sample came. The samples
+                // were taken after `now` (one namespace after the other): their age is
+                // taken at the clock now.
+                attach_samples(&mut obs, &self.state, &self.config, state::now());
                 (plan, next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
             }
         }

@@ -389,10 +389,6 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
     )
     .map_err(sock_err("socket"))?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
-    // A recv never waits past the time limit (the kernel answers a dump at once; this
-    // only guards against a kernel that does not).
-    let tv = nix::sys::time::TimeVal::new(limits.max_time.as_secs().max(1) as i64, 0);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sock_err("setsockopt"))?;
     let seq = 1;
     sendto(
         fd.as_raw_fd(),
@@ -414,6 +410,15 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
             out.sampled = true;
             break;
         }
+        // A recv never waits past the time left (the kernel answers a dump at once; this
+        // only guards against a kernel that does not). A datagram the kernel is filling
+        // is not interrupted: one walks at most the hash table's buckets.
+        let left = limits.max_time.saturating_sub(started.elapsed());
+        let tv = nix::sys::time::TimeVal::new(
+            left.as_secs().min(i64::MAX as u64) as i64,
+            i64::from(left.subsec_micros().max(1)),
+        );
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sock_err("setsockopt"))?;
         let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
@@ -489,7 +494,7 @@ pub fn governed(limits: &Limits, taken_at: Duration) -> Result<Governed, DumpErr
             .map(|(k, n)| (k.to_string(), n))
             .collect(),
         // Stopped at a bound (a sample); a dump the kernel flagged as changed under it
-        // still read the whole table.
+        // read the table to its end, approximately (entries came and went meanwhile).
         partial: outcome.sampled,
         taken_at,
         age_secs: 0,

@@ -180,8 +180,8 @@ pub struct Governed {
 }
 
 /// The fewest entries a sample cut short by a bound ([`Governed::partial`]) must hold to
-/// weigh timeouts: 4096 put a share within 1.5 % (95 %), enough to tell a key that governs
-/// `timeouts.min_share` (1 %) from one that governs none; a dump of a namespace that is a
+/// weigh timeouts: in 4096, a key that governs `timeouts.min_share` (1 %) shows 41 entries,
+/// within 0.3 % (95 %), and one that governs none shows none; a dump of a namespace that is a
 /// sliver of a huge host table may read fewer before its time is up, and would otherwise
 /// say that no key governs anything (and every cut is given back).
 pub const MIN_PARTIAL_SAMPLE: u64 = 4096;

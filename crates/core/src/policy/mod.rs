@@ -342,7 +342,8 @@ pub const MAX_ONSET_SAMPLES: usize = 2;
 
 /// Of the namespaces [`compositions_due`] gives after a step decided `plan` on `obs`:
 /// those the decision had no composition for and whose timeouts `plan` lowers, at most
-/// [`MAX_ONSET_SAMPLES`]. At the onset of pressure the tiers alone would cut keys the
+/// [`MAX_ONSET_SAMPLES`] (the fullest; the others get the tiers' cut this step and a
+/// background sample). At the onset of pressure the tiers alone would cut keys the
 /// table may not hold (a UDP flood's established timeout) and the background sample
 /// would give them back a step later; so the agent samples these within the step, after
 /// the plan's global changes are in force (a dump never delays a raise of max), and
