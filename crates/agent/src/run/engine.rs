@@ -112,8 +112,8 @@ pub struct Sampler<'a> {
     /// Onset samples this command took itself (as the agent would at the onset of
     /// pressure, [`Engine::onset`]), added to the saved ones.
     taken: std::collections::BTreeMap<u64, ctune_core::model::Governed>,
-    /// Namespaces whose onset sample failed or said nothing: not tried again by this
-    /// command (`status --watch` reads every second).
+    /// Namespaces whose onset sample failed or said nothing, as failed at the end of
+    /// time: never due again for this command (`status --watch` reads every second).
     missed: std::collections::BTreeMap<u64, Duration>,
 }
 
@@ -165,25 +165,19 @@ impl<'a> Sampler<'a> {
             return false;
         }
         let samples = self.samples();
-        // Missed by this command: as failed at the end of time, never due again here.
-        let missed: std::collections::BTreeMap<u64, Duration> =
-            self.missed.keys().map(|k| (*k, Duration::MAX)).collect();
         let due =
-            ctune_core::policy::onset_samples_due(obs, plan, &samples, &missed, self.cfg, now);
+            ctune_core::policy::onset_samples_due(obs, plan, &samples, &self.missed, self.cfg, now);
         if due.is_empty() {
             return false;
         }
-        let Some(sampler) = spawn_sampler(sampler_targets(due), ONSET_LIMITS) else {
-            return false;
-        };
         let before = self.taken.len();
-        for (id, result, taken_at) in sampler.join().unwrap_or_default() {
+        for (id, result, _) in sample_now(sampler_targets(due), ONSET_LIMITS) {
             match result {
                 Ok(g) if g.informative() => {
                     self.taken.insert(id.inode, g);
                 }
                 _ => {
-                    self.missed.insert(id.inode, taken_at);
+                    self.missed.insert(id.inode, Duration::MAX);
                 }
             }
         }
@@ -291,6 +285,14 @@ fn spawn_sampler(
         .ok()
 }
 
+/// Samples `due` within `limits` and waits for the samples ([`spawn_sampler`]): none
+/// when no thread could be started.
+fn sample_now(due: Vec<(netns::Handle, bool)>, limits: ctnetlink::Limits) -> Vec<TakenSample> {
+    spawn_sampler(due, limits)
+        .and_then(|h| h.join().ok())
+        .unwrap_or_default()
+}
+
 /// Gives the observation the state's composition samples, as the agent's decision sees
 /// them: a sample older than three `agent.composition_interval`s is left out.
 pub fn attach_samples(obs: &mut Observation, state: &State, cfg: &Config, now: Duration) {
@@ -363,11 +365,8 @@ impl Engine {
     }
 
     /// Takes in the samples of a finished sampling thread (without waiting for one still
-    /// running, unless `wait`); returns notes on the dumps that failed. A sample too small
-    /// to weigh timeouts ([`ctune_core::model::Governed::informative`]) is kept out: an
-    /// `onset` one leaves the namespace due for the background sample (with its longer
-    /// time), any other counts as a failure (not retried before the interval).
-    fn collect_samples(&mut self, wait: bool, onset: bool) -> Vec<String> {
+    /// running, unless `wait`); returns notes on the dumps that failed.
+    fn collect_samples(&mut self, wait: bool) -> Vec<String> {
         let finished = self.sampling.as_ref().is_some_and(|h| h.is_finished());
         if !(finished || (wait && self.sampling.is_some())) {
             return Vec::new();
@@ -376,6 +375,14 @@ impl Engine {
             return Vec::new();
         };
         let results = handle.join().unwrap_or_else(|_| Vec::new());
+        self.take_in(results, false)
+    }
+
+    /// Keeps the samples taken; returns notes on the dumps that failed. A sample too
+    /// small to weigh timeouts ([`ctune_core::model::Governed::informative`]) is kept
+    /// out: an `onset` one leaves the namespace due for the background sample (with its
+    /// longer time), any other counts as a failure (not retried before the interval).
+    fn take_in(&mut self, results: Vec<TakenSample>, onset: bool) -> Vec<String> {
         let mut notes = Vec::new();
         for (id, result, taken_at) in results {
             match result {
@@ -487,31 +494,24 @@ impl Engine {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
-        notes.extend(self.collect_samples(false, false));
+        notes.extend(self.collect_samples(false));
         let fresh = state::now();
         attach_samples(obs, &self.state, &self.config, fresh);
-        let still: Vec<u64> = obs
+        let still: Vec<&ctune_core::model::NamespaceObs> = obs
             .namespaces
             .iter()
             .filter(|n| due.contains(&n.id.inode) && n.composition.is_none())
             .filter(|n| !self.sample_failed.contains_key(&n.id.inode))
-            .map(|n| n.id.inode)
             .collect();
         if self.sampling.is_some() {
             // Still running: no second thread, the tiers decide this step, and these
             // namespaces are not waited for again within the interval.
-            for inode in still {
-                self.onset_missed.insert(inode, fresh);
+            for n in still {
+                self.onset_missed.insert(n.id.inode, fresh);
             }
         } else if !still.is_empty() {
-            let still = sampler_targets(
-                obs.namespaces
-                    .iter()
-                    .filter(|n| still.contains(&n.id.inode))
-                    .collect(),
-            );
-            self.sampling = spawn_sampler(still, ONSET_LIMITS);
-            notes.extend(self.collect_samples(true, true));
+            let taken = sample_now(sampler_targets(still), ONSET_LIMITS);
+            notes.extend(self.take_in(taken, true));
             attach_samples(obs, &self.state, &self.config, state::now());
         }
         let (again, next) = ctune_core::policy::decide(obs, &self.config, prev, now);
@@ -541,14 +541,14 @@ impl Engine {
             &self.config.namespaces,
             &observe::TimeoutKeys::Only(keys),
         )?;
-        let mut sample_notes = self.collect_samples(false, false);
+        let mut sample_notes = self.collect_samples(false);
         attach_samples(&mut obs, &self.state, &self.config, now);
         let prev = self.state.policy.clone();
         let (mut plan, mut next) = ctune_core::policy::decide(&obs, &self.config, &prev, now);
         if self.sample_before_deciding {
             self.start_sampling(&obs, &plan, now);
             if self.sampling.is_some() {
-                sample_notes.extend(self.collect_samples(true, false));
+                sample_notes.extend(self.collect_samples(true));
                 // Sampled or failed: the tiers decide where no sample came. The samples
                 // were taken after `now` (one namespace after the other): their age is
                 // taken at the clock now.
