@@ -186,13 +186,7 @@ impl Fixture {
 
     fn roots(&self) -> Roots {
         let r = self.dir.path();
-        Roots {
-            proc: r.join("proc"),
-            sys: r.join("sys"),
-            etc: r.join("etc"),
-            run: r.join("run"),
-            state: r.join("state"),
-        }
+        Roots::all_under(r)
     }
 
     fn set(&self, key: &str, value: u64) {
@@ -347,6 +341,52 @@ fn decide_case<'a>(
     })
 }
 
+/// The per-CPU counters, read the two ways observe can read them (issue 22): the
+/// procfs file through a kept descriptor, and ctnetlink through a kept socket (the
+/// agent's own namespace) or a new one (each other namespace, from the reader thread).
+fn counter_reads(roots: &Roots) -> Vec<Stats> {
+    let file = roots.stat_file();
+    let mut rows = Vec::new();
+    if ctune::sense::kfile::read_text(&file).is_ok() {
+        rows.push(measure(
+            "counters: /proc/net/stat/nf_conntrack, kept descriptor, read + parse",
+            1000,
+            1,
+            || {
+                let text = ctune::sense::kfile::read_text(&file).expect("stat file");
+                black_box(ctune_core::model::stat::parse(&text).expect("parse"));
+            },
+        ));
+    }
+    let netlink = || ctune::sense::ctstats::read(roots.netlink());
+    match netlink() {
+        Ok(_) => {
+            rows.push(measure(
+                "counters: ctnetlink GET_STATS + GET_STATS_CPU, kept socket",
+                1000,
+                1,
+                || {
+                    black_box(netlink().expect("ctnetlink stats"));
+                },
+            ));
+            rows.push(measure(
+                "counters: ctnetlink, a new socket each read (another namespace)",
+                1000,
+                1,
+                || {
+                    ctune::sense::ctstats::forget_kept();
+                    black_box(netlink().expect("ctnetlink stats"));
+                },
+            ));
+        }
+        Err(e) => println!(
+            "
+ctnetlink counters skipped: {e}"
+        ),
+    }
+    rows
+}
+
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
@@ -444,6 +484,7 @@ fn main() {
             }
             Err(e) => println!("\nlive observe skipped: {e}"),
         }
+        live.extend(counter_reads(&roots));
         // What observe spends most of its time on: one open/read/close per timeout key.
         // The same values read with pread from descriptors kept open, for comparison.
         let dir = roots.netfilter_sysctl_dir();

@@ -213,6 +213,10 @@ pub struct PathArgs {
         default_value = "/var/lib/ctune"
     )]
     pub state_dir: PathBuf,
+    /// ctnetlink replies recorded from a kernel (a fixture tree's netlink/), read instead
+    /// of asking this one: for tests.
+    #[arg(long, global = true, value_name = "DIR", hide = true)]
+    pub netlink_root: Option<PathBuf>,
 }
 
 impl From<&PathArgs> for Roots {
@@ -223,6 +227,7 @@ impl From<&PathArgs> for Roots {
             etc: p.etc_root.clone(),
             run: p.run_root.clone(),
             state: p.state_dir.clone(),
+            netlink: p.netlink_root.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::act::persist::FileUpdate;
 use ctune_core::ceiling::Ceiling;
 use ctune_core::config::{self, Config};
 use ctune_core::model::stat::split_drops;
-use ctune_core::model::{ModuleState, NamespaceObs, Observation};
+use ctune_core::model::{ModuleState, NamespaceObs, Observation, StatSource};
 use ctune_core::plan::{NamespaceVerdict, Plan, Target};
 use ctune_core::pressure::Level;
 use ctune_core::timeouts::Lowered;
@@ -107,6 +107,8 @@ pub struct NamespaceStatus {
     pub insert_failed: Option<u64>,
     /// Cumulative `chainlength` (inserts refused for chains over 64).
     pub chainlength: Option<u64>,
+    /// Where the counters were read (None: they could not be).
+    pub counters_source: Option<StatSource>,
     /// Every timeout in force in the namespace, seconds.
     pub timeouts: BTreeMap<String, u64>,
     /// The timeouts ctune lowered here (from its state): the operator's value and ctune's.
@@ -289,6 +291,7 @@ fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
         early_drop: n.counter("early_drop"),
         insert_failed: n.counter("insert_failed"),
         chainlength: n.counter("chainlength"),
+        counters_source: n.stat.as_ref().map(|s| s.source),
         timeouts: n.timeouts.clone(),
         lowered: i
             .state
@@ -299,6 +302,36 @@ fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
             .unwrap_or_default(),
         error: n.error.clone(),
         composition: n.composition.clone(),
+    }
+}
+
+/// Where the namespaces' counters came from, in one phrase: the source when every
+/// namespace read has the same, else each source with its namespaces.
+fn counters_source<'a>(namespaces: impl Iterator<Item = (&'a str, Option<StatSource>)>) -> String {
+    let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, source) in namespaces {
+        if let Some(source) = source {
+            by_source.entry(source.describe()).or_default().push(name);
+        }
+    }
+    let why_netlink = |s: &str| {
+        if s == StatSource::Ctnetlink.describe() {
+            " (no /proc/net/stat/nf_conntrack to read)"
+        } else {
+            ""
+        }
+    };
+    match by_source.len() {
+        0 => "none could be read".into(),
+        1 => {
+            let source = by_source.keys().next().copied().unwrap_or_default();
+            format!("{source}{}", why_netlink(source))
+        }
+        _ => by_source
+            .iter()
+            .map(|(source, names)| format!("{source} in {}", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -337,6 +370,15 @@ fn kernel_section(out: &mut String, obs: &Observation) {
         opt(g.buckets),
         opt(g.hashsize),
         opt(g.expect_max)
+    );
+    let _ = writeln!(
+        out,
+        "  counters     {}",
+        counters_source(
+            obs.namespaces
+                .iter()
+                .map(|n| (n.id.name.as_str(), n.stat.as_ref().map(|s| s.source)))
+        )
     );
     let h = &obs.host;
     let _ = writeln!(
@@ -513,6 +555,15 @@ pub fn status_text(s: &StatusReport) -> String {
         }
     );
     let _ = writeln!(out, "{}", health_line(s));
+    let _ = writeln!(
+        out,
+        "counters: {}",
+        counters_source(
+            s.namespaces
+                .iter()
+                .map(|n| (n.name.as_str(), n.counters_source))
+        )
+    );
     let _ = writeln!(
         out,
         "\n{:<24} {:>10} {:>6} {:<9} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>10} {:>8} {:>8}",

@@ -247,20 +247,7 @@ fn status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after()
         (code, v)
     };
     // New flows all through the sample (bounded: the sender stops with the status).
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (code, v) = std::thread::scope(|s| {
-        let sender = s.spawn(|| {
-            let mut next = 100_000;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 2_000_000 {
-                ns.udp_flows_paced(next, 2000, Some(20_000));
-                next += 2000;
-            }
-        });
-        let r = status("1s");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        sender.join().unwrap();
-        r
-    });
+    let (code, v) = ns.with_new_flows(|| status("1s"));
     let entry = ns_entry(&v, &ns.name);
     assert_eq!(code, 6, "expected dropping: {entry:#}");
     assert_eq!(v["health"], "dropping", "{entry:#}");

@@ -174,6 +174,7 @@ impl ObsBuilder {
             stat: Some(ConntrackStat {
                 entries: count,
                 counters,
+                ..Default::default()
             }),
             timeouts: kernel_timeouts(),
             error: None,

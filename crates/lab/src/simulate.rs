@@ -1040,6 +1040,8 @@ impl Table {
             stat: Some(ConntrackStat {
                 entries: self.count,
                 counters,
+                // The model stands for the kernel's counters, whichever file shows them.
+                ..Default::default()
             }),
             timeouts: self.timeouts.clone(),
             error: None,

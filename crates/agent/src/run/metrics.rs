@@ -402,6 +402,17 @@ fn per_namespace(f: &mut Family, v: &View, spaces: &[&NamespaceObs], max: u64) {
             }
         }
     }
+    let name = "ctune_nf_conntrack_stat_source";
+    f.head(
+        name,
+        "gauge",
+        "1, labelled with where the counters above were read: procfs (/proc/net/stat/nf_conntrack) or ctnetlink.",
+    );
+    for (label, n) in &labelled {
+        if let Some(s) = &n.stat {
+            f.sample(name, &[("netns", label), ("source", s.source.name())], 1.0);
+        }
+    }
     let ours = [
         (
             "ctune_table_full_drops_total",

@@ -20,14 +20,16 @@ use std::time::{Duration, Instant};
 use ctune_core::composition::{Family, Flow};
 use ctune_core::model::Governed;
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
+const NLMSG_NOOP: u16 = 1;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// The dump was inconsistent (the table changed under it): results are approximate.
 const NLM_F_DUMP_INTR: u16 = 0x10;
-const NFGENMSG_LEN: usize = 4;
+pub(crate) const NFGENMSG_LEN: usize = 4;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -96,7 +98,7 @@ pub struct Progress {
     pub interrupted: bool,
 }
 
-fn u16_ne(b: &[u8], at: usize) -> u16 {
+pub(crate) fn u16_ne(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
 
@@ -104,7 +106,7 @@ fn u32_ne(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_u32(v: &[u8]) -> Option<u32> {
+pub(crate) fn be_u32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
@@ -119,7 +121,7 @@ fn align(n: usize) -> usize {
 
 /// Iterates the attributes in `buf` (`base`: its offset in the datagram, for errors),
 /// calling `f(type, payload)` for each.
-fn attrs(
+pub(crate) fn attrs(
     buf: &[u8],
     base: usize,
     mut f: impl FnMut(u16, &[u8], usize) -> Result<(), ParseError>,
@@ -229,9 +231,68 @@ fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> 
     Ok(f)
 }
 
-/// Parses one datagram of a conntrack dump, calling `on_entry` for each entry in it.
-pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Progress, ParseError> {
-    let mut p = Progress::default();
+/// One netlink message of a datagram, its lengths checked ([`for_each_message`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Message<'a> {
+    /// `nlmsg_type`.
+    pub ty: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// Everything after the 16-byte header.
+    pub body: &'a [u8],
+    /// Where the body starts in the datagram, for errors.
+    pub offset: usize,
+}
+
+impl<'a> Message<'a> {
+    /// The code of an NLMSG_ERROR message: 0 (an acknowledgement) or an errno.
+    pub fn error_code(&self) -> Result<Option<nix::errno::Errno>, ParseError> {
+        let Some(code) = self.body.get(..4) else {
+            return Err(ParseError::Truncated {
+                what: "error code",
+                offset: self.offset,
+                need: 4,
+                have: self.body.len(),
+            });
+        };
+        let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+        // The kernel sends -errno; a hostile i32::MIN must not overflow the negation.
+        Ok((code != 0).then(|| nix::errno::Errno::from_raw(code.saturating_neg())))
+    }
+
+    /// The nfgenmsg that starts a netfilter message: (family, res_id, the attributes and
+    /// their offset in the datagram).
+    pub fn nfgen(&self) -> Result<(u8, u16, &'a [u8], usize), ParseError> {
+        if self.body.len() < NFGENMSG_LEN {
+            return Err(ParseError::Truncated {
+                what: "nfgenmsg",
+                offset: self.offset,
+                need: NFGENMSG_LEN,
+                have: self.body.len(),
+            });
+        }
+        let res_id = u16::from_be_bytes([self.body[2], self.body[3]]);
+        Ok((
+            self.body[0],
+            res_id,
+            &self.body[NFGENMSG_LEN..],
+            self.offset + NFGENMSG_LEN,
+        ))
+    }
+}
+
+/// The message type of a ctnetlink message `msg` (`nfnl_msg_type`).
+pub(crate) const fn ctnetlink_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_CTNETLINK << 8) | msg
+}
+
+/// Walks the messages of one datagram, checking every length before it reads, handing
+/// each to `f`; `f` returns false to stop (after NLMSG_DONE). Linear in the bytes: each
+/// step advances by at least a header.
+pub(crate) fn for_each_message<E: From<ParseError>>(
+    buf: &[u8],
+    mut f: impl FnMut(Message<'_>) -> Result<bool, E>,
+) -> Result<(), E> {
     let mut at = 0;
     while at < buf.len() {
         let room = buf.len() - at;
@@ -241,7 +302,8 @@ pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Pro
                 offset: at,
                 need: NLMSG_HDRLEN,
                 have: room,
-            });
+            }
+            .into());
         }
         let len = u32_ne(buf, at) as usize;
         if len < NLMSG_HDRLEN || len > room {
@@ -250,56 +312,50 @@ pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Pro
                 offset: at,
                 len,
                 room,
-            });
+            }
+            .into());
         }
-        let ty = u16_ne(buf, at + 4);
-        let flags = u16_ne(buf, at + 6);
-        if flags & NLM_F_DUMP_INTR != 0 {
-            p.interrupted = true;
-        }
-        let body = &buf[at + NLMSG_HDRLEN..at + len];
-        match ty {
-            NLMSG_DONE => {
-                p.done = true;
-                return Ok(p);
-            }
-            NLMSG_ERROR => {
-                let Some(code) = body.get(..4) else {
-                    return Err(ParseError::Truncated {
-                        what: "error code",
-                        offset: at + NLMSG_HDRLEN,
-                        need: 4,
-                        have: body.len(),
-                    });
-                };
-                let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-                if code != 0 {
-                    return Err(ParseError::Kernel(nix::errno::Errno::from_raw(-code)));
-                }
-            }
-            t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
-                if body.len() < NFGENMSG_LEN {
-                    return Err(ParseError::Truncated {
-                        what: "nfgenmsg",
-                        offset: at + NLMSG_HDRLEN,
-                        need: NFGENMSG_LEN,
-                        have: body.len(),
-                    });
-                }
-                let flow = parse_entry(
-                    body[0],
-                    &body[NFGENMSG_LEN..],
-                    at + NLMSG_HDRLEN + NFGENMSG_LEN,
-                )?;
-                on_entry(&flow);
-                p.entries += 1;
-            }
-            // NLMSG_NOOP and NLMSG_OVERRUN carry nothing for a dump.
-            1 | 4 => {}
-            t => return Err(ParseError::UnexpectedType(t)),
+        let message = Message {
+            ty: u16_ne(buf, at + 4),
+            flags: u16_ne(buf, at + 6),
+            body: &buf[at + NLMSG_HDRLEN..at + len],
+            offset: at + NLMSG_HDRLEN,
+        };
+        if !f(message)? {
+            break;
         }
         at += align(len).min(room);
     }
+    Ok(())
+}
+
+/// Parses one datagram of a conntrack dump, calling `on_entry` for each entry in it.
+pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Progress, ParseError> {
+    let mut p = Progress::default();
+    for_each_message(buf, |m| {
+        if m.flags & NLM_F_DUMP_INTR != 0 {
+            p.interrupted = true;
+        }
+        match m.ty {
+            NLMSG_DONE => {
+                p.done = true;
+                return Ok(false);
+            }
+            NLMSG_ERROR => {
+                if let Some(errno) = m.error_code()? {
+                    return Err(ParseError::Kernel(errno));
+                }
+            }
+            t if t == ctnetlink_type(IPCTNL_MSG_CT_NEW) => {
+                let (family, _, attrs, offset) = m.nfgen()?;
+                on_entry(&parse_entry(family, attrs, offset)?);
+                p.entries += 1;
+            }
+            NLMSG_NOOP | NLMSG_OVERRUN => {}
+            t => return Err(ParseError::UnexpectedType(t)),
+        }
+        Ok(true)
+    })?;
     Ok(p)
 }
 
@@ -346,13 +402,13 @@ pub enum DumpError {
     Parse(#[from] ParseError),
 }
 
-fn sock_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> DumpError {
+pub(crate) fn sock_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> DumpError {
     move |errno| DumpError::Socket {
         what,
         errno,
         hint: match errno {
             nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => {
-                " (a conntrack dump needs CAP_NET_ADMIN: run as root)"
+                " (ctnetlink needs CAP_NET_ADMIN: run as root)"
             }
             nix::errno::Errno::EPROTONOSUPPORT => " (no nfnetlink in this kernel)",
             _ => "",
@@ -360,27 +416,9 @@ fn sock_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> DumpError {
     }
 }
 
-/// The request: a dump of every family's entries (nfgen_family AF_UNSPEC).
-fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
-    let mut m = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
-    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
-    m[4..6].copy_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nfgenmsg: family 0 (all), version 0 (NFNETLINK_V0), res_id 0.
-    m
-}
-
-/// The receive buffer: the kernel fills a dump datagram up to 32 KiB (more with a
-/// larger buffer on newer kernels); 64 KiB holds any, and MSG_TRUNC says if not.
-const RECV_BUF: usize = 64 * 1024;
-
-/// Dumps the calling thread's namespace's table, calling `on_entry` for each entry,
-/// within `limits`. A dump cut short by a limit or flagged inconsistent by the kernel
-/// is returned with `partial` saying why; one cut short by a limit is also `sampled`
-/// (its entries are a random sample, see [`Outcome::sampled`]).
-pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome, DumpError> {
-    let started = Instant::now();
+/// A NETLINK_NETFILTER socket of the calling thread's network namespace (a socket keeps
+/// the namespace it was made in), bound to a port the kernel picks.
+pub(crate) fn open_socket() -> Result<std::os::fd::OwnedFd, DumpError> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -389,6 +427,31 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
     )
     .map_err(sock_err("socket"))?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
+    Ok(fd)
+}
+
+/// The request: a dump of every family's entries (nfgen_family AF_UNSPEC).
+fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
+    let mut m = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
+    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&ctnetlink_type(IPCTNL_MSG_CT_GET).to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nfgenmsg: family 0 (all), version 0 (NFNETLINK_V0), res_id 0.
+    m
+}
+
+/// The receive buffer: the kernel fills a dump datagram up to 32 KiB (more with a
+/// larger buffer on newer kernels); 64 KiB holds any, and MSG_TRUNC says if not.
+pub(crate) const RECV_BUF: usize = 64 * 1024;
+
+/// Dumps the calling thread's namespace's table, calling `on_entry` for each entry,
+/// within `limits`. A dump cut short by a limit or flagged inconsistent by the kernel
+/// is returned with `partial` saying why; one cut short by a limit is also `sampled`
+/// (its entries are a random sample, see [`Outcome::sampled`]).
+pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome, DumpError> {
+    let started = Instant::now();
+    let fd = open_socket()?;
     let seq = 1;
     sendto(
         fd.as_raw_fd(),
@@ -593,6 +656,12 @@ mod tests {
             parse_datagram(&e, &mut |_| {}).unwrap_err(),
             ParseError::Kernel(nix::errno::Errno::EPERM)
         );
+        // An error code no kernel sends, whose negation would overflow.
+        let min = msg(NLMSG_ERROR, 0, &i32::MIN.to_ne_bytes());
+        assert!(matches!(
+            parse_datagram(&min, &mut |_| {}).unwrap_err(),
+            ParseError::Kernel(_)
+        ));
         let odd = msg(0x0201, 0, &[]);
         assert_eq!(
             parse_datagram(&odd, &mut |_| {}).unwrap_err(),

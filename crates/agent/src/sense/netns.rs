@@ -216,8 +216,10 @@ pub fn enter(h: &Handle) -> Result<(), String> {
             h.id.inode
         ));
     }
-    // Descriptors this thread kept read the namespace it was in: not this one's.
+    // Descriptors and sockets this thread kept read the namespace it was in: not this
+    // one's.
     crate::sense::kfile::forget_kept();
+    crate::sense::ctstats::forget_kept();
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
         let why = match errno {
             nix::errno::Errno::EINVAL => " (not a network namespace)",
@@ -235,13 +237,7 @@ mod tests {
 
     fn tree() -> (tempfile::TempDir, Roots) {
         let dir = tempfile::tempdir().unwrap();
-        let roots = Roots {
-            proc: dir.path().join("proc"),
-            sys: dir.path().join("sys"),
-            etc: dir.path().join("etc"),
-            run: dir.path().join("run"),
-            state: dir.path().join("state"),
-        };
+        let roots = Roots::all_under(dir.path());
         (dir, roots)
     }
 

@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::sense::ctstats;
 use crate::sense::kfile::{self, Cause, FileError};
 use crate::sense::netns;
 use crate::sense::roots::Roots;
 use ctune_core::config::Namespaces;
+use ctune_core::model::ConntrackStat;
 use ctune_core::model::NetnsId;
 use ctune_core::model::slab;
 use ctune_core::model::stat;
@@ -172,10 +174,7 @@ fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> Namesp
     let count = kfile::read_u64(&roots.sysctl(tunables::COUNT))
         .map_err(|e| problems.push(e.to_string()))
         .ok();
-    let stat = kfile::read_text(stat_path)
-        .and_then(|t| stat::parse(&t).map_err(|d| FileError::malformed(stat_path, d)))
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
+    let stat = read_counters(roots, stat_path, &mut problems);
     let timeouts = read_timeouts(&roots.netfilter_sysctl_dir(), keys, &mut problems);
     NamespaceObs {
         id: NetnsId {
@@ -188,6 +187,36 @@ fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> Namesp
         error: (!problems.is_empty()).then(|| problems.join("; ")),
         handle: None,
         composition: None,
+    }
+}
+
+/// The reading thread's namespace's counters: from the procfs file, else over ctnetlink
+/// (docs/design.md, "Where the counters come from", says why in that order). A kernel
+/// without the file (no CONFIG_NF_CONNTRACK_PROCFS) is not a problem when ctnetlink
+/// answers: the source says where they came from. Any other failure is named, with
+/// the fallback's outcome.
+fn read_counters(
+    roots: &Roots,
+    stat_path: &Path,
+    problems: &mut Vec<String>,
+) -> Option<ConntrackStat> {
+    let procfs = match kfile::read_text(stat_path)
+        .and_then(|t| stat::parse(&t).map_err(|d| FileError::malformed(stat_path, d)))
+    {
+        Ok(stat) => return Some(stat),
+        Err(e) => e,
+    };
+    match ctstats::read(roots.netlink()) {
+        Ok(stat) => {
+            if procfs.cause != Cause::Missing {
+                problems.push(format!("{procfs}; counters read over ctnetlink instead"));
+            }
+            Some(stat)
+        }
+        Err(nl) => {
+            problems.push(format!("{procfs}; {nl}"));
+            None
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub struct Roots {
     pub run: PathBuf,
     /// ctune's own state (baselines, last resize), kept across restarts.
     pub state: PathBuf,
+    /// ctnetlink replies recorded from a kernel, read instead of asking one (a fixture
+    /// tree's `netlink/`); None: the kernel's, when `proc` is the real /proc.
+    pub netlink: Option<PathBuf>,
 }
 
 impl Default for Roots {
@@ -28,13 +31,14 @@ impl Default for Roots {
             etc: PathBuf::from("/etc"),
             run: PathBuf::from("/run"),
             state: PathBuf::from("/var/lib/ctune"),
+            netlink: None,
         }
     }
 }
 
 impl Roots {
-    /// Every root under one directory (`proc`, `sys`, `etc`, `run`, `state`): a fixture
-    /// tree.
+    /// Every root under one directory (`proc`, `sys`, `etc`, `run`, `state`, and the
+    /// recorded ctnetlink replies in `netlink`): a fixture tree.
     pub fn all_under(dir: &std::path::Path) -> Roots {
         Roots {
             proc: dir.join("proc"),
@@ -42,6 +46,7 @@ impl Roots {
             etc: dir.join("etc"),
             run: dir.join("run"),
             state: dir.join("state"),
+            netlink: Some(dir.join("netlink")),
         }
     }
 
@@ -50,6 +55,18 @@ impl Roots {
     /// tables (a fixture tree has no netlink).
     pub fn proc_is_live(&self) -> bool {
         self.proc == std::path::Path::new("/proc")
+    }
+
+    /// Where ctnetlink's answers come from: recorded replies when given, else the
+    /// kernel when procfs is the real one (both then describe the same tables), else
+    /// none.
+    pub fn netlink(&self) -> crate::sense::ctstats::Replies<'_> {
+        use crate::sense::ctstats::Replies;
+        match &self.netlink {
+            Some(dir) => Replies::Recorded(dir),
+            None if self.proc_is_live() => Replies::Kernel,
+            None => Replies::Unavailable,
+        }
     }
 
     /// Directory holding the `nf_conntrack_*` sysctls of the reading thread's namespace.

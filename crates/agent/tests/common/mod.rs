@@ -172,6 +172,25 @@ impl TestNetns {
         })
     }
 
+    /// Runs `f` while new flows keep coming into this namespace (20k a second, in
+    /// batches; bounded: the sender stops with `f`, or after 1.9M flows).
+    pub fn with_new_flows<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                let mut next = 100_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 2_000_000 {
+                    self.udp_flows_paced(next, 2000, Some(20_000));
+                    next += 2000;
+                }
+            });
+            let r = f();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sender.join().unwrap();
+            r
+        })
+    }
+
     /// The summed per-CPU counter `name` of this namespace's conntrack statistics.
     pub fn stat_counter(&self, name: &str) -> u64 {
         self.run_in(|| {
@@ -463,6 +482,7 @@ impl FixtureTree {
             ("--etc-root", "etc"),
             ("--run-root", "run"),
             ("--state-dir", "state"),
+            ("--netlink-root", "netlink"),
         ]
         .iter()
         .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
@@ -478,6 +498,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, dir: &Path) -> Agent {
+        Agent::start_env(config, dir, &[])
+    }
+
+    /// Like [`Agent::start`], with `env` set for the agent (an LD_PRELOAD shim).
+    pub fn start_env(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Agent {
         let log = dir.join("agent.log");
         // At the priority ctune's unit gives it (its `Nice=`), as in production.
         let nice = include_str!("../../../../systemd/ctune.service")
@@ -493,6 +518,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .env("CTUNE_LOG", "info")
+            .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())

@@ -4,9 +4,10 @@
 //!
 //! In a fixture copy the "kernel" files are plain files, so `apply` writes them as it
 //! would write sysctls and reads them back. Every run passes all five roots
-//! (`--proc-root`, `--sys-root`, `--etc-root`, `--run-root`, `--state-dir`) into the
-//! temporary directory and the tree's config, so nothing on the host is read or written
-//! and the fixtures themselves never change.
+//! (`--proc-root`, `--sys-root`, `--etc-root`, `--run-root`, `--state-dir`) and the
+//! recorded ctnetlink replies (`--netlink-root`) into the temporary directory and the
+//! tree's config, so nothing on the host is read or written (not even over netlink) and
+//! the fixtures themselves never change.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -54,6 +55,11 @@ impl Tree {
             .join(kernel);
         super::copy_tree(&src.join("proc"), &dir.path().join("proc"));
         super::copy_tree(&src.join("sys"), &dir.path().join("sys"));
+        // The ctnetlink replies recorded from that kernel (what it answers when its
+        // procfs file is missing), where the fixture has them.
+        if src.join("netlink").is_dir() {
+            super::copy_tree(&src.join("netlink"), &dir.path().join("netlink"));
+        }
         let t = Tree { dir };
         t.config(config);
         t
@@ -130,6 +136,8 @@ impl Tree {
             .arg(self.root().join("run"))
             .arg("--state-dir")
             .arg(self.state())
+            .arg("--netlink-root")
+            .arg(self.root().join("netlink"))
             .arg("--config")
             .arg(self.root().join("test-config.yaml"))
             .args(args)

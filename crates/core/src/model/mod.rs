@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 pub use meminfo::MemInfo;
-pub use stat::ConntrackStat;
+pub use stat::{ConntrackStat, StatSource};
 
 /// A namespace's identity: the inode of its nsfs handle, and a name for people.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -1,6 +1,9 @@
-//! The per-CPU statistics in `/proc/net/stat/nf_conntrack`.
+//! The per-CPU statistics of a namespace's table: the kernel's `struct ip_conntrack_stat`,
+//! summed over CPUs. Two files show them: `/proc/net/stat/nf_conntrack` (parsed here) and
+//! ctnetlink's `IPCTNL_MSG_CT_GET_STATS_CPU` (parsed by the agent's sensing, which names
+//! each counter by the column this file gives it, so both fill one [`ConntrackStat`]).
 //!
-//! One header line names the columns, then one row per possible CPU in hex. Columns
+//! In the file, one header line names the columns, then one row per possible CPU in hex. Columns
 //! differ between kernel versions (4.x had `searched`, `delete_list`, ...; 5.x added
 //! `clashres`, `chaintoolong` as `chainlength`), so columns are found by header name,
 //! never by position. `entries` repeats the namespace's count on every row; every other
@@ -16,6 +19,41 @@ pub struct ConntrackStat {
     pub entries: u64,
     /// Every other column, summed over CPUs, by header name.
     pub counters: BTreeMap<String, u64>,
+    /// Where they were read.
+    pub source: StatSource,
+}
+
+/// Where a namespace's counters were read. Both carry the same per-CPU counters; the
+/// procfs file exists only with `CONFIG_NF_CONNTRACK_PROCFS` (off in Ubuntu's and
+/// OpenWrt's kernels), ctnetlink needs CAP_NET_ADMIN. docs/design.md says which is
+/// tried first and why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatSource {
+    /// `/proc/net/stat/nf_conntrack` (of the namespace's reader).
+    #[default]
+    Procfs,
+    /// ctnetlink's IPCTNL_MSG_CT_GET_STATS_CPU and IPCTNL_MSG_CT_GET_STATS, over a
+    /// socket opened in the namespace.
+    Ctnetlink,
+}
+
+impl StatSource {
+    /// Its name in JSON and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatSource::Procfs => "procfs",
+            StatSource::Ctnetlink => "ctnetlink",
+        }
+    }
+
+    /// How `status` and the dry run name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StatSource::Procfs => "/proc/net/stat/nf_conntrack",
+            StatSource::Ctnetlink => "ctnetlink",
+        }
+    }
 }
 
 impl ConntrackStat {

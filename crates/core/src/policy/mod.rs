@@ -486,6 +486,7 @@ pub(super) mod testkit {
                             .iter()
                             .map(|k| (k.to_string(), 0))
                             .collect::<BTreeMap<_, _>>(),
+                        ..Default::default()
                     }),
                     timeouts: BTreeMap::new(),
                     error: None,
