@@ -41,8 +41,9 @@ const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 /// `enum ctattr_stats` in order (attribute type = index + 1), each named by the procfs
 /// column of the same `struct ip_conntrack_stat` field (`ct_cpu_seq_show`): ERROR is
 /// `icmp_error`, CLASH_RESOLVE `clashres`, CHAIN_TOOLONG `chainlength`. SEARCHED, NEW,
-/// DELETE and DELETE_LIST were last sent by 4.9; IGNORE by 5.4; CLASH_RESOLVE came in
-/// 5.9 and CHAIN_TOOLONG in 5.15 (docs/kernels.md has the commits).
+/// DELETE and DELETE_LIST went in 4.9 (8e8118f89313), IGNORE in 5.10 (4afc41dfa5a7),
+/// when CLASH_RESOLVE came (bc92470413f3); CHAIN_TOOLONG came in 5.15 (d7e7747ac5c2).
+/// docs/kernels.md has the matrix.
 pub const CPU_COUNTERS: [&str; 15] = [
     "searched",
     "found",
@@ -160,7 +161,7 @@ pub struct CpuStats {
     sums: [u64; 15],
     /// The namespace's count (`CTA_STATS_GLOBAL_ENTRIES`).
     entries: Option<u64>,
-    /// The global max (`CTA_STATS_GLOBAL_MAX_ENTRIES`, sent since 4.12).
+    /// The global max (`CTA_STATS_GLOBAL_MAX_ENTRIES`, sent since 4.18).
     max: Option<u64>,
     /// The dump's NLMSG_DONE came.
     done: bool,
@@ -302,7 +303,7 @@ impl CpuStats {
         })
     }
 
-    /// The global max the kernel sent with the count, when it did (4.12 and later).
+    /// The global max the kernel sent with the count, when it did (4.18 and later).
     pub fn max(&self) -> Option<u64> {
         self.max
     }
