@@ -10,8 +10,14 @@
 # SOURCE_DATE_EPOCH (default: the last commit's time), permissions and owners are
 # normalised, so two builds of one tree give the same bytes. Details: docs/packages.md.
 #
-# Usage: packaging/build-deb.sh [--no-build]   (--no-build: use the existing
-#        target/release/ctune and target/debug/ctune-docgen)
+# Usage: packaging/build-deb.sh [--no-build] [--arch arm64]
+#   --no-build    use the existing target/release/ctune (for arm64:
+#                 target/aarch64-unknown-linux-gnu/release/ctune) and target/debug/ctune-docgen
+#   --arch arm64  the ARM64 package, from packaging/build-cross.sh aarch64-unknown-linux-gnu
+#                 (default: amd64, this machine's). Depends comes from dpkg-shlibdeps
+#                 against Debian's cross glibc (libc6-arm64-cross): its shlibs file asks for
+#                 the cross glibc's own version (libc6 >= 2.36, bookworm's), not the oldest
+#                 one the binary could run on (its newest symbol is GLIBC_2.34).
 # Prints the .deb's path on stdout (tests/vm/run.sh reads it); everything else on stderr.
 #
 # Purge and the binary: dpkg calls `prerm remove` (binary still there, but dpkg does not
@@ -25,7 +31,14 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 build=1
-[ "${1:-}" = "--no-build" ] && build=0
+arch=amd64
+while [ $# -gt 0 ]; do
+    case $1 in
+        --no-build) build=0; shift ;;
+        --arch) arch=${2:?--arch needs amd64 or arm64}; shift 2 ;;
+        *) echo "build-deb: unknown option $1 (see the header)" >&2; exit 2 ;;
+    esac
+done
 # Reproducible: one time for every timestamp (the man page's date, the changelog's, file
 # mtimes, the ar and tar headers dpkg-deb writes; gzip -n leaves its own out), and modes
 # that do not depend on the caller's umask.
@@ -35,16 +48,24 @@ export LC_ALL=C TZ=UTC
 umask 022
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-arch=amd64
-[ "$(dpkg --print-architecture)" = "$arch" ] || { echo "build-deb: only $arch is packaged" >&2; exit 2; }
+case $arch in
+    amd64) [ "$(dpkg --print-architecture)" = amd64 ] || { echo "build-deb: amd64 is built on an amd64 machine only" >&2; exit 2; }
+        bin=target/release/ctune strip_tool="strip" ;;
+    arm64) bin=target/aarch64-unknown-linux-gnu/release/ctune strip_tool=aarch64-linux-gnu-strip ;;
+    *) echo "build-deb: --arch $arch: only amd64 and arm64 are packaged" >&2; exit 2 ;;
+esac
 if [ "$build" = 1 ]; then
-    cargo build --release --locked -p ctune --bin ctune
+    if [ "$arch" = amd64 ]; then
+        cargo build --release --locked -p ctune --bin ctune
+    else
+        # Its own stdout is the binary's path; this script's stdout is the .deb's only.
+        CARGO_TARGET_DIR=target bash packaging/build-cross.sh aarch64-unknown-linux-gnu >/dev/null
+    fi
     # The man page and completions generator: lab code, so a separate build (it must not
     # unify features into the packaged binary's build) in the dev profile (its output does
     # not depend on the profile; no fat-LTO link for a tool run once).
     cargo build --locked -p ctune-lab --bin ctune-docgen
 fi
-bin=target/release/ctune
 docgen=target/debug/ctune-docgen
 [ -x "$bin" ] || { echo "build-deb: $bin missing (build it or drop --no-build)" >&2; exit 1; }
 [ -x "$docgen" ] || { echo "build-deb: $docgen missing (build it or drop --no-build)" >&2; exit 1; }
@@ -63,7 +84,7 @@ install -d -m 755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" \
     "$root/etc/ctune" "$root/usr/share/doc/ctune"
 install -m 755 "$bin" "$root/usr/bin/ctune"
 # As dh_strip: no symbols (the release profile strips them already), no .comment/.note.
-strip --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/ctune" 2>/dev/null || true
+"$strip_tool" --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/ctune" 2>/dev/null || true
 install -m 644 systemd/ctune.service systemd/ctune-boot.service "$root/lib/systemd/system/"
 install -m 644 config/ctune.yaml "$root/etc/ctune/ctune.yaml"
 # The docs keep the repository's layout, so every relative link in them resolves in
@@ -150,7 +171,15 @@ shlib=$(mktemp -d)
 trap 'rm -rf "$shlib"' EXIT
 mkdir "$shlib/debian"
 printf 'Source: ctune\n\nPackage: ctune\nArchitecture: any\n' > "$shlib/debian/control"
-shlibs=$(cd "$shlib" && dpkg-shlibdeps -O "$OLDPWD/$root/usr/bin/ctune" | sed -n 's/^shlibs:Depends=//p')
+if [ "$arch" = amd64 ]; then
+    shlibs=$(cd "$shlib" && dpkg-shlibdeps -O "$OLDPWD/$root/usr/bin/ctune" | sed -n 's/^shlibs:Depends=//p')
+else
+    # The cross libraries' packages stand for the target's: libc6-arm64-cross's shlibs
+    # name libc6:arm64, libgcc-s1-arm64-cross's symbols name itself. On an arm64 machine
+    # these are libc6 and libgcc-s1.
+    shlibs=$(cd "$shlib" && DEB_HOST_ARCH=arm64 dpkg-shlibdeps -O -l/usr/aarch64-linux-gnu/lib "$OLDPWD/$root/usr/bin/ctune" |
+        sed -n 's/^shlibs:Depends=//p' | sed 's/:arm64//g; s/-arm64-cross//g')
+fi
 [ -n "$shlibs" ] || { echo "build-deb: dpkg-shlibdeps found no library dependency" >&2; exit 1; }
 
 # Modes (0755 directories and executables, 0644 the rest) and mtimes, whatever the

@@ -146,8 +146,14 @@ fn init_logging(command: Command) {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CTUNE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // CTUNE_LOG: a level (`debug`) or `target=level` pairs (`ctune=debug,hyper=warn`);
+    // anything else falls back to the default. `Targets` rather than `EnvFilter`: the
+    // latter's span and field directives need the regex crates, 262 KB of the router
+    // binary (docs/packages.md, "Other machines").
+    let filter = std::env::var("CTUNE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| default.parse().expect("a level is a valid filter"));
     // Under systemd, stderr is connected to the journal (JOURNAL_STREAM): log there
     // natively, with fields; anywhere else, to stderr.
     if std::env::var_os("JOURNAL_STREAM").is_some()
@@ -159,11 +165,14 @@ fn init_logging(command: Command) {
             .try_init();
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
         .try_init();
 }
 

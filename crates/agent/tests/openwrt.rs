@@ -470,7 +470,7 @@ impl Openwrt {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let script = fs::read_to_string(repo().join(INIT)).unwrap();
-        let prog = "PROG=/usr/bin/ctune\n";
+        let prog = "PROG=/usr/sbin/ctune\n";
         let config = "CONFIG=/etc/ctune/ctune.yaml\n";
         assert_eq!(script.matches(prog).count(), 1, "{INIT} sets {prog}");
         assert_eq!(script.matches(config).count(), 1, "{INIT} sets {config}");
