@@ -22,6 +22,13 @@ present3() { local l=""; for f in /etc/sysctl.d/99-ctune.conf /etc/modules-load.
 present() { local l=""; for f in $files; do [ -e "$f" ] && l="$l${l:+,}$f"; done; echo "${l:-none}"; }
 # systemd-modules-load logs "Inserted module 'X'" (to kmsg this early in boot).
 loaded_early() { journalctl -b -o cat | grep -q "Inserted module 'nf_conntrack'"; }
+# ctune's units and their enablement links, as a list (none when dpkg removed them all).
+units() {
+    ls -d /etc/systemd/system/*/ctune.service /etc/systemd/system/*/ctune-boot.service \
+        /etc/systemd/system/ctune.service /etc/systemd/system/ctune-boot.service \
+        /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service \
+        /var/lib/systemd/deb-systemd-helper-enabled/ctune* 2>/dev/null | paste -sd, - | grep . || echo none
+}
 pkgver() { dpkg-query -W -f='${Version}' ctune 2>/dev/null || echo none; }
 unitstate() { echo "$(systemctl is-enabled "$1" 2>/dev/null || true)/$(systemctl is-active "$1" 2>/dev/null || true)"; }
 dpkg_i() { # dpkg_i MARKER DEB [AGENT_PID_BEFORE]: install DEB, mark the outcome
@@ -156,10 +163,10 @@ purge)
     before="max=$(cat $nf/nf_conntrack_max),buckets=$(cat $nf/nf_conntrack_buckets)"
     dpkg --purge ctune 2>&1 | sed 's/^/CTUNE-VM-INFO dpkg: /' >&3
     rc=${PIPESTATUS[0]}
-    mark "purge rc=$rc before=$before max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) files=$(present) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
+    mark "purge rc=$rc before=$before max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) files=$(present) units=$(units) status=$(dpkg-query -W -f='${db:Status-Abbrev}' ctune 2>/dev/null | tr -d ' ' || echo gone)"
     ;;
 boot3 | boot4)
-    mark "$phase max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(loaded_early && echo yes || echo no) files=$(present) units=$(ls -d /etc/systemd/system/*/ctune.service /etc/systemd/system/*/ctune-boot.service /etc/systemd/system/ctune.service /etc/systemd/system/ctune-boot.service /lib/systemd/system/ctune.service /lib/systemd/system/ctune-boot.service /var/lib/systemd/deb-systemd-helper-enabled/ctune* 2>/dev/null | paste -sd, - | grep . || echo none)"
+    mark "$phase max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) module_loaded_early=$(loaded_early && echo yes || echo no) files=$(present) units=$(units)"
     ;;
 *)
     mark "$phase error=unknown_phase"

@@ -2,10 +2,13 @@
 # VM test of ctune's Debian package on real boots (issue 5). See docs/vm-test.md.
 #
 # Builds (once, cached in $CTUNE_VM_CACHE) a Debian bookworm root filesystem with
-# debootstrap, installs target/debian/ctune_*.deb into a per-run copy, and boots it with
-# qemu (TCG, no network device) several times; a test unit inside the VM prints marker
+# debootstrap and two kernels (Debian 12's linux-image-cloud-amd64 and bookworm-backports'),
+# installs target/debian/ctune_*.deb into a per-run copy, and boots it with qemu (TCG, no
+# network device) several times on each kernel; a test unit inside the VM prints marker
 # lines to the serial console and powers off. The harness parses them and asserts.
 #
+# The boots (CTUNE_VM_MATRIX=full: all on every kernel; ci, the default: on the first
+# kernel all but boot3, on every other kernel boot1, boot2 and late; see docs/vm-test.md):
 #   boot1     nftables autoloads nf_conntrack; a UDP flood fills the table; ctune's agent
 #             raises max and the hash and persists them
 #   boot2     no traffic: the persisted values are in force, loaded early, no
@@ -13,6 +16,8 @@
 #   neg       boot 2 on a copy of boot 1's disk without modules-load.d/ctune.conf and
 #             with ctune-boot.service (and the agent) masked: systemd-sysctl alone does
 #             not apply the persisted max (the ordering trap)
+#   late      the same disk, only the agent masked: ctune-boot.service puts the persisted
+#             max in force after the firewall loaded the module late
 #   purge     dpkg --purge ctune inside the VM
 #   boot3     after purge: stock values, no ctune file left
 # and on a copy of boot2's disk (issue 12, hostile hosts):
@@ -25,7 +30,9 @@
 #
 # Usage: tests/vm/run.sh [--base-only]    Env: CTUNE_VM_CACHE (default /var/cache/ctune-vm),
 #        CTUNE_VM_KEEP=1 keeps the per-run directory, CTUNE_VM_DEB=path tests that .deb
-#        instead of building one, CTUNE_VM_BOOT_TIMEOUT (s, per boot).
+#        instead of building one, CTUNE_VM_BOOT_TIMEOUT (s, per boot),
+#        CTUNE_VM_KERNELS (default "stable backports": which kernels, in order; the first
+#        gets the package paths), CTUNE_VM_MATRIX (ci, the default, or full).
 set -euo pipefail
 # The whole script is one compound command: bash parses it before running it, so editing
 # the file during a run cannot break that run.
@@ -35,9 +42,11 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${CTUNE_VM_CACHE:-/var/cache/ctune-vm}
 suite=bookworm
 mirror=${CTUNE_VM_MIRROR:-http://deb.debian.org/debian}
-# The cache key is this list (and the suite): change it and the base is rebuilt.
-packages="systemd,systemd-sysv,udev,kmod,nftables,iproute2,python3-minimal,linux-image-cloud-amd64,initramfs-tools,procps"
-key=$(printf '%s %s v1\n' "$suite" "$packages" | sha256sum | cut -c1-16)
+# The cache key is this list, the suite and the second kernel: change any and the base is
+# rebuilt (v2: a base with Debian 12's kernel alone is never reused).
+kernel_pkg=linux-image-cloud-amd64
+packages="systemd,systemd-sysv,udev,kmod,nftables,iproute2,python3-minimal,$kernel_pkg,initramfs-tools,procps"
+key=$(printf '%s %s backports:%s v2\n' "$suite" "$packages" "$kernel_pkg" | sha256sum | cut -c1-16)
 base=$cache/base-$key
 boot_timeout=${CTUNE_VM_BOOT_TIMEOUT:-420}
 
@@ -67,9 +76,31 @@ need_tools() {
     fi
 }
 
+# add_backports_kernel ROOT: the second kernel, bookworm-backports' build of
+# $kernel_pkg, with apt inside the chroot (it shares the host's network). Cheaper than a
+# second debootstrap (the download is the kernel alone), and one per-run disk then serves
+# both kernels: the boots pick one with -kernel/-initrd, the modules are in the disk.
+# Writes $base/kernels.list: "stable <kver>" (debootstrap's) and "backports <kver>".
+add_backports_kernel() {
+    local r=$1 stable bpo d
+    stable=$(ls "$r/lib/modules")
+    [ "$(wc -w <<<"$stable")" = 1 ] || die "debootstrap installed kernels '$stable' in $r/lib/modules, expected one"
+    local list=$r/etc/apt/sources.list.d/ctune-vm-backports.list
+    echo "deb $mirror $suite-backports main" > "$list"
+    { chroot "$r" apt-get -o Acquire::Languages=none update &&
+        chroot "$r" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            -t "$suite-backports" "$kernel_pkg"; } > "$base/backports.log" 2>&1 ||
+        { tail -20 "$base/backports.log" >&2; die "apt-get install -t $suite-backports $kernel_pkg failed in the chroot (log: $base/backports.log)"; }
+    # The guest has no network: its apt needs neither the source nor the lists.
+    rm -f "$list" "$r"/var/lib/apt/lists/*backports*
+    bpo=$(for d in "$r"/lib/modules/*; do [ "${d##*/}" = "$stable" ] || echo "${d##*/}"; done)
+    [ "$(wc -w <<<"$bpo")" = 1 ] || die "$suite-backports' $kernel_pkg added kernels '$bpo' (expected one newer than $stable)"
+    printf 'stable %s\nbackports %s\n' "$stable" "$bpo" > "$base/kernels.list"
+}
+
 build_base() {
     [ -e "$base/done" ] && return
-    log "building base root filesystem $base (debootstrap $suite: $packages)"
+    log "building base root filesystem $base (debootstrap $suite: $packages; then $kernel_pkg from $suite-backports)"
     local t0=$SECONDS
     rm -rf "$base"
     mkdir -p "$base"
@@ -98,15 +129,20 @@ table inet filter {
     }
 }
 NFT
-    local kver
-    kver=$(ls "$r/lib/modules" | sort -V | tail -1)
-    [ -n "$kver" ] || die "no kernel in the base"
-    find "$r/lib/modules/$kver" -name 'nf_conntrack.ko*' | grep -q . || die "nf_conntrack is not a module in $kver"
-    cp "$r/boot/vmlinuz-$kver" "$base/vmlinuz"
-    cp "$r/boot/initrd.img-$kver" "$base/initrd.img"
-    echo "$kver" > "$base/kver"
+    local t1=$SECONDS
+    add_backports_kernel "$r"
+    t1=$((SECONDS - t1))
+    log "$suite-backports' kernel added in $t1 s"
+    mkdir -p "$base/kernels"
+    local kind kver
+    while read -r kind kver; do
+        find "$r/lib/modules/$kver" -name 'nf_conntrack.ko*' | grep -q . || die "nf_conntrack is not a module in $kver ($kind)"
+        mkdir -p "$base/kernels/$kver"
+        cp "$r/boot/vmlinuz-$kver" "$base/kernels/$kver/vmlinuz"
+        cp "$r/boot/initrd.img-$kver" "$base/kernels/$kver/initrd.img"
+    done < "$base/kernels.list"
     rm -rf "$r/var/cache/apt/archives"/*.deb
-    echo "built in $((SECONDS - t0)) s" > "$base/done"
+    echo "built in $((SECONDS - t0)) s, of it $t1 s the backports kernel" > "$base/done"
     log "base built in $((SECONDS - t0)) s"
 }
 
@@ -136,7 +172,28 @@ for n in 1 2; do
     [ "$(dpkg-deb -f "$run/ctune-up$n.deb" Version)" = "$version+vmtest$n" ] || die "could not build the version-bumped .deb"
 done
 rm -rf "$run/deb-tree"
-kver=$(cat "$base/kver")
+# The kernels ("kind kver" lines in the base: stable, then backports) and the boots on
+# each (docs/vm-test.md, "Boots per kernel"). CTUNE_VM_MATRIX=full: all nine on every
+# kernel. ci (the default, what CI runs, sized to its time budget): on the first kernel all
+# but boot3 (purge's own marker and boot4 assert what it does); on the others boot1, boot2
+# and late, what depends on the kernel (the agent's live writes, module load with
+# hashsize=, systemd-sysctl against a late load, ctune-boot over the kernel's own default).
+declare -A kver_of
+while read -r kind v; do kver_of[$kind]=$v; done < "$base/kernels.list"
+kinds=${CTUNE_VM_KERNELS:-stable backports}
+matrix=${CTUNE_VM_MATRIX:-ci}
+case $matrix in ci | full) ;; *) die "CTUNE_VM_MATRIX=$matrix: expected ci or full" ;; esac
+tags=()
+declare -A ktag_kver
+for kind in $kinds; do
+    [ -n "${kver_of[$kind]:-}" ] || die "CTUNE_VM_KERNELS: no kernel '$kind' in $base/kernels.list ($(cut -d' ' -f1 "$base/kernels.list" | paste -sd' ' -))"
+    # A short tag for names and logs: 6.1, 6.12.
+    t=$(sed 's/^\([0-9]*\.[0-9]*\).*/\1/' <<<"${kver_of[$kind]}")
+    [ -z "${ktag_kver[$t]:-}" ] || die "CTUNE_VM_KERNELS: kernels '$kinds' give the tag $t twice"
+    ktag_kver[$t]=${kver_of[$kind]}
+    tags+=("$t")
+done
+[ ${#tags[@]} -gt 0 ] || die "CTUNE_VM_KERNELS is empty"
 # TCG always: /dev/kvm exists on these machines but cannot run a stock kernel (see
 # docs/vm-test.md). CTUNE_VM_ACCEL=kvm to try elsewhere.
 accel=${CTUNE_VM_ACCEL:-tcg}
@@ -177,19 +234,27 @@ ExecStart=/usr/local/sbin/ctune-vmtest snapshot
 WantedBy=sysinit.target
 UNIT
 chroot "$run/root" systemctl enable ctune-vmtest.service ctune-vmsnap.service >/dev/null 2>&1
-truncate -s 2G "$run/disk.img"
-mkfs.ext4 -q -F -L root -d "$run/root" "$run/disk.img" || die "mkfs.ext4 -d failed"
+# One installed disk; each kernel's chain starts from a copy of it.
+truncate -s 2G "$run/pristine.img"
+mkfs.ext4 -q -F -L root -d "$run/root" "$run/pristine.img" || die "mkfs.ext4 -d failed"
 rm -rf "$run/root"
 log "disk ready in $((SECONDS - t0)) s"
 
 declare -A took
 stalls=()
-qemu() { # qemu PHASE DISK EXTRA LOG: one boot; returns 0, or 75 when the guest stalled early
-    local phase=$1 disk=$2 extra=$3 out=$4 pid rc=0 stalled_at=
-    timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel "$accel" -cpu max -smp 2 -m 1024 \
+# The serial logs in the cache are the last run's only (a boot that did not run this time
+# leaves no stale log behind).
+rm -f "$cache"/last-*.log
+qemu() { # qemu TAG PHASE DISK EXTRA LOG: one boot; returns 0, or 75 when the guest stalled early
+    local k=$1 phase=$2 disk=$3 extra=$4 out=$5 pid rc=0 stalled_at='' kdir=$base/kernels/${ktag_kver[$1]}
+    # cx16=off: under bookworm's qemu 7.2 TCG the backports kernel (6.12) double-faults
+    # in kmem_cache_alloc right after SLUB's per-CPU `cmpxchg16b %gs:(%rsi)`, with garbage
+    # EFLAGS, seconds into every boot (3 of 3; 6.1 boots). Without CX16 the kernel does
+    # not use that instruction and boots; nothing ctune touches depends on it.
+    timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel "$accel" -cpu max,cx16=off -smp 2 -m 1024 \
         -nodefaults -display none -monitor none -nic none -no-reboot \
         -serial "file:$out" \
-        -kernel "$base/vmlinuz" -initrd "$base/initrd.img" \
+        -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.img" \
         -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.show_status=0 ctune.phase=$phase $extra" \
         -drive "file=$disk,if=virtio,format=raw" &
     pid=$!
@@ -208,32 +273,34 @@ qemu() { # qemu PHASE DISK EXTRA LOG: one boot; returns 0, or 75 when the guest 
     wait "$pid" || rc=$?
     return "$rc"
 }
-boot() { # boot PHASE DISK [extra kernel args]
-    local phase=$1 disk=$2 extra=${3:-} t0=$SECONDS rc=0 try
+boot() { # boot TAG PHASE DISK [extra kernel args]
+    local k=$1 phase=$2 disk=$3 extra=${4:-} t0=$SECONDS rc=0 try
+    local n=$k-$phase
     for try in 1 2; do
-        log "boot $phase (kernel $kver, $accel)$([ "$try" = 2 ] && echo ", second try")"
+        log "boot $phase on $k (kernel ${ktag_kver[$k]}, $accel)$([ "$try" = 2 ] && echo ", second try")"
         rc=0
-        qemu "$phase" "$disk" "$extra" "$run/$phase.log" || rc=$?
+        qemu "$k" "$phase" "$disk" "$extra" "$run/$n.log" || rc=$?
         [ "$rc" = 75 ] || break
-        cp "$run/$phase.log" "$cache/last-$phase-stalled.log"
-        stalls+=("$phase")
-        log "boot $phase stalled before userspace (TCG timer hang; log $cache/last-$phase-stalled.log): retrying"
+        cp "$run/$n.log" "$cache/last-$n-stalled.log"
+        stalls+=("$n")
+        log "boot $phase on $k stalled before userspace (TCG timer hang; log $cache/last-$n-stalled.log): retrying"
     done
-    took[$phase]=$((SECONDS - t0))
-    tr -d '\r' < "$run/$phase.log" > "$run/$phase.txt"
-    cp "$run/$phase.txt" "$cache/last-$phase.log"
-    [ "$rc" = 0 ] || die "boot $phase: qemu exit $rc (124: timeout after ${boot_timeout}s, 75: stalled twice); serial log: $cache/last-$phase.log"
-    grep -q "^CTUNE-VM $phase " "$run/$phase.txt" || die "boot $phase: no marker line; serial log: $cache/last-$phase.log"
-    log "boot $phase: $(grep "^CTUNE-VM $phase " "$run/$phase.txt" | head -1) (${took[$phase]} s)"
+    took[$n]=$((SECONDS - t0))
+    tr -d '\r' < "$run/$n.log" > "$run/$n.txt"
+    cp "$run/$n.txt" "$cache/last-$n.log"
+    [ "$rc" = 0 ] || die "boot $phase on $k: qemu exit $rc (124: timeout after ${boot_timeout}s, 75: stalled twice); serial log: $cache/last-$n.log"
+    grep -q "^CTUNE-VM $phase " "$run/$n.txt" || die "boot $phase on $k: no marker line; serial log: $cache/last-$n.log"
+    log "boot $phase on $k: $(grep "^CTUNE-VM $phase " "$run/$n.txt" | head -1) (${took[$n]} s)"
 }
-# field PHASE KEY [MARKER]: value of KEY on the marker line.
+# field PHASE KEY [MARKER]: value of KEY on the marker line of PHASE's boot on kernel $k
+# (the caller's).
 field() {
     local m=${3:-$1}
-    grep "^CTUNE-VM $m " "$run/$1.txt" | head -1 | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1
+    grep "^CTUNE-VM $m " "$run/$k-$1.txt" | head -1 | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1
 }
 fails=()
-expect() { # expect NAME ACTUAL OP EXPECTED
-    local name=$1 a=$2 op=$3 e=$4 ok=no
+expect() { # expect NAME ACTUAL OP EXPECTED (NAME is prefixed with the caller's kernel $k)
+    local name="[$k] $1" a=$2 op=$3 e=$4 ok=no
     case $op in
         eq) [ "$a" = "$e" ] && ok=yes ;;
         ne) [ "$a" != "$e" ] && ok=yes ;;
@@ -242,150 +309,239 @@ expect() { # expect NAME ACTUAL OP EXPECTED
     if [ $ok = yes ]; then echo "  ok    $name ($a)"; else echo "  FAIL  $name: got '$a', expected $op '$e'"; fails+=("$name"); fi
 }
 
-boot boot1 "$run/disk.img"
-cp --sparse=always "$run/disk.img" "$run/neg.img"
-debugfs -w -R "rm /etc/modules-load.d/ctune.conf" "$run/neg.img" >/dev/null 2>&1
-# Debian's nftables.service has no After= at all: it races systemd-sysctl (seen: 0.3 s
-# apart). Order it after systemd-sysctl on the control disks so the module is loaded
-# late every time, as it is on hosts whose firewall comes up later.
-printf '[Unit]\nAfter=systemd-sysctl.service\n' > "$run/after-sysctl.conf"
-debugfs -w -f - "$run/neg.img" >/dev/null 2>&1 <<DBG
+# set_max DISK M: the persisted max in DISK's 99-ctune.conf becomes M (debugfs, no mount).
+set_max() {
+    local disk=$1 m=$2 conf=$run/set-max-99-ctune.conf
+    debugfs -R "cat /etc/sysctl.d/99-ctune.conf" "$disk" 2>/dev/null |
+        sed "s/^net.netfilter.nf_conntrack_max = .*/net.netfilter.nf_conntrack_max = $m/" > "$conf"
+    grep -q "nf_conntrack_max = $m" "$conf" || die "could not make the persisted max $m for $disk"
+    debugfs -w -f - "$disk" >/dev/null 2>&1 <<DBG
+rm /etc/sysctl.d/99-ctune.conf
+write $conf /etc/sysctl.d/99-ctune.conf
+DBG
+    debugfs -R "cat /etc/sysctl.d/99-ctune.conf" "$disk" 2>/dev/null | grep -q "nf_conntrack_max = $m" || die "could not write $disk's 99-ctune.conf (max $m)"
+}
+# control_disk TAG: the neg and late disks, copies of boot1's on kernel TAG.
+declare -A neg_max late_max
+control_disk() {
+    local k=$1 neg=$run/$1-neg.img
+    cp --sparse=always "$run/$k-disk.img" "$neg"
+    debugfs -w -R "rm /etc/modules-load.d/ctune.conf" "$neg" >/dev/null 2>&1
+    # Debian's nftables.service has no After= at all: it races systemd-sysctl (seen: 0.3 s
+    # apart). Order it after systemd-sysctl on the control disks so the module is loaded
+    # late every time, as it is on hosts whose firewall comes up later.
+    printf '[Unit]\nAfter=systemd-sysctl.service\n' > "$run/after-sysctl.conf"
+    debugfs -w -f - "$neg" >/dev/null 2>&1 <<DBG
 mkdir /etc/systemd/system/nftables.service.d
 write $run/after-sysctl.conf /etc/systemd/system/nftables.service.d/after-sysctl.conf
 DBG
-debugfs -R "cat /etc/systemd/system/nftables.service.d/after-sysctl.conf" "$run/neg.img" 2>/dev/null | grep -q After= || die "could not write the nftables drop-in into the control disk"
-debugfs -R "stat /etc/modules-load.d/ctune.conf" "$run/neg.img" 2>&1 | grep -q "File not found" || die "could not remove modules-load.d/ctune.conf from the control disk"
-cp --sparse=always "$run/neg.img" "$run/late.img"
-# On the control disk only, the persisted max is made one more than what boot 1 wrote:
-# a max that happens to equal the kernel's own default at a late load (8 x the hashsize
-# from modprobe.d) would make "not in force" unprovable.
-neg_max=$(( $(field boot1 persisted | tr ',' '\n' | sed -n 's/^net.netfilter.nf_conntrack_max=//p') + 1 ))
-debugfs -R "cat /etc/sysctl.d/99-ctune.conf" "$run/neg.img" 2>/dev/null |
-    sed "s/^net.netfilter.nf_conntrack_max = .*/net.netfilter.nf_conntrack_max = $neg_max/" > "$run/neg-99-ctune.conf"
-grep -q "nf_conntrack_max = $neg_max" "$run/neg-99-ctune.conf" || die "could not make the control disk's persisted max"
-debugfs -w -f - "$run/neg.img" >/dev/null 2>&1 <<DBG
-rm /etc/sysctl.d/99-ctune.conf
-write $run/neg-99-ctune.conf /etc/sysctl.d/99-ctune.conf
-DBG
-debugfs -R "cat /etc/sysctl.d/99-ctune.conf" "$run/neg.img" 2>/dev/null | grep -q "nf_conntrack_max = $neg_max" || die "could not write the control disk's 99-ctune.conf"
-boot boot2 "$run/disk.img"
-boot neg "$run/neg.img" "systemd.mask=ctune-boot.service systemd.mask=ctune.service"
-rm -f "$run/neg.img"
-# Not asked by the issue: the case ctune-boot.service exists for (the module loaded late,
-# by the firewall), with ctune-boot active and the agent masked.
-boot late "$run/late.img" "systemd.mask=ctune.service"
-rm -f "$run/late.img"
-# The upgrade disk: boot2's (units enabled, values persisted, the agent's state) with the
-# packages in /root.
-cp --sparse=always "$run/disk.img" "$run/up.img"
-debugfs -w -f - "$run/up.img" >/dev/null 2>&1 <<DBG
+    debugfs -R "cat /etc/systemd/system/nftables.service.d/after-sysctl.conf" "$neg" 2>/dev/null | grep -q After= || die "could not write the nftables drop-in into the control disk"
+    debugfs -R "stat /etc/modules-load.d/ctune.conf" "$neg" 2>&1 | grep -q "File not found" || die "could not remove modules-load.d/ctune.conf from the control disk"
+    cp --sparse=always "$neg" "$run/$k-late.img"
+    # A persisted max equal to the kernel's own default at a late load (8 x the hashsize
+    # from modprobe.d) would make "in force" and "not in force" unprovable, and boot 1
+    # writes exactly that whenever the agent doubled max once more while hash.min_interval
+    # held the hash (seen on both kernels: max 131072 with 16384 buckets). So the neg
+    # disk's max is one more than boot 1's, the late disk's one less (under the ceiling
+    # ctune-boot checks), each one further when that is 8 x the hashsize.
+    local p hs
+    p=$(field boot1 persisted | tr ',' '\n' | sed -n 's/^net.netfilter.nf_conntrack_max=//p')
+    hs=$(field boot1 persisted | tr ',' '\n' | sed -n 's/^net.netfilter.nf_conntrack_buckets=//p')
+    hs=$(( (hs + 511) / 512 * 512 ))
+    neg_max[$k]=$((p + 1)) late_max[$k]=$((p - 1))
+    [ "${neg_max[$k]}" != $((8 * hs)) ] || neg_max[$k]=$((p + 2))
+    [ "${late_max[$k]}" != $((8 * hs)) ] || late_max[$k]=$((p - 2))
+    set_max "$neg" "${neg_max[$k]}"
+    set_max "$run/$k-late.img" "${late_max[$k]}"
+}
+# wants TAG PHASE: whether PHASE boots on kernel TAG in this matrix.
+wants() {
+    [ "$matrix" = full ] && return 0
+    if [ "$1" = "${tags[0]}" ]; then
+        [ "$2" != boot3 ]
+    else
+        case $2 in boot1 | boot2 | late) return 0 ;; *) return 1 ;; esac
+    fi
+}
+# persist_chain TAG: boot1, boot2, neg, late on kernel TAG, from a copy of the installed
+# disk. Leaves $run/TAG-disk.img as boot2 left it.
+persist_chain() {
+    local k=$1
+    cp --sparse=always "$run/pristine.img" "$run/$k-disk.img"
+    boot "$k" boot1 "$run/$k-disk.img"
+    control_disk "$k"
+    boot "$k" boot2 "$run/$k-disk.img"
+    if wants "$k" neg; then
+        boot "$k" neg "$run/$k-neg.img" "systemd.mask=ctune-boot.service systemd.mask=ctune.service"
+    fi
+    rm -f "$run/$k-neg.img"
+    # Not asked by issue 5: the case ctune-boot.service exists for (the module loaded
+    # late, by the firewall), with ctune-boot active and the agent masked.
+    if wants "$k" late; then
+        boot "$k" late "$run/$k-late.img" "systemd.mask=ctune.service"
+    fi
+    rm -f "$run/$k-late.img"
+}
+# package_chain TAG: purge, boot3 on boot2's disk; upgrade, purgecold, boot4 on a copy of
+# it (units enabled, values persisted, the agent's state) with the packages in /root.
+package_chain() {
+    local k=$1 up=$run/$1-up.img
+    cp --sparse=always "$run/$k-disk.img" "$up"
+    debugfs -w -f - "$up" >/dev/null 2>&1 <<DBG
 write $deb /root/ctune.deb
 write $run/ctune-up1.deb /root/ctune-up1.deb
 write $run/ctune-up2.deb /root/ctune-up2.deb
 DBG
-[ "$(debugfs -R "ls /root" "$run/up.img" 2>/dev/null | grep -o 'ctune[a-z0-9-]*\.deb' | sort -u | wc -l)" = 3 ] || die "could not write the .debs into the upgrade disk"
-boot purge "$run/disk.img"
-boot boot3 "$run/disk.img"
-rm -f "$run/disk.img"
-boot upgrade "$run/up.img"
-# Nothing can load nf_conntrack (modules-load.d, nftables): the kernel refuses it.
-boot purgecold "$run/up.img" "module_blacklist=nf_conntrack"
-boot boot4 "$run/up.img"
-rm -f "$run/up.img"
+    [ "$(debugfs -R "ls /root" "$up" 2>/dev/null | grep -o 'ctune[a-z0-9-]*\.deb' | sort -u | wc -l)" = 3 ] || die "could not write the .debs into the upgrade disk"
+    boot "$k" purge "$run/$k-disk.img"
+    if wants "$k" boot3; then boot "$k" boot3 "$run/$k-disk.img"; fi
+    boot "$k" upgrade "$up"
+    # Nothing can load nf_conntrack (modules-load.d, nftables): the kernel refuses it.
+    boot "$k" purgecold "$up" "module_blacklist=nf_conntrack"
+    boot "$k" boot4 "$up"
+    rm -f "$up"
+}
+
+declare -A chain_s pkg_on
+for k in "${tags[@]}"; do
+    t0=$SECONDS
+    persist_chain "$k"
+    if wants "$k" purge; then
+        package_chain "$k"
+        pkg_on[$k]=1
+    fi
+    rm -f "$run/$k-disk.img"
+    chain_s[$k]=$((SECONDS - t0))
+done
+rm -f "$run/pristine.img"
 
 # ---- assertions -------------------------------------------------------------------------
-stock_max=$(field boot1 stock_max boot1start)
-stock_buckets=$(field boot1 stock_buckets boot1start)
-persisted=$(field boot1 persisted)
-p_max=$(tr ',' '\n' <<<"$persisted" | sed -n 's/^net.netfilter.nf_conntrack_max=//p')
-p_buckets=$(tr ',' '\n' <<<"$persisted" | sed -n 's/^net.netfilter.nf_conntrack_buckets=//p')
-# The kernel rounds the hash size up to a multiple of 512 (PAGE_SIZE / 8).
-p_buckets_k=$(( (p_buckets + 511) / 512 * 512 ))
+# The persisted values and the stock ones, per kernel (the stock max and hash size follow
+# the kernel's own sizing).
+declare -A stock_max stock_buckets p_max p_buckets_k
+assert_persist() { # assert_persist TAG: boot1, boot2, neg, late
+    local k=$1 persisted p_buckets
+    stock_max[$k]=$(field boot1 stock_max boot1start)
+    stock_buckets[$k]=$(field boot1 stock_buckets boot1start)
+    persisted=$(field boot1 persisted)
+    p_max[$k]=$(tr ',' '\n' <<<"$persisted" | sed -n 's/^net.netfilter.nf_conntrack_max=//p')
+    p_buckets=$(tr ',' '\n' <<<"$persisted" | sed -n 's/^net.netfilter.nf_conntrack_buckets=//p')
+    # The kernel rounds the hash size up to a multiple of 512 (PAGE_SIZE / 8).
+    p_buckets_k[$k]=$(( (p_buckets + 511) / 512 * 512 ))
+    local pm=${p_max[$k]} pb=${p_buckets_k[$k]}
+    echo "boot1 on $k (flood): stock max=${stock_max[$k]} buckets=${stock_buckets[$k]}; persisted: $persisted"
+    expect "boot1: agent active before traffic" "$(field boot1 agent boot1start)" eq active
+    expect "boot1: nothing persisted before traffic" "$(field boot1 persisted_files boot1start)" eq none
+    expect "boot1: max and hash grew and were persisted" "$(field boot1 grown)" eq yes
+    expect "boot1: persisted max > stock" "${pm:-0}" gt "${stock_max[$k]}"
+    expect "boot1: persisted buckets > stock" "${p_buckets:-0}" gt "${stock_buckets[$k]}"
+    expect "boot1: modules-load.d/ctune.conf loads nf_conntrack" "$(field boot1 modules_load)" eq nf_conntrack
+    expect "boot1: modprobe.d/ctune.conf hashsize" "$(field boot1 modprobe)" eq "optionsnf_conntrackhashsize=$p_buckets"
+    echo "boot2 on $k (no traffic):"
+    expect "boot2: nf_conntrack_max = persisted, before the agent" "$(field boot2 pre_max)" eq "$pm"
+    expect "boot2: nf_conntrack_buckets = persisted (kernel-rounded), before the agent" "$(field boot2 pre_buckets)" eq "$pb"
+    expect "boot2: hashsize parameter = persisted (kernel-rounded), before the agent" "$(field boot2 pre_hashsize)" eq "$pb"
+    expect "boot2: nf_conntrack_max unchanged once the agent runs" "$(field boot2 max)" eq "$pm"
+    local b2
+    b2=$(field boot2 buckets)
+    if [ "$b2" != "$pb" ]; then
+        echo "  info  [$k] boot2: the agent resized the hash at start, $pb -> $b2 (max / 4: boot 1's resize was held by hash.min_interval, whose clock a reboot resets)"
+    fi
+    expect "boot2: nf_conntrack loaded by systemd-modules-load" "$(field boot2 module_loaded_early)" eq yes
+    expect "boot2: no \"Couldn't write\" for net.netfilter" "$(field boot2 couldnt_write)" eq 0
+    expect "boot2: ctune-boot.service Result" "$(field boot2 boot_result)" eq success
+    expect "boot2: ctune-boot.service active (exited)" "$(field boot2 boot_unit)" eq active
+    expect "boot2: ctune.service active (after READY)" "$(field boot2 agent)" eq active
+    expect "boot2: systemd-analyze verify output lines" "$(field boot2 lines boot2verify)" eq 0
+    if ran neg; then
+        echo "negative control on $k (no modules-load.d entry, persisted max ${neg_max[$k]}; ctune-boot and agent masked):"
+        expect "neg: nf_conntrack not loaded early" "$(field neg module_loaded_early)" eq no
+        expect "neg: systemd-sysctl logged \"Couldn't write\" for net.netfilter" "$(field neg couldnt_write)" gt 0
+        expect "neg: persisted max NOT in force" "$(field neg pre_max)" ne "${neg_max[$k]}"
+        echo "  info  [$k] neg: max=$(field neg max) buckets=$(field neg buckets) (the module was loaded by nftables with modprobe.d's hashsize)"
+    fi
+    ran late || return 0
+    echo "late module load on $k (no modules-load.d entry, persisted max ${late_max[$k]}; ctune-boot.service active, agent masked):"
+    echo "  info  [$k] late: max=$(field late pre_max) buckets=$(field late buckets) ctune-boot=$(field late boot_unit)/$(field late boot_result)"
+    # The scenario itself: the module came late, so systemd-sysctl could not apply the
+    # persisted values (without these two, the last expectation could pass for nothing).
+    expect "late: nf_conntrack not loaded early" "$(field late module_loaded_early)" eq no
+    expect "late: systemd-sysctl logged \"Couldn't write\" for net.netfilter" "$(field late couldnt_write)" gt 0
+    # The kernel set max = 8 x modprobe.d's hashsize at the late load; ctune-boot (after the
+    # firewall) puts the persisted max back over that default.
+    expect "late: ctune-boot puts the persisted max in force" "$(field late pre_max)" eq "${late_max[$k]}"
+}
+ran() { [ -n "${took[$k-$1]:-}" ]; } # ran PHASE: PHASE booted on the caller's kernel $k
+assert_purge() { # assert_purge TAG: purge, boot3; purgecold, boot4
+    local k=$1 b
+    echo "purge on $k:"
+    expect "purge: dpkg --purge exit" "$(field purge rc)" eq 0
+    expect "purge: live max restored at once" "$(field purge max)" eq "${stock_max[$k]}"
+    expect "purge: no ctune file left" "$(field purge files)" eq none
+    expect "purge: no ctune unit or enablement link left" "$(field purge units)" eq none
+    echo "purgecold on $k (module_blacklist=nf_conntrack):"
+    echo "  info  [$k] purgecold: before the purge: $(field purgecold before)"
+    expect "purgecold: nf_conntrack not loaded" "$(field purgecold module)" eq absent
+    expect "purgecold: the kernel refused nf_conntrack (blacklisted)" "$(field purgecold blacklisted)" gt 0
+    expect "purgecold: ctune restore could not run (exit 3)" "$(field purgecold restore_exit)" eq 3
+    expect "purgecold: dpkg --purge exit" "$(field purgecold rc)" eq 0
+    expect "purgecold: no ctune file left" "$(field purgecold files)" eq none
+    expect "purgecold: postrm names each removed file and says none of it is in force" "$(field purgecold stays)" eq "/etc/sysctl.d/99-ctune.conf,/etc/modules-load.d/ctune.conf,/etc/modprobe.d/ctune.conf"
+    for b in boot3 boot4; do
+        ran $b || continue
+        echo "$b on $k (after $([ $b = boot3 ] && echo purge || echo purgecold)):"
+        expect "$b: stock nf_conntrack_max" "$(field $b max)" eq "${stock_max[$k]}"
+        expect "$b: stock nf_conntrack_buckets" "$(field $b buckets)" eq "${stock_buckets[$k]}"
+        expect "$b: nf_conntrack not loaded early any more" "$(field $b module_loaded_early)" eq no
+        expect "$b: no ctune file left" "$(field $b files)" eq none
+        expect "$b: no ctune unit or enablement link left" "$(field $b units)" eq none
+    done
+}
+assert_upgrade() { # assert_upgrade TAG
+    local k=$1 m v
+    echo "upgrade on $k (copy of boot2's disk; the admin disables both units, then reinstalls and upgrades):"
+    expect "upgrade: the three .debs are in the VM" "$(field upgrade debs)" eq 3
+    expect "upgrade: before, agent enabled and running" "$(field upgrade agent)" eq enabled/active
+    expect "upgrade: systemctl disable --now ctune.service ctune-boot.service" "$(field upgrade agent updisabled)/$(field upgrade boot updisabled)" eq disabled/inactive/disabled/inactive
+    for m in upreinstall:$version upbump:$version+vmtest1; do
+        v=${m#*:} m=${m%%:*}
+        expect "$m: dpkg -i $v exit" "$(field upgrade rc "$m")" eq 0
+        expect "$m: version installed" "$(field upgrade version "$m")" eq "$v"
+        expect "$m: ctune.service still disabled" "$(field upgrade agent_enabled "$m")" eq disabled
+        expect "$m: ctune.service not started" "$(field upgrade agent_active "$m")" eq inactive
+        expect "$m: ctune-boot.service still disabled" "$(field upgrade boot_enabled "$m")" eq disabled
+        expect "$m: ctune-boot.service not started" "$(field upgrade boot_active "$m")" eq inactive
+    done
+    expect "upgrade: enabled again, agent running" "$(field upgrade agent upreenabled)" eq enabled/active
+    expect "upenabled: dpkg -i $version+vmtest2 exit" "$(field upgrade rc upenabled)" eq 0
+    expect "upenabled: version installed" "$(field upgrade version upenabled)" eq "$version+vmtest2"
+    expect "upenabled: ctune.service still enabled" "$(field upgrade agent_enabled upenabled)" eq enabled
+    expect "upenabled: ctune.service active" "$(field upgrade agent_active upenabled)" eq active
+    expect "upenabled: the agent was restarted (new main PID)" "$(field upgrade restarted upenabled)" eq yes
+    expect "upenabled: ctune-boot.service still enabled" "$(field upgrade boot_enabled upenabled)" eq enabled
+    echo "  info  [$k] upenabled: ctune-boot.service $(field upgrade boot_active upenabled) after the upgrade (prerm stops it; the agent's Wants= starts it again)"
+}
 
 echo
-echo "ctune VM test: Debian bookworm VM, kernel $kver ($accel), host kernel $(uname -r)"
-echo "boot1 (flood): stock max=$stock_max buckets=$stock_buckets; persisted: $persisted"
-expect "boot1: agent active before traffic" "$(field boot1 agent boot1start)" eq active
-expect "boot1: nothing persisted before traffic" "$(field boot1 persisted_files boot1start)" eq none
-expect "boot1: max and hash grew and were persisted" "$(field boot1 grown)" eq yes
-expect "boot1: persisted max > stock" "${p_max:-0}" gt "$stock_max"
-expect "boot1: persisted buckets > stock" "${p_buckets:-0}" gt "$stock_buckets"
-expect "boot1: modules-load.d/ctune.conf loads nf_conntrack" "$(field boot1 modules_load)" eq nf_conntrack
-expect "boot1: modprobe.d/ctune.conf hashsize" "$(field boot1 modprobe)" eq "optionsnf_conntrackhashsize=$p_buckets"
-echo "boot2 (no traffic):"
-expect "boot2: nf_conntrack_max = persisted, before the agent" "$(field boot2 pre_max)" eq "$p_max"
-expect "boot2: nf_conntrack_buckets = persisted (kernel-rounded), before the agent" "$(field boot2 pre_buckets)" eq "$p_buckets_k"
-expect "boot2: hashsize parameter = persisted (kernel-rounded), before the agent" "$(field boot2 pre_hashsize)" eq "$p_buckets_k"
-expect "boot2: nf_conntrack_max unchanged once the agent runs" "$(field boot2 max)" eq "$p_max"
-b2=$(field boot2 buckets)
-if [ "$b2" != "$p_buckets_k" ]; then
-    echo "  info  boot2: the agent resized the hash at start, $p_buckets_k -> $b2 (max / 4: boot 1's resize was held by hash.min_interval, whose clock a reboot resets)"
-fi
-expect "boot2: nf_conntrack loaded by systemd-modules-load" "$(field boot2 module_loaded_early)" eq yes
-expect "boot2: no \"Couldn't write\" for net.netfilter" "$(field boot2 couldnt_write)" eq 0
-expect "boot2: ctune-boot.service Result" "$(field boot2 boot_result)" eq success
-expect "boot2: ctune-boot.service active (exited)" "$(field boot2 boot_unit)" eq active
-expect "boot2: ctune.service active (after READY)" "$(field boot2 agent)" eq active
-expect "boot2: systemd-analyze verify output lines" "$(field boot2 lines boot2verify)" eq 0
-echo "negative control (no modules-load.d entry, ctune-boot and agent masked):"
-expect "neg: nf_conntrack not loaded early" "$(field neg module_loaded_early)" eq no
-expect "neg: systemd-sysctl logged \"Couldn't write\" for net.netfilter" "$(field neg couldnt_write)" gt 0
-expect "neg: persisted max NOT in force" "$(field neg pre_max)" ne "$neg_max"
-echo "  info  neg: max=$(field neg max) buckets=$(field neg buckets) (the module was loaded by nftables with modprobe.d's hashsize)"
-echo "late module load (no modules-load.d entry; ctune-boot.service active, agent masked):"
-late_max=$(field late pre_max)
-echo "  info  late: max=$late_max buckets=$(field late buckets) ctune-boot=$(field late boot_unit)/$(field late boot_result) couldnt_write=$(field late couldnt_write)"
-# The kernel set max = 8 x modprobe.d's hashsize at the late load; ctune-boot (after the
-# firewall) puts the persisted max back over that default.
-expect "late: ctune-boot puts the persisted max in force" "$late_max" eq "$p_max"
-echo "purge:"
-expect "purge: dpkg --purge exit" "$(field purge rc)" eq 0
-expect "purge: live max restored at once" "$(field purge max)" eq "$stock_max"
-expect "purge: no ctune file left" "$(field purge files)" eq none
-echo "boot3 (after purge):"
-expect "boot3: stock nf_conntrack_max" "$(field boot3 max)" eq "$stock_max"
-expect "boot3: stock nf_conntrack_buckets" "$(field boot3 buckets)" eq "$stock_buckets"
-expect "boot3: nf_conntrack not loaded early any more" "$(field boot3 module_loaded_early)" eq no
-expect "boot3: no ctune file left" "$(field boot3 files)" eq none
-expect "boot3: no ctune unit or enablement link left" "$(field boot3 units)" eq none
-echo "upgrade (copy of boot2's disk; the admin disables both units, then reinstalls and upgrades):"
-expect "upgrade: the three .debs are in the VM" "$(field upgrade debs)" eq 3
-expect "upgrade: before, agent enabled and running" "$(field upgrade agent)" eq enabled/active
-expect "upgrade: systemctl disable --now ctune.service ctune-boot.service" "$(field upgrade agent updisabled)/$(field upgrade boot updisabled)" eq disabled/inactive/disabled/inactive
-for m in upreinstall:$version upbump:$version+vmtest1; do
-    v=${m#*:} m=${m%%:*}
-    expect "$m: dpkg -i $v exit" "$(field upgrade rc "$m")" eq 0
-    expect "$m: version installed" "$(field upgrade version "$m")" eq "$v"
-    expect "$m: ctune.service still disabled" "$(field upgrade agent_enabled "$m")" eq disabled
-    expect "$m: ctune.service not started" "$(field upgrade agent_active "$m")" eq inactive
-    expect "$m: ctune-boot.service still disabled" "$(field upgrade boot_enabled "$m")" eq disabled
-    expect "$m: ctune-boot.service not started" "$(field upgrade boot_active "$m")" eq inactive
+echo "ctune VM test: Debian bookworm VM ($accel), kernels: $(for k in "${tags[@]}"; do printf '%s ' "${ktag_kver[$k]}"; done)(CTUNE_VM_MATRIX=$matrix); host kernel $(uname -r)"
+for k in "${tags[@]}"; do
+    assert_persist "$k"
+    if [ -n "${pkg_on[$k]:-}" ]; then
+        assert_purge "$k"
+        assert_upgrade "$k"
+    fi
 done
-expect "upgrade: enabled again, agent running" "$(field upgrade agent upreenabled)" eq enabled/active
-expect "upenabled: dpkg -i $version+vmtest2 exit" "$(field upgrade rc upenabled)" eq 0
-expect "upenabled: version installed" "$(field upgrade version upenabled)" eq "$version+vmtest2"
-expect "upenabled: ctune.service still enabled" "$(field upgrade agent_enabled upenabled)" eq enabled
-expect "upenabled: ctune.service active" "$(field upgrade agent_active upenabled)" eq active
-expect "upenabled: the agent was restarted (new main PID)" "$(field upgrade restarted upenabled)" eq yes
-expect "upenabled: ctune-boot.service still enabled" "$(field upgrade boot_enabled upenabled)" eq enabled
-echo "  info  upenabled: ctune-boot.service $(field upgrade boot_active upenabled) after the upgrade (prerm stops it; the agent's Wants= starts it again)"
-echo "purgecold (module_blacklist=nf_conntrack):"
-echo "  info  purgecold: before the purge: $(field purgecold before)"
-expect "purgecold: nf_conntrack not loaded" "$(field purgecold module)" eq absent
-expect "purgecold: the kernel refused nf_conntrack (blacklisted)" "$(field purgecold blacklisted)" gt 0
-expect "purgecold: ctune restore could not run (exit 3)" "$(field purgecold restore_exit)" eq 3
-expect "purgecold: dpkg --purge exit" "$(field purgecold rc)" eq 0
-expect "purgecold: no ctune file left" "$(field purgecold files)" eq none
-expect "purgecold: postrm names each removed file and says none of it is in force" "$(field purgecold stays)" eq "/etc/sysctl.d/99-ctune.conf,/etc/modules-load.d/ctune.conf,/etc/modprobe.d/ctune.conf"
-echo "boot4 (after purgecold):"
-expect "boot4: stock nf_conntrack_max" "$(field boot4 max)" eq "$stock_max"
-expect "boot4: stock nf_conntrack_buckets" "$(field boot4 buckets)" eq "$stock_buckets"
-expect "boot4: nf_conntrack not loaded early any more" "$(field boot4 module_loaded_early)" eq no
-expect "boot4: no ctune file left" "$(field boot4 files)" eq none
-expect "boot4: no ctune unit or enablement link left" "$(field boot4 units)" eq none
-echo "wall time per boot (TCG): boot1 ${took[boot1]}s, boot2 ${took[boot2]}s, neg ${took[neg]}s, late ${took[late]}s, purge ${took[purge]}s, boot3 ${took[boot3]}s, upgrade ${took[upgrade]}s, purgecold ${took[purgecold]}s, boot4 ${took[boot4]}s; base: $(cat "$base/done")"
+for k in "${tags[@]}"; do
+    line=""
+    for p in boot1 boot2 neg late purge boot3 upgrade purgecold boot4; do
+        if [ -n "${took[$k-$p]:-}" ]; then line="$line${line:+, }$p ${took[$k-$p]}s"; fi
+    done
+    echo "wall time per boot on ${ktag_kver[$k]} (TCG): $line; chain ${chain_s[$k]}s"
+done
+echo "base: $(cat "$base/done")"
 [ ${#stalls[@]} -eq 0 ] || echo "retried after an early TCG stall: ${stalls[*]}"
-echo "kernels: VM $kver (nf_conntrack modular); host $(uname -r) (nf_conntrack $( [ -e /sys/module/nf_conntrack/initstate ] && echo modular || echo built-in), covered by the cargo live tests)"
+[ "$matrix" = full ] || echo "CTUNE_VM_MATRIX=ci: the boots above; CTUNE_VM_MATRIX=full boots all nine on every kernel"
+echo "kernels: VM $(for k in "${tags[@]}"; do printf '%s ' "${ktag_kver[$k]}"; done)(nf_conntrack modular); host $(uname -r) (nf_conntrack $( [ -e /sys/module/nf_conntrack/initstate ] && echo modular || echo built-in), covered by the cargo live tests)"
 if [ ${#fails[@]} -gt 0 ]; then
     echo "VM test FAILED: ${#fails[@]} expectation(s): ${fails[*]}"
     echo "serial logs: $cache/last-*.log"
