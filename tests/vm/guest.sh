@@ -76,6 +76,18 @@ case "$phase" in
 boot1)
     stock_max=$(cat $nf/nf_conntrack_max) stock_buckets=$(cat $nf/nf_conntrack_buckets)
     wait_for 60 systemctl is-active -q ctune.service || true
+    # The agent again, writing its metrics for node_exporter (the directory it looks for
+    # at start) and, with ctune.noprocfs, as on a kernel without
+    # /proc/net/stat/nf_conntrack: under the shim that hides it.
+    mkdir -p /var/lib/prometheus/node-exporter
+    if grep -q ctune.noprocfs=1 /proc/cmdline; then
+        mkdir -p /run/systemd/system/ctune.service.d
+        printf '[Service]\nEnvironment=LD_PRELOAD=/usr/local/lib/ctune-vmtest/no_procfs_stat.so\n' \
+            > /run/systemd/system/ctune.service.d/noprocfs.conf
+        systemctl daemon-reload
+    fi
+    systemctl restart ctune.service
+    wait_for 60 systemctl is-active -q ctune.service || true
     mark "boot1start stock_max=$stock_max stock_buckets=$stock_buckets stock_hashsize=$(hashsize) agent=$(systemctl is-active ctune.service) persisted_files=$(present3)"
     # UDP flood on loopback: one flow per destination address in 127.0.0.0/8.
     for seed in 1 2; do
@@ -112,10 +124,15 @@ PY
     done
     kill $(jobs -p) 2>/dev/null
     wait 2>/dev/null
+    # Where the agent read the counters, as its metrics say, and the composition samples
+    # the unit's sandbox refused.
+    prom=/var/lib/prometheus/node-exporter/ctune.prom
+    stat_source=$(sed -n 's/^ctune_nf_conntrack_stat_source{.*netns="init".*source="\([a-z]*\)".*/\1/p' $prom 2>/dev/null | head -1)
+    composition_failed=$(journalctl -b -o cat -u ctune.service | grep -c "no composition sample")
     # Stopping the agent rolls nothing back; it freezes what is persisted.
     systemctl stop ctune.service
     journalctl -b -o cat -u ctune.service | tail -25 | sed 's/^/CTUNE-VM-INFO ctune: /' >&3
-    mark "boot1 grown=$grown after_s=$i max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) persisted=$(flat /etc/sysctl.d/99-ctune.conf) modules_load=$(flat /etc/modules-load.d/ctune.conf) modprobe=$(flat /etc/modprobe.d/ctune.conf | tr ' ' '_')"
+    mark "boot1 grown=$grown stat_source=${stat_source:-none} composition_failed=$composition_failed after_s=$i max=$(cat $nf/nf_conntrack_max) buckets=$(cat $nf/nf_conntrack_buckets) hashsize=$(hashsize) persisted=$(flat /etc/sysctl.d/99-ctune.conf) modules_load=$(flat /etc/modules-load.d/ctune.conf) modprobe=$(flat /etc/modprobe.d/ctune.conf | tr ' ' '_')"
     ;;
 boot2 | neg | late)
     observe "$phase"

@@ -208,6 +208,14 @@ for u in ctune.service ctune-boot.service; do
     ls "$run"/root/etc/systemd/system/*.wants/"$u" >/dev/null 2>&1 || die "postinst did not enable $u"
 done
 install -m 755 "$repo/tests/vm/guest.sh" "$run/root/usr/local/sbin/ctune-vmtest"
+# The live tests' LD_PRELOAD shim (crates/agent/tests/common/no_procfs_stat.c): on the
+# second kernel's boot1 the agent runs under it, as on a kernel without
+# /proc/net/stat/nf_conntrack, so its counters must come over ctnetlink through the
+# packaged unit's sandbox (AF_NETLINK, CAP_NET_ADMIN). Built here: the host is Debian 12,
+# as the guest.
+mkdir -p "$run/root/usr/local/lib/ctune-vmtest"
+cc -shared -fPIC -O2 -Wall -Werror -o "$run/root/usr/local/lib/ctune-vmtest/no_procfs_stat.so" \
+    "$repo/crates/agent/tests/common/no_procfs_stat.c" -ldl || die "cc could not build the no-procfs shim"
 cat > "$run/root/etc/systemd/system/ctune-vmtest.service" <<'UNIT'
 [Unit]
 Description=ctune VM test (tests/vm/guest.sh)
@@ -368,7 +376,9 @@ wants() {
 persist_chain() {
     local k=$1
     cp --sparse=always "$run/pristine.img" "$run/$k-disk.img"
-    boot "$k" boot1 "$run/$k-disk.img"
+    # The first kernel reads its counters from procfs; the others as a kernel without
+    # the file would (ctune.noprocfs: the agent under the shim).
+    boot "$k" boot1 "$run/$k-disk.img" "$([ "$k" = "${tags[0]}" ] || echo ctune.noprocfs=1)"
     control_disk "$k"
     boot "$k" boot2 "$run/$k-disk.img"
     if wants "$k" neg; then
@@ -437,6 +447,12 @@ assert_persist() { # assert_persist TAG: boot1, boot2, neg, late
     expect "boot1: persisted buckets > stock" "${p_buckets:-0}" gt "${stock_buckets[$k]}"
     expect "boot1: modules-load.d/ctune.conf loads nf_conntrack" "$(field boot1 modules_load)" eq nf_conntrack
     expect "boot1: modprobe.d/ctune.conf hashsize" "$(field boot1 modprobe)" eq "optionsnf_conntrackhashsize=$p_buckets"
+    # Under the packaged unit's sandbox: the counters from the file, or over ctnetlink
+    # where the file is hidden; no composition sample refused (AF_NETLINK, CAP_NET_ADMIN).
+    local source=procfs
+    [ "$k" = "${tags[0]}" ] || source=ctnetlink
+    expect "boot1: the agent's counters source (metrics)" "$(field boot1 stat_source)" eq "$source"
+    expect "boot1: composition samples refused" "$(field boot1 composition_failed)" eq 0
     echo "boot2 on $k (no traffic):"
     expect "boot2: nf_conntrack_max = persisted, before the agent" "$(field boot2 pre_max)" eq "$pm"
     expect "boot2: nf_conntrack_buckets = persisted (kernel-rounded), before the agent" "$(field boot2 pre_buckets)" eq "$pb"
