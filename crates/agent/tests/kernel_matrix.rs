@@ -297,6 +297,7 @@ fn recorded_netlink_replies_agree_with_the_tree() {
                 matches!(
                     e,
                     StatsError::Kernel {
+                        request: "IPCTNL_MSG_CT_GET_STATS",
                         errno: nix::errno::Errno::EINVAL
                     }
                 ),

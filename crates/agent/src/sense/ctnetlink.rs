@@ -11,7 +11,7 @@
 //! include/uapi/linux/netlink.h, netfilter/nfnetlink.h, nfnetlink_conntrack.h.
 
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recvmsg, sendto,
     setsockopt, socket, sockopt,
 };
 use std::os::fd::AsRawFd;
@@ -238,6 +238,8 @@ pub(crate) struct Message<'a> {
     pub ty: u16,
     /// `nlmsg_flags`.
     pub flags: u16,
+    /// `nlmsg_seq`: the request's, in the kernel's answer to it.
+    pub seq: u32,
     /// Everything after the 16-byte header.
     pub body: &'a [u8],
     /// Where the body starts in the datagram, for errors.
@@ -245,7 +247,9 @@ pub(crate) struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// The code of an NLMSG_ERROR message: 0 (an acknowledgement) or an errno.
+    /// The code of an NLMSG_ERROR message, or the int that ends an NLMSG_DONE (the
+    /// dump's own error, if its callback failed): 0 (an acknowledgement, a whole dump)
+    /// or an errno.
     pub fn error_code(&self) -> Result<Option<nix::errno::Errno>, ParseError> {
         let Some(code) = self.body.get(..4) else {
             return Err(ParseError::Truncated {
@@ -258,6 +262,14 @@ impl<'a> Message<'a> {
         let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
         // The kernel sends -errno; a hostile i32::MIN must not overflow the negation.
         Ok((code != 0).then(|| nix::errno::Errno::from_raw(code.saturating_neg())))
+    }
+
+    /// The type of the request an NLMSG_ERROR answers (the kernel echoes its header after
+    /// the code), when the message holds it.
+    pub fn error_request(&self) -> Option<u16> {
+        self.body
+            .get(8..10)
+            .map(|t| u16::from_ne_bytes([t[0], t[1]]))
     }
 
     /// The nfgenmsg that starts a netfilter message: (family, res_id, the attributes and
@@ -318,6 +330,7 @@ pub(crate) fn for_each_message<E: From<ParseError>>(
         let message = Message {
             ty: u16_ne(buf, at + 4),
             flags: u16_ne(buf, at + 6),
+            seq: u32_ne(buf, at + 8),
             body: &buf[at + NLMSG_HDRLEN..at + len],
             offset: at + NLMSG_HDRLEN,
         };
@@ -338,6 +351,10 @@ pub fn parse_datagram(buf: &[u8], on_entry: &mut dyn FnMut(&Flow)) -> Result<Pro
         }
         match m.ty {
             NLMSG_DONE => {
+                // A dump whose callback failed ends with the errno in its DONE.
+                if let Some(errno) = m.error_code().ok().flatten() {
+                    return Err(ParseError::Kernel(errno));
+                }
                 p.done = true;
                 return Ok(false);
             }
@@ -430,6 +447,75 @@ pub(crate) fn open_socket() -> Result<std::os::fd::OwnedFd, DumpError> {
     Ok(fd)
 }
 
+/// Why no datagram from the kernel could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvError {
+    /// recvmsg failed (EINTR and EAGAIN are for the caller to handle).
+    Errno(nix::errno::Errno),
+    /// A datagram larger than the buffer (MSG_TRUNC): never from a kernel answering
+    /// into [`RECV_BUF`].
+    Truncated {
+        /// Its length.
+        len: usize,
+        /// The buffer's.
+        room: usize,
+    },
+    /// Only datagrams from other sockets came, this many in a row.
+    Foreign(usize),
+}
+
+/// The most datagrams from other sockets one receive drops before it gives up.
+const MAX_FOREIGN: usize = 64;
+
+/// One datagram from the kernel into `buf`; its length. Any process that can open a
+/// netlink socket in the namespace (its root, in a user namespace of its own) can send
+/// datagrams to ctune's port, and only the kernel sends from port 0: a datagram from
+/// another port is dropped, never parsed as the kernel's answer.
+pub(crate) fn recv_from_kernel(fd: std::os::fd::RawFd, buf: &mut [u8]) -> Result<usize, RecvError> {
+    for _ in 0..MAX_FOREIGN {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let (n, flags, from) = match recvmsg::<NetlinkAddr>(fd, &mut iov, None, MsgFlags::MSG_TRUNC)
+        {
+            Ok(m) => (m.bytes, m.flags, m.address.map(|a| a.pid())),
+            Err(e) => return Err(RecvError::Errno(e)),
+        };
+        if from != Some(0) {
+            continue;
+        }
+        let room = iov[0].len();
+        if n > room || flags.contains(MsgFlags::MSG_TRUNC) {
+            return Err(RecvError::Truncated { len: n, room });
+        }
+        return Ok(n);
+    }
+    Err(RecvError::Foreign(MAX_FOREIGN))
+}
+
+impl RecvError {
+    /// The error of a read that did not end with EINTR or EAGAIN.
+    pub(crate) fn into_dump_error(self) -> DumpError {
+        match self {
+            RecvError::Errno(e) => sock_err("recv")(e),
+            RecvError::Truncated { len, room } => ParseError::BadLength {
+                what: "datagram",
+                offset: 0,
+                len,
+                room,
+            }
+            .into(),
+            RecvError::Foreign(n) => DumpError::Socket {
+                what: "recv",
+                errno: nix::errno::Errno::EBADMSG,
+                hint: if n > 0 {
+                    " (only datagrams from other processes' sockets came, not the kernel's answer)"
+                } else {
+                    ""
+                },
+            },
+        }
+    }
+}
+
 /// The request: a dump of every family's entries (nfgen_family AF_UNSPEC).
 fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
     let mut m = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
@@ -482,10 +568,10 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
             i64::from(left.subsec_micros().max(1)),
         );
         setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sock_err("setsockopt"))?;
-        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+        let n = match recv_from_kernel(fd.as_raw_fd(), &mut buf) {
             Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => {
+            Err(RecvError::Errno(nix::errno::Errno::EINTR)) => continue,
+            Err(RecvError::Errno(nix::errno::Errno::EAGAIN)) => {
                 out.partial = Some(format!(
                     "read {} entries, then the kernel stopped answering (--max-time)",
                     out.entries
@@ -493,17 +579,8 @@ pub fn dump(limits: &Limits, on_entry: &mut dyn FnMut(&Flow)) -> Result<Outcome,
                 out.sampled = true;
                 break;
             }
-            Err(e) => return Err(sock_err("recv")(e)),
+            Err(e) => return Err(e.into_dump_error()),
         };
-        if n > buf.len() {
-            return Err(ParseError::BadLength {
-                what: "datagram",
-                offset: 0,
-                len: n,
-                room: buf.len(),
-            }
-            .into());
-        }
         let max = limits.max_entries;
         let mut taken = out.entries;
         let mut more = false;

@@ -24,11 +24,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto, setsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, NetlinkAddr, sendto, setsockopt, sockopt};
 
 use crate::sense::ctnetlink::{
     self, DumpError, Message, NFGENMSG_LEN, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
-    NLMSG_HDRLEN, ParseError, RECV_BUF, ctnetlink_type,
+    NLMSG_HDRLEN, ParseError, RECV_BUF, RecvError, ctnetlink_type,
 };
 use crate::sense::kfile::{self, FileError};
 use ctune_core::model::{ConntrackStat, StatSource};
@@ -72,11 +72,18 @@ pub enum StatsError {
     #[error("ctnetlink statistics: {0}")]
     Frame(#[from] ParseError),
     /// The kernel answered a request with an error.
-    #[error("ctnetlink statistics: the kernel refused the request: {errno}{}", kernel_hint(*errno))]
+    #[error("ctnetlink statistics: the kernel refused {request}: {errno}{}", kernel_hint(*errno))]
     Kernel {
+        /// Which request: `IPCTNL_MSG_CT_GET_STATS`, `IPCTNL_MSG_CT_GET_STATS_CPU`, or
+        /// "the request" when the kernel did not echo it.
+        request: &'static str,
         /// Its errno.
         errno: Errno,
     },
+    /// An answer to another request (another sequence number): never sent by a kernel
+    /// answering this one.
+    #[error("ctnetlink statistics: an answer to another request (sequence {0})")]
+    OtherRequest(u32),
     /// A CPU answered twice.
     #[error("ctnetlink statistics: cpu {0} answered twice")]
     RepeatedCpu(u16),
@@ -114,14 +121,20 @@ pub enum StatsError {
         /// Whether `cpu` has it (and `first` not).
         present: bool,
     },
-    /// The global statistics carry a value that is not 32 bits, or twice.
-    #[error("ctnetlink statistics: the global {name} is malformed ({len} bytes, or twice)")]
+    /// The global statistics carry a value that is not 32 bits.
+    #[error("ctnetlink statistics: the global {name} has {len} bytes, not 4")]
     BadGlobal {
         /// `entries` or `max`.
         name: &'static str,
         /// Its payload's length.
         len: usize,
     },
+    /// The global statistics came twice, or a value twice in them.
+    #[error("ctnetlink statistics: the global {0} came twice")]
+    RepeatedGlobal(&'static str),
+    /// No answer within [`REPLY_TIMEOUT`].
+    #[error("ctnetlink statistics: no answer from the kernel within 1 s")]
+    Timeout,
     /// A message type a statistics reply does not have.
     #[error("ctnetlink statistics: unexpected message type {0:#06x}")]
     UnexpectedType(u16),
@@ -140,7 +153,9 @@ pub enum StatsError {
 
 fn kernel_hint(errno: Errno) -> &'static str {
     match errno {
-        Errno::EPERM | Errno::EACCES => " (ctnetlink needs CAP_NET_ADMIN: run as root)",
+        Errno::EPERM | Errno::EACCES => {
+            " (ctnetlink needs CAP_NET_ADMIN: run as root, and a sandbox must keep that capability)"
+        }
         // nfnetlink_rcv_msg: no subsystem registered, even after request_module.
         Errno::EINVAL | Errno::EOPNOTSUPP => {
             " (no ctnetlink in this kernel: load nf_conntrack_netlink; on OpenWrt install kmod-nf-conntrack-netlink)"
@@ -165,6 +180,9 @@ pub struct CpuStats {
     max: Option<u64>,
     /// The dump's NLMSG_DONE came.
     done: bool,
+    /// The sequence numbers of the two requests, when checked (a live exchange; a
+    /// recorded reply's numbers are whatever the recording had).
+    expect: Option<[u32; 2]>,
     /// Attributes of types ctune does not know, skipped.
     pub unknown: u64,
 }
@@ -177,12 +195,36 @@ impl CpuStats {
         Ok(self.done && self.entries.is_some())
     }
 
+    /// Checks the answers against the sequence numbers of the requests.
+    fn expecting(seqs: [u32; 2]) -> CpuStats {
+        CpuStats {
+            expect: Some(seqs),
+            ..CpuStats::default()
+        }
+    }
+
     fn message(&mut self, m: &Message<'_>) -> Result<bool, StatsError> {
+        if let Some(seqs) = self.expect
+            && !seqs.contains(&m.seq)
+        {
+            return Err(StatsError::OtherRequest(m.seq));
+        }
         match m.ty {
-            NLMSG_DONE => self.done = true,
+            NLMSG_DONE => {
+                if let Some(errno) = m.error_code().ok().flatten() {
+                    let request = "IPCTNL_MSG_CT_GET_STATS_CPU";
+                    return Err(StatsError::Kernel { request, errno });
+                }
+                self.done = true;
+            }
             NLMSG_ERROR => {
                 if let Some(errno) = m.error_code()? {
-                    return Err(StatsError::Kernel { errno });
+                    let request = match m.error_request().map(|t| t & 0xff) {
+                        Some(IPCTNL_MSG_CT_GET_STATS) => "IPCTNL_MSG_CT_GET_STATS",
+                        Some(IPCTNL_MSG_CT_GET_STATS_CPU) => "IPCTNL_MSG_CT_GET_STATS_CPU",
+                        _ => "the request",
+                    };
+                    return Err(StatsError::Kernel { request, errno });
                 }
             }
             t if t == ctnetlink_type(IPCTNL_MSG_CT_GET_STATS_CPU) => self.cpu(m)?,
@@ -256,7 +298,10 @@ impl CpuStats {
                     return Ok(());
                 }
             };
-            match ctnetlink::be_u32(v).filter(|_| v.len() == 4 && slot.is_none()) {
+            match ctnetlink::be_u32(v).filter(|_| v.len() == 4) {
+                _ if slot.is_some() => {
+                    bad.get_or_insert(StatsError::RepeatedGlobal(name));
+                }
                 Some(x) => *slot = Some(u64::from(x)),
                 None => {
                     bad.get_or_insert(StatsError::BadGlobal { name, len: v.len() });
@@ -268,10 +313,7 @@ impl CpuStats {
             return Err(e);
         }
         if self.entries.is_some() {
-            return Err(StatsError::BadGlobal {
-                name: "entries",
-                len: 4,
-            });
+            return Err(StatsError::RepeatedGlobal("statistics"));
         }
         self.entries = Some(entries.ok_or(StatsError::Incomplete(
             "no count (CTA_STATS_GLOBAL_ENTRIES)",
@@ -314,8 +356,9 @@ impl CpuStats {
 pub enum Replies<'a> {
     /// The kernel of the calling thread's namespace.
     Kernel,
-    /// Replies recorded from a kernel, in a fixture tree's `netlink/` directory
-    /// ([`recorded`] says the format).
+    /// Replies as a kernel sends them, in a fixture tree's `netlink/` directory (captured
+    /// from this host's kernel, or written from another's sources by
+    /// fixtures/tools/kernel_trees.py; [`recorded`] says the format).
     Recorded(&'a Path),
     /// None to be had.
     Unavailable,
@@ -331,8 +374,8 @@ pub fn read(replies: Replies<'_>) -> Result<ConntrackStat, StatsError> {
 }
 
 /// Both requests, one after the other in one datagram: the count (answered at once) and
-/// the per-CPU dump.
-fn requests() -> [u8; 2 * (NLMSG_HDRLEN + NFGENMSG_LEN)] {
+/// the per-CPU dump, numbered `seqs`.
+fn requests(seqs: [u32; 2]) -> [u8; 2 * (NLMSG_HDRLEN + NFGENMSG_LEN)] {
     let mut out = [0u8; 2 * (NLMSG_HDRLEN + NFGENMSG_LEN)];
     let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
     for (i, (msg, flags)) in [
@@ -346,7 +389,7 @@ fn requests() -> [u8; 2 * (NLMSG_HDRLEN + NFGENMSG_LEN)] {
         m[0..4].copy_from_slice(&len.to_ne_bytes());
         m[4..6].copy_from_slice(&ctnetlink_type(msg).to_ne_bytes());
         m[6..8].copy_from_slice(&flags.to_ne_bytes());
-        m[8..12].copy_from_slice(&(i as u32 + 1).to_ne_bytes());
+        m[8..12].copy_from_slice(&seqs[i].to_ne_bytes());
         // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0.
     }
     out
@@ -395,27 +438,43 @@ fn kernel() -> Result<ConntrackStat, StatsError> {
     Ok(stat)
 }
 
+/// The next pair of sequence numbers: a process's exchanges never share one, and the
+/// first is drawn from the clock, not 1, so no other process can guess them.
+fn next_seqs() -> [u32; 2] {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seq = match NEXT.load(Ordering::Relaxed) {
+        0 => {
+            let start = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.subsec_nanos() | 1);
+            let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+            NEXT.fetch_add(2, Ordering::Relaxed)
+        }
+        _ => NEXT.fetch_add(2, Ordering::Relaxed),
+    };
+    [seq, seq.wrapping_add(1)]
+}
+
 fn exchange(kept: &mut Kept) -> Result<ConntrackStat, StatsError> {
     let fd = kept.fd.as_raw_fd();
-    sendto(fd, &requests(), &NetlinkAddr::new(0, 0), MsgFlags::empty())
-        .map_err(ctnetlink::sock_err("sendto"))?;
-    let mut stats = CpuStats::default();
+    let seqs = next_seqs();
+    sendto(
+        fd,
+        &requests(seqs),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .map_err(ctnetlink::sock_err("sendto"))?;
+    let mut stats = CpuStats::expecting(seqs);
     // Each datagram holds at least one message; 4096 CPUs fit in fewer than 64.
     for _ in 0..64 {
-        let n = match recv(fd, &mut kept.buf, MsgFlags::MSG_TRUNC) {
+        let n = match ctnetlink::recv_from_kernel(fd, &mut kept.buf) {
             Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(ctnetlink::sock_err("recv")(e).into()),
+            Err(RecvError::Errno(Errno::EINTR)) => continue,
+            Err(RecvError::Errno(Errno::EAGAIN)) => return Err(StatsError::Timeout),
+            Err(e) => return Err(e.into_dump_error().into()),
         };
-        if n > kept.buf.len() {
-            return Err(ParseError::BadLength {
-                what: "datagram",
-                offset: 0,
-                len: n,
-                room: kept.buf.len(),
-            }
-            .into());
-        }
         if stats.take(&kept.buf[..n])? {
             return stats.finish();
         }
@@ -428,10 +487,10 @@ pub const RECORDED_CPU: &str = "ct_stats_cpu";
 /// The file of the recorded reply to IPCTNL_MSG_CT_GET_STATS.
 pub const RECORDED_GLOBAL: &str = "ct_stats";
 
-/// Replies recorded from a kernel: `ct_stats` then `ct_stats_cpu` under `dir`, each a
+/// Replies as a kernel sends them: `ct_stats` then `ct_stats_cpu` under `dir`, each a
 /// text file of datagrams, one a line as hex byte pairs (whitespace between them
 /// allowed; `#` starts a comment; blank lines skipped), in the byte order of a
-/// little-endian machine (x86_64, arm64): what the kernel sent, through the same checks.
+/// little-endian machine (x86_64, arm64), through the same checks as a live answer.
 pub fn recorded(dir: &Path) -> Result<ConntrackStat, StatsError> {
     let mut stats = CpuStats::default();
     for name in [RECORDED_GLOBAL, RECORDED_CPU] {
@@ -461,6 +520,9 @@ pub fn recorded(dir: &Path) -> Result<ConntrackStat, StatsError> {
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())
@@ -643,6 +705,92 @@ mod tests {
     }
 
     #[test]
+    fn a_live_exchange_takes_only_its_own_answers() {
+        // The test messages carry sequence 0: another request's, for an exchange
+        // numbered 7 and 8.
+        let mut s = CpuStats::expecting([7, 8]);
+        assert!(matches!(
+            s.take(&global(1, 2)),
+            Err(StatsError::OtherRequest(0))
+        ));
+        let mut s = CpuStats::expecting([0, 1]);
+        assert!(!s.take(&global(1, 2)).unwrap());
+    }
+
+    #[test]
+    fn the_kernels_refusals_name_the_request() {
+        // NLMSG_ERROR: the code, then the request's header echoed (its type at 4..6).
+        let mut body = (-1i32).to_ne_bytes().to_vec();
+        body.extend(message(
+            ctnetlink_type(IPCTNL_MSG_CT_GET_STATS_CPU),
+            0x301,
+            &[0; 4],
+        ));
+        let e = whole(&message(NLMSG_ERROR, 0, &body)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StatsError::Kernel {
+                    request: "IPCTNL_MSG_CT_GET_STATS_CPU",
+                    errno: Errno::EPERM
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+        // A dump that failed ends with the errno in its DONE.
+        let mut d = global(1, 2);
+        d.extend(cpu(0, &k618(1, 0, 0, 0)));
+        d.extend(message(NLMSG_DONE, MULTI, &(-12i32).to_ne_bytes()));
+        assert!(matches!(
+            whole(&d),
+            Err(StatsError::Kernel {
+                errno: Errno::ENOMEM,
+                ..
+            })
+        ));
+        // The global statistics twice.
+        let mut d = global(1, 2);
+        d.extend(global(1, 2));
+        assert!(matches!(whole(&d), Err(StatsError::RepeatedGlobal(_))));
+    }
+
+    /// Any process with CAP_NET_ADMIN in the namespace can send to ctune's port: its
+    /// datagrams are dropped, and the kernel's answer read. Needs root (the forger must
+    /// be allowed to send, and the exchange to ask).
+    #[test]
+    fn datagrams_from_other_sockets_are_not_the_kernels_answer() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (CAP_NET_ADMIN for ctnetlink)");
+            return;
+        }
+        let fd = ctnetlink::open_socket().unwrap();
+        setsockopt(&fd, sockopt::ReceiveTimeout, &REPLY_TIMEOUT).unwrap();
+        let port = nix::sys::socket::getsockname::<NetlinkAddr>(fd.as_raw_fd())
+            .unwrap()
+            .pid();
+        // A whole forged answer, queued before the exchange asks.
+        let mut forged = global(999_999, 1);
+        forged.extend(cpu(0, &k618(0, 0, 1_000_000_000, 0)));
+        forged.extend(done());
+        let forger = ctnetlink::open_socket().unwrap();
+        sendto(
+            forger.as_raw_fd(),
+            &forged,
+            &NetlinkAddr::new(port, 0),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut kept = Kept {
+            fd,
+            buf: vec![0u8; RECV_BUF],
+        };
+        let stat = exchange(&mut kept).unwrap();
+        assert_ne!(stat.entries, 999_999);
+        assert!(stat.drop().unwrap() < 1_000_000_000, "{stat:?}");
+    }
+
+    #[test]
     fn unknown_counters_are_skipped_and_counted() {
         let mut newer = k618(1, 0, 2, 0);
         newer.push((16, 99));
@@ -658,16 +806,16 @@ mod tests {
 
     #[test]
     fn the_requests_are_two_messages() {
-        let r = requests();
+        let r = requests([7, 8]);
         let mut seen = Vec::new();
         ctnetlink::for_each_message::<ParseError>(&r, |m| {
-            seen.push((m.ty, m.flags, m.body.len()));
+            seen.push((m.ty, m.flags, m.seq, m.body.len()));
             Ok(true)
         })
         .unwrap();
         assert_eq!(
             seen,
-            [(0x105, 1, 4), (0x104, 0x301, 4)],
+            [(0x105, 1, 7, 4), (0x104, 0x301, 8, 4)],
             "GET_STATS, then the GET_STATS_CPU dump"
         );
     }
