@@ -213,8 +213,9 @@ pub struct PathArgs {
         default_value = "/var/lib/ctune"
     )]
     pub state_dir: PathBuf,
-    /// ctnetlink replies recorded from a kernel (a fixture tree's netlink/), read instead
-    /// of asking this one: for tests.
+    /// ctnetlink replies as a kernel sends them (a fixture tree's netlink/: captured from
+    /// this host's kernel, or written from another kernel's sources), read instead of
+    /// asking this one: for tests.
     #[arg(long, global = true, value_name = "DIR", hide = true)]
     pub netlink_root: Option<PathBuf>,
 }

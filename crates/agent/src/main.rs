@@ -146,14 +146,26 @@ fn init_logging(command: Command) {
     } else {
         "warn"
     };
-    // CTUNE_LOG: a level (`debug`) or `target=level` pairs (`ctune=debug,hyper=warn`);
-    // anything else falls back to the default. `Targets` rather than `EnvFilter`: the
-    // latter's span and field directives need the regex crates, 262 KB of the router
-    // binary (docs/packages.md, "Other machines").
-    let filter = std::env::var("CTUNE_LOG")
+    // CTUNE_LOG: a level (`debug`) or `target=level` pairs (`ctune=debug,hyper=warn`),
+    // over the command's default for every other target, so a typo (`verbose`, a span
+    // directive) never silences ctune's warnings and errors; a value that does not parse
+    // is the default alone. `Targets` rather than `EnvFilter`: the latter's span and field
+    // directives need the regex crates, 262 KB of the router binary (docs/packages.md,
+    // "Other machines").
+    let fallback: tracing_subscriber::filter::Targets =
+        default.parse().expect("a level is a valid filter");
+    let filter = match std::env::var("CTUNE_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
-        .unwrap_or_else(|| default.parse().expect("a level is a valid filter"));
+    {
+        Some(t) if t.default_level().is_none() => t.with_default(
+            fallback
+                .default_level()
+                .expect("the fallback is a default level"),
+        ),
+        Some(t) => t,
+        None => fallback,
+    };
     // Under systemd, stderr is connected to the journal (JOURNAL_STREAM): log there
     // natively, with fields; anywhere else, to stderr.
     if std::env::var_os("JOURNAL_STREAM").is_some()

@@ -306,33 +306,27 @@ fn namespace_status(n: &NamespaceObs, i: &StatusInputs) -> NamespaceStatus {
 }
 
 /// Where the namespaces' counters came from, in one phrase: the source when every
-/// namespace read has the same, else each source with its namespaces.
+/// namespace has the same, else each source with its namespaces; and the namespaces
+/// whose counters could not be read (their notes say why).
 fn counters_source<'a>(namespaces: impl Iterator<Item = (&'a str, Option<StatSource>)>) -> String {
     let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, source) in namespaces {
-        if let Some(source) = source {
-            by_source.entry(source.describe()).or_default().push(name);
-        }
+        let source = source.map_or("none", StatSource::describe);
+        by_source.entry(source).or_default().push(name);
     }
-    let why_netlink = |s: &str| {
-        if s == StatSource::Ctnetlink.describe() {
-            " (no /proc/net/stat/nf_conntrack to read)"
+    if by_source.len() == 1 {
+        let source = by_source.keys().next().copied().unwrap_or_default();
+        return if source == "none" {
+            "none could be read".into()
         } else {
-            ""
-        }
-    };
-    match by_source.len() {
-        0 => "none could be read".into(),
-        1 => {
-            let source = by_source.keys().next().copied().unwrap_or_default();
-            format!("{source}{}", why_netlink(source))
-        }
-        _ => by_source
-            .iter()
-            .map(|(source, names)| format!("{source} in {}", names.join(", ")))
-            .collect::<Vec<_>>()
-            .join("; "),
+            source.into()
+        };
     }
+    by_source
+        .iter()
+        .map(|(source, names)| format!("{source} in {}", names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -535,35 +529,8 @@ fn namespaces_section(out: &mut String, plan: &Plan) {
     }
 }
 
-/// The status text: the health first, then the table per namespace, what ctune lowered
-/// and changed, and the memory.
-pub fn status_text(s: &StatusReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "nf_conntrack_max {}  buckets {}  ({}{})",
-        s.max,
-        opt(s.buckets),
-        match s.module {
-            ModuleState::BuiltIn => "built in",
-            ModuleState::Module => "module",
-        },
-        if s.global_writable {
-            ""
-        } else {
-            ", global keys not writable here"
-        }
-    );
-    let _ = writeln!(out, "{}", health_line(s));
-    let _ = writeln!(
-        out,
-        "counters: {}",
-        counters_source(
-            s.namespaces
-                .iter()
-                .map(|n| (n.name.as_str(), n.counters_source))
-        )
-    );
+/// The status's table: a row per namespace, its count, level and counters.
+fn namespace_table(out: &mut String, s: &StatusReport) {
     let _ = writeln!(
         out,
         "\n{:<24} {:>10} {:>6} {:<9} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>10} {:>8} {:>8}",
@@ -598,6 +565,38 @@ pub fn status_text(s: &StatusReport) -> String {
             opt(n.chainlength)
         );
     }
+}
+
+/// The status text: the health first, then the table per namespace, what ctune lowered
+/// and changed, and the memory.
+pub fn status_text(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "nf_conntrack_max {}  buckets {}  ({}{})",
+        s.max,
+        opt(s.buckets),
+        match s.module {
+            ModuleState::BuiltIn => "built in",
+            ModuleState::Module => "module",
+        },
+        if s.global_writable {
+            ""
+        } else {
+            ", global keys not writable here"
+        }
+    );
+    let _ = writeln!(out, "{}", health_line(s));
+    let _ = writeln!(
+        out,
+        "counters: {}",
+        counters_source(
+            s.namespaces
+                .iter()
+                .map(|n| (n.name.as_str(), n.counters_source))
+        )
+    );
+    namespace_table(&mut out, s);
     let sample = if s.sample_secs > 0.0 {
         format!("per second over a {} sample", fmt_sample(s.sample_secs))
     } else {

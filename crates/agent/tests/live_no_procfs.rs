@@ -147,6 +147,20 @@ fn without_the_procfs_file_the_agent_grows_max_on_the_drop_counter() {
     guard.set_max(START_MAX);
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_config(dir.path(), &ns, 262_144, "1s", "0s");
+    // Its metrics say where it read the counters (the textfile, rewritten every second).
+    let prom_dir = dir.path().join("prom");
+    std::fs::create_dir(&prom_dir).unwrap();
+    // A step every 2 s, idle or not: the flood below comes while the agent is stopped,
+    // and the step after it measures the drops against the sample before (a rise is
+    // measured against a sample at most three intervals old: 6 s for a flood of 1 s).
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("interval: 200ms", "interval: 2s\n  idle_interval: 2s");
+    text.push_str(&format!(
+        "metrics:\n  textfile_dir: {}\n  textfile_interval: 1s\n",
+        prom_dir.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
     let agent = Agent::start_env(&cfg, dir.path(), &[("LD_PRELOAD", so.to_str().unwrap())]);
     assert!(
         wait_for(Duration::from_secs(5), || dir
@@ -156,9 +170,11 @@ fn without_the_procfs_file_the_agent_grows_max_on_the_drop_counter() {
         "agent did not take its first step: {}",
         agent.log()
     );
-    // A flood far faster than the agent's steps (200 ms): the table fills and drops
-    // before any raise can catch up.
+    // The flood comes while the agent is stopped (SIGSTOP), so no raise can get ahead of
+    // it however fast the agent is: the table fills and drops; then it goes on.
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
     let refused = ns.udp_flows(40_000);
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
     assert!(refused > 0, "no send refused: the table never filled");
     // The reason names the drop counter: only the counters (here, ctnetlink's) say it.
     assert!(
@@ -169,6 +185,19 @@ fn without_the_procfs_file_the_agent_grows_max_on_the_drop_counter() {
         agent.log()
     );
     assert!(global("nf_conntrack_max") > START_MAX);
+    // And the counters behind that came over ctnetlink, not from the file the shim hides.
+    let source = format!(
+        "ctune_nf_conntrack_stat_source{{netns=\"{}\",source=\"ctnetlink\"}} 1",
+        ns.name
+    );
+    let prom = prom_dir.join("ctune.prom");
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&prom)
+            .is_ok_and(|t| t.contains(&source))),
+        "no {source} in {}:\n{}",
+        prom.display(),
+        std::fs::read_to_string(&prom).unwrap_or_default()
+    );
     assert!(
         !agent.log().contains("net/stat/nf_conntrack"),
         "the agent complained about the procfs file, which a kernel without it lacks:\n{}",

@@ -371,6 +371,33 @@ fn per_namespace(f: &mut Family, v: &View, spaces: &[&NamespaceObs], max: u64) {
         &|n| v.counters.time_to_full.get(&n.id.inode).copied(),
     );
     timeouts(f, v, &labelled);
+    kernel_counters(f, &labelled);
+    let ours = [
+        (
+            "ctune_table_full_drops_total",
+            "Drops for a full table seen between ctune's steps (insert clashes split off), since ctune started.",
+            &v.counters.table_full,
+        ),
+        (
+            "ctune_clash_drops_total",
+            "Drops by insert clashes seen between ctune's steps (not a full table), since ctune started.",
+            &v.counters.clash,
+        ),
+    ];
+    for (name, help, map) in ours {
+        f.head(name, "counter", help);
+        for (label, n) in &labelled {
+            f.sample(
+                name,
+                &[("netns", label)],
+                map.get(&n.id.inode).copied().unwrap_or(0) as f64,
+            );
+        }
+    }
+}
+
+/// The kernel's own counters of each namespace, and where they were read.
+fn kernel_counters(f: &mut Family, labelled: &[(String, &NamespaceObs)]) {
     let stats = [
         (
             "drop",
@@ -396,7 +423,7 @@ fn per_namespace(f: &mut Family, v: &View, spaces: &[&NamespaceObs], max: u64) {
     for (metric, column, help) in stats {
         let name = format!("ctune_nf_conntrack_stat_{metric}_total");
         f.head(&name, "counter", help);
-        for (label, n) in &labelled {
+        for (label, n) in labelled {
             if let Some(x) = n.counter(column) {
                 f.sample(&name, &[("netns", label)], x as f64);
             }
@@ -408,31 +435,9 @@ fn per_namespace(f: &mut Family, v: &View, spaces: &[&NamespaceObs], max: u64) {
         "gauge",
         "1, labelled with where the counters above were read: procfs (/proc/net/stat/nf_conntrack) or ctnetlink.",
     );
-    for (label, n) in &labelled {
+    for (label, n) in labelled {
         if let Some(s) = &n.stat {
             f.sample(name, &[("netns", label), ("source", s.source.name())], 1.0);
-        }
-    }
-    let ours = [
-        (
-            "ctune_table_full_drops_total",
-            "Drops for a full table seen between ctune's steps (insert clashes split off), since ctune started.",
-            &v.counters.table_full,
-        ),
-        (
-            "ctune_clash_drops_total",
-            "Drops by insert clashes seen between ctune's steps (not a full table), since ctune started.",
-            &v.counters.clash,
-        ),
-    ];
-    for (name, help, map) in ours {
-        f.head(name, "counter", help);
-        for (label, n) in &labelled {
-            f.sample(
-                name,
-                &[("netns", label)],
-                map.get(&n.id.inode).copied().unwrap_or(0) as f64,
-            );
         }
     }
 }

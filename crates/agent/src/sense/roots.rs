@@ -18,8 +18,9 @@ pub struct Roots {
     pub run: PathBuf,
     /// ctune's own state (baselines, last resize), kept across restarts.
     pub state: PathBuf,
-    /// ctnetlink replies recorded from a kernel, read instead of asking one (a fixture
-    /// tree's `netlink/`); None: the kernel's, when `proc` is the real /proc.
+    /// ctnetlink replies as a kernel sends them, read instead of asking one (a fixture
+    /// tree's `netlink/`: captured from a kernel, or written from its sources); None: the
+    /// kernel's, when `proc` is the real /proc.
     pub netlink: Option<PathBuf>,
 }
 

@@ -28,7 +28,7 @@ static int refuse(void) {
 #define SHIM(name, ...)                                                        \
     int name(__VA_ARGS__, int flags, ...) {                                    \
         mode_t mode = 0;                                                       \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                   \
+        if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {           \
             va_list ap;                                                        \
             va_start(ap, flags);                                               \
             mode = va_arg(ap, mode_t);                                         \

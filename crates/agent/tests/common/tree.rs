@@ -55,7 +55,7 @@ impl Tree {
             .join(kernel);
         super::copy_tree(&src.join("proc"), &dir.path().join("proc"));
         super::copy_tree(&src.join("sys"), &dir.path().join("sys"));
-        // The ctnetlink replies recorded from that kernel (what it answers when its
+        // The ctnetlink replies as that kernel sends them (what it answers when its
         // procfs file is missing), where the fixture has them.
         if src.join("netlink").is_dir() {
             super::copy_tree(&src.join("netlink"), &dir.path().join("netlink"));
