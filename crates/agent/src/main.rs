@@ -256,8 +256,7 @@ fn run(cli: &Cli, command: Command) -> Result<u8, Error> {
         }
         Command::Apply => {
             let _lock = ctune::act::lock::acquire(&roots)?;
-            let mut engine = Engine::new(roots, cfg)?;
-            engine.sample_before_deciding = true;
+            let mut engine = Engine::with_mode(roots, cfg, ctune_core::controller::Mode::Apply)?;
             let report = engine.step(state::now())?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut stdout, &report::apply_json(&report))

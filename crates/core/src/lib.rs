@@ -12,6 +12,7 @@ pub mod bounds;
 pub mod ceiling;
 pub mod composition;
 pub mod config;
+pub mod controller;
 pub mod model;
 pub mod plan;
 pub mod policy;

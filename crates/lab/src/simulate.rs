@@ -1,5 +1,5 @@
 //! `ctune simulate`: a deterministic model of one namespace's conntrack table, driven by
-//! the same decision code as the agent ([`policy::decide`] and [`probe::step_now`]), so a
+//! the same decision code as the agent (the core's [`Controller`]: the step, the probe and the clock), so a
 //! change to the policy can be judged against traffic that no test machine can make (an
 //! hour of traffic against a 10M-entry table runs in about a second in a release build).
 //!
@@ -71,23 +71,15 @@
 //! - **One namespace**, the initial one, holds all entries; host memory, CPUs and the
 //!   slab entry size come from the scenario. Timeouts start at the 6.x kernel defaults.
 //! - **Policies** act at tick boundaries and their changes take effect at once (a sysctl
-//!   write takes microseconds). `ctune` runs the agent's loop as `agent::run` schedules
-//!   it: a full step (observe, [`policy::decide`] with the state it returned last time,
-//!   apply every change) every `agent.interval` from t = 0, and a probe every
-//!   `agent.probe_interval` that compares the count with the previous probe's and takes
-//!   an immediate step when [`probe::step_now`] says so; an early step restarts the
-//!   regular schedule from itself, and probing pauses while the last step found the
-//!   table past the watermark without raising max (at the ceiling), as in the agent. A probe that falls on a regular step is skipped (the
-//!   step has just read the count). At the onset of pressure it samples within the step
-//!   and decides again, as `Engine::onset` does ([`policy::onset_samples_due`]). After
-//!   each step it takes composition samples as
-//!   `Engine::start_sampling` does, by the same core rules
-//!   ([`policy::forget_compositions`], [`policy::compositions_due`]): each namespace at
-//!   elevated or above whose sample is `agent.composition_interval` old (1m; `0s` turns
-//!   sampling off), read whole as the table is after the step; the next step takes it in
-//!   and decides with it ([`policy::attach_recent_compositions`]: ignored when older
-//!   than three intervals); a namespace back at normal loses it. Unlike the agent's
-//!   dump (bounded at 2 s, on a thread of its own), the model's never fails, is never
+//!   write takes microseconds). `ctune` is the core's [`Controller`] in [`Mode::Agent`],
+//!   the step and the clock the agent runs, answered by the model instead of the kernel
+//!   (this file decides nothing of the step): a full step every `agent.interval` from
+//!   t = 0 (observe, decide, at the onset of pressure apply the global changes and sample
+//!   within the step, apply the rest, start the background samples of the namespaces
+//!   still pressed), and a probe at the paced interval that takes an immediate step when
+//!   the counts call for it. A sample reads the table whole as the step left it; the
+//!   background round's is taken in at the next step. Unlike the agent's dump (bounded at
+//!   2 s, on a thread of its own), the model's never fails, is never
 //!   partial and always ends before the next step. `kube-proxy` does what kube-proxy does at its
 //!   start: max to max(131072, 32768 x CPUs) (raise-only, as kube-proxy became), the
 //!   hash to max / 4 when smaller, established 1 d, close_wait 1 h. `static` changes
@@ -104,15 +96,13 @@ use std::time::Duration;
 use crate::scenario_report::{self, PolicyRun, Sample, ScenarioReport};
 use ctune_core::ceiling;
 use ctune_core::config::{self, Config, ConfigError};
+use ctune_core::controller::{Action, Controller, Event, Memory, Mode, SampleTarget, Taken, Wake};
 use ctune_core::model::NetnsId;
 use ctune_core::model::meminfo::MemInfo;
 use ctune_core::model::stat::ConntrackStat;
 use ctune_core::model::{Access, Global, Governed, Host, ModuleState, NamespaceObs, Observation};
-use ctune_core::plan::Target;
-use ctune_core::policy::{self, PolicyState};
+use ctune_core::plan::{Change, Plan, Target};
 use ctune_core::pressure::Level;
-use ctune_core::probe::{self, Reading};
-use ctune_core::schedule::{self, Due, Schedule};
 use ctune_core::tunables;
 use ctune_core::units;
 
@@ -1208,222 +1198,161 @@ pub struct Simulation {
     pub details: Vec<RunDetails>,
 }
 
-/// ctune's agent loop over the model, on the agent's own schedule
-/// ([`ctune_core::schedule`]) and probe rule ([`probe`]).
+/// ctune's agent over the model: the core's [`Controller`] in [`Mode::Agent`], the same
+/// step and clock the agent runs, driven with the model for a kernel. Nothing of the
+/// step is decided here: this answers the controller's actions (observe the tables,
+/// apply a change to them, sample a table) and keeps the timeline.
 struct Agent {
-    cfg: Config,
-    state: PolicyState,
-    schedule: Schedule,
-    /// Each namespace's previous reading, by a probe or a step (as in the agent).
-    last: Vec<Option<Reading>>,
-    /// The fastest fill seen between two readings, entries a second.
-    fastest: f64,
-    /// Probing paused after the last step ([`probe::paused_after`]).
-    paused: bool,
+    ctl: Controller,
     /// The namespaces' names, host first.
     names: Vec<String>,
     /// The latest step's ceiling, for the timeline.
     ceiling: Option<u64>,
     /// The latest step's level in its most pressed namespace, for the timeline.
     level: Option<Level>,
-    /// The composition samples the decision sees, by inode (the agent's
-    /// `State.compositions`).
-    compositions: BTreeMap<u64, Governed>,
-    /// Samples taken after the last step: the agent's sampling thread, whose dumps the
-    /// next step takes in.
-    sampling: Vec<(u64, Governed)>,
+    /// The background round's samples: a dump of the model takes no time, so they are
+    /// ready at the next step's collection, as a real round is a step or two later.
+    sampling: Vec<Taken>,
 }
 
 impl Agent {
     fn new(cfg: Config, names: Vec<String>) -> Agent {
         Agent {
-            schedule: Schedule::new(cfg.agent.interval, cfg.agent.probe_interval, Duration::ZERO),
-            cfg,
-            state: PolicyState::default(),
-            last: vec![None; names.len()],
-            fastest: 0.0,
-            paused: false,
+            ctl: Controller::new(cfg, Mode::Agent, Memory::default(), true, Duration::ZERO),
             names,
             ceiling: None,
             level: None,
-            compositions: BTreeMap::new(),
             sampling: Vec::new(),
         }
     }
 
     /// The agent at `now`: a regular step or a probe when one is due; a probe may take
-    /// an early step, which restarts the regular schedule.
+    /// an early step.
     fn act(&mut self, now_ns: u128, tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
         let now = duration_of(now_ns);
-        match self.schedule.due(now) {
-            Due::Step => {
+        match self.ctl.wake(now) {
+            Wake::Step => {
                 d.regular_steps += 1;
                 self.step(now, tables, host, d);
             }
-            Due::Probe { until_step } if !self.paused => {
-                let mut due = false;
-                let max = tables.max;
-                for i in 0..tables.spaces.len() {
-                    let prev = self.read(i, now, tables.spaces[i].count);
-                    let reading = self.last[i].expect("just read");
-                    due |= probe::step_now(prev, reading, max, until_step, &self.cfg);
-                }
+            Wake::Probe { until_step } => {
+                let counts: Vec<(u64, u64)> = tables
+                    .spaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (INIT_NET_INODE + i as u64, t.count))
+                    .collect();
                 d.probes += 1;
-                if due {
+                if self.ctl.probed(now, until_step, &counts) {
                     d.early_steps += 1;
-                    self.schedule.stepped_early(now);
                     self.step(now, tables, host, d);
-                } else {
-                    self.schedule.probe_in(now, self.pace(tables.max));
                 }
             }
-            Due::Probe { .. } => self.schedule.probe_in(now, self.pace(tables.max)),
-            Due::Nothing => {}
+            Wake::Nothing => {}
         }
     }
 
-    /// Keeps namespace `i`'s reading at `now` and the fastest fill; returns the previous
-    /// reading.
-    fn read(&mut self, i: usize, now: Duration, count: u64) -> Option<Reading> {
-        let reading = Reading { at: now, count };
-        let prev = self.last[i].replace(reading);
-        if let Some(rate) = prev.and_then(|p| probe::fill_rate(p, reading)) {
-            self.fastest = self.fastest.max(rate);
-        }
-        prev
-    }
-
-    /// When to probe next ([`probe::pace`]), as the agent does.
-    fn pace(&self, max: u64) -> Duration {
-        let counts = self.last.iter().flatten().map(|r| r.count);
-        probe::pace(self.paused, counts, max, self.fastest, &self.cfg)
-    }
-
-    /// One full step: observe the model, decide, apply every change.
+    /// One step of the controller, answered by the model at `now` (no time passes in
+    /// the model during a step).
     fn step(&mut self, now: Duration, tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
-        let ext = self.cfg.ceiling.extension_bytes;
+        let ext = self.ctl.config().ceiling.extension_bytes;
         let mut obs = tables.observation(host, &self.names, now.as_secs_f64(), ext);
-        // The samples taken after the previous step are in (`Engine::collect_samples`).
-        self.compositions.extend(self.sampling.drain(..));
-        policy::attach_recent_compositions(&mut obs, &self.compositions, &self.cfg, now);
+        // The model's observation holds every key: the keys the action names are a subset.
+        let Action::Observe { .. } = self.ctl.begin() else {
+            unreachable!("a step begins with an observation")
+        };
+        let mut action = self.ctl.handle(&mut obs, Event::Observed, now);
+        loop {
+            let event = match action {
+                Action::Done { plan, .. } => return self.done(now, &obs, &plan, d),
+                Action::Observe { .. } => unreachable!("one observation a step"),
+                Action::Collect { .. } => Event::Collected {
+                    samples: std::mem::take(&mut self.sampling),
+                    running: false,
+                },
+                // The model keeps no files and no state file.
+                Action::Save => Event::Saved(true),
+                Action::Persist { .. } => Event::Persisted,
+                Action::Apply(changes) => {
+                    let at_ms = now.as_millis() as u64;
+                    for ch in &changes {
+                        apply(ch, tables, at_ms, d);
+                    }
+                    Event::Applied(vec![true; changes.len()])
+                }
+                Action::Sample { targets, .. } => Event::Sampled(sample(&targets, tables, now, d)),
+                Action::StartSampling { targets, .. } => {
+                    self.sampling = sample(&targets, tables, now, d);
+                    Event::Started(true)
+                }
+            };
+            action = self.ctl.handle(&mut obs, event, now);
+        }
+    }
+
+    /// The timeline's record of a step that decided `plan` on `obs`.
+    fn done(&mut self, now: Duration, obs: &Observation, plan: &Plan, d: &mut RunDetails) {
         if obs.namespaces.iter().any(|n| n.composition.is_some()) {
             d.first_decided_with_composition
                 .get_or_insert(now.as_millis() as u64);
         }
-        let (plan, next) = policy::decide(&obs, &self.cfg, &self.state, now);
-        let (plan, next) = self.onset(&mut obs, (plan, next), now, tables, d);
         d.ceiling = Some(
             d.ceiling
                 .map_or(plan.ceiling.value, |c| c.max(plan.ceiling.value)),
         );
-        let at_ms = now.as_millis() as u64;
-        for ch in &plan.changes {
-            match (ch.key.as_str(), &ch.target) {
-                (tunables::MAX, _) => {
-                    if ch.new > plan.ceiling.value {
-                        d.max_above_ceiling += 1;
-                    }
-                    d.max_changes.push((at_ms, tables.max, ch.new));
-                    tables.max = ch.new;
-                }
-                (tunables::BUCKETS, _) => {
-                    d.resizes += 1;
-                    tables.buckets = ch.new;
-                }
-                (key, Target::Namespace { netns }) => {
-                    if let Some(t) = tables.by_inode(netns.inode) {
-                        set_timeout(t, &netns.name, key, ch.new, at_ms, d);
-                    }
-                }
-                (_, Target::Global) => {}
-            }
+        if plan
+            .global_change(tunables::MAX)
+            .is_some_and(|ch| ch.new > plan.ceiling.value)
+        {
+            d.max_above_ceiling += 1;
         }
-        // Every change takes effect in the model.
-        let raised = plan.global_change(tunables::MAX).is_some();
-        self.paused = probe::paused_after(&plan, raised, tables.max, &self.cfg);
-        // The step read every count; the next step and probe come at the agent's pace.
-        for (i, n) in obs.namespaces.iter().enumerate() {
-            if let Some(count) = n.count {
-                self.read(i, now, count);
-            }
-        }
-        self.schedule
-            .step_in(now, schedule::step_period(&plan, &self.cfg));
-        self.schedule.probe_in(now, self.pace(tables.max));
-        self.state = next;
-        self.sample(&obs, &plan, now, tables, d);
         // For the timeline only: nothing above reads them.
         self.ceiling = Some(plan.ceiling.value);
         self.level = plan.namespaces.iter().map(|v| v.level).max();
     }
 }
 
-impl Agent {
-    /// At the onset of pressure, as `Engine::onset`: samples each namespace
-    /// [`policy::onset_samples_due`] gives and decides again with the samples, keeping
-    /// the first decision's global changes ([`policy::with_globals_of`]). The model's
-    /// sample takes no time, so the table is as the step observed it (the agent's is
-    /// read once the global changes are in force, which leaves the entries as they are).
-    fn onset(
-        &mut self,
-        obs: &mut Observation,
-        (plan, next): (ctune_core::plan::Plan, PolicyState),
-        now: Duration,
-        tables: &Tables,
-        d: &mut RunDetails,
-    ) -> (ctune_core::plan::Plan, PolicyState) {
-        let failed = BTreeMap::new();
-        let due: Vec<(u64, String)> =
-            policy::onset_samples_due(obs, &plan, &self.compositions, &failed, &self.cfg, now)
-                .iter()
-                .map(|n| (n.id.inode, n.id.name.clone()))
-                .collect();
-        if due.is_empty() {
-            return (plan, next);
+/// One change into the model, recorded for the timeline: every change takes effect.
+fn apply(ch: &Change, tables: &mut Tables, at_ms: u64, d: &mut RunDetails) {
+    match (ch.key.as_str(), &ch.target) {
+        (tunables::MAX, _) => {
+            d.max_changes.push((at_ms, tables.max, ch.new));
+            tables.max = ch.new;
         }
-        for (inode, name) in due {
-            let Some(table) = tables.by_inode_ref(inode) else {
-                continue;
-            };
-            let g = table.composition(now);
-            d.compositions
-                .push((now.as_millis() as u64, name, g.clone()));
-            self.compositions.insert(inode, g);
+        (tunables::BUCKETS, _) => {
+            d.resizes += 1;
+            tables.buckets = ch.new;
         }
-        policy::attach_recent_compositions(obs, &self.compositions, &self.cfg, now);
-        d.first_decided_with_composition
-            .get_or_insert(now.as_millis() as u64);
-        let (again, next) = policy::decide(obs, &self.cfg, &self.state, now);
-        (policy::with_globals_of(again, &plan), next)
+        (key, Target::Namespace { netns }) => {
+            if let Some(t) = tables.by_inode(netns.inode) {
+                set_timeout(t, &netns.name, key, ch.new, at_ms, d);
+            }
+        }
+        (_, Target::Global) => {}
     }
+}
 
-    /// After a step, as `Engine::start_sampling`: forgets the samples of namespaces
-    /// back at normal, and samples each one due ([`policy::compositions_due`]); the
-    /// samples reach the decision at the next step. A dump in the model never fails and
-    /// always ends before the next step (a real one of millions of entries may take two
-    /// seconds, so a step or two later), and reads the table as it is when the step's
-    /// changes are applied.
-    fn sample(
-        &mut self,
-        obs: &Observation,
-        plan: &ctune_core::plan::Plan,
-        now: Duration,
-        tables: &Tables,
-        d: &mut RunDetails,
-    ) {
-        policy::forget_compositions(&mut self.compositions, plan, &self.cfg);
-        let failed = BTreeMap::new();
-        let due = policy::compositions_due(obs, plan, &self.compositions, &failed, &self.cfg, now);
-        for n in due {
-            let Some(table) = tables.by_inode_ref(n.id.inode) else {
-                continue;
-            };
-            let g = table.composition(now);
+/// The model's composition samples of `targets` at `now`: a dump that never fails and
+/// reads the table whole, as the step left it.
+fn sample(
+    targets: &[SampleTarget],
+    tables: &Tables,
+    now: Duration,
+    d: &mut RunDetails,
+) -> Vec<Taken> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            let g = tables.by_inode_ref(t.id.inode)?.composition(now);
             d.compositions
-                .push((now.as_millis() as u64, n.id.name.clone(), g.clone()));
-            self.sampling.push((n.id.inode, g));
-        }
-    }
+                .push((now.as_millis() as u64, t.id.name.clone(), g.clone()));
+            Some(Taken {
+                id: t.id.clone(),
+                result: Ok(g),
+                at: now,
+            })
+        })
+        .collect()
 }
 
 fn set_timeout(

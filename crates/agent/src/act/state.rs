@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::act::atomic;
 use crate::sense::kfile::{self, Cause};
 use crate::sense::roots::Roots;
+use ctune_core::controller::Memory;
 use ctune_core::policy::PolicyState;
 
 /// The state file's format version.
@@ -131,11 +132,32 @@ pub fn load(roots: &Roots) -> Result<State, StateError> {
     Ok(st)
 }
 
+impl State {
+    /// What the controller remembers ([`Memory`]), from this state.
+    pub fn memory(&self) -> Memory {
+        Memory {
+            original: self.original.clone(),
+            policy: self.policy.clone(),
+            compositions: self.compositions.clone(),
+        }
+    }
+
+    /// The state to save: the controller's memory, with this boot's id.
+    pub fn of(boot_id: String, memory: &Memory) -> State {
+        State {
+            version: VERSION,
+            boot_id,
+            original: memory.original.clone(),
+            policy: memory.policy.clone(),
+            compositions: memory.compositions.clone(),
+        }
+    }
+}
+
 /// The state without the times of its samples (the counters' times, and the last
 /// count, which is never saved): two states equal in this form differ only in when
 /// their samples were taken.
-pub fn untimed(s: &State) -> State {
-    let mut s = s.clone();
+pub fn untimed(mut s: State) -> State {
     for ns in s.policy.namespaces.values_mut() {
         ns.last_count = None;
         if let Some(c) = ns.counters.as_mut() {

@@ -22,10 +22,9 @@ use crate::run::notify::Notifier;
 use crate::sense::netns::{self, Handle};
 use crate::sense::roots::Roots;
 use ctune_core::config;
+use ctune_core::controller::Wake;
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
-use ctune_core::probe::{self, Reading};
-use ctune_core::schedule::{self, Due, Schedule};
 use ctune_core::tunables;
 use ctune_core::units::{fmt_count, fmt_pct};
 
@@ -165,61 +164,28 @@ impl Quiet {
 
 /// Open `nf_conntrack_count` files of the watched namespaces. A sysctl file opened
 /// inside a namespace keeps reading that namespace's value from any thread, so a probe
-/// costs one pread per namespace and no setns.
+/// costs one pread per namespace and no setns. What the counts mean (a step now or not,
+/// the pace of the next probe) is the controller's ([`ctune_core::controller`]).
 #[derive(Debug, Default)]
-struct Probe {
-    counts: Vec<(u64, File)>,
-    last: HashMap<u64, Reading>,
-    max: u64,
-    /// Probing paused after the last step ([`probe::paused_after`]).
-    blocked: bool,
-    /// The fastest fill seen between two readings, entries a second.
-    fastest: f64,
+struct Counts {
+    files: Vec<(u64, File)>,
 }
 
-impl Probe {
-    /// Re-opens the count files when the set of namespaces changed, and takes the max
-    /// now in force from the step.
-    fn refresh(&mut self, roots: &Roots, r: &StepReport, cfg: &config::Config, now: Duration) {
-        let raised = r
-            .outcomes
-            .iter()
-            .any(|o| o.change.key == tunables::MAX && o.result.is_ok());
-        self.max = r
-            .plan
-            .global_change(tunables::MAX)
-            .filter(|_| raised)
-            .map_or(r.observation.global.max, |c| c.new);
-        self.blocked = probe::paused_after(&r.plan, raised, self.max, cfg);
-        let inodes: Vec<u64> = r
-            .observation
-            .namespaces
-            .iter()
-            .map(|n| n.id.inode)
-            .collect();
-        // The step read every count: the next probe measures its fill from these.
-        self.last.retain(|ino, _| inodes.contains(ino));
-        for n in &r.observation.namespaces {
-            if let Some(count) = n.count {
-                note(
-                    &mut self.last,
-                    &mut self.fastest,
-                    n.id.inode,
-                    Reading { at: now, count },
-                );
-            }
-        }
-        if inodes == self.counts.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
+impl Counts {
+    /// Re-opens the count files when the set of namespaces changed.
+    fn refresh(&mut self, roots: &Roots, obs: &ctune_core::model::Observation) {
+        let inodes: Vec<u64> = obs.namespaces.iter().map(|n| n.id.inode).collect();
+        if inodes == self.files.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
             return;
         }
-        self.counts.clear();
+        self.files.clear();
         let count_path = roots.sysctl(tunables::COUNT);
         let mut others = Vec::new();
-        for n in &r.observation.namespaces {
+        for n in &obs.namespaces {
             match &n.handle {
                 None => {
                     if let Ok(f) = File::open(&count_path) {
-                        self.counts.push((n.id.inode, f));
+                        self.files.push((n.id.inode, f));
                     }
                 }
                 Some(path) => others.push(Handle {
@@ -233,56 +199,23 @@ impl Probe {
             .zip(netns::read_each(&others, || File::open(&count_path)))
         {
             if let Ok(Ok(f)) = f {
-                self.counts.push((h.id.inode, f));
+                self.files.push((h.id.inode, f));
             }
         }
     }
 
-    /// Reads every count; true when a namespace calls for a step now.
-    fn due(&mut self, now: Duration, next_step: Duration, cfg: &config::Config) -> bool {
-        if self.blocked {
-            return false;
-        }
-        let mut due = false;
+    /// Every count that reads, by inode.
+    fn read(&self) -> Vec<(u64, u64)> {
         let mut buf = [0u8; 32];
-        for (inode, f) in &self.counts {
-            let Ok(n) = f.read_at(&mut buf, 0) else {
-                continue;
-            };
-            let Some(count) = std::str::from_utf8(&buf[..n])
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            else {
-                continue;
-            };
-            let reading = Reading { at: now, count };
-            let prev = note(&mut self.last, &mut self.fastest, *inode, reading);
-            due |= probe::step_now(prev, reading, self.max, next_step, cfg);
-        }
-        due
+        self.files
+            .iter()
+            .filter_map(|(inode, f)| {
+                let n = f.read_at(&mut buf, 0).ok()?;
+                let count = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
+                Some((*inode, count))
+            })
+            .collect()
     }
-
-    /// When to probe next ([`probe::next_probe_in`]): soon when a table is close to its
-    /// watermark or the host has seen fast fills, rarely when every table is far from it.
-    fn pace(&self, cfg: &config::Config) -> Duration {
-        let counts = self.last.values().map(|r| r.count);
-        probe::pace(self.blocked, counts, self.max, self.fastest, cfg)
-    }
-}
-
-/// Keeps a reading, and the fill rate since the namespace's previous one when it is the
-/// fastest seen; returns the previous reading.
-fn note(
-    last: &mut HashMap<u64, Reading>,
-    fastest: &mut f64,
-    inode: u64,
-    reading: Reading,
-) -> Option<Reading> {
-    let prev = last.insert(inode, reading);
-    if let Some(rate) = prev.and_then(|p| probe::fill_rate(p, reading)) {
-        *fastest = fastest.max(rate);
-    }
-    prev
 }
 
 /// One line for `systemctl status`.
@@ -313,15 +246,13 @@ fn summary(r: &StepReport) -> String {
     )
 }
 
-/// Runs the agent until SIGTERM or SIGINT. Steps and probes follow the core's
-/// [`Schedule`], the same clock the simulator models.
+/// Runs the agent until SIGTERM or SIGINT. Steps and probes come when the controller
+/// says (its [`ctune_core::schedule::Schedule`], the same clock the simulator runs).
 pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()> {
     let notifier = Notifier::from_env();
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let agent_cfg = &engine.config.agent;
-    let mut schedule = Schedule::new(agent_cfg.interval, agent_cfg.probe_interval, state::now());
     // Keep-alives at half the watchdog timeout, from the same task as the control step:
     // if a step hangs, the keep-alives stop and systemd restarts ctune.
     let wd_period = notifier
@@ -331,10 +262,11 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut wd = tokio::time::interval(wd_period);
     let mut quiet = Quiet::default();
     let mut ready = false;
-    let mut probe = Probe::default();
+    let mut counts = Counts::default();
     let mut exporter = Exporter::default();
-    exporter.next_step_in(agent_cfg.interval);
-    if let Some(addr) = engine.config.metrics.listen
+    let interval = engine.config().agent.interval;
+    exporter.next_step_in(interval);
+    if let Some(addr) = engine.config().metrics.listen
         && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served)).await
     {
         tracing::error!(
@@ -342,26 +274,23 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
         );
     }
     tracing::info!(
-        interval = %humantime::format_duration(agent_cfg.interval),
+        interval = %humantime::format_duration(interval),
         "ctune agent started"
     );
     loop {
-        let wake = schedule.next_wake().saturating_sub(state::now());
+        let wake = engine.controller().next_wake().saturating_sub(state::now());
         tokio::select! {
             _ = tokio::time::sleep(wake) => {
                 let now = state::now();
-                match schedule.due(now) {
-                    Due::Step => {}
-                    Due::Probe { until_step } => {
-                        let due = probe.due(now, until_step, &engine.config);
-                        schedule.probe_in(now, probe.pace(&engine.config));
-                        if !due {
+                match engine.controller().wake(now) {
+                    Wake::Step => {}
+                    Wake::Probe { until_step } => {
+                        if !engine.controller().probed(now, until_step, &counts.read()) {
                             continue;
                         }
                         tracing::debug!("count probe: table filling, stepping early");
-                        schedule.stepped_early(now);
                     }
-                    Due::Nothing => continue,
+                    Wake::Nothing => continue,
                 }
             }
             _ = wd.tick() => {
@@ -370,13 +299,11 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
             }
             _ = hup.recv() => {
                 notifier.reloading();
-                reload(&mut engine, &source);
-                let a = &engine.config.agent;
-                schedule.set_periods(a.interval, a.probe_interval);
                 // The new config takes effect at the next step, within its interval (an
                 // idle wait under the old one may be much longer).
-                schedule.step_in(state::now(), a.interval);
-                exporter.next_step_in(a.interval);
+                let cfg = reload(&source).unwrap_or_else(|| engine.config().clone());
+                exporter.next_step_in(cfg.agent.interval);
+                engine.controller().set_config(cfg, state::now());
                 notifier.send("READY=1");
                 continue;
             }
@@ -389,11 +316,8 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 break;
             }
         }
-        let (status, period) = step(&mut engine, &mut quiet, &mut probe, &mut exporter);
-        let now = state::now();
-        schedule.step_in(now, period);
-        schedule.probe_in(now, probe.pace(&engine.config));
-        exporter.next_step_in(period);
+        let status = step(&mut engine, &mut quiet, &mut counts, &mut exporter);
+        exporter.next_step_in(engine.controller().period());
         if ready {
             notifier.status(&status);
         } else {
@@ -405,39 +329,40 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     Ok(())
 }
 
-/// SIGHUP: the new config, or the old one kept when the new one is invalid.
-fn reload(engine: &mut Engine, source: &ConfigSource) {
+/// SIGHUP: the new config; None when it is invalid (the old one is kept).
+fn reload(source: &ConfigSource) -> Option<config::Config> {
     match crate::sense::config_file::load(source.explicit.as_deref(), &source.default_path) {
         Ok((cfg, src)) => {
             tracing::info!("config reloaded from {}", src.path().display());
-            engine.config = cfg;
+            Some(cfg)
         }
-        Err(e) => tracing::error!("reload failed, keeping the previous config: {e}"),
+        Err(e) => {
+            tracing::error!("reload failed, keeping the previous config: {e}");
+            None
+        }
     }
 }
 
-/// One control step; returns the line for `systemctl status` and the time to the next
-/// regular step ([`schedule::step_period`]).
+/// One control step; returns the line for `systemctl status`.
 fn step(
     engine: &mut Engine,
     quiet: &mut Quiet,
-    probe: &mut Probe,
+    counts: &mut Counts,
     exporter: &mut Exporter,
-) -> (String, Duration) {
+) -> String {
     let now = state::now();
     match engine.step(now) {
         Ok(report) => {
             quiet.log(&report);
-            probe.refresh(&engine.roots, &report, &engine.config, now);
-            let held = &engine.state.policy.operator_held;
-            exporter.after_step(&report, &engine.config, held, now);
-            let period = schedule::step_period(&report.plan, &engine.config);
-            (summary(&report), period)
+            counts.refresh(&engine.roots, &report.observation);
+            let held = &engine.memory().policy.operator_held;
+            exporter.after_step(&report, engine.config(), held, now);
+            summary(&report)
         }
         Err(e) => {
             let msg = format!("cannot observe: {e}");
             quiet.failed(msg.clone());
-            (msg, engine.config.agent.interval)
+            msg
         }
     }
 }

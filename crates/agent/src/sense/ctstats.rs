@@ -132,7 +132,7 @@ pub enum StatsError {
     /// The global statistics came twice, or a value twice in them.
     #[error("ctnetlink statistics: the global {0} came twice")]
     RepeatedGlobal(&'static str),
-    /// No answer within [`REPLY_TIMEOUT`].
+    /// No answer within the reply timeout (1 s).
     #[error("ctnetlink statistics: no answer from the kernel within 1 s")]
     Timeout,
     /// A message type a statistics reply does not have.

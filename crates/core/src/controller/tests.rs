@@ -1,0 +1,243 @@
+//! The step's order, driven through the protocol with a scripted driver: what is asked,
+//! in which order, and what a failure stops.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::model::Governed;
+use crate::plan::Target;
+use crate::policy::testkit::obs;
+use crate::tunables::KERNEL_DEFAULT_TIMEOUTS;
+
+/// A config whose ceiling cannot grow past `cap`: a table near it is pressed, and its
+/// timeouts are lowered (an onset), with composition samples every minute.
+fn capped(cap: u64) -> Config {
+    let yaml =
+        format!("namespaces:\n  mode: initial\nceiling:\n  min_max: 1024\n  max_cap: {cap}\n");
+    crate::config::parse(&yaml, Path::new("<test>")).expect("config")
+}
+
+/// One namespace at `count` of `max`, with the kernel's default timeouts.
+fn table(max: u64, count: u64) -> Observation {
+    let mut o = obs(max, &[count]);
+    o.namespaces[0].timeouts = KERNEL_DEFAULT_TIMEOUTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    o
+}
+
+/// What an action asks, in a word.
+fn kind(a: &Action) -> &'static str {
+    match a {
+        Action::Observe { .. } => "observe",
+        Action::Collect { .. } => "collect",
+        Action::Save => "save",
+        Action::Apply(ch) if ch.iter().all(|c| c.target == Target::Global) => "apply-global",
+        Action::Apply(_) => "apply",
+        Action::Sample { .. } => "sample",
+        Action::StartSampling { .. } => "start-sampling",
+        Action::Persist { .. } => "persist",
+        Action::Done { .. } => "done",
+    }
+}
+
+/// A sample of one UDP-only table of `entries`.
+fn udp(entries: u64, at: Duration) -> Governed {
+    Governed {
+        entries,
+        by_key: BTreeMap::from([("nf_conntrack_udp_timeout".to_string(), entries)]),
+        partial: false,
+        taken_at: at,
+        age_secs: 0,
+    }
+}
+
+/// Drives one step at `now` on `o`, answering every action as a kernel would (every
+/// change takes effect, every sample reads a UDP table, saves as `save_ok` says);
+/// returns the actions asked, in order, and the plan.
+fn drive(
+    c: &mut Controller,
+    o: &mut Observation,
+    now: Duration,
+    save_ok: bool,
+) -> (Vec<&'static str>, Plan) {
+    let mut asked = vec![kind(&c.begin())];
+    let mut action = c.handle(o, Event::Observed, now);
+    loop {
+        asked.push(kind(&action));
+        let event = match action {
+            Action::Done { plan, .. } => return (asked, plan),
+            Action::Observe { .. } => panic!("a second observation"),
+            Action::Collect { .. } => Event::Collected {
+                samples: Vec::new(),
+                running: false,
+            },
+            Action::Save => Event::Saved(save_ok),
+            Action::Apply(ch) => Event::Applied(vec![true; ch.len()]),
+            Action::Sample { targets, .. } => Event::Sampled(
+                targets
+                    .into_iter()
+                    .map(|t| Taken {
+                        id: t.id,
+                        result: Ok(udp(o.namespaces[0].count.unwrap_or(0), now)),
+                        at: now,
+                    })
+                    .collect(),
+            ),
+            Action::StartSampling { .. } => Event::Started(true),
+            Action::Persist { .. } => Event::Persisted,
+        };
+        action = c.handle(o, event, now);
+    }
+}
+
+#[test]
+fn a_quiet_step_observes_persists_and_saves_and_asks_nothing_else() {
+    let mut c = Controller::new(
+        capped(1 << 20),
+        Mode::Agent,
+        Memory::default(),
+        true,
+        Duration::ZERO,
+    );
+    let mut o = table(262_144, 1000);
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    assert_eq!(asked, ["observe", "persist", "save", "done"]);
+    assert_eq!(c.wake(Duration::from_secs(1)), Wake::Nothing);
+}
+
+/// At the onset of pressure the originals are saved before anything is applied, the
+/// namespace is sampled before its timeouts are applied, and the sample decides them:
+/// a UDP table keeps its established timeout. Then no background sample is due (the
+/// onset's is fresh).
+#[test]
+fn at_the_onset_the_sample_comes_before_the_timeouts_and_decides_them() {
+    let mut c = Controller::new(
+        capped(10_000),
+        Mode::Agent,
+        Memory::default(),
+        true,
+        Duration::ZERO,
+    );
+    let mut o = table(10_000, 9_800);
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert_eq!(
+        asked,
+        ["observe", "sample", "apply", "persist", "save", "done"],
+        "the onset sample before the timeouts; none in the background after it"
+    );
+    let keys: Vec<&str> = plan.changes.iter().map(|c| c.key.as_str()).collect();
+    assert!(keys.contains(&"nf_conntrack_udp_timeout"), "{keys:?}");
+    assert!(
+        !keys.contains(&"nf_conntrack_tcp_timeout_established"),
+        "{keys:?}"
+    );
+    assert!(
+        o.namespaces[0].composition.is_some(),
+        "the decision weighed the sample"
+    );
+}
+
+/// When the operator's values cannot be saved, nothing is applied: `restore` must always
+/// be able to put them back.
+/// Where a step both raises a global key and lowers timeouts at the onset, the global
+/// change is applied (after the operator's value is saved) before the dump: a sample
+/// never delays a raise of max.
+#[test]
+fn at_the_onset_the_global_changes_come_before_the_sample() {
+    let mut c = Controller::new(
+        capped(10_000),
+        Mode::Agent,
+        Memory::default(),
+        true,
+        Duration::ZERO,
+    );
+    // The hash is far below max / 4: it grows, while max is at the ceiling.
+    let mut o = table(10_000, 9_800);
+    o.global.buckets = Some(512);
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert!(
+        plan.global_change(crate::tunables::BUCKETS).is_some(),
+        "{:?}",
+        plan.changes
+    );
+    assert_eq!(
+        asked,
+        [
+            "observe",
+            "save",
+            "apply-global",
+            "sample",
+            "apply",
+            "persist",
+            "save",
+            "done"
+        ]
+    );
+}
+
+#[test]
+fn an_unsaved_original_stops_the_step_before_the_kernel() {
+    let mut c = Controller::new(
+        capped(1 << 20),
+        Mode::Agent,
+        Memory::default(),
+        true,
+        Duration::ZERO,
+    );
+    let mut o = table(8192, 8000);
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), false);
+    assert!(plan.global_change(crate::tunables::MAX).is_some());
+    assert_eq!(asked, ["observe", "save", "done"]);
+    assert_eq!(c.memory().original.get(crate::tunables::MAX), Some(&8192));
+    // The memory did not move on: the next step decides the same raise again.
+    assert!(c.memory().policy.applied.is_empty());
+}
+
+/// A preview (the dry run, `status`) renders and may sample, and never applies, saves or
+/// starts a background round; its next reading measures from this one.
+#[test]
+fn a_preview_only_renders_and_samples() {
+    let mut c = Controller::new(
+        capped(10_000),
+        Mode::Preview,
+        Memory::default(),
+        true,
+        Duration::ZERO,
+    );
+    let mut o = table(10_000, 9_800);
+    let (asked, _) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert!(
+        asked
+            .iter()
+            .all(|a| ["observe", "persist", "sample", "done"].contains(a)),
+        "{asked:?}"
+    );
+    assert!(asked.contains(&"sample"), "{asked:?}");
+    assert!(c.memory().original.is_empty() && c.memory().policy.applied.is_empty());
+    assert!(c.baseline.is_some());
+}
+
+/// A driver that cannot sample (a fixture tree) is never asked to.
+#[test]
+fn no_sample_is_asked_of_a_driver_that_cannot() {
+    let mut c = Controller::new(
+        capped(10_000),
+        Mode::Agent,
+        Memory::default(),
+        false,
+        Duration::ZERO,
+    );
+    let mut o = table(10_000, 9_800);
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert!(
+        !asked.contains(&"sample") && !asked.contains(&"start-sampling"),
+        "{asked:?}"
+    );
+    // The tiers alone decide: the established timeout is among the cuts at the ceiling.
+    assert!(!plan.changes.is_empty());
+}
