@@ -14,27 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The shim, compiled once per test process.
+/// The shim that hides the file.
 fn shim() -> PathBuf {
-    static SO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    SO.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/no_procfs_stat.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no_procfs_stat.so");
-        let cc = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .output()
-            .expect("run cc (gcc): the shim needs a C compiler");
-        assert!(
-            cc.status.success(),
-            "cc failed: {}",
-            String::from_utf8_lossy(&cc.stderr)
-        );
-        out
-    })
-    .clone()
+    c_shim("no_procfs_stat")
 }
 
 /// `ctune status --json` with `env`, parsed, and its exit code.

@@ -100,6 +100,11 @@ pub struct Metrics {
     /// Namespaces exported at most, the fullest first (each is a dozen series; a host
     /// with thousands of short-lived pods must not flood Prometheus).
     pub max_namespaces: usize,
+    /// `GET /healthz` answers 503 once a control step is this late: a hung step (a
+    /// blocked read of /proc, a stuck setns) gets the agent restarted where no systemd
+    /// watchdog watches it (a container's liveness probe).
+    #[serde(with = "duration")]
+    pub healthz_grace: Duration,
 }
 
 /// Where the textfile goes.
@@ -714,6 +719,15 @@ fn check_metrics(m: &Metrics) -> Result<(), Invalid> {
         return bad(
             "metrics.textfile_interval",
             "below 1s: the file would be rewritten on every step for no reader".into(),
+        );
+    }
+    if m.healthz_grace < Duration::from_secs(1) || m.healthz_grace > Duration::from_secs(3600) {
+        return bad(
+            "metrics.healthz_grace",
+            format!(
+                "{} is out of range 1s ..= 1h",
+                humantime::format_duration(m.healthz_grace)
+            ),
         );
     }
     if !(1..=10_000).contains(&m.max_namespaces) {

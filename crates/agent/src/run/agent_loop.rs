@@ -266,8 +266,9 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut exporter = Exporter::default();
     let interval = engine.config().agent.interval;
     exporter.next_step_in(interval);
+    exporter.configure(&engine.config().metrics);
     if let Some(addr) = engine.config().metrics.listen
-        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served)).await
+        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served))
     {
         tracing::error!(
             "{e}; metrics are not served over HTTP (the textfile is still written when configured)"

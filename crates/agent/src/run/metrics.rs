@@ -48,14 +48,14 @@ pub struct Served {
     /// The last rendering.
     pub text: String,
     /// When the loop expects to finish its next step: a liveness probe fails once this is
-    /// [`STEP_GRACE`] past, so a hung step (a blocked read of /proc, a stuck setns) gets
-    /// the agent restarted where no systemd watchdog watches it (a container).
+    /// `grace` past, so a hung step (a blocked read of /proc, a stuck setns) gets the
+    /// agent restarted where no systemd watchdog watches it (a container).
     pub step_due: Instant,
+    /// How late a step may be before `/healthz` reports the agent stale
+    /// (`metrics.healthz_grace`): generous, since a loaded host delays a step by seconds,
+    /// and a restart is the last resort.
+    pub grace: Duration,
 }
-
-/// How late a step may be before `/healthz` reports the agent stale: generous, since a
-/// loaded host delays a step by seconds, and a restart is the last resort.
-pub const STEP_GRACE: Duration = Duration::from_secs(60);
 
 /// The exporter: counters, what the HTTP server serves, and the textfile's schedule.
 #[derive(Debug)]
@@ -75,6 +75,7 @@ impl Default for Exporter {
             served: Arc::new(Mutex::new(Served {
                 text: String::new(),
                 step_due: Instant::now(),
+                grace: Duration::from_secs(60),
             })),
             textfile_written: None,
             textfile_error: None,
@@ -117,12 +118,21 @@ impl Exporter {
         });
         if let Ok(mut shared) = self.served.lock() {
             shared.text.clone_from(&text);
+            shared.grace = cfg.metrics.healthz_grace;
         }
         let due = self
             .textfile_written
             .is_none_or(|t| t.elapsed() >= cfg.metrics.textfile_interval);
         if due || !r.outcomes.is_empty() {
             self.write_textfile(&cfg.metrics, &text);
+        }
+    }
+
+    /// Takes the settings the server needs before the first step (the grace of
+    /// `/healthz`; later steps keep it current with reloads).
+    pub fn configure(&self, m: &Settings) {
+        if let Ok(mut shared) = self.served.lock() {
+            shared.grace = m.healthz_grace;
         }
     }
 
@@ -597,48 +607,64 @@ const MAX_CONNECTIONS: usize = 16;
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and serves `GET /metrics` (the last rendering) and `GET /healthz` (200
-/// while steps come on time, 503 once one is [`STEP_GRACE`] late) on the current tokio
-/// runtime. Binding fails with a message that says what to do (the packaged unit
-/// allows only local sockets).
-pub async fn serve(addr: std::net::SocketAddr, served: Arc<Mutex<Served>>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        let refused = e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
-        let hint = if refused {
-            "; under systemd, install systemd/ctune.service.d/metrics-http.conf (the unit allows only local sockets)"
-        } else {
-            ""
-        };
-        std::io::Error::new(e.kind(), format!("metrics.listen {addr}: {e}{hint}"))
-    })?;
+/// while steps come on time, 503 once one is `metrics.healthz_grace` late) on a thread
+/// and runtime of their own: a scrape never waits for a step (one at the onset of
+/// pressure waits up to 1.5 s for its samples), and a hung step (a stuck read or setns)
+/// cannot hang `/healthz`, whose 503 is what gets it restarted. Binding fails here, with
+/// a message that says what to do (the packaged unit allows only local sockets).
+pub fn serve(addr: std::net::SocketAddr, served: Arc<Mutex<Served>>) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| {
+            let refused = e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
+            let hint = if refused {
+                "; under systemd, install systemd/ctune.service.d/metrics-http.conf (the unit allows only local and netlink sockets)"
+            } else {
+                ""
+            };
+            std::io::Error::new(e.kind(), format!("metrics.listen {addr}: {e}{hint}"))
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ctune-metrics".into())
+        .spawn(move || rt.block_on(accept(listener, served)))?;
     tracing::info!("serving metrics on http://{addr}/metrics");
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let served = Arc::clone(&served);
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let service =
-                    hyper::service::service_fn(move |req| respond(req, Arc::clone(&served)));
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-                drop(permit);
-            });
-        }
-    });
     Ok(())
+}
+
+/// The server's loop: at most [`MAX_CONNECTIONS`] at once, each bounded in time.
+async fn accept(listener: std::net::TcpListener, served: Arc<Mutex<Served>>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!("metrics: the listening socket could not join the runtime");
+        return;
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| respond(req, Arc::clone(&served)));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 type Body = http_body_util::Full<bytes::Bytes>;
 
-/// `/healthz`: the status and the line that says why, from when the next step was due.
-fn liveness(step_due: Option<Instant>, now: Instant) -> (u16, String) {
-    let Some(due) = step_due else {
+/// `/healthz`: the status and the line that says why, from when the next step was due
+/// and how late it may be.
+fn liveness(step_due: Option<(Instant, Duration)>, now: Instant) -> (u16, String) {
+    let Some((due, grace)) = step_due else {
         return (
             503,
             "stale: the agent's state is unreadable (a panicked step)\n".into(),
@@ -646,7 +672,7 @@ fn liveness(step_due: Option<Instant>, now: Instant) -> (u16, String) {
     };
     match now.checked_duration_since(due) {
         None => (200, "ok: the next control step is on time\n".into()),
-        Some(late) if late <= STEP_GRACE => (
+        Some(late) if late <= grace => (
             200,
             format!("ok: the next control step is {}s late\n", late.as_secs()),
         ),
@@ -679,7 +705,7 @@ async fn respond(
             reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
         (&hyper::Method::GET, "/healthz") => {
-            let due = served.lock().map(|s| s.step_due).ok();
+            let due = served.lock().map(|s| (s.step_due, s.grace)).ok();
             let (status, body) = liveness(due, Instant::now());
             reply(status, plain, body)
         }
@@ -709,9 +735,10 @@ mod tests {
     fn healthz_fails_only_once_a_step_is_a_grace_late() {
         let t0 = Instant::now();
         let due = t0 + Duration::from_secs(5);
-        assert_eq!(liveness(Some(due), t0).0, 200);
-        assert_eq!(liveness(Some(due), due + STEP_GRACE).0, 200);
-        let (code, why) = liveness(Some(due), due + STEP_GRACE + Duration::from_secs(1));
+        let grace = Duration::from_secs(60);
+        assert_eq!(liveness(Some((due, grace)), t0).0, 200);
+        assert_eq!(liveness(Some((due, grace)), due + grace).0, 200);
+        let (code, why) = liveness(Some((due, grace)), due + grace + Duration::from_secs(1));
         assert_eq!(code, 503, "{why}");
         assert!(why.contains("61s ago"), "{why}");
         assert_eq!(liveness(None, t0).0, 503);

@@ -573,6 +573,33 @@ impl Drop for Agent {
     }
 }
 
+/// A test shim (`tests/common/NAME.c`, an LD_PRELOAD library) built with cc, once per
+/// test process; its path.
+pub fn c_shim(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, so)) = built.iter().find(|(n, _)| n == name) {
+        return so.clone();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/common/{name}.c"));
+    let so = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.so"));
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("run cc (gcc): the shim needs a C compiler");
+    assert!(
+        cc.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    built.push((name.to_string(), so.clone()));
+    so
+}
+
 /// A TCP port free on loopback now (for an agent's `metrics.listen`).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
