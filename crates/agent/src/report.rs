@@ -401,7 +401,27 @@ pub fn plan_text(
         source.path().display()
     );
     kernel_section(&mut out, obs);
-    let c = &plan.ceiling;
+    ceiling_section(&mut out, &plan.ceiling);
+    namespaces_section(&mut out, plan);
+    composition_section(
+        &mut out,
+        obs.namespaces
+            .iter()
+            .filter_map(|n| Some((n.id.name.as_str(), n.composition.as_ref()?))),
+    );
+    changes_section(&mut out, plan);
+    files_section(&mut out, obs, files);
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nCould not read / will not apply");
+        for n in notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    }
+    out
+}
+
+/// The dry run's ceiling: what bounds it, what one entry costs, the budget's terms.
+fn ceiling_section(out: &mut String, c: &Ceiling) {
     let _ = writeln!(out, "\nCeiling");
     let _ = writeln!(out, "  {}", c.explain());
     let _ = writeln!(
@@ -414,14 +434,10 @@ pub fn plan_text(
         fmt_bytes(c.budget_bytes)
     );
     out.push_str(&budget_lines(c));
+}
 
-    namespaces_section(&mut out, plan);
-    composition_section(
-        &mut out,
-        obs.namespaces
-            .iter()
-            .filter_map(|n| Some((n.id.name.as_str(), n.composition.as_ref()?))),
-    );
+/// The dry run's changes, each with its reason, then why nothing else changes.
+fn changes_section(out: &mut String, plan: &Plan) {
     let _ = writeln!(out, "\nChanges");
     if plan.changes.is_empty() {
         let _ = writeln!(out, "  none");
@@ -449,7 +465,11 @@ pub fn plan_text(
             let _ = writeln!(out, "  - {e}");
         }
     }
+}
 
+/// The files a real run would write, each with its diff (or unchanged); on a built-in
+/// conntrack, why there is no module file.
+fn files_section(out: &mut String, obs: &Observation, files: &[FileUpdate]) {
     let _ = writeln!(out, "\nFiles a real run would write");
     if files.is_empty() {
         let _ = writeln!(
@@ -474,13 +494,6 @@ pub fn plan_text(
             "  (conntrack is built in: modprobe.d and modules-load.d would have no effect and are not written)"
         );
     }
-    if !notes.is_empty() {
-        let _ = writeln!(out, "\nCould not read / will not apply");
-        for n in notes {
-            let _ = writeln!(out, "  - {n}");
-        }
-    }
-    out
 }
 
 /// The dry run's namespaces: the level now (the live table) beside the level after the

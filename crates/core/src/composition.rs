@@ -241,6 +241,22 @@ impl<K: Eq + Hash + Copy + Ord> Capped<K> {
         let top: u64 = self.top(n).iter().map(|(_, c)| c).sum();
         self.counts.values().sum::<u64>() - top
     }
+
+    /// The `n` largest keys as printed (`label`), with their shares of `entries`, then
+    /// one "other" for every entry under the rest: the keys past the top and past the
+    /// cap.
+    fn listed(&self, n: usize, entries: u64, label: impl Fn(&K) -> String) -> Vec<Named> {
+        let mut v: Vec<Named> = self
+            .top(n)
+            .into_iter()
+            .map(|(k, c)| Named::new(label(&k), c, entries))
+            .collect();
+        let rest = self.rest_after(n) + self.other();
+        if rest > 0 {
+            v.push(Named::new("other".into(), rest, entries));
+        }
+        v
+    }
 }
 
 /// Entries under one timeout key, and the time they have left.
@@ -382,18 +398,38 @@ impl Composition {
         floors: &Timeouts,
     ) -> Summary {
         let n = self.entries;
-        let share = |c: u64| Share::new(c, n);
-        let named = |key: String, c: u64| Named {
-            key,
-            entries: c,
-            share: share(c).share,
-        };
+        Summary {
+            entries: n,
+            sample: None,
+            protocols: self.protocols(),
+            tcp_states: self.tcp_states(),
+            assured: Share::new(self.assured, n),
+            unreplied: Share::new(self.unreplied, n),
+            sources: self.sources.listed(top, n, |k| k.to_string()),
+            ports: self
+                .ports
+                .listed(top, n, |&(p, port)| format!("{}/{port}", proto_name(p))),
+            zones: self.zones.listed(top, n, |k| k.to_string()),
+            marks: self.marks.listed(top, n, |k| format!("{k:#x}")),
+            timeouts: self.timeout_keys(timeouts, floors),
+            keys_capped: self.keys_capped(),
+            details: self.details(top),
+        }
+    }
+
+    /// Every protocol seen, most entries first (ties by name, so the order is stable).
+    fn protocols(&self) -> Vec<Named> {
         let mut protocols: Vec<Named> = (0..=255u8)
             .filter(|p| self.by_proto[*p as usize] > 0)
-            .map(|p| named(proto_name(p), self.by_proto[p as usize]))
+            .map(|p| Named::new(proto_name(p), self.by_proto[p as usize], self.entries))
             .collect();
         protocols.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.key.cmp(&b.key)));
-        let tcp_states = (0..16)
+        protocols
+    }
+
+    /// Every TCP state seen, in the kernel's order of states.
+    fn tcp_states(&self) -> Vec<Named> {
+        (0..16)
             .filter(|s| self.by_tcp_state[*s] > 0)
             .map(|s| {
                 let name = match s {
@@ -401,55 +437,21 @@ impl Composition {
                     15 => "unknown".into(),
                     _ => format!("state-{s}"),
                 };
-                named(name, self.by_tcp_state[s])
+                Named::new(name, self.by_tcp_state[s], self.entries)
             })
-            .collect();
-        let listed = |b_top: Vec<Named>, rest: u64| {
-            let mut v = b_top;
-            if rest > 0 {
-                v.push(named("other".into(), rest));
-            }
-            v
-        };
-        let sources = listed(
-            self.sources
-                .top(top)
-                .into_iter()
-                .map(|(k, c)| named(k.to_string(), c))
-                .collect(),
-            self.sources.rest_after(top) + self.sources.other(),
-        );
-        let ports = listed(
-            self.ports
-                .top(top)
-                .into_iter()
-                .map(|((p, port), c)| named(format!("{}/{port}", proto_name(p)), c))
-                .collect(),
-            self.ports.rest_after(top) + self.ports.other(),
-        );
-        let zones = listed(
-            self.zones
-                .top(top)
-                .into_iter()
-                .map(|(k, c)| named(k.to_string(), c))
-                .collect(),
-            self.zones.rest_after(top) + self.zones.other(),
-        );
-        let marks = listed(
-            self.marks
-                .top(top)
-                .into_iter()
-                .map(|(k, c)| named(format!("{k:#x}"), c))
-                .collect(),
-            self.marks.rest_after(top) + self.marks.other(),
-        );
+            .collect()
+    }
+
+    /// Per timeout key: the entries it governs, the timeout in force and ctune's floor,
+    /// most entries first (ties by key).
+    fn timeout_keys(&self, timeouts: &BTreeMap<String, u64>, floors: &Timeouts) -> Vec<KeyShare> {
         let mut keys: Vec<KeyShare> = self
             .by_key
             .iter()
             .map(|(k, l)| KeyShare {
                 key: k.unwrap_or("none").to_string(),
                 entries: l.entries,
-                share: share(l.entries).share,
+                share: Share::new(l.entries, self.entries).share,
                 timeout_secs: k.and_then(|k| timeouts.get(k).copied()),
                 floor_secs: k.and_then(|k| floors.floor_of(k)),
                 left_mean_secs: l.left_sum.checked_div(l.entries).unwrap_or(0),
@@ -457,57 +459,53 @@ impl Composition {
             })
             .collect();
         keys.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.key.cmp(&b.key)));
-        Summary {
-            entries: n,
-            sample: None,
-            protocols,
-            tcp_states,
-            assured: share(self.assured),
-            unreplied: share(self.unreplied),
-            sources,
-            ports,
-            zones,
-            marks,
-            timeouts: keys,
-            keys_capped: [
-                ("sources", self.sources.other()),
-                ("ports", self.ports.other()),
-                ("zones", self.zones.other()),
-                ("marks", self.marks.other()),
-            ]
-            .into_iter()
-            .filter(|(_, o)| *o > 0)
-            .map(|(b, _)| b.to_string())
-            .collect(),
-            details: Details {
-                tcp: self.by_proto[6],
-                nat: self.nat,
-                nat_hooked: self.nat_hooked,
-                zoned: self.zoned,
-                marked: self.marked,
-                local_known: self.local.is_some(),
-                sources: self.sources.top(top),
-                ports: self
-                    .ports
-                    .top(top)
-                    .into_iter()
-                    .map(|((proto, port), entries)| {
-                        let d = self
-                            .port_detail
-                            .get(&(proto, port))
-                            .copied()
-                            .unwrap_or_default();
-                        PortDetail {
-                            proto,
-                            port,
-                            entries,
-                            to_local: d.to_local,
-                            replied: d.replied,
-                            nat: d.nat,
-                        }
-                    })
-                    .collect(),
-            },
+        keys
+    }
+
+    /// The data-keyed buckets that hit their cap: their shares miss the keys past it.
+    fn keys_capped(&self) -> Vec<String> {
+        [
+            ("sources", self.sources.other()),
+            ("ports", self.ports.other()),
+            ("zones", self.zones.other()),
+            ("marks", self.marks.other()),
+        ]
+        .into_iter()
+        .filter(|(_, o)| *o > 0)
+        .map(|(b, _)| b.to_string())
+        .collect()
+    }
+
+    /// The typed counts advice reads, with the `top` sources and ports.
+    fn details(&self, top: usize) -> Details {
+        Details {
+            tcp: self.by_proto[6],
+            nat: self.nat,
+            nat_hooked: self.nat_hooked,
+            zoned: self.zoned,
+            marked: self.marked,
+            local_known: self.local.is_some(),
+            sources: self.sources.top(top),
+            ports: self
+                .ports
+                .top(top)
+                .into_iter()
+                .map(|((proto, port), entries)| {
+                    let d = self
+                        .port_detail
+                        .get(&(proto, port))
+                        .copied()
+                        .unwrap_or_default();
+                    PortDetail {
+                        proto,
+                        port,
+                        entries,
+                        to_local: d.to_local,
+                        replied: d.replied,
+                        nat: d.nat,
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -669,6 +667,16 @@ pub struct Named {
     pub entries: u64,
     /// Fraction of the entries read, 0..1.
     pub share: f64,
+}
+
+impl Named {
+    fn new(key: String, c: u64, n: u64) -> Named {
+        Named {
+            key,
+            entries: c,
+            share: Share::new(c, n).share,
+        }
+    }
 }
 
 /// The entries one timeout key governs and how long they live.

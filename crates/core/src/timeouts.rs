@@ -79,17 +79,8 @@ pub fn plan(
     lowered: &BTreeMap<String, Lowered>,
     held: &BTreeSet<String>,
 ) -> TimeoutPlan {
-    let Inputs {
-        target,
-        ns_name,
-        live,
-        level,
-        level_reason: _,
-        respect_operator,
-        composition,
-    } = *inp;
     // A hold lasts for one pressure episode.
-    let mut held = if level == Level::Normal {
+    let mut held = if inp.level == Level::Normal {
         BTreeSet::new()
     } else {
         held.clone()
@@ -97,18 +88,9 @@ pub fn plan(
     let mut changes = Vec::new();
     let mut record = BTreeMap::new();
     let mut notes = Vec::new();
-    let mut keys: Vec<&String> = live.keys().collect();
-    let governed = |k: &str| composition.map_or(0, |g| g.by_key.get(k).copied().unwrap_or(0));
-    keys.sort_by_key(|k| {
-        (
-            tunables::tier_of(k),
-            std::cmp::Reverse(governed(k)),
-            k.as_str(),
-        )
-    });
     let mut spared = Vec::new();
-    for key in keys {
-        let current = live[key];
+    for key in ordered_keys(inp) {
+        let current = inp.live[key];
         // A key lowered earlier whose floor was since removed from the config goes back
         // to the operator's value; a key never lowered and without a floor is not ours.
         let floor = match (cfg.floor_of(key), lowered.contains_key(key)) {
@@ -116,32 +98,17 @@ pub fn plan(
             (None, true) => u64::MAX,
             (None, false) => continue,
         };
-        let baseline = match lowered.get(key) {
-            Some(l) if l.set == current => l.baseline,
-            Some(l) => {
-                notes.push(adopted(key, ns_name, current, l.set));
-                if respect_operator && level != Level::Normal {
-                    held.insert(key.clone());
-                }
-                current
-            }
-            None => current,
-        };
+        let baseline = baseline(inp, key, lowered.get(key), &mut held, &mut notes);
         let wanted = cfg.manage
-            && lowered_at(tunables::tier_of(key), level)
+            && lowered_at(tunables::tier_of(key), inp.level)
             && baseline > floor
             && !held.contains(key);
         let already = current < baseline && lowered.get(key).is_some_and(|l| l.set == current);
-        // Lowered from min_share up, kept lowered down to half of it (no flapping
-        // around the line); without a sample the tiers alone decide.
-        let share = composition.map(|g| g.share(key));
-        let governs = share.is_none_or(|s| s >= cfg.min_share.get());
-        let keeps = share.is_none_or(|s| s >= cfg.min_share.get() / 2.0);
-        if wanted && !governs && !(already && keeps) {
+        let cut = by_share(inp.composition.map(|g| g.share(key)), cfg, wanted, already);
+        if cut == Cut::Spared {
             spared.push(key.as_str());
         }
-        let lower = wanted && (governs || (already && keeps));
-        let desired = if lower { floor } else { baseline };
+        let desired = if cut == Cut::Lower { floor } else { baseline };
         if desired != baseline {
             record.insert(
                 key.clone(),
@@ -151,27 +118,94 @@ pub fn plan(
                 },
             );
         }
-        if desired == current {
-            continue;
+        if desired != current {
+            changes.push(Change {
+                key: key.clone(),
+                target: inp.target.clone(),
+                old: current,
+                new: desired,
+                reason: reason(inp, key, cut == Cut::Lower, current, desired),
+            });
         }
-        changes.push(Change {
-            key: key.clone(),
-            target: target.clone(),
-            old: current,
-            new: desired,
-            reason: reason(inp, key, lower, current, desired),
-        });
     }
-    if let (Some(g), false) = (composition, spared.is_empty()) {
+    if let (Some(g), false) = (inp.composition, spared.is_empty()) {
         notes.push(spared_note(inp, cfg, g, &spared));
     }
-
     carry_over(inp, cfg, lowered, &mut record, &mut notes);
     TimeoutPlan {
         changes,
         lowered: record,
         held,
         notes,
+    }
+}
+
+/// The operator's value of `key`: the one recorded when ctune lowered it, unless the
+/// live value is no longer what ctune set. Then someone else changed it: their value is
+/// adopted (with a note), and with `respect_operator` the key is held, left alone until
+/// the pressure ends.
+fn baseline(
+    inp: &Inputs<'_>,
+    key: &str,
+    lowered: Option<&Lowered>,
+    held: &mut BTreeSet<String>,
+    notes: &mut Vec<String>,
+) -> u64 {
+    let current = inp.live[key];
+    match lowered {
+        Some(l) if l.set == current => l.baseline,
+        Some(l) => {
+            notes.push(adopted(key, inp.ns_name, current, l.set));
+            if inp.respect_operator && inp.level != Level::Normal {
+                held.insert(key.to_string());
+            }
+            current
+        }
+        None => current,
+    }
+}
+
+/// The namespace's keys in the order they are planned: transient tier first, then by
+/// the entries they govern, most first (so the notes and changes lead with what frees
+/// the most), then by name.
+fn ordered_keys<'a>(inp: &Inputs<'a>) -> Vec<&'a String> {
+    let governed = |k: &str| {
+        inp.composition
+            .map_or(0, |g| g.by_key.get(k).copied().unwrap_or(0))
+    };
+    let mut keys: Vec<&String> = inp.live.keys().collect();
+    keys.sort_by_key(|k| {
+        (
+            tunables::tier_of(k),
+            std::cmp::Reverse(governed(k)),
+            k.as_str(),
+        )
+    });
+    keys
+}
+
+/// What becomes of a key the tiers would have lowered (or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Lowered to its floor.
+    Lower,
+    /// At the operator's value.
+    Keep,
+    /// At the operator's value although the level would lower it: it governs too little.
+    Spared,
+}
+
+/// Whether a key the level would lower (`wanted`) is lowered, given its `share` of the
+/// entries when sampled: from timeouts.min_share up, and one `already` lowered is kept
+/// so down to half of it (no flapping around the line). Without a sample the tiers
+/// alone decide.
+fn by_share(share: Option<f64>, cfg: &Timeouts, wanted: bool, already: bool) -> Cut {
+    let governs = share.is_none_or(|s| s >= cfg.min_share.get());
+    let keeps = share.is_none_or(|s| s >= cfg.min_share.get() / 2.0);
+    match (wanted, governs || (already && keeps)) {
+        (true, true) => Cut::Lower,
+        (true, false) => Cut::Spared,
+        (false, _) => Cut::Keep,
     }
 }
 
@@ -534,6 +568,27 @@ mod tests {
         let g = sample(100, &[("generic_timeout", 30), ("udp_timeout", 60)]);
         let p = run_with(Level::Elevated, &g, &BTreeMap::new());
         assert_eq!(keys(&p.changes), ["udp_timeout", "generic_timeout"]);
+    }
+
+    #[test]
+    fn by_share_lowers_from_min_share_and_keeps_down_to_half() {
+        // The default min_share is 1 %.
+        let cfg = Config::default().timeouts;
+        for (share, wanted, already, cut) in [
+            (None, true, false, Cut::Lower),
+            (None, false, true, Cut::Keep),
+            (Some(0.01), true, false, Cut::Lower),
+            (Some(0.007), true, false, Cut::Spared),
+            (Some(0.007), true, true, Cut::Lower),
+            (Some(0.004), true, true, Cut::Spared),
+            (Some(0.5), false, false, Cut::Keep),
+        ] {
+            assert_eq!(
+                by_share(share, &cfg, wanted, already),
+                cut,
+                "{share:?} {wanted} {already}"
+            );
+        }
     }
 
     #[test]

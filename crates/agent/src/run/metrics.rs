@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::run::engine::StepReport;
-use ctune_core::ceiling::Bound;
+use ctune_core::ceiling::{Bound, Ceiling};
 use ctune_core::config::{Config, Metrics as Settings, TextfileDir};
 use ctune_core::model::NamespaceObs;
 use ctune_core::plan::Target;
@@ -480,9 +480,26 @@ fn timeouts(f: &mut Family, v: &View, labelled: &[(String, &NamespaceObs)]) {
     }
 }
 
+/// The families that are not per namespace: the ceiling and the hash, ctune's changes,
+/// and ctune's own health.
 fn global(f: &mut Family, v: &View, max: u64, left: usize) {
     let r = v.report;
-    let c = &r.plan.ceiling;
+    ceiling(f, &r.plan.ceiling, max);
+    if let Some(b) = global_after(r, tunables::BUCKETS, r.observation.global.buckets) {
+        f.one(
+            "ctune_nf_conntrack_buckets",
+            "gauge",
+            "The global hash size (nf_conntrack_buckets).",
+            b as f64,
+        );
+    }
+    changes(f, v);
+    health(f, v, left);
+}
+
+/// How far max may grow, and what bounds it: the ceiling, its memory budget and the term
+/// that bounds that, and the memory one entry and the whole table cost.
+fn ceiling(f: &mut Family, c: &Ceiling, max: u64) {
     f.one(
         "ctune_ceiling_entries",
         "gauge",
@@ -530,14 +547,11 @@ fn global(f: &mut Family, v: &View, max: u64, left: usize) {
         "What the table (every namespace's entries and the hash) costs now.",
         c.table_bytes as f64,
     );
-    if let Some(b) = global_after(r, tunables::BUCKETS, r.observation.global.buckets) {
-        f.one(
-            "ctune_nf_conntrack_buckets",
-            "gauge",
-            "The global hash size (nf_conntrack_buckets).",
-            b as f64,
-        );
-    }
+}
+
+/// The changes ctune applied since it started, by key and direction, and when the last
+/// one was.
+fn changes(f: &mut Family, v: &View) {
     f.head(
         "ctune_changes_total",
         "counter",
@@ -561,6 +575,11 @@ fn global(f: &mut Family, v: &View, max: u64, left: usize) {
         "Unix time of the last applied change (0: none yet).",
         v.counters.last_change_unix,
     );
+}
+
+/// What an alert on ctune itself watches: keys it leaves alone, what failed, when it last
+/// stepped, the namespaces left out, and its version.
+fn health(f: &mut Family, v: &View, left: usize) {
     f.head(
         "ctune_operator_held",
         "gauge",

@@ -56,15 +56,35 @@ pub fn observe_keys(
     keys: &TimeoutKeys,
 ) -> Result<Observation, ObserveError> {
     let mut notes = Vec::new();
-    let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
-        Cause::Missing => ObserveError::NotLoaded(e),
-        _ => ObserveError::Unreadable(e),
-    })?;
+    let mut global = read_global(roots, &mut notes)?;
     let module = if roots.module_initstate().exists() {
         ModuleState::Module
     } else {
         ModuleState::BuiltIn
     };
+    let host = read_host(roots, &mut notes)?;
+    let (own_is_initial, namespaces) = read_namespaces(roots, ns, keys, &mut notes);
+    // Outside the initial namespace the kernel makes nf_conntrack_max 0444 unless it has
+    // a per-namespace max: a writable key there is that feature.
+    global.per_netns_max = own_is_initial == Some(false) && global.write_access.writable;
+    Ok(Observation {
+        module,
+        in_initial_netns: own_is_initial,
+        global,
+        host,
+        namespaces,
+        notes,
+    })
+}
+
+/// The global table's limits. Only max is needed (without it conntrack is not loaded);
+/// the others are notes when unreadable. `per_netns_max` is left false: it depends on
+/// the namespace ctune runs in, known later.
+fn read_global(roots: &Roots, notes: &mut Vec<String>) -> Result<Global, ObserveError> {
+    let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
+        Cause::Missing => ObserveError::NotLoaded(e),
+        _ => ObserveError::Unreadable(e),
+    })?;
     let mut optional = |path: &Path| match kfile::read_u64(path) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -72,17 +92,27 @@ pub fn observe_keys(
             None
         }
     };
-    let buckets = optional(&roots.sysctl(tunables::BUCKETS));
-    let hashsize = optional(&roots.hashsize_param());
-    let expect_max = optional(&roots.sysctl(tunables::EXPECT_MAX));
-    let write_access = match kfile::writable(&roots.sysctl(tunables::MAX)) {
+    Ok(Global {
+        max,
+        buckets: optional(&roots.sysctl(tunables::BUCKETS)),
+        hashsize: optional(&roots.hashsize_param()),
+        expect_max: optional(&roots.sysctl(tunables::EXPECT_MAX)),
+        write_access: write_access(roots),
+        per_netns_max: false,
+    })
+}
+
+/// Whether ctune could write the global keys, and if not why, in words that say what
+/// would let it: root in the initial namespace, or a /proc/sys mounted read-write.
+fn write_access(roots: &Roots) -> Access {
+    let max = roots.sysctl(tunables::MAX);
+    match kfile::writable(&max) {
         Ok(()) => Access::WRITABLE,
         Err(e) => Access {
             writable: false,
             read_only: e.cause == Cause::ReadOnly,
             root_could: e.cause == Cause::Denied
-                && std::fs::metadata(roots.sysctl(tunables::MAX))
-                    .is_ok_and(|m| m.permissions().mode() & 0o200 != 0),
+                && std::fs::metadata(&max).is_ok_and(|m| m.permissions().mode() & 0o200 != 0),
             reason: Some(match e.cause {
                 Cause::Denied => format!(
                     "{e}: global keys are writable only by root in the initial network namespace"
@@ -93,21 +123,36 @@ pub fn observe_keys(
                 _ => e.to_string(),
             }),
         },
-    };
+    }
+}
+
+/// Memory, CPUs and what one entry costs. Only the memory size is needed (the ceiling
+/// is a share of it); the rest are notes when unreadable.
+fn read_host(roots: &Roots, notes: &mut Vec<String>) -> Result<Host, ObserveError> {
     let memory = kfile::read_text(&roots.meminfo())
         .and_then(|t| meminfo::parse(&t).map_err(|d| FileError::malformed(&roots.meminfo(), d)))
         .map_err(ObserveError::Unreadable)?;
-    let (entry_bytes, entry_bytes_source, table_entries) = slab_view(roots, &mut notes);
-    let host = Host {
+    let (entry_bytes, entry_bytes_source, table_entries) = slab_view(roots, notes);
+    Ok(Host {
         cpus: cpu_count(roots),
         memory,
         entry_bytes,
         entry_bytes_source,
-        page_size: page_size(roots, &mut notes),
+        page_size: page_size(roots, notes),
         table_entries,
-        memory_stall: memory_stall(roots, &mut notes),
-    };
+        memory_stall: memory_stall(roots, notes),
+    })
+}
 
+/// ctune's own namespace first, then the others `ns` watches, each read from inside; a
+/// namespace that could not be entered or read is in the list with its error, and a
+/// note. Also whether ctune's own namespace is the initial one (None: unknown).
+fn read_namespaces(
+    roots: &Roots,
+    ns: &Namespaces,
+    keys: &TimeoutKeys,
+    notes: &mut Vec<String>,
+) -> (Option<bool>, Vec<NamespaceObs>) {
     let mut discovery = netns::discover(roots, ns);
     if discovery.own_is_initial.is_none() {
         // PID 1 is hidden (a sandbox, hidepid): the kernel itself tells, because outside
@@ -149,23 +194,7 @@ pub fn observe_keys(
             notes.push(format!("namespace {}: {err}", n.id.name));
         }
     }
-    Ok(Observation {
-        module,
-        in_initial_netns: discovery.own_is_initial,
-        global: Global {
-            max,
-            buckets,
-            hashsize,
-            expect_max,
-            // Outside the initial namespace the kernel makes nf_conntrack_max 0444 unless
-            // it has a per-namespace max: a writable key there is that feature.
-            per_netns_max: discovery.own_is_initial == Some(false) && write_access.writable,
-            write_access,
-        },
-        host,
-        namespaces,
-        notes,
-    })
+    (discovery.own_is_initial, namespaces)
 }
 
 /// Reads the calling thread's namespace: count, statistics and every timeout key.
