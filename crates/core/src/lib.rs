@@ -18,6 +18,7 @@ pub mod plan;
 pub mod policy;
 pub mod pressure;
 pub mod probe;
+pub mod restore;
 pub mod schedule;
 pub mod timeouts;
 pub mod tunables;
