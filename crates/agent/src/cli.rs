@@ -170,10 +170,10 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
         /// Keys listed per bucket (sources, ports, zones, marks); the rest is `other`.
-        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_TOP)]
+        #[arg(long, value_name = "N", default_value_t = crate::commands::top::DEFAULT_TOP)]
         top: usize,
         /// Read at most this many entries of each table; a larger table is sampled.
-        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_MAX_ENTRIES,
+        #[arg(long, value_name = "N", default_value_t = crate::commands::top::DEFAULT_MAX_ENTRIES,
               value_parser = clap::value_parser!(u64).range(1..))]
         max_entries: u64,
         /// Read every entry of each table (within --max-time): exact counts.
@@ -183,7 +183,7 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_since)]
         max_time: std::time::Duration,
         /// Distinct keys kept per bucket; entries of further keys count as `other`.
-        #[arg(long, value_name = "N", default_value_t = crate::top::DEFAULT_MAX_KEYS)]
+        #[arg(long, value_name = "N", default_value_t = crate::commands::top::DEFAULT_MAX_KEYS)]
         max_keys: usize,
     },
 }
@@ -289,6 +289,136 @@ impl Cli {
             (None, true) => Some(Command::Plan),
             (None, false) => None,
         }
+    }
+
+    /// The command line resolved into what to run, with each command's own settings; a
+    /// flag that does not go with the command is refused here, before anything is read.
+    pub fn resolve(&self) -> Result<Invocation, String> {
+        let command = self.resolved_command().ok_or(
+            "nothing to do. Try `ctune --dry-run` to see what ctune would change, or `ctune --help`.",
+        )?;
+        if let Some(refusal) = self.refusal(&command) {
+            return Err(refusal);
+        }
+        let (json, sample) = (self.json, self.sample.unwrap_or(DEFAULT_SAMPLE));
+        Ok(match command {
+            Command::Plan => Invocation::Plan { json, sample },
+            Command::Status { watch } => Invocation::Status {
+                json,
+                sample,
+                watch,
+            },
+            Command::Apply => Invocation::Apply { json },
+            Command::Run => Invocation::Run,
+            Command::Boot => Invocation::Boot,
+            Command::Restore { force } => Invocation::Restore { force },
+            Command::History { since } => Invocation::History { json, since },
+            Command::Verify => Invocation::Verify { json },
+            Command::Top {
+                netns,
+                top,
+                max_entries,
+                all,
+                max_time,
+                max_keys,
+            } => Invocation::Top(crate::commands::top::Options {
+                netns,
+                json,
+                top,
+                limits: crate::sense::ctnetlink::Limits {
+                    max_entries: if all { u64::MAX } else { max_entries },
+                    max_time,
+                },
+                max_keys,
+            }),
+        })
+    }
+
+    /// Flags that do not go with the command.
+    fn refusal(&self, command: &Command) -> Option<String> {
+        // --dry-run with a command that writes would be a promise broken.
+        if self.dry_run && !command.read_only() {
+            return Some(format!(
+                "--dry-run goes with `plan`, `status`, `history`, `verify` and `top` (or alone), which change nothing; `ctune {}` writes. Run `ctune --dry-run` to see what it would do.",
+                command.name()
+            ));
+        }
+        if self.json
+            && matches!(
+                command,
+                Command::Run | Command::Boot | Command::Restore { .. }
+            )
+        {
+            return Some(format!(
+                "--json is available for plan, status, apply, history, verify and top, not `ctune {}`",
+                command.name()
+            ));
+        }
+        let sampled = matches!(command, Command::Plan | Command::Status { .. });
+        if self.sample.is_some() && !sampled {
+            return Some(format!(
+                "--sample is for plan and status, not `ctune {}`",
+                command.name()
+            ));
+        }
+        None
+    }
+}
+
+/// What to run, with the settings that command takes and no other (the resolved form of
+/// [`Cli`]: ripgrep's low-level arguments become its high-level settings the same way).
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    /// The dry run.
+    Plan {
+        /// JSON instead of text.
+        json: bool,
+        /// Between the two readings (zero: one).
+        sample: std::time::Duration,
+    },
+    /// The health check.
+    Status {
+        /// JSON instead of text.
+        json: bool,
+        /// Between the two readings (zero: one).
+        sample: std::time::Duration,
+        /// Refresh until stopped.
+        watch: bool,
+    },
+    /// One step for real.
+    Apply {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// The agent.
+    Run,
+    /// The boot step.
+    Boot,
+    /// The undo.
+    Restore {
+        /// Lower max below what the table holds.
+        force: bool,
+    },
+    /// The record of changes.
+    History {
+        /// JSON instead of text.
+        json: bool,
+        /// Only changes this recent.
+        since: Option<std::time::Duration>,
+    },
+    /// Are ctune's values still in force?
+    Verify {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// What fills each table.
+    Top(crate::commands::top::Options),
+}
+
+impl Invocation {
+    /// Whether this is the agent (its logs are info by default, the others' warn).
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Invocation::Run)
     }
 }
 

@@ -4,15 +4,16 @@
 //! The three parts follow the loop: [`sense`] (kernel and /etc I/O, all rooted at a
 //! [`sense::roots::Roots`] so tests point it at a temporary tree), [`act`] (apply with
 //! read-back, atomic persistence, state, boot, restore), [`run`] (one step, the agent
-//! loop, systemd notify); [`cli`], [`report`] and [`error`] are the front.
+//! loop, systemd notify); [`cli`] (the command line, resolved into an
+//! [`cli::Invocation`]), [`commands`] (one module per command), [`report`] and [`error`]
+//! are the front.
 
 #![forbid(unsafe_code)]
 
 pub mod act;
 pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod report;
 pub mod run;
 pub mod sense;
-pub mod status;
-pub mod top;

@@ -25,6 +25,27 @@ pub struct Options {
     pub watch: bool,
 }
 
+/// `ctune status` as the command line asked for it.
+pub fn run_command(
+    ctx: super::Context,
+    json: bool,
+    sample: Duration,
+    watch: bool,
+) -> Result<u8, Error> {
+    let opts = Options {
+        sample,
+        json,
+        watch,
+    };
+    run(
+        &ctx.roots,
+        &ctx.config,
+        ctx.notes,
+        &opts,
+        &mut std::io::stdout().lock(),
+    )
+}
+
 /// The shortest refresh of `--watch`: each one reads every namespace.
 pub const MIN_WATCH_PERIOD: Duration = Duration::from_secs(1);
 

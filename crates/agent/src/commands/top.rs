@@ -295,87 +295,7 @@ fn short_secs(s: u64) -> String {
 pub fn text(r: &TopReport) -> String {
     let mut out = String::new();
     for n in &r.namespaces {
-        out.push_str(&format!(
-            "NAMESPACE {} (inode {})",
-            printable(&n.name),
-            n.inode
-        ));
-        let Some(s) = &n.summary else {
-            out.push_str(&format!(
-                ": not read: {}\n\n",
-                printable(n.error.as_deref().unwrap_or(""))
-            ));
-            continue;
-        };
-        out.push_str(&format!(
-            ": {} entries read in {} ms{}\n",
-            s.entries,
-            n.elapsed_ms,
-            n.count
-                .map_or(String::new(), |c| format!(" (kernel count {c})"))
-        ));
-        match (&n.partial, &s.sample) {
-            (Some(p), Some(sample)) => out.push_str(&format!(
-                "  SAMPLE: {p}, of {} in the table. The kernel sends them in the order of its \
-                 hash table, a random order, so every share below is an estimate, within {} \
-                 of the table's (95 %); ENTRIES count the sample. --all reads every entry.\n",
-                sample.table_entries,
-                fmt_pct(sample.margin_95)
-            )),
-            (Some(p), None) => out.push_str(&format!("  PARTIAL: {p}\n")),
-            (None, _) => {}
-        }
-        let inline = |v: &[ctune_core::composition::Named]| {
-            v.iter()
-                .map(|x| format!("{} {}", x.key, fmt_pct(x.share)))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        out.push_str(&format!("  protocols   {}\n", inline(&s.protocols)));
-        if !s.tcp_states.is_empty() {
-            out.push_str(&format!("  tcp states  {}\n", inline(&s.tcp_states)));
-        }
-        out.push_str(&format!(
-            "  assured {}  unreplied {}\n",
-            fmt_pct(s.assured.share),
-            fmt_pct(s.unreplied.share)
-        ));
-        out.push_str(&format!("  zones       {}\n", inline(&s.zones)));
-        out.push_str(&format!("  marks       {}\n", inline(&s.marks)));
-        for (title, list) in [
-            ("SOURCE (/24, /64)", &s.sources),
-            ("DESTINATION PORT", &s.ports),
-        ] {
-            out.push_str(&format!(
-                "\n  {title:<40} {:>9} {:>6}\n",
-                "ENTRIES", "SHARE"
-            ));
-            for x in list.iter() {
-                row(&mut out, &x.key, x.entries, x.share, "");
-            }
-        }
-        out.push_str(&format!(
-            "\n  {:<40} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9}\n",
-            "TIMEOUT KEY", "ENTRIES", "SHARE", "TIMEOUT", "FLOOR", "LEFT", "LEFT MAX"
-        ));
-        for k in &s.timeouts {
-            let extra = format!(
-                " {:>9} {:>9} {:>9} {:>9}",
-                secs(k.timeout_secs),
-                secs(k.floor_secs),
-                short_secs(k.left_mean_secs),
-                short_secs(k.left_max_secs)
-            );
-            row(&mut out, &k.key, k.entries, k.share, &extra);
-        }
-        if !s.keys_capped.is_empty() {
-            out.push_str(&format!(
-                "  (more distinct keys than --max-keys in: {}; the rest counted as other)\n",
-                s.keys_capped.join(", ")
-            ));
-        }
-        advice_text(&mut out, &n.advice);
-        out.push('\n');
+        namespace_text(&mut out, n);
     }
     if r.namespaces.is_empty() {
         out.push_str("no namespace to read\n");
@@ -384,6 +304,101 @@ pub fn text(r: &TopReport) -> String {
         out.push_str(&format!("note: {}\n", printable(note)));
     }
     out
+}
+
+/// One namespace's section: what was read, its shares, its tables and its advice.
+fn namespace_text(out: &mut String, n: &NamespaceTop) {
+    out.push_str(&format!(
+        "NAMESPACE {} (inode {})",
+        printable(&n.name),
+        n.inode
+    ));
+    let Some(s) = &n.summary else {
+        out.push_str(&format!(
+            ": not read: {}\n\n",
+            printable(n.error.as_deref().unwrap_or(""))
+        ));
+        return;
+    };
+    out.push_str(&format!(
+        ": {} entries read in {} ms{}\n",
+        s.entries,
+        n.elapsed_ms,
+        n.count
+            .map_or(String::new(), |c| format!(" (kernel count {c})"))
+    ));
+    match (&n.partial, &s.sample) {
+        (Some(p), Some(sample)) => out.push_str(&format!(
+            "  SAMPLE: {p}, of {} in the table. The kernel sends them in the order of its \
+             hash table, a random order, so every share below is an estimate, within {} \
+             of the table's (95 %); ENTRIES count the sample. --all reads every entry.\n",
+            sample.table_entries,
+            fmt_pct(sample.margin_95)
+        )),
+        (Some(p), None) => out.push_str(&format!("  PARTIAL: {p}\n")),
+        (None, _) => {}
+    }
+    shares_text(out, s);
+    tables_text(out, s);
+    advice_text(out, &n.advice);
+    out.push('\n');
+}
+
+/// The shares on one line each: protocols, TCP states, assured, zones, marks.
+fn shares_text(out: &mut String, s: &ctune_core::composition::Summary) {
+    let inline = |v: &[ctune_core::composition::Named]| {
+        v.iter()
+            .map(|x| format!("{} {}", x.key, fmt_pct(x.share)))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    out.push_str(&format!("  protocols   {}\n", inline(&s.protocols)));
+    if !s.tcp_states.is_empty() {
+        out.push_str(&format!("  tcp states  {}\n", inline(&s.tcp_states)));
+    }
+    out.push_str(&format!(
+        "  assured {}  unreplied {}\n",
+        fmt_pct(s.assured.share),
+        fmt_pct(s.unreplied.share)
+    ));
+    out.push_str(&format!("  zones       {}\n", inline(&s.zones)));
+    out.push_str(&format!("  marks       {}\n", inline(&s.marks)));
+}
+
+/// The tables: sources, destination ports, and the timeout keys with their times.
+fn tables_text(out: &mut String, s: &ctune_core::composition::Summary) {
+    for (title, list) in [
+        ("SOURCE (/24, /64)", &s.sources),
+        ("DESTINATION PORT", &s.ports),
+    ] {
+        out.push_str(&format!(
+            "\n  {title:<40} {:>9} {:>6}\n",
+            "ENTRIES", "SHARE"
+        ));
+        for x in list.iter() {
+            row(out, &x.key, x.entries, x.share, "");
+        }
+    }
+    out.push_str(&format!(
+        "\n  {:<40} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9}\n",
+        "TIMEOUT KEY", "ENTRIES", "SHARE", "TIMEOUT", "FLOOR", "LEFT", "LEFT MAX"
+    ));
+    for k in &s.timeouts {
+        let extra = format!(
+            " {:>9} {:>9} {:>9} {:>9}",
+            secs(k.timeout_secs),
+            secs(k.floor_secs),
+            short_secs(k.left_mean_secs),
+            short_secs(k.left_max_secs)
+        );
+        row(out, &k.key, k.entries, k.share, &extra);
+    }
+    if !s.keys_capped.is_empty() {
+        out.push_str(&format!(
+            "  (more distinct keys than --max-keys in: {}; the rest counted as other)\n",
+            s.keys_capped.join(", ")
+        ));
+    }
 }
 
 /// The advice section of one namespace (nothing when there is none).
