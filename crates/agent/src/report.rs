@@ -868,7 +868,7 @@ pub struct ApplyJson<'a> {
     /// Persisted files.
     pub files: Vec<FileJson>,
     /// Why other things did not change.
-    pub explanations: &'a [String],
+    pub explanations: &'a [ctune_core::plan::Explanation],
     /// What could not be read.
     pub notes: &'a [String],
     /// The state file could not be saved.

@@ -82,8 +82,67 @@ pub struct Plan {
     pub changes: Vec<Change>,
     /// Levels and signals per namespace.
     pub namespaces: Vec<NamespaceVerdict>,
-    /// Why things that might be expected to change do not (held, deferred, capped).
-    pub explanations: Vec<String>,
+    /// Why things that might be expected to change do not (held, deferred, capped), and
+    /// what the decision noticed.
+    pub explanations: Vec<Explanation>,
+}
+
+/// One explanation: what kind it is, for the code that acts on it (the agent logs an
+/// adoption where it logs changes; a missing floor is noted for one namespace only),
+/// and the sentence an operator reads. In JSON, the sentence alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// What it is about.
+    pub kind: Why,
+    /// What it says.
+    pub text: String,
+}
+
+/// What an [`Explanation`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Someone else (an admin, kube-proxy, tuned) wrote over a value ctune set since the
+    /// previous decision: an event, explained once ([`ADOPTED`] is in its text).
+    Adopted,
+    /// Why max does not grow (held, capped by the ceiling, short of memory, someone
+    /// else's, not writable here).
+    Max,
+    /// Why the hash does not follow max (held, deferred, someone else's, unknown).
+    Hash,
+    /// Why timeouts are lowered or spared as they are.
+    Timeouts,
+    /// A floor in the config for a key this kernel lacks.
+    FloorKeyMissing,
+    /// Packets dropped by insert clashes: not a full table.
+    Clash,
+    /// Inserts refused for hash chains too long.
+    ChainTooLong,
+    /// The first sample: no counter rise yet.
+    FirstSample,
+    /// The previous sample is too old to measure a rise against.
+    StaleBaseline,
+}
+
+impl Explanation {
+    /// An explanation of `kind` saying `text`.
+    pub fn new(kind: Why, text: impl Into<String>) -> Explanation {
+        Explanation {
+            kind,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Explanation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 /// The words every explanation of an adoption carries: a value ctune set (a global key,
@@ -101,12 +160,12 @@ impl Plan {
             .find(|c| c.key == key && c.target == Target::Global)
     }
 
-    /// The explanations that record an adoption ([`ADOPTED`]): values someone else
-    /// (an admin, kube-proxy, tuned) wrote over ctune's since the previous decision.
+    /// The explanations that record an adoption ([`Why::Adopted`]): values someone
+    /// else (an admin, kube-proxy, tuned) wrote over ctune's since the previous decision.
     pub fn adoptions(&self) -> impl Iterator<Item = &str> {
         self.explanations
             .iter()
-            .map(String::as_str)
-            .filter(|e| e.contains(ADOPTED))
+            .filter(|e| e.kind == Why::Adopted)
+            .map(|e| e.text.as_str())
     }
 }

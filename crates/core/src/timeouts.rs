@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Timeouts;
 use crate::model::Governed;
-use crate::plan::{ADOPTED, Change, Target};
+use crate::plan::{ADOPTED, Change, Explanation, Target, Why};
 use crate::pressure::Level;
 use crate::tunables::{self, TimeoutTier};
 use crate::units::{fmt_pct, fmt_secs};
@@ -68,7 +68,7 @@ pub struct TimeoutPlan {
     /// Keys someone else changed while lowered: not lowered again until normal.
     pub held: BTreeSet<String>,
     /// For the operator.
-    pub notes: Vec<String>,
+    pub notes: Vec<Explanation>,
 }
 
 /// Plans the timeouts of one namespace. `lowered` is what ctune lowered earlier, `held`
@@ -129,7 +129,10 @@ pub fn plan(
         }
     }
     if let (Some(g), false) = (inp.composition, spared.is_empty()) {
-        notes.push(spared_note(inp, cfg, g, &spared));
+        notes.push(Explanation::new(
+            Why::Timeouts,
+            spared_note(inp, cfg, g, &spared),
+        ));
     }
     carry_over(inp, cfg, lowered, &mut record, &mut notes);
     TimeoutPlan {
@@ -149,13 +152,16 @@ fn baseline(
     key: &str,
     lowered: Option<&Lowered>,
     held: &mut BTreeSet<String>,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Explanation>,
 ) -> u64 {
     let current = inp.live[key];
     match lowered {
         Some(l) if l.set == current => l.baseline,
         Some(l) => {
-            notes.push(adopted(key, inp.ns_name, current, l.set));
+            notes.push(Explanation::new(
+                Why::Adopted,
+                adopted(key, inp.ns_name, current, l.set),
+            ));
             if inp.respect_operator && inp.level != Level::Normal {
                 held.insert(key.to_string());
             }
@@ -276,7 +282,7 @@ fn carry_over(
     cfg: &Timeouts,
     lowered: &BTreeMap<String, Lowered>,
     record: &mut BTreeMap<String, Lowered>,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Explanation>,
 ) {
     for (key, l) in lowered {
         if !inp.live.contains_key(key) {
@@ -285,9 +291,12 @@ fn carry_over(
     }
     for key in cfg.floors.keys() {
         if !inp.live.contains_key(&format!("nf_conntrack_{key}")) {
-            notes.push(format!(
-                "timeouts.floors.{key}: no such key in {} on this kernel; ignored",
-                inp.ns_name
+            notes.push(Explanation::new(
+                Why::FloorKeyMissing,
+                format!(
+                    "timeouts.floors.{key}: no such key in {} on this kernel; ignored",
+                    inp.ns_name
+                ),
             ));
         }
     }
@@ -337,7 +346,11 @@ mod tests {
             lowered,
             &BTreeSet::new(),
         );
-        (p.changes, p.lowered, p.notes)
+        (
+            p.changes,
+            p.lowered,
+            p.notes.into_iter().map(|n| n.text).collect(),
+        )
     }
 
     #[test]
@@ -540,10 +553,10 @@ mod tests {
         let note = p
             .notes
             .iter()
-            .find(|n| n.contains("left alone"))
+            .find(|n| n.kind == Why::Timeouts && n.text.contains("left alone"))
             .expect("a note");
         for spared in ["generic_timeout (0.2%)", "tcp_timeout_established (0.3%)"] {
-            assert!(note.contains(spared), "{spared} in {note}");
+            assert!(note.text.contains(spared), "{spared} in {note}");
         }
     }
 

@@ -523,7 +523,7 @@ fn timeout_changes(plan: &Plan, inode: u64) -> Vec<&Change> {
 }
 
 fn explains(plan: &Plan, needle: &str) -> bool {
-    plan.explanations.iter().any(|e| e.contains(needle))
+    plan.explanations.iter().any(|e| e.text.contains(needle))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ impl Quiet {
         // An adoption (someone else wrote over a value ctune set) is an event, explained
         // once: logged with the changes. The rest explains what is held, every step.
         for e in &r.plan.explanations {
-            if e.contains(ctune_core::plan::ADOPTED) {
+            if e.kind == ctune_core::plan::Why::Adopted {
                 tracing::info!("{e}");
             } else {
                 tracing::debug!("{e}");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::ceiling::Ceiling;
-use crate::plan::{Change, Target};
+use crate::plan::{Change, Explanation, Target, Why};
 use crate::tunables;
 use crate::units::{fmt_count, fmt_pct};
 
@@ -54,7 +54,9 @@ pub(super) fn decide(
             "hash {cur} held: at or above max / {ratio} = {desired} (the hash only grows)"
         )),
     };
-    draft.explanations.extend(note);
+    draft
+        .explanations
+        .extend(note.map(|text| Explanation::new(Why::Hash, text)));
 }
 
 /// Resizes to `desired` unless the rate limit defers it; returns the explanation of a
@@ -143,7 +145,7 @@ mod tests {
         let d = plan_hash(&o, &prev, 120_000);
         assert!(d.changes.is_empty());
         assert!(
-            d.explanations[0].contains("deferred"),
+            d.explanations[0].text.contains("deferred"),
             "{:?}",
             d.explanations
         );
@@ -160,6 +162,6 @@ mod tests {
         o.global.per_netns_max = true;
         let d = plan_hash(&o, &PolicyState::default(), 200_000);
         assert!(d.changes.is_empty());
-        assert!(d.explanations[0].contains("per-namespace max"));
+        assert!(d.explanations[0].text.contains("per-namespace max"));
     }
 }

@@ -4,7 +4,7 @@
 //! enabled, slowly, and never below count + headroom or the operator's own value.
 
 use crate::ceiling::Ceiling;
-use crate::plan::{Change, Target};
+use crate::plan::{Change, Target, Why};
 use crate::tunables;
 use crate::units::{fmt_bytes, fmt_pct};
 
@@ -19,9 +19,12 @@ pub(super) fn decide(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &m
         return lowered;
     }
     if let (Some(why), Some(short)) = (&trigger, memory_hold(input, ceiling)) {
-        draft.explanations.push(format!(
-            "{why}, but {short}: max does not grow, pressure levels lower timeouts instead"
-        ));
+        draft.explain(
+            Why::Max,
+            format!(
+                "{why}, but {short}: max does not grow, pressure levels lower timeouts instead"
+            ),
+        );
         return sig.current_max;
     }
     // Unsafe enough to override an operator's value: packets lost, or the critical level.
@@ -29,7 +32,7 @@ pub(super) fn decide(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &m
     let max_held = draft.next.operator_held.contains(tunables::MAX);
     match trigger {
         Some(why) if max_held && !unsafe_now => {
-            draft.explanations.push(format!(
+            draft.explain(Why::Max, format!(
                 "{why}, but max {} was set by someone else: respected until packets drop or count reaches {} of max",
                 sig.current_max,
                 fmt_pct(cfg.pressure.critical.enter.get())
@@ -132,7 +135,7 @@ fn trigger(input: &Inputs, sig: &Signals, draft: &mut Draft) -> Option<String> {
         } else {
             "pressure levels lower this namespace's timeouts instead"
         };
-        draft.explanations.push(format!(
+        draft.explain(Why::Max, format!(
             "global keys cannot be written from here ({}): max and the hash are the host's to set; {instead}",
             access.reason.as_deref().unwrap_or("not writable")
         ));
@@ -205,7 +208,7 @@ fn grow(
         } else {
             "is already at or above the"
         };
-        draft.explanations.push(format!(
+        draft.explain(Why::Max, format!(
             "{why}, but max {current_max} {why_not} {}: max cannot {}grow, pressure levels lower timeouts instead",
             ceiling.explain(),
             if target > current_max { "usefully " } else { "" }
@@ -256,13 +259,16 @@ fn shrink(input: &Inputs, sig: &Signals, draft: &mut Draft) -> u64 {
     let target = candidate.max(floor);
     if held < m.shrink.after || target >= current_max {
         draft.next.low_since = Some(since);
-        draft.explanations.push(format!(
-            "max {current_max} held: count {} of max in netns {}; may shrink after {} below {}",
-            fmt_pct(sig.util),
-            sig.busiest_name,
-            humantime::format_duration(m.shrink.after),
-            fmt_pct(m.shrink.low_watermark.get())
-        ));
+        draft.explain(
+            Why::Max,
+            format!(
+                "max {current_max} held: count {} of max in netns {}; may shrink after {} below {}",
+                fmt_pct(sig.util),
+                sig.busiest_name,
+                humantime::format_duration(m.shrink.after),
+                fmt_pct(m.shrink.low_watermark.get())
+            ),
+        );
         return current_max;
     }
     draft.changes.push(Change {
@@ -294,13 +300,16 @@ fn explain_hold(input: &Inputs, sig: &Signals, ceiling: &Ceiling, draft: &mut Dr
     } else {
         String::new()
     };
-    draft.explanations.push(format!(
-        "max {} held: busiest netns {} at {} of max (grows at {}){above}",
-        sig.current_max,
-        sig.busiest_name,
-        fmt_pct(sig.util),
-        fmt_pct(input.cfg.max.high_watermark.get()),
-    ));
+    draft.explain(
+        Why::Max,
+        format!(
+            "max {} held: busiest netns {} at {} of max (grows at {}){above}",
+            sig.current_max,
+            sig.busiest_name,
+            fmt_pct(sig.util),
+            fmt_pct(input.cfg.max.high_watermark.get()),
+        ),
+    );
 }
 
 #[cfg(test)]
@@ -329,7 +338,11 @@ mod tests {
         assert!(d.changes[0].reason.contains("count 80% of max"));
         let (new, d) = plan_max(&obs(100_000, &[70_000]), &cfg);
         assert_eq!(new, 100_000);
-        assert!(d.explanations[0].contains("held"), "{:?}", d.explanations);
+        assert!(
+            d.explanations[0].text.contains("held"),
+            "{:?}",
+            d.explanations
+        );
     }
 
     #[test]
@@ -339,7 +352,11 @@ mod tests {
         o.host.memory.available_bytes = Some(1 << 20);
         let (new, d) = plan_max(&o, &cfg);
         assert_eq!(new, 100_000, "{:?}", d.changes);
-        assert!(d.explanations.iter().any(|e| e.contains("short of memory")));
+        assert!(
+            d.explanations
+                .iter()
+                .any(|e| e.text.contains("short of memory"))
+        );
     }
 
     #[test]
@@ -362,6 +379,6 @@ mod tests {
         d.next.operator_held.insert(tunables::MAX.into());
         let new = decide(&input, &sig, &ceiling_of(&o, &cfg), &mut d);
         assert_eq!(new, 100_000);
-        assert!(d.explanations[0].contains("set by someone else"));
+        assert!(d.explanations[0].text.contains("set by someone else"));
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
 use crate::model::Observation;
-use crate::plan::{Change, Plan, Target};
+use crate::plan::{Change, Explanation, Plan, Target, Why};
 use crate::pressure::LevelState;
 use crate::timeouts::Lowered;
 use crate::tunables;
@@ -172,7 +172,14 @@ struct Inputs<'a> {
 struct Draft {
     next: PolicyState,
     changes: Vec<Change>,
-    explanations: Vec<String>,
+    explanations: Vec<Explanation>,
+}
+
+impl Draft {
+    /// Adds an explanation of `kind`.
+    fn explain(&mut self, kind: Why, text: String) {
+        self.explanations.push(Explanation::new(kind, text));
+    }
 }
 
 /// Makes the plan and the state to keep for the next decision. The next state assumes
@@ -212,9 +219,10 @@ pub fn decide(
         .unwrap_or(draft.changes.len());
     draft.changes[first_timeout..].sort_by_key(|c| tunables::tier_of(&c.key));
     if prev.namespaces.is_empty() {
-        draft.explanations.push(
-            "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on".into(),
-        );
+        draft.explanations.push(Explanation::new(
+            Why::FirstSample,
+            "first sample: drop and early_drop are cumulative since boot, so their rise is only seen from the next sample on",
+        ));
     } else if let Some(age) = sig.stale_baseline {
         let age = if age == Duration::MAX {
             "of unknown age".to_string()
@@ -224,8 +232,11 @@ pub fn decide(
                 humantime::format_duration(Duration::from_secs(age.as_secs()))
             )
         };
-        draft.explanations.push(format!(
-            "the previous sample is {age} (more than {MAX_BASELINE_INTERVALS} x agent.interval): counter rises are measured from this sample on"
+        draft.explanations.push(Explanation::new(
+            Why::StaleBaseline,
+            format!(
+                "the previous sample is {age} (more than {MAX_BASELINE_INTERVALS} x agent.interval): counter rises are measured from this sample on"
+            ),
         ));
     }
     let plan = Plan {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ceiling::Ceiling;
 use crate::model::NamespaceObs;
-use crate::plan::{NamespaceVerdict, Target};
+use crate::plan::{NamespaceVerdict, Target, Why};
 use crate::pressure::{self, Level, LevelState, Signal};
 use crate::timeouts::{self, TimeoutPlan};
 use crate::tunables;
@@ -36,16 +36,16 @@ pub(super) fn decide(
         draft.explanations.extend(
             tp.notes
                 .into_iter()
-                .filter(|note| first || !note.starts_with("timeouts.floors.")),
+                .filter(|note| first || note.kind != Why::FloorKeyMissing),
         );
         if let Some(c) = rise.clash.filter(|c| *c > 0) {
-            draft.explanations.push(format!(
+            draft.explain(Why::Clash, format!(
                 "netns {}: {c} packets dropped by insert clashes since the last sample (drop and insert_failed rose together: two packets of one new flow raced, as NAT'd DNS A/AAAA lookups do); not a full table, so max and timeouts stay",
                 n.id.name
             ));
         }
         if let Some(c) = rise.chain.filter(|c| *c > 0) {
-            draft.explanations.push(format!(
+            draft.explain(Why::ChainTooLong, format!(
                 "netns {}: {c} inserts refused for hash chains over {} since the last sample: the hash is too small for the load (lower hash.ratio) or under a hash attack",
                 n.id.name,
                 tunables::MAX_CHAIN_LENGTH
@@ -256,7 +256,11 @@ mod tests {
         bump(&mut o, 0, "insert_failed", 4);
         let (v, d) = verdicts(&o, &d0.next);
         assert_eq!((v[0].clash_delta, v[0].level), (Some(4), Level::Normal));
-        assert!(d.explanations.iter().any(|e| e.contains("insert clashes")));
+        assert!(
+            d.explanations
+                .iter()
+                .any(|e| e.kind == Why::Clash && e.text.contains("insert clashes"))
+        );
     }
 
     #[test]

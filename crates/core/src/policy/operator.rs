@@ -2,7 +2,7 @@
 //! kube-proxy or tuned may write `nf_conntrack_max` or the hash; with
 //! `agent.respect_operator` their value is adopted and left alone until it is unsafe.
 
-use crate::plan::ADOPTED;
+use crate::plan::{ADOPTED, Why};
 use crate::tunables;
 
 use super::{Draft, Inputs};
@@ -29,11 +29,11 @@ pub(super) fn adopt_changes(input: &Inputs, draft: &mut Draft) {
         }
         if input.cfg.agent.respect_operator {
             draft.next.operator_held.insert(key.to_string());
-            draft.explanations.push(format!(
+            draft.explain(Why::Adopted, format!(
                 "{key} is {live} but ctune set {set}: {ADOPTED}; adopting {live} as the operator's value and leaving it alone until it becomes unsafe"
             ));
         } else {
-            draft.explanations.push(format!(
+            draft.explain(Why::Adopted, format!(
                 "{key} is {live} but ctune set {set}: {ADOPTED}; agent.respect_operator is off, so ctune's plan applies"
             ));
         }
@@ -58,7 +58,7 @@ mod tests {
         assert!(d.next.operator_held.contains(tunables::MAX));
         assert!(!d.next.applied.contains_key(tunables::MAX));
         assert_eq!(d.next.baseline_max, Some(100_000));
-        assert!(d.explanations[0].contains("someone else changed it"));
+        assert!(d.explanations[0].kind == Why::Adopted);
     }
 
     #[test]
@@ -71,7 +71,10 @@ mod tests {
         let mut d = draft();
         adopt_changes(&inputs(&o, &cfg, &prev, 1), &mut d);
         assert!(d.next.operator_held.is_empty());
-        assert!(d.explanations[0].contains("respect_operator is off"));
+        assert!(
+            d.explanations[0].kind == Why::Adopted
+                && d.explanations[0].text.contains("respect_operator is off")
+        );
     }
 
     /// kube-proxy at its start (`pkg/proxy/conntrack/sysctls.go`, Kubernetes 1.36 with
