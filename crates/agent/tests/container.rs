@@ -348,9 +348,7 @@ fn quantity_kib(q: &str) -> u64 {
 
 #[test]
 fn the_daemonset_pod_tunes_the_host_persists_and_stops_cleanly() {
-    if !require_root("the_daemonset_pod_tunes_the_host_persists_and_stops_cleanly") {
-        return;
-    }
+    require_root("the_daemonset_pod_tunes_the_host_persists_and_stops_cleanly");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("pod");
     guard.set_max(16_384);
@@ -453,9 +451,7 @@ fn the_daemonset_pod_tunes_the_host_persists_and_stops_cleanly() {
 
 #[test]
 fn a_read_only_proc_sys_is_said_once_and_the_agent_keeps_reporting_without_spinning() {
-    if !require_root("a_read_only_proc_sys_is_said_once_and_the_agent_keeps_reporting") {
-        return;
-    }
+    require_root("a_read_only_proc_sys_is_said_once_and_the_agent_keeps_reporting");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("ro");
     guard.set_max(16_384);

@@ -284,9 +284,7 @@ fn the_docs_state_this_schema_version() {
 /// advice (`source_limit`, `remove_tracking`) and its fields are printed.
 #[test]
 fn top_json_is_docs_json_md() {
-    if !common::require_root("top_json_is_docs_json_md") {
-        return;
-    }
+    common::require_root("top_json_is_docs_json_md");
     let ns = common::TestNetns::new("topdoc");
     assert_eq!(ns.udp_flows(10_000), 0);
     let _conn = ns.run_in(|| {

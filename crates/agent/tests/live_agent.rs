@@ -13,11 +13,7 @@ fn round_buckets(n: u64) -> u64 {
 
 #[test]
 fn agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them() {
-    if !require_root(
-        "agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them",
-    ) {
-        return;
-    }
+    require_root("agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("agent");
     const START_MAX: u64 = 8192;
@@ -142,9 +138,7 @@ fn agent_grows_ahead_of_a_flood_lowers_timeouts_at_the_ceiling_and_restores_them
 
 #[test]
 fn agent_keeps_up_with_a_flood_from_idle() {
-    if !require_root("agent_keeps_up_with_a_flood_from_idle") {
-        return;
-    }
+    require_root("agent_keeps_up_with_a_flood_from_idle");
     // A small router's stock table (max 16384, hash = max) and a generator sending new
     // flows as fast as one core can: the count probe must step in before the table fills.
     let guard = GlobalGuard::save();

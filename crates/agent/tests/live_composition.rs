@@ -45,9 +45,7 @@ fn sampled_share(st: &serde_json::Value, ns: &str, key: &str) -> Option<f64> {
 
 #[test]
 fn a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout() {
-    if !require_root("a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout") {
-        return;
-    }
+    require_root("a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("compudp");
     guard.set_max(8192);
@@ -91,9 +89,7 @@ fn a_table_of_unreplied_udp_gets_udp_cut_and_keeps_its_established_timeout() {
 
 #[test]
 fn a_table_of_established_tcp_keeps_its_transient_timeouts() {
-    if !require_root("a_table_of_established_tcp_keeps_its_transient_timeouts") {
-        return;
-    }
+    require_root("a_table_of_established_tcp_keeps_its_transient_timeouts");
     // Both ends of every connection are descriptors of this process.
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .expect("getrlimit");
@@ -165,9 +161,7 @@ fn a_table_of_established_tcp_keeps_its_transient_timeouts() {
 
 #[test]
 fn a_dry_run_and_a_one_shot_apply_sample_before_they_lower() {
-    if !require_root("a_dry_run_and_a_one_shot_apply_sample_before_they_lower") {
-        return;
-    }
+    require_root("a_dry_run_and_a_one_shot_apply_sample_before_they_lower");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("compapply");
     guard.set_max(8192);

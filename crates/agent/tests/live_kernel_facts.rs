@@ -8,9 +8,7 @@ use std::process::Command;
 
 #[test]
 fn hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone() {
-    if !require_root("hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone") {
-        return;
-    }
+    require_root("hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone");
     let guard = GlobalGuard::save();
     let max = global("nf_conntrack_max");
     // The page size as ctune reads it (its auxiliary vector).
@@ -33,11 +31,9 @@ fn hash_size_reads_back_rounded_to_whole_pages_and_leaves_max_alone() {
 
 #[test]
 fn root_writes_conntrack_sysctls_without_capabilities_but_setns_needs_cap_sys_admin() {
-    if !require_root(
+    require_root(
         "root_writes_conntrack_sysctls_without_capabilities_but_setns_needs_cap_sys_admin",
-    ) {
-        return;
-    }
+    );
     let _guard = GlobalGuard::save();
     let max = global("nf_conntrack_max");
     // Empty bounding set: uid 0 with no capability at all (the unit's basis for not
@@ -108,11 +104,7 @@ fn a_netfilter_carve_out_under_read_only_proc_sys_does_not_reach_other_namespace
     // amounts to: /proc/sys bind-mounted read-only, the netfilter directory bind-mounted
     // writable on top. The host's keys stay writable; the same keys seen from another
     // network namespace are other dentries, under the read-only mount (EROFS).
-    if !require_root(
-        "a_netfilter_carve_out_under_read_only_proc_sys_does_not_reach_other_namespaces",
-    ) {
-        return;
-    }
+    require_root("a_netfilter_carve_out_under_read_only_proc_sys_does_not_reach_other_namespaces");
     let _guard = GlobalGuard::save();
     let ns = TestNetns::new("carve");
     let max = global("nf_conntrack_max");

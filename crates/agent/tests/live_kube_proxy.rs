@@ -197,9 +197,7 @@ fn verify(cfg: &Path, dir: &Path) -> (i32, String) {
 
 #[test]
 fn kube_proxy_with_max_per_core_zero_leaves_max_to_ctune() {
-    if !require_root("kube_proxy_with_max_per_core_zero_leaves_max_to_ctune") {
-        return;
-    }
+    require_root("kube_proxy_with_max_per_core_zero_leaves_max_to_ctune");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("kpzero");
     guard.set_max(8192);
@@ -257,9 +255,7 @@ fn kube_proxy_with_max_per_core_zero_leaves_max_to_ctune() {
 
 #[test]
 fn kube_proxy_defaults_are_adopted_held_and_reported() {
-    if !require_root("kube_proxy_defaults_are_adopted_held_and_reported") {
-        return;
-    }
+    require_root("kube_proxy_defaults_are_adopted_held_and_reported");
     let started = Instant::now();
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("kpdef");

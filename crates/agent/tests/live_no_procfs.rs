@@ -52,9 +52,7 @@ const COUNTERS: [&str; 5] = [
 
 #[test]
 fn without_the_procfs_file_the_counters_come_over_ctnetlink_to_the_packet() {
-    if !require_root("without_the_procfs_file_the_counters_come_over_ctnetlink_to_the_packet") {
-        return;
-    }
+    require_root("without_the_procfs_file_the_counters_come_over_ctnetlink_to_the_packet");
     let so = shim();
     let absent = [("LD_PRELOAD", so.to_str().unwrap())];
     let unreadable = [
@@ -119,9 +117,7 @@ fn without_the_procfs_file_the_counters_come_over_ctnetlink_to_the_packet() {
 
 #[test]
 fn without_the_procfs_file_the_agent_grows_max_on_the_drop_counter() {
-    if !require_root("without_the_procfs_file_the_agent_grows_max_on_the_drop_counter") {
-        return;
-    }
+    require_root("without_the_procfs_file_the_agent_grows_max_on_the_drop_counter");
     let so = shim();
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("noprocagent");

@@ -80,9 +80,7 @@ impl Drop for Prometheus {
 
 #[test]
 fn prometheus_scrapes_a_rising_namespace_and_a_counted_change() {
-    if !require_root("prometheus_scrapes_a_rising_namespace_and_a_counted_change") {
-        return;
-    }
+    require_root("prometheus_scrapes_a_rising_namespace_and_a_counted_change");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("prom");
     guard.set_max(16_384);

@@ -207,9 +207,7 @@ fn out_of_bounds(s: &Sample, operator_udp: u64, operator_est: u64) -> Option<Str
 
 #[test]
 fn soak_under_oscillating_load_and_a_hostile_user() {
-    if !require_root("soak_under_oscillating_load_and_a_hostile_user") {
-        return;
-    }
+    require_root("soak_under_oscillating_load_and_a_hostile_user");
     let secs = soak_secs();
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("soak");

@@ -17,9 +17,7 @@ fn ns_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn status_reports_a_namespace_count_and_the_global_max() {
-    if !require_root("status_reports_a_namespace_count_and_the_global_max") {
-        return;
-    }
+    require_root("status_reports_a_namespace_count_and_the_global_max");
     let _lock = global_lock();
     let ns = TestNetns::new("status");
     const FLOWS: usize = 3000;
@@ -50,9 +48,7 @@ fn status_reports_a_namespace_count_and_the_global_max() {
 
 #[test]
 fn all_mode_finds_the_test_namespace_once() {
-    if !require_root("all_mode_finds_the_test_namespace_once") {
-        return;
-    }
+    require_root("all_mode_finds_the_test_namespace_once");
     let _lock = global_lock();
     let ns = TestNetns::new("all");
     assert_eq!(ns.udp_flows(100), 0);
@@ -74,9 +70,7 @@ fn all_mode_finds_the_test_namespace_once() {
 
 #[test]
 fn inside_a_child_namespace_global_keys_are_reported_read_only() {
-    if !require_root("inside_a_child_namespace_global_keys_are_reported_read_only") {
-        return;
-    }
+    require_root("inside_a_child_namespace_global_keys_are_reported_read_only");
     let _lock = global_lock();
     let ns = TestNetns::new("child");
     let out = ns.exec(&[
@@ -108,9 +102,7 @@ fn inside_a_child_namespace_global_keys_are_reported_read_only() {
 
 #[test]
 fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
-    if !require_root("overflowing_namespace_shows_drops_and_a_plan_to_grow") {
-        return;
-    }
+    require_root("overflowing_namespace_shows_drops_and_a_plan_to_grow");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("full");
     const SMALL_MAX: u64 = 4096;
@@ -181,9 +173,7 @@ fn overflowing_namespace_shows_drops_and_a_plan_to_grow() {
 
 #[test]
 fn unprivileged_dry_run_says_what_it_could_not_read() {
-    if !require_root("unprivileged_dry_run_says_what_it_could_not_read") {
-        return;
-    }
+    require_root("unprivileged_dry_run_says_what_it_could_not_read");
     // Drop to nobody for the run: the slab size and other processes' namespaces are
     // root-only, and the global keys are not writable.
     let out = std::process::Command::new("setpriv")
@@ -223,10 +213,7 @@ fn unprivileged_dry_run_says_what_it_could_not_read() {
 /// with a non-zero drops/s over the sample; after the flood it is healthy again (exit 0).
 #[test]
 fn status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after() {
-    if !require_root("status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after")
-    {
-        return;
-    }
+    require_root("status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after");
     let guard = GlobalGuard::save();
     let ns = TestNetns::new("dropnow");
     const SMALL_MAX: u64 = 4096;
@@ -269,9 +256,7 @@ fn status_says_dropping_now_while_a_full_table_refuses_flows_and_healthy_after()
 /// forgotten at every setns). Two namespaces with different counts, read in one pass.
 #[test]
 fn each_namespace_reads_its_own_count_in_one_pass() {
-    if !require_root("each_namespace_reads_its_own_count_in_one_pass") {
-        return;
-    }
+    require_root("each_namespace_reads_its_own_count_in_one_pass");
     let (a, b) = (TestNetns::new("counta"), TestNetns::new("countb"));
     a.udp_flows(100);
     b.udp_flows(300);

@@ -139,9 +139,7 @@ fn assert_sampled(n: &Value, made: f64, report: &str) {
 
 #[test]
 fn top_reports_the_shares_the_test_made() {
-    if !require_root("top_reports_the_shares_the_test_made") {
-        return;
-    }
+    require_root("top_reports_the_shares_the_test_made");
     // The table must hold the mix: raise the global max if needed (restored on drop).
     let guard = GlobalGuard::save();
     if common::global("nf_conntrack_max") < (TOTAL as u64) * 2 {
@@ -219,9 +217,7 @@ fn top_reports_the_shares_the_test_made() {
 
 #[test]
 fn top_stops_at_max_entries_and_says_so() {
-    if !require_root("top_stops_at_max_entries_and_says_so") {
-        return;
-    }
+    require_root("top_stops_at_max_entries_and_says_so");
     let ns = TestNetns::new("topcap");
     assert_eq!(ns.udp_flows(500), 0, "table refused flows");
     let (n, v) = top_json(&ns, &["--max-entries", "100"]);
@@ -288,9 +284,7 @@ fn udp_classes(ns: &TestNetns, classes: &[Class], total: usize) -> Vec<usize> {
 
 #[test]
 fn top_reports_the_shares_at_a_million_entries() {
-    if !require_root("top_reports_the_shares_at_a_million_entries") {
-        return;
-    }
+    require_root("top_reports_the_shares_at_a_million_entries");
     let total: usize = std::env::var("CTUNE_TOP_SCALE_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())

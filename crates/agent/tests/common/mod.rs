@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 
 const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 
-/// Live tests need root (namespaces, setns, nftables). CI runs as root; elsewhere the
-/// test says why it did nothing.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("{test}: skipped, needs root (CI runs it as root)");
-        false
-    }
+/// Live tests need root (namespaces, setns, nftables, global sysctls). Without it the
+/// test fails saying so, rather than returning early and counting as passed: a run that
+/// proves nothing must not look like one that proved something. CI runs as root.
+pub fn require_root(test: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test}: needs root (network namespaces, setns, nftables and global conntrack \
+         values); run the suite as root, as CI does: scripts/test"
+    );
 }
 
 /// A command's stdout then its stderr: the messages of a failure may be in either.
