@@ -1,6 +1,8 @@
 //! What ctune prints: the dry-run plan and the status, as text for people and JSON for
 //! scripts. Rendering is a pure function of the observation and the plan.
 
+use ctune_core::model::Note;
+use ctune_core::sysctl;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -37,7 +39,7 @@ pub struct PlanReport<'a> {
     /// Files a real run would write.
     pub files: &'a [FileUpdate],
     /// What could not be read or will not apply.
-    pub notes: &'a [String],
+    pub notes: &'a [Note],
 }
 
 impl Serialize for PlanReport<'_> {
@@ -49,7 +51,7 @@ impl Serialize for PlanReport<'_> {
             observation: &'r Observation,
             plan: &'r Plan,
             files: &'r [FileUpdate],
-            notes: &'r [String],
+            notes: &'r [Note],
         }
         // Every field, so one added to PlanReport cannot be left out here.
         let PlanReport {
@@ -187,7 +189,7 @@ pub struct StatusReport {
     /// The ceiling and its derivation.
     pub ceiling: Ceiling,
     /// What could not be read (and a config that could not be used).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// What `status` is built from: the sampled observation and decision, and ctune's state.
@@ -203,7 +205,7 @@ pub struct StatusInputs<'a> {
     /// How long the sample was.
     pub sample: Duration,
     /// Notes beyond the observation's (an unusable config or state).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// Builds the status.
@@ -391,7 +393,7 @@ pub fn plan_text(
     obs: &Observation,
     plan: &Plan,
     files: &[FileUpdate],
-    notes: &[String],
+    notes: &[Note],
     source: &config::Source,
 ) -> String {
     let mut out = String::new();
@@ -718,7 +720,7 @@ fn lowered_section(out: &mut String, s: &StatusReport) {
             .iter()
             .map(|(key, l)| {
                 let live = n.timeouts.get(key).map_or("?".into(), |v| fmt_secs(*v));
-                format!("{} {live} [{}]", short_key(key), fmt_secs(l.baseline))
+                format!("{} {live} [{}]", sysctl::short(key), fmt_secs(l.baseline))
             })
             .collect();
         let _ = writeln!(out, "  {}: {}", n.name, list.join(", "));
@@ -749,7 +751,7 @@ fn composition_section<'a>(
         let list: Vec<String> = keys
             .iter()
             .take(4)
-            .map(|(k, _)| format!("{} {}", short_key(k), fmt_pct(g.share(k))))
+            .map(|(k, _)| format!("{} {}", sysctl::short(k), fmt_pct(g.share(k))))
             .collect();
         let _ = writeln!(
             out,
@@ -761,11 +763,6 @@ fn composition_section<'a>(
             g.age_secs
         );
     }
-}
-
-/// `nf_conntrack_udp_timeout` -> `udp_timeout`, as the config names it.
-fn short_key(key: &str) -> &str {
-    key.strip_prefix("nf_conntrack_").unwrap_or(key)
 }
 
 /// The global values ctune changed, with the operator's.
@@ -870,7 +867,7 @@ pub struct ApplyJson<'a> {
     /// Why other things did not change.
     pub explanations: &'a [ctune_core::plan::Explanation],
     /// What could not be read.
-    pub notes: &'a [String],
+    pub notes: &'a [Note],
     /// The state file could not be saved.
     pub state_error: Option<String>,
 }

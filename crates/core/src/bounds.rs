@@ -92,6 +92,19 @@ mod tests {
     }
 
     #[test]
+    fn a_timeout_name_that_leaves_the_conntrack_keys_is_not_written() {
+        for key in [
+            "nf_conntrack_udp_timeout/../../../kernel/core_pattern",
+            "nf_conntrack_timeout.x",
+            "nf_conntrack_UDP_timeout",
+        ] {
+            let e = check(key, 30, &b()).unwrap_err();
+            assert!(e.contains("not a key ctune writes"), "{key}: {e}");
+        }
+        assert!(check("nf_conntrack_udp_timeout", 30, &b()).is_ok());
+    }
+
+    #[test]
     fn max_within_every_bound() {
         assert!(check(tunables::MAX, 262_144, &b()).is_ok());
         for (v, why) in [

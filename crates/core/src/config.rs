@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sysctl;
 use crate::tunables;
 use crate::units;
 
@@ -394,7 +395,7 @@ pub struct Timeouts {
 impl Timeouts {
     /// The floor of a full sysctl key name, if the key is managed.
     pub fn floor_of(&self, key: &str) -> Option<u64> {
-        key.strip_prefix("nf_conntrack_")
+        key.strip_prefix(sysctl::PREFIX)
             .and_then(|short| self.floors.get(short))
             .copied()
     }
@@ -491,10 +492,10 @@ fn de_floors<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D
     // Short names first: an operator's prefixed name overrides the default's short one.
     let (prefixed, short): (Vec<_>, Vec<_>) = raw
         .into_iter()
-        .partition(|(k, _)| k.starts_with("nf_conntrack_"));
+        .partition(|(k, _)| k.starts_with(sysctl::PREFIX));
     for (written, value) in short.into_iter().chain(prefixed) {
-        let key = written.strip_prefix("nf_conntrack_").unwrap_or(&written);
-        let full = format!("nf_conntrack_{key}");
+        let key = sysctl::short(&written);
+        let full = sysctl::full(key);
         if !tunables::known_timeout_keys().any(|k| k == full) {
             let hint = match tunables::nearest_timeout_key(key) {
                 Some(near) => format!("did you mean {near}?"),
@@ -947,7 +948,7 @@ fn check_agent_and_timeouts(cfg: &Config) -> Result<(), Invalid> {
     }
     let t = &cfg.timeouts;
     for (key, &floor) in &t.floors {
-        let full = format!("nf_conntrack_{key}");
+        let full = sysctl::full(key);
         let (least, what) = if full.ends_with("_established") {
             (
                 KEEPALIVE_SECS,

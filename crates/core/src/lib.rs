@@ -20,6 +20,7 @@ pub mod pressure;
 pub mod probe;
 pub mod restore;
 pub mod schedule;
+pub mod sysctl;
 pub mod timeouts;
 pub mod tunables;
 pub mod units;

@@ -19,6 +19,7 @@ use crate::config::Timeouts;
 use crate::model::Governed;
 use crate::plan::{ADOPTED, Change, Explanation, Target, Why};
 use crate::pressure::Level;
+use crate::sysctl;
 use crate::tunables::{self, TimeoutTier};
 use crate::units::{fmt_pct, fmt_secs};
 
@@ -241,7 +242,7 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
     };
     format!(
         "{ns_name} at {level}{why}: {verb} {} {} -> {} ({source}{share})",
-        short(key),
+        sysctl::short(key),
         fmt_secs(current),
         fmt_secs(desired)
     )
@@ -251,7 +252,7 @@ fn reason(inp: &Inputs<'_>, key: &str, lower: bool, current: u64, desired: u64) 
 fn spared_note(inp: &Inputs<'_>, cfg: &Timeouts, g: &Governed, spared: &[&str]) -> String {
     let list: Vec<String> = spared
         .iter()
-        .map(|k| format!("{} ({})", short(k), fmt_pct(g.share(k))))
+        .map(|k| format!("{} ({})", sysctl::short(k), fmt_pct(g.share(k))))
         .collect();
     format!(
         "netns {} at {}: left alone, each governing under timeouts.min_share {} of the {} entries sampled {}s ago: {}",
@@ -290,7 +291,7 @@ fn carry_over(
         }
     }
     for key in cfg.floors.keys() {
-        if !inp.live.contains_key(&format!("nf_conntrack_{key}")) {
+        if !inp.live.contains_key(&sysctl::full(key)) {
             notes.push(Explanation::new(
                 Why::FloorKeyMissing,
                 format!(
@@ -300,10 +301,6 @@ fn carry_over(
             ));
         }
     }
-}
-
-fn short(key: &str) -> &str {
-    key.strip_prefix("nf_conntrack_").unwrap_or(key)
 }
 
 #[cfg(test)]
@@ -510,10 +507,7 @@ mod tests {
     fn sample(entries: u64, by_key: &[(&str, u64)]) -> Governed {
         Governed {
             entries,
-            by_key: by_key
-                .iter()
-                .map(|(k, n)| (format!("nf_conntrack_{k}"), *n))
-                .collect(),
+            by_key: by_key.iter().map(|(k, n)| (sysctl::full(k), *n)).collect(),
             partial: false,
             taken_at: std::time::Duration::from_secs(100),
             age_secs: 3,
@@ -528,7 +522,7 @@ mod tests {
     }
 
     fn keys(c: &[Change]) -> Vec<&str> {
-        c.iter().map(|c| short(&c.key)).collect()
+        c.iter().map(|c| crate::sysctl::short(&c.key)).collect()
     }
 
     #[test]

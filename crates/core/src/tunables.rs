@@ -61,9 +61,11 @@ pub enum TimeoutTier {
 }
 
 /// Whether a sysctl name is a conntrack timeout key (the list differs per kernel, so
-/// timeouts are discovered by name rather than hard-coded).
+/// timeouts are discovered by name rather than hard-coded). A conntrack key's name
+/// first ([`crate::sysctl::Key`]): a name from a tampered state file with a `/` in it
+/// must not pass for one and reach a path.
 pub fn is_timeout_key(key: &str) -> bool {
-    key.starts_with("nf_conntrack_") && key.contains("timeout") && !key.contains("frag6")
+    crate::sysctl::Key::new(key).is_some() && key.contains("timeout") && !key.contains("frag6")
 }
 
 /// The timeouts the kernel applies to established TCP flows that are stalled rather than
@@ -195,7 +197,7 @@ fn distance(a: &str, b: &str) -> usize {
 /// when it is close enough to be a misspelling.
 pub fn nearest_timeout_key(short: &str) -> Option<&'static str> {
     known_timeout_keys()
-        .filter_map(|k| k.strip_prefix("nf_conntrack_"))
+        .filter_map(|k| k.strip_prefix(crate::sysctl::PREFIX))
         .map(|k| (distance(short, k), k))
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
         .min()

@@ -42,6 +42,7 @@ use ctune_core::bounds::{self, Bounds};
 use ctune_core::config::Layout;
 use ctune_core::model::{ModuleState, Observation};
 use ctune_core::plan::Plan;
+use ctune_core::sysctl::{self, Key};
 use ctune_core::tunables;
 
 /// sysctl.d file ctune owns (every layout).
@@ -366,7 +367,7 @@ fn sysctl_body(files: &Files, values: &[(&str, u64)]) -> String {
     let mut body = String::from(HEADER);
     body.push_str(files.sysctl_comment());
     for (key, v) in values {
-        body.push_str(&format!("net.netfilter.{key} = {v}\n"));
+        body.push_str(&format!("{}{key} = {v}\n", sysctl::DIR));
     }
     body
 }
@@ -572,16 +573,10 @@ fn sysctl_lines(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
         .filter_map(|l| l.split_once('='))
+        // Only a conntrack key's name: a hand-edited line with anything else in it is
+        // not a key ctune reads.
         .filter_map(|(k, v)| {
-            let k = k.trim().trim_start_matches('-').replace('/', ".");
-            // Only a conntrack key's name: a hand-edited line with anything else in it
-            // is not a key ctune reads.
-            k.strip_prefix("net.netfilter.")
-                .filter(|k| {
-                    k.starts_with("nf_conntrack_")
-                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                })
-                .map(|k| (k.to_string(), v.trim().to_string()))
+            Key::from_sysctl(k).map(|k| (k.name().to_string(), v.trim().to_string()))
         })
 }
 

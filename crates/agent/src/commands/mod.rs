@@ -13,6 +13,7 @@ pub mod status;
 pub mod top;
 pub mod verify;
 
+use ctune_core::model::{Note, NoteKind};
 use std::path::Path;
 
 use crate::cli::Invocation;
@@ -29,7 +30,7 @@ pub struct Context {
     /// Where it came from.
     pub source: Source,
     /// What could not be used (a broken installed config, for `status`), for the report.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// Runs `inv` below `roots`, with the config `--config` names (or the installed one).
@@ -50,8 +51,10 @@ pub fn run(inv: Invocation, roots: Roots, config: Option<&Path>) -> Result<u8, E
         Err(e) if matches!(inv, Invocation::Status { .. }) && config.is_none() => Context {
             source: Source::Embedded,
             config: Config::default(),
-            notes: vec![format!(
-                "{e}; status uses the built-in defaults until it is fixed"
+            notes: vec![Note::new(
+                NoteKind::Config,
+                roots.config_file().display().to_string(),
+                format!("{e}; status uses the built-in defaults until it is fixed"),
             )],
             roots,
         },

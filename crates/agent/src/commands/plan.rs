@@ -2,6 +2,7 @@
 //! ctune's saved state (if any) with the counters' rise over the sample, and the files a
 //! real run would write as a diff. Writes nothing.
 
+use ctune_core::model::{Note, NoteKind};
 use std::io::Write;
 use std::time::Duration;
 
@@ -17,7 +18,11 @@ pub fn run(ctx: &Context, json: bool, sample: Duration) -> Result<u8, Error> {
     let saved = match state::load(&ctx.roots) {
         Ok(st) => st,
         Err(e) => {
-            notes.push(format!("{e}; planning as if ctune had never run"));
+            notes.push(Note::new(
+                NoteKind::State,
+                "state",
+                format!("{e}; planning as if ctune had never run"),
+            ));
             state::State::default()
         }
     };
@@ -29,7 +34,7 @@ pub fn run(ctx: &Context, json: bool, sample: Duration) -> Result<u8, Error> {
         ..
     } = sampler.read()?;
     notes.splice(0..0, obs.notes.iter().cloned());
-    notes.extend(preview.notes.iter().cloned());
+    notes.extend(preview.notes.iter().map(|n| Note::persisted(n)));
     let mut stdout = std::io::stdout().lock();
     if json {
         let r = report::PlanReport {

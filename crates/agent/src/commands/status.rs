@@ -2,6 +2,7 @@
 //! `--sample` apart, so it can say whether packets are dropping *now*, and exits with a
 //! code a health check can use. `--watch` refreshes it in place until q or Ctrl-C.
 
+use ctune_core::model::{Note, NoteKind};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,14 +54,18 @@ pub const MIN_WATCH_PERIOD: Duration = Duration::from_secs(1);
 pub fn run(
     roots: &Roots,
     cfg: &Config,
-    mut notes: Vec<String>,
+    mut notes: Vec<Note>,
     opts: &Options,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
     let state = match state::load(roots) {
         Ok(s) => s,
         Err(e) => {
-            notes.push(format!("{e}; what ctune changed is not shown"));
+            notes.push(Note::new(
+                NoteKind::State,
+                "state",
+                format!("{e}; what ctune changed is not shown"),
+            ));
             State::default()
         }
     };
@@ -85,7 +90,7 @@ struct Context<'a> {
     roots: &'a Roots,
     cfg: &'a Config,
     state: &'a State,
-    notes: Vec<String>,
+    notes: Vec<Note>,
 }
 
 impl Context<'_> {

@@ -4,6 +4,7 @@
 //! then shares per bucket, the top sources and ports, and per timeout key the entries
 //! it governs with the timeout in force and ctune's floor. Changes nothing.
 
+use ctune_core::model::{Note, NoteKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -81,7 +82,7 @@ pub struct TopReport {
     /// Per namespace, ctune's own first.
     pub namespaces: Vec<NamespaceTop>,
     /// What could not be seen.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// What one namespace's reading yields.
@@ -198,7 +199,11 @@ pub fn report(roots: &Roots, cfg: &Config, opts: &Options) -> Result<TopReport, 
         return Err(Error::Partial(format!(
             "no namespace {}: {}",
             printable(name),
-            notes.join("; ")
+            notes
+                .iter()
+                .map(|n| n.text.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         )));
     }
     let mut namespaces = Vec::new();
@@ -229,12 +234,20 @@ pub fn report(roots: &Roots, cfg: &Config, opts: &Options) -> Result<TopReport, 
     }
     for n in &namespaces {
         if let Some(e) = &n.error {
-            notes.push(format!("namespace {}: {e}", n.name));
+            notes.push(Note::new(
+                NoteKind::Namespace,
+                n.name.clone(),
+                format!("namespace {}: {e}", n.name),
+            ));
         }
         if let Some(e) = &n.local_error {
-            notes.push(format!(
-                "namespace {}: local addresses not read ({e}): no notrack advice",
-                n.name
+            notes.push(Note::new(
+                NoteKind::LocalAddresses,
+                n.name.clone(),
+                format!(
+                    "namespace {}: local addresses not read ({e}): no notrack advice",
+                    n.name
+                ),
             ));
         }
     }
@@ -301,7 +314,7 @@ pub fn text(r: &TopReport) -> String {
         out.push_str("no namespace to read\n");
     }
     for note in &r.notes {
-        out.push_str(&format!("note: {}\n", printable(note)));
+        out.push_str(&format!("note: {}\n", printable(&note.text)));
     }
     out
 }

@@ -12,7 +12,9 @@ pub fn run(ctx: &Context, json: bool) -> Result<u8, Error> {
     let st = state::load(&ctx.roots)?;
     let obs = crate::sense::observe::observe(&ctx.roots, &ctx.config.namespaces)?;
     let mut report = verify::verify(&ctx.roots, &ctx.config, &st, &obs);
-    report.notes.splice(0..0, obs.notes.iter().cloned());
+    report
+        .notes
+        .splice(0..0, obs.notes.iter().map(|n| n.text.clone()));
     let mut stdout = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut stdout, &report.checks).map_err(std::io::Error::from)?;

@@ -23,6 +23,7 @@ use crate::sense::netns::{self, Handle};
 use crate::sense::roots::Roots;
 use ctune_core::config;
 use ctune_core::controller::Wake;
+use ctune_core::model::{Note, NoteKind};
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
 use ctune_core::tunables;
@@ -43,7 +44,10 @@ struct Quiet {
     /// Lasting failures, by what failed (not by the full message, whose planned value
     /// may change every tick), with the message last logged.
     errors: HashMap<String, String>,
-    notes: HashSet<String>,
+    /// The identities of the last step's notes: a note is logged when it appears, not
+    /// again while it stays (its text may change every step: a count, a short sample),
+    /// and again if it goes away and comes back. Bounded by one step's notes.
+    notes: HashSet<(NoteKind, String)>,
     /// Whether the global keys were writable at the last step (None before the first).
     writable: Option<bool>,
 }
@@ -110,15 +114,7 @@ impl Quiet {
             }
         }
         self.errors = errors;
-        for n in &r.notes {
-            if self.notes.len() >= 1000 {
-                // Bounded memory on hosts with ever-changing namespaces: start afresh.
-                self.notes.clear();
-            }
-            if self.notes.insert(n.clone()) {
-                tracing::warn!("{n}");
-            }
-        }
+        self.log_notes(&r.notes);
         // An adoption (someone else wrote over a value ctune set) is an event, explained
         // once: logged with the changes. The rest explains what is held, every step.
         for e in &r.plan.explanations {
@@ -128,6 +124,26 @@ impl Quiet {
                 tracing::debug!("{e}");
             }
         }
+    }
+
+    fn log_notes(&mut self, notes: &[Note]) {
+        for n in self.fresh_notes(notes) {
+            tracing::warn!("{n}");
+        }
+    }
+
+    /// The notes to log this step: those whose identity the last step did not have.
+    fn fresh_notes<'n>(&mut self, notes: &'n [Note]) -> Vec<&'n Note> {
+        let last = std::mem::take(&mut self.notes);
+        let mut fresh = Vec::new();
+        for n in notes {
+            let id = (n.kind, n.about.clone());
+            if !last.contains(&id) && !self.notes.contains(&id) {
+                fresh.push(n);
+            }
+            self.notes.insert(id);
+        }
+        fresh
     }
 
     /// Says once, and again when it changes, that ctune cannot write here: the errors it
@@ -365,5 +381,46 @@ fn step(
             quiet.failed(msg.clone());
             msg
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_note(name: &str, entries: u64) -> Note {
+        Note::new(
+            NoteKind::Sample,
+            name,
+            format!("netns {name}: the composition sample read only {entries} entries"),
+        )
+    }
+
+    fn texts(notes: Vec<&Note>) -> Vec<String> {
+        notes.into_iter().map(|n| n.text.clone()).collect()
+    }
+
+    #[test]
+    fn a_note_is_said_when_it_appears_not_while_its_text_changes_and_again_when_it_returns() {
+        let mut q = Quiet::default();
+        let first = [sample_note("a", 10), sample_note("b", 5)];
+        assert_eq!(texts(q.fresh_notes(&first)).len(), 2);
+        // The same troubles, other counts: nothing new to say.
+        let same = [sample_note("a", 11), sample_note("b", 7)];
+        assert_eq!(texts(q.fresh_notes(&same)), Vec::<String>::new());
+        // b went away; a stays; a file note is new.
+        let file = Note::new(NoteKind::KernelFile, "/proc/pressure/memory", "unreadable");
+        let next = [sample_note("a", 12), file.clone()];
+        assert_eq!(texts(q.fresh_notes(&next)), vec![file.text.clone()]);
+        // b is back: said again.
+        let back = [sample_note("a", 13), sample_note("b", 9), file];
+        assert_eq!(texts(q.fresh_notes(&back)), vec![sample_note("b", 9).text]);
+    }
+
+    #[test]
+    fn two_notes_of_one_identity_in_one_step_are_said_once() {
+        let mut q = Quiet::default();
+        let twice = [sample_note("a", 1), sample_note("a", 2)];
+        assert_eq!(texts(q.fresh_notes(&twice)), vec![sample_note("a", 1).text]);
     }
 }

@@ -4,6 +4,7 @@
 //! and reported; nothing is left half-written (files are replaced atomically, the state
 //! last).
 
+use ctune_core::model::{Note, NoteKind};
 use std::time::Duration;
 
 use crate::act::apply::{self, Outcome};
@@ -41,7 +42,7 @@ pub struct StepReport {
     /// Persisted files.
     pub files: Vec<FileResult>,
     /// Notes from observation and rendering.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
     /// The state could not be saved.
     pub state_error: Option<StateError>,
 }
@@ -416,7 +417,7 @@ impl Engine {
         };
         let mut notes = obs.notes.clone();
         notes.extend(sample_notes);
-        notes.append(&mut done.notes);
+        notes.extend(done.notes.iter().map(|n| Note::persisted(n)));
         // The record of what took effect; a failure to keep it never fails the step.
         if let Err(e) = history::record_step(
             &self.roots,
@@ -424,8 +425,10 @@ impl Engine {
             &done.outcomes,
             std::time::SystemTime::now(),
         ) {
-            notes.push(format!(
-                "this step's changes are not in ctune's history: {e}"
+            notes.push(Note::new(
+                NoteKind::State,
+                "history",
+                format!("this step's changes are not in ctune's history: {e}"),
             ));
         }
         Ok(StepReport {

@@ -18,6 +18,7 @@ use ctune_core::config::{Config, Metrics as Settings, TextfileDir};
 use ctune_core::model::NamespaceObs;
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
+use ctune_core::sysctl;
 use ctune_core::tunables;
 
 /// The textfile's name in the collector directory.
@@ -177,7 +178,10 @@ impl Counters {
                     } else {
                         "down"
                     };
-                    *self.changes.entry((short(&o.change.key), dir)).or_default() += 1;
+                    *self
+                        .changes
+                        .entry((sysctl::short(&o.change.key).to_string(), dir))
+                        .or_default() += 1;
                     self.last_change_unix = unix;
                 }
                 Err(_) => self.apply_errors += 1,
@@ -235,11 +239,6 @@ struct View<'a> {
     held: &'a BTreeSet<String>,
     counters: &'a Counters,
     unix: f64,
-}
-
-/// `nf_conntrack_udp_timeout` -> `udp_timeout`.
-fn short(key: &str) -> String {
-    key.strip_prefix("nf_conntrack_").unwrap_or(key).to_string()
 }
 
 /// A label value as the text format requires: backslash, double quote and line feed
@@ -473,7 +472,7 @@ fn timeouts(f: &mut Family, v: &View, labelled: &[(String, &NamespaceObs)]) {
             let value = applied.map_or(*live, |o| o.change.new);
             f.sample(
                 name,
-                &[("netns", label), ("key", &short(key))],
+                &[("netns", label), ("key", sysctl::short(key))],
                 value as f64,
             );
         }
@@ -559,7 +558,9 @@ fn changes(f: &mut Family, v: &View) {
     );
     // Every key ctune may change is exported from the start, at 0: a series that first
     // appears at 1 hides its first change from increase().
-    let mut keys: BTreeSet<String> = [tunables::MAX, tunables::BUCKETS].map(short).into();
+    let mut keys: BTreeSet<String> = [tunables::MAX, tunables::BUCKETS]
+        .map(|k| sysctl::short(k).to_string())
+        .into();
     keys.extend(v.cfg.timeouts.floors.keys().cloned());
     keys.extend(v.counters.changes.keys().map(|(k, _)| k.clone()));
     for key in &keys {
@@ -586,7 +587,7 @@ fn health(f: &mut Family, v: &View, left: usize) {
         "1 for a global key someone else set, which ctune leaves alone.",
     );
     for key in v.held {
-        f.sample("ctune_operator_held", &[("key", &short(key))], 1.0);
+        f.sample("ctune_operator_held", &[("key", sysctl::short(key))], 1.0);
     }
     f.one(
         "ctune_apply_errors_total",

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use crate::sense::kfile::FileError;
 use crate::sense::roots::Roots;
 use ctune_core::config::{NamespaceMode, Namespaces};
-use ctune_core::model::NetnsId;
+use ctune_core::model::{NetnsId, Note, NoteKind};
 use ctune_core::units::printable;
 
 /// A namespace to read, and the file whose descriptor enters it.
@@ -36,7 +36,7 @@ pub struct Discovery {
     /// Other namespaces, in a stable order, each once.
     pub others: Vec<Handle>,
     /// Problems worth telling the operator (missing names, unreadable processes).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// Adds a namespace found by name, once per inode.
@@ -50,7 +50,11 @@ fn push_named(d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, path: P
                 });
             }
         }
-        Err(e) => d.notes.push(format!("namespace {name}: {e}")),
+        Err(e) => d.notes.push(Note::new(
+            NoteKind::Namespace,
+            name.clone(),
+            format!("namespace {name}: {e}"),
+        )),
     }
 }
 
@@ -66,7 +70,11 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
     let mut d = Discovery::default();
     match inode_of(&roots.proc.join("self/ns/net")) {
         Ok(ino) => d.own_inode = Some(ino),
-        Err(e) => d.notes.push(format!("cannot identify own namespace: {e}")),
+        Err(e) => d.notes.push(Note::new(
+            NoteKind::OwnNamespace,
+            "",
+            format!("cannot identify own namespace: {e}"),
+        )),
     }
     d.own_is_initial = match (d.own_inode, inode_of(&roots.pid_netns("1"))) {
         (Some(own), Ok(init)) => Some(own == init),
@@ -120,9 +128,14 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                     "run as root to see them"
                 };
                 let named = denied_names(roots, &denied);
-                d.notes.push(format!(
-                    "the namespaces of {} process(es) could not be inspected: {named} (permission denied; {hint})",
-                    denied.len()
+                d.notes.push(Note::new(
+                    NoteKind::HiddenNamespaces,
+                    "",
+                    format!(
+                        "the namespaces of {} process(es) could not be inspected: {named} \
+                         (permission denied; {hint})",
+                        denied.len()
+                    ),
                 ));
             }
         }
@@ -156,7 +169,7 @@ fn denied_names(roots: &Roots, pids: &[u32]) -> String {
     names.join(", ")
 }
 
-fn list_dir(dir: &std::path::Path, notes: &mut Vec<String>, missing_ok: bool) -> Vec<String> {
+fn list_dir(dir: &std::path::Path, notes: &mut Vec<Note>, missing_ok: bool) -> Vec<String> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             let mut names: Vec<String> = entries
@@ -168,7 +181,11 @@ fn list_dir(dir: &std::path::Path, notes: &mut Vec<String>, missing_ok: bool) ->
         }
         Err(e) => {
             if !(missing_ok && e.kind() == std::io::ErrorKind::NotFound) {
-                notes.push(format!("cannot list {}: {e}", dir.display()));
+                notes.push(Note::new(
+                    NoteKind::Listing,
+                    dir.display().to_string(),
+                    format!("cannot list {}: {e}", dir.display()),
+                ));
             }
             Vec::new()
         }
@@ -301,7 +318,8 @@ mod tests {
         assert!(
             d.notes
                 .iter()
-                .any(|n| n.contains("gone") && n.contains("not found")),
+                .any(|n| n.identity() == (NoteKind::Namespace, "gone")
+                    && n.text.contains("not found")),
             "{:?}",
             d.notes
         );

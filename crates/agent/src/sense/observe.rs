@@ -14,10 +14,10 @@ use crate::sense::netns;
 use crate::sense::roots::Roots;
 use ctune_core::config::Namespaces;
 use ctune_core::model::ConntrackStat;
-use ctune_core::model::NetnsId;
 use ctune_core::model::slab;
 use ctune_core::model::stat;
 use ctune_core::model::{Access, Global, Host, ModuleState, NamespaceObs, Observation};
+use ctune_core::model::{NetnsId, Note, NoteKind};
 use ctune_core::model::{auxv, meminfo, psi};
 use ctune_core::tunables;
 
@@ -80,7 +80,7 @@ pub fn observe_keys(
 /// The global table's limits. Only max is needed (without it conntrack is not loaded);
 /// the others are notes when unreadable. `per_netns_max` is left false: it depends on
 /// the namespace ctune runs in, known later.
-fn read_global(roots: &Roots, notes: &mut Vec<String>) -> Result<Global, ObserveError> {
+fn read_global(roots: &Roots, notes: &mut Vec<Note>) -> Result<Global, ObserveError> {
     let max = kfile::read_u64(&roots.sysctl(tunables::MAX)).map_err(|e| match e.cause {
         Cause::Missing => ObserveError::NotLoaded(e),
         _ => ObserveError::Unreadable(e),
@@ -88,7 +88,7 @@ fn read_global(roots: &Roots, notes: &mut Vec<String>) -> Result<Global, Observe
     let mut optional = |path: &Path| match kfile::read_u64(path) {
         Ok(v) => Some(v),
         Err(e) => {
-            notes.push(e.to_string());
+            notes.push(file_note(path, e.to_string()));
             None
         }
     };
@@ -128,7 +128,7 @@ fn write_access(roots: &Roots) -> Access {
 
 /// Memory, CPUs and what one entry costs. Only the memory size is needed (the ceiling
 /// is a share of it); the rest are notes when unreadable.
-fn read_host(roots: &Roots, notes: &mut Vec<String>) -> Result<Host, ObserveError> {
+fn read_host(roots: &Roots, notes: &mut Vec<Note>) -> Result<Host, ObserveError> {
     let memory = kfile::read_text(&roots.meminfo())
         .and_then(|t| meminfo::parse(&t).map_err(|d| FileError::malformed(&roots.meminfo(), d)))
         .map_err(ObserveError::Unreadable)?;
@@ -151,7 +151,7 @@ fn read_namespaces(
     roots: &Roots,
     ns: &Namespaces,
     keys: &TimeoutKeys,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
 ) -> (Option<bool>, Vec<NamespaceObs>) {
     let mut discovery = netns::discover(roots, ns);
     if discovery.own_is_initial.is_none() {
@@ -191,7 +191,11 @@ fn read_namespaces(
     }
     for n in &namespaces {
         if let Some(err) = &n.error {
-            notes.push(format!("namespace {}: {err}", n.id.name));
+            notes.push(Note::new(
+                NoteKind::Namespace,
+                n.id.name.clone(),
+                format!("namespace {}: {err}", n.id.name),
+            ));
         }
     }
     (discovery.own_is_initial, namespaces)
@@ -286,7 +290,7 @@ fn read_timeouts(
 /// What the slab says: the bytes of one entry (and where that figure came from), and
 /// the entries of every namespace together (root only). SLUB's sysfs files are read
 /// first: /proc/slabinfo walks every cache (~0.5 ms here), too dear for every step.
-fn slab_view(roots: &Roots, notes: &mut Vec<String>) -> (u64, String, Option<u64>) {
+fn slab_view(roots: &Roots, notes: &mut Vec<Note>) -> (u64, String, Option<u64>) {
     let from_sysfs = kfile::read_text(&roots.slab_objects_file())
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
@@ -295,7 +299,7 @@ fn slab_view(roots: &Roots, notes: &mut Vec<String>) -> (u64, String, Option<u64
         Ok(_) => None,
         Err(e) if e.cause == Cause::Missing => None,
         Err(e) => {
-            notes.push(e.to_string());
+            notes.push(file_note(&roots.slab_size_file(), e.to_string()));
             None
         }
     };
@@ -310,17 +314,15 @@ fn slab_view(roots: &Roots, notes: &mut Vec<String>) -> (u64, String, Option<u64
         (Some(size), _) => (size, "sysfs".into(), entries),
         (None, Ok(l)) => (l.objsize, "slabinfo".into(), entries),
         (None, Err(e)) => {
-            notes.push(format!(
-                "{e}; assuming {} B per entry",
-                slab::FALLBACK_ENTRY_BYTES
-            ));
+            let text = format!("{e}; assuming {} B per entry", slab::FALLBACK_ENTRY_BYTES);
+            notes.push(file_note(&roots.slabinfo(), text));
             (slab::FALLBACK_ENTRY_BYTES, "fallback".into(), entries)
         }
     }
 }
 
 /// Memory stall (PSI `some avg10`), where the kernel has /proc/pressure/memory.
-fn memory_stall(roots: &Roots, notes: &mut Vec<String>) -> Option<f64> {
+fn memory_stall(roots: &Roots, notes: &mut Vec<Note>) -> Option<f64> {
     let path = roots.proc.join("pressure/memory");
     match kfile::read_text(&path)
         .and_then(|t| psi::some_avg10(&t).map_err(|d| FileError::malformed(&path, d)))
@@ -329,7 +331,7 @@ fn memory_stall(roots: &Roots, notes: &mut Vec<String>) -> Option<f64> {
         // No PSI in this kernel (CONFIG_PSI off, or psi=0): the other signals remain.
         Err(e) if e.cause == Cause::Missing => None,
         Err(e) => {
-            notes.push(format!("{e}; memory stall not watched"));
+            notes.push(file_note(&path, format!("{e}; memory stall not watched")));
             None
         }
     }
@@ -338,7 +340,7 @@ fn memory_stall(roots: &Roots, notes: &mut Vec<String>) -> Option<f64> {
 /// The kernel's page size, from ctune's own auxiliary vector (`AT_PAGESZ`). It does not
 /// change while the process runs: read once per proc root, not at every step (a read
 /// that failed is tried again, and noted, each time).
-fn page_size(roots: &Roots, notes: &mut Vec<String>) -> u64 {
+fn page_size(roots: &Roots, notes: &mut Vec<Note>) -> u64 {
     static READ: std::sync::Mutex<Option<(std::path::PathBuf, u64)>> = std::sync::Mutex::new(None);
     let path = roots.proc.join("self/auxv");
     let mut cached = READ.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,10 +353,8 @@ fn page_size(roots: &Roots, notes: &mut Vec<String>) -> u64 {
             size
         }
         Err(why) => {
-            notes.push(format!(
-                "{why}; assuming {} B pages",
-                tunables::DEFAULT_PAGE_SIZE
-            ));
+            let text = format!("{why}; assuming {} B pages", tunables::DEFAULT_PAGE_SIZE);
+            notes.push(file_note(&path, text));
             tunables::DEFAULT_PAGE_SIZE
         }
     }
@@ -392,6 +392,11 @@ pub fn parse_cpu_list(text: &str) -> Option<u64> {
         n += b.checked_sub(a)? + 1;
     }
     (n > 0).then_some(n)
+}
+
+/// A note that a kernel file ctune can do without could not be read.
+fn file_note(path: &Path, text: String) -> Note {
+    Note::new(NoteKind::KernelFile, path.display().to_string(), text)
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ pub enum Action {
         /// What was decided.
         plan: Plan,
         /// What went wrong with the samples, for the operator.
-        notes: Vec<String>,
+        notes: Vec<crate::model::Note>,
     },
 }
 
@@ -290,7 +290,7 @@ impl Controller {
                     .timeouts
                     .floors
                     .keys()
-                    .map(|k| format!("nf_conntrack_{k}"))
+                    .map(|k| crate::sysctl::full(k))
                     .collect();
                 for ns in self.memory.policy.namespaces.values() {
                     keys.extend(ns.lowered.keys().cloned());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{SampleTarget, Taken};
-use crate::model::{Governed, NamespaceObs};
+use crate::model::{Governed, NamespaceObs, Note, NoteKind};
 use crate::units::printable;
 
 /// The bookkeeping of the samples.
@@ -41,7 +41,7 @@ impl Bookkeeping {
         into: &mut BTreeMap<u64, Governed>,
         taken: Vec<Taken>,
         onset: bool,
-    ) -> Vec<String> {
+    ) -> Vec<Note> {
         let mut notes = Vec::new();
         for Taken { id, result, at } in taken {
             match result {
@@ -54,18 +54,27 @@ impl Bookkeeping {
                 }
                 Ok(g) => {
                     self.failed.insert(id.inode, at);
-                    notes.push(format!(
-                        "netns {}: the composition sample read only {} entries before its time \
-                         was up; its timeouts follow the tiers alone",
-                        printable(&id.name),
-                        g.entries
+                    notes.push(Note::new(
+                        NoteKind::Sample,
+                        id.name.clone(),
+                        format!(
+                            "netns {}: the composition sample read only {} entries before its \
+                             time was up; its timeouts follow the tiers alone",
+                            printable(&id.name),
+                            g.entries
+                        ),
                     ));
                 }
                 Err(e) => {
                     self.failed.insert(id.inode, at);
-                    notes.push(format!(
-                        "netns {}: no composition sample ({e}); its timeouts follow the tiers alone",
-                        printable(&id.name)
+                    notes.push(Note::new(
+                        NoteKind::Sample,
+                        id.name.clone(),
+                        format!(
+                            "netns {}: no composition sample ({e}); its timeouts follow the \
+                             tiers alone",
+                            printable(&id.name)
+                        ),
                     ));
                 }
             }

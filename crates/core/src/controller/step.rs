@@ -61,7 +61,7 @@ pub(super) struct Step {
     /// The namespaces sampled at the onset.
     onset: Vec<u64>,
     /// What went wrong with samples.
-    notes: Vec<String>,
+    notes: Vec<crate::model::Note>,
 }
 
 /// Takes the answer to the step's last action.

@@ -41,7 +41,7 @@ pub struct Observation {
     /// ctune's own namespace first, then the others found.
     pub namespaces: Vec<NamespaceObs>,
     /// What could not be read, and why, for the operator.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 /// Whether nf_conntrack is built in, a loaded module, or absent.
@@ -220,5 +220,79 @@ impl NamespaceObs {
     /// The counter used as a pressure signal, if present.
     pub fn counter(&self, name: &str) -> Option<u64> {
         self.stat.as_ref().and_then(|s| s.get(name))
+    }
+}
+
+/// Something ctune could not read or do, for the operator. Typed so that code acts on
+/// what it is about, never on its wording: the agent's log says a note once for as long
+/// as its [`Note::identity`] stays, though the text (a count, an errno) changes each
+/// step. In JSON, the sentence alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// What kind of trouble.
+    pub kind: NoteKind,
+    /// What it is about: the file, directory or namespace name ("" when the kind says it).
+    pub about: String,
+    /// What it says.
+    pub text: String,
+}
+
+/// What a [`Note`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoteKind {
+    /// A kernel file ctune can do without could not be read (`about`: its path).
+    KernelFile,
+    /// A directory could not be listed (`about`: its path).
+    Listing,
+    /// ctune's own namespace could not be identified.
+    OwnNamespace,
+    /// A namespace could not be entered or read (`about`: its name).
+    Namespace,
+    /// Other processes' namespaces could not be inspected (permission).
+    HiddenNamespaces,
+    /// A namespace's local addresses could not be read, so `top` gives no notrack advice
+    /// for it (`about`: its name).
+    LocalAddresses,
+    /// A namespace's composition sample failed or came back short (`about`: its name).
+    Sample,
+    /// The installed config could not be used (`about`: its path).
+    Config,
+    /// ctune's own state or history could not be read or kept (`about`: which).
+    State,
+    /// A persisted file could not be read, or will be refused or overridden (`about`:
+    /// the note itself, as files are many and their notes rare).
+    Persisted,
+}
+
+impl Note {
+    /// A note of `kind` about `about`, saying `text`.
+    pub fn new(kind: NoteKind, about: impl Into<String>, text: impl Into<String>) -> Note {
+        Note {
+            kind,
+            about: about.into(),
+            text: text.into(),
+        }
+    }
+
+    /// A note on a persisted file: identified by its text.
+    pub fn persisted(text: &str) -> Note {
+        Note::new(NoteKind::Persisted, text, text)
+    }
+
+    /// What makes two notes the same note, whatever their texts.
+    pub fn identity(&self) -> (NoteKind, &str) {
+        (self.kind, &self.about)
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Note {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
