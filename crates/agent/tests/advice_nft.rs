@@ -3,7 +3,7 @@
 //! TCP ports at both ends of the range) and its snippet run through `nft -c -f FILE`,
 //! which checks it against the kernel and creates nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

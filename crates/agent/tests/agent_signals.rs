@@ -2,7 +2,7 @@
 //! $NOTIFY_SOCKET, SIGHUP reloads (an invalid config is reported and the old one kept),
 //! SIGTERM and SIGINT end it within a second. Runs against a fixture tree: no root needed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::os::unix::net::UnixDatagram;

@@ -7,7 +7,7 @@
 //! temporary directory and a config watching only the initial namespace, so nothing on
 //! the host is read or written and the fixtures themselves never change.
 
-mod common;
+use crate::common;
 
 use common::tree::*;
 use serde_json::Value;

@@ -22,7 +22,7 @@
 //!   LXC or kind node) says once that it cannot write, keeps reporting, and does not spin.
 //! - The manifest's settings are checked against what the test ran (no root needed).
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

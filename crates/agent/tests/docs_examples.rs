@@ -14,7 +14,7 @@
 //! A `...` line stands for any lines; without one at the start (end), the shown output
 //! must start (end) where the real one does.
 
-mod common;
+use crate::common;
 
 use common::FixtureTree;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! `--run-root`, `--state-dir`) pointing into that directory, so nothing on the host is
 //! read and the fixtures themselves are never changed.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::fs;

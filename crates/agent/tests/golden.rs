@@ -4,7 +4,7 @@
 //! as a diff to review; when it is intended, rerun with `CTUNE_BLESS=1` and commit the
 //! new files in tests/golden/ with the change.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

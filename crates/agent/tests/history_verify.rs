@@ -3,7 +3,7 @@
 //! a history other users control is refused, and that `verify` names each difference
 //! between what ctune set and what is live or on disk (exit 7), and nothing else.
 
-mod common;
+use crate::common;
 
 use common::FixtureTree;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Hostile hosts: files others can plant where ctune reads, and readers that stop
 //! reading. Each case runs the real binary on a copy of a fixture tree.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

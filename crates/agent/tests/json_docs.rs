@@ -10,7 +10,7 @@
 //! (every value of a map whose keys are data). An array's elements are not listed on
 //! their own: `a` is `array of objects` and its elements' fields are `a[].x`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! counters read over ctnetlink (the tree's recorded replies, netlink/), and those replies
 //! agree with the tree.
 
-mod common;
+use crate::common;
 
 use common::tree::*;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Regression tests for reading the kernel right (one per finding of the review that
 //! checked the decision against the kernel's source), on copies of the fixture trees.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! namespace's table yields the `source_limit` advice for its /24 in `--json` and in the
 //! text, and its snippet passes `nft -c -f`.
 
-mod common;
+use crate::common;
 
 use common::{GlobalGuard, TestNetns, require_root};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! lowers the global max and hash size under a guard that restores them (also on
 //! panic), and deletes its namespace.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@
 //! the confirm (last in postrouting). A filter chain of non-matching rules in between
 //! widens it, much as a long kube-proxy ruleset does; without it few rounds collide.
 
-mod common;
+use crate::common;
 
 use common::{TestNetns, global, global_lock, require_root};
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};

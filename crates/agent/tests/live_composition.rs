@@ -8,7 +8,7 @@
 //! - A table full of established TCP: the established timeout is lowered, and the
 //!   transient ones (UDP, SYN, FIN, generic: nothing there) never are.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::net::{TcpListener, TcpStream};

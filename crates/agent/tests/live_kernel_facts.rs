@@ -1,7 +1,7 @@
 //! Kernel facts ctune's design and units rely on, pinned on the live kernel. Needs root;
 //! global values are changed only under a guard that restores them.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;

@@ -13,7 +13,7 @@
 //! Needs root. Sets the global max and hash under a guard that restores them (also on
 //! panic); never sets max below what the initial namespace holds; deletes its namespace.
 
-mod common;
+use crate::common;
 
 use common::*;
 use ctune_core::plan::ADOPTED;

@@ -3,7 +3,7 @@
 //! stopped and timeouts lowered. Needs root; global values are restored by the guard,
 //! namespaces deleted, and the memory taken is bounded (512 MiB) and freed at the end.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

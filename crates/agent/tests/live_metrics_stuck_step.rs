@@ -4,7 +4,7 @@
 //! 503 once the step is `metrics.healthz_grace` late, then 200 again when the step
 //! ends. Needs root (the agent's lock lives in /run); changes no global value.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};

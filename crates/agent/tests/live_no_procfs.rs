@@ -6,7 +6,7 @@
 //! grow max on the drop counter. Needs root and cc; lowers the global max under a guard
 //! that restores it, and deletes its namespace.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

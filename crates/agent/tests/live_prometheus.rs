@@ -5,7 +5,7 @@
 //! the global max under a guard that restores it; deletes its namespace; stops both
 //! processes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::{Child, Command, Stdio};

@@ -10,7 +10,7 @@
 //! process it starts is bounded by `timeout` and killed on drop; the namespaces go with
 //! their processes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,7 +1,7 @@
 //! Live kernel: ctune reads the count, counters and global max of a namespace the test
 //! creates and fills. Needs root; changes the global max only under a guard.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

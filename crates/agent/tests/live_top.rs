@@ -5,7 +5,7 @@
 //! at a million entries (`CTUNE_TOP_SCALE_ENTRIES` sets another count: the kernel's
 //! share of the work grows with it, about 2.5 s a million for `--all`).
 
-mod common;
+use crate::common;
 
 use common::{GlobalGuard, TestNetns, require_root};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! `promtool check metrics` (Debian's prometheus package), and naming exactly the series
 //! docs/metrics.md lists.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeSet;

@@ -8,7 +8,7 @@
 //! stubs for `ctune` and `logger`. No OpenWrt system, procd or kmodloader runs here:
 //! docs/packages.md says what that leaves unproven.
 
-mod common;
+use crate::common;
 
 use common::tree::*;
 use serde_json::Value;

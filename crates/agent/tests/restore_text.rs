@@ -9,7 +9,7 @@
 //! Runs the real binary against copies of the 4.19 fixture tree (`common::tree::Tree`,
 //! as in apply_tree.rs): nothing on the host is read or written.
 
-mod common;
+use crate::common;
 
 use common::tree::*;
 use serde_json::{Value, json};

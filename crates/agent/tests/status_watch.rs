@@ -3,7 +3,7 @@
 //! the terminal and on SIGINT, with the terminal put back. Without a terminal it prints
 //! one plain report per refresh.
 
-mod common;
+use crate::common;
 
 use common::FixtureTree;
 use std::io::{Read, Write};

@@ -496,6 +496,19 @@ pub struct Agent {
     log: PathBuf,
 }
 
+/// A run root of the test's own, `DIR/run`, that sees the host's named namespaces
+/// (`netns` links to /run/netns): agents of tests running at once in this process do not
+/// meet at /run/ctune/lock, the one-writer lock (which agent_signals proves).
+pub fn run_root(dir: &Path) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let netns = run.join("netns");
+    if std::fs::symlink_metadata(&netns).is_err() {
+        std::os::unix::fs::symlink("/run/netns", &netns).unwrap();
+    }
+    run
+}
+
 impl Agent {
     pub fn start(config: &Path, dir: &Path) -> Agent {
         Agent::start_env(config, dir, &[])
@@ -517,6 +530,8 @@ impl Agent {
             .arg(dir.join("etc"))
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--run-root")
+            .arg(run_root(dir))
             .env("CTUNE_LOG", "info")
             .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
