@@ -16,7 +16,7 @@ struct Run {
 }
 
 impl Run {
-    fn start(tree: &FixtureTree, config: &std::path::Path) -> Run {
+    fn start(tree: &Tree, config: &std::path::Path) -> Run {
         let sock_path = tree.path().join("notify.sock");
         let notify = UnixDatagram::bind(&sock_path).unwrap();
         notify
@@ -90,7 +90,7 @@ impl Drop for Run {
 
 #[test]
 fn notifies_systemd_reloads_on_sighup_and_stops_on_sigterm() {
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let cfg = tree.path().join("ctune.yaml");
     std::fs::write(
         &cfg,
@@ -148,7 +148,7 @@ fn notifies_systemd_reloads_on_sighup_and_stops_on_sigterm() {
 
 #[test]
 fn stops_on_sigint_within_a_second() {
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let cfg = tree.path().join("ctune.yaml");
     std::fs::write(
         &cfg,
@@ -169,7 +169,7 @@ fn stops_on_sigint_within_a_second() {
 #[test]
 fn agent_waits_for_conntrack_instead_of_exiting() {
     // A modular conntrack may load after ctune starts: the agent reports and keeps going.
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     std::fs::remove_dir_all(tree.path().join("proc/sys/net/netfilter")).unwrap();
     let cfg = tree.path().join("ctune.yaml");
     std::fs::write(
@@ -197,7 +197,7 @@ fn agent_waits_for_conntrack_instead_of_exiting() {
 
 #[test]
 fn apply_and_restore_refuse_while_the_agent_runs() {
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let cfg = tree.path().join("ctune.yaml");
     std::fs::write(
         &cfg,

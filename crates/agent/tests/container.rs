@@ -648,7 +648,7 @@ fn the_manifest_holds_the_settings_the_container_test_ran() {
     let cm = yaml("deploy/kubernetes/configmap.yaml");
     let file = dir.path().join("ctune.yaml");
     std::fs::write(&file, cm["data"]["ctune.yaml"].as_str().unwrap()).unwrap();
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let (code, out, err) = tree.ctune(&["--config", file.to_str().unwrap(), "plan"]);
     assert_eq!(code, 0, "{out}{err}");
     let kustomization = yaml("deploy/kubernetes/kustomization.yaml");

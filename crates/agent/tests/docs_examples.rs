@@ -16,7 +16,7 @@
 
 use crate::common;
 
-use common::FixtureTree;
+use common::Tree;
 use std::path::{Path, PathBuf};
 
 /// One example: where it is, how to run it, and the commands with their shown output.
@@ -128,7 +128,7 @@ fn run(ex: &Example, args: &[String]) -> (i32, String) {
     let mut tree = None;
     for m in &ex.marker {
         match m.split_once('=') {
-            Some(("tree", name)) => tree = Some(FixtureTree::new(name)),
+            Some(("tree", name)) => tree = Some(Tree::copy(name)),
             Some(("exit", _)) => {}
             Some(("config", file)) => {
                 let t = tree.as_ref().expect("tree= comes before config=");

@@ -10,13 +10,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// A fixture tree in one of the recorded states.
-fn tree(variant: &str) -> common::FixtureTree {
+fn tree(variant: &str) -> common::Tree {
     let kernel = if variant == "k419" {
         "kernel-4.19"
     } else {
         "kernel-6.18"
     };
-    let t = common::FixtureTree::new(kernel);
+    let t = common::Tree::copy(kernel);
     let netfilter = t.path().join("proc/sys/net/netfilter");
     if variant.starts_with("k618-") {
         std::fs::write(netfilter.join("nf_conntrack_count"), "250000\n").unwrap();
@@ -40,7 +40,7 @@ fn tree(variant: &str) -> common::FixtureTree {
 
 /// Runs ctune on the tree; the temporary root and the fixture's namespace inode (a
 /// temporary file's) become placeholders so the output is the same on every machine.
-fn output(t: &common::FixtureTree, args: &[&str]) -> String {
+fn output(t: &common::Tree, args: &[&str]) -> String {
     let (_, stdout, stderr) = t.ctune(args);
     let text = stdout + &stderr;
     let inode = std::fs::metadata(t.path().join("proc/self/ns/net"))
@@ -70,25 +70,11 @@ fn mask_after(text: &str, marker: &str, end: char) -> String {
     out + rest
 }
 
-/// Compares with tests/golden/NAME, or writes it under `CTUNE_BLESS=1`.
-pub fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("CTUNE_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (record it with CTUNE_BLESS=1)", path.display()));
-    if expected != actual {
-        let diff = similar::TextDiff::from_lines(&expected, actual);
-        panic!(
-            "{} differs from this build's output (review, then CTUNE_BLESS=1 to accept):\n{}",
-            path.display(),
-            diff.unified_diff().context_radius(3)
-        );
-    }
+/// Compares with tests/golden/NAME, or writes it under `CTUNE_BLESS=1`: the whole diff
+/// (these files are small).
+fn assert_golden(name: &str, actual: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    ctune_testkit::assert_golden(&dir, name, actual, usize::MAX);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::FixtureTree;
+use common::Tree;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,15 +19,15 @@ const COUNT: &str = "nf_conntrack_count";
 const K618_MAX: u64 = 262144;
 const EXIT_DIFFERS: i32 = 7;
 
-fn sysctl(t: &FixtureTree, key: &str) -> PathBuf {
+fn sysctl(t: &Tree, key: &str) -> PathBuf {
     t.path().join("proc/sys/net/netfilter").join(key)
 }
 
-fn set(t: &FixtureTree, key: &str, value: u64) {
+fn set(t: &Tree, key: &str, value: u64) {
     fs::write(sysctl(t, key), format!("{value}\n")).unwrap();
 }
 
-fn get(t: &FixtureTree, key: &str) -> u64 {
+fn get(t: &Tree, key: &str) -> u64 {
     fs::read_to_string(sysctl(t, key))
         .unwrap()
         .trim()
@@ -35,27 +35,27 @@ fn get(t: &FixtureTree, key: &str) -> u64 {
         .unwrap()
 }
 
-fn history_file(t: &FixtureTree) -> PathBuf {
+fn history_file(t: &Tree) -> PathBuf {
     t.path().join("state/history.jsonl")
 }
 
-fn rotated_file(t: &FixtureTree) -> PathBuf {
+fn rotated_file(t: &Tree) -> PathBuf {
     t.path().join("state/history.jsonl.1")
 }
 
-fn persisted_file(t: &FixtureTree) -> PathBuf {
+fn persisted_file(t: &Tree) -> PathBuf {
     t.path().join("etc/sysctl.d/99-ctune.conf")
 }
 
 /// Runs ctune on the tree and requires exit `want`; returns (stdout, stderr).
-fn expect(t: &FixtureTree, args: &[&str], want: i32) -> (String, String) {
+fn expect(t: &Tree, args: &[&str], want: i32) -> (String, String) {
     let (code, out, err) = t.ctune(args);
     assert_eq!(code, want, "ctune {args:?}:\n{out}{err}");
     (out, err)
 }
 
 /// Puts the table at 92% of its max and applies: max grows. Returns the new max.
-fn apply_under_pressure(t: &FixtureTree) -> u64 {
+fn apply_under_pressure(t: &Tree) -> u64 {
     let max = get(t, MAX);
     set(t, COUNT, max * 92 / 100);
     expect(t, &["apply"], 0);
@@ -64,7 +64,7 @@ fn apply_under_pressure(t: &FixtureTree) -> u64 {
     raised
 }
 
-fn history_json(t: &FixtureTree, extra: &[&str]) -> Vec<Value> {
+fn history_json(t: &Tree, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["history", "--json"];
     args.extend_from_slice(extra);
     let (out, _) = expect(t, &args, 0);
@@ -105,7 +105,7 @@ fn snapshot(dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 #[test]
 fn apply_records_the_change_and_history_shows_it() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let (out, _) = expect(&t, &["history"], 0);
     assert!(out.starts_with("no changes recorded in "), "{out}");
     let raised = apply_under_pressure(&t);
@@ -159,7 +159,7 @@ fn apply_records_the_change_and_history_shows_it() {
 
 #[test]
 fn a_torn_last_line_is_skipped_and_reported() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     apply_under_pressure(&t);
     // A crash halfway through a line: no '\n' at the end.
     append(
@@ -196,7 +196,7 @@ fn a_torn_last_line_is_skipped_and_reported() {
 
 #[test]
 fn history_is_rotated_at_its_bound() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     apply_under_pressure(&t);
     let line = old_line(1000);
     let big = line.repeat((1 << 20) / line.len() + 1);
@@ -232,7 +232,7 @@ fn history_is_rotated_at_its_bound() {
 
 #[test]
 fn a_history_others_control_is_refused() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     apply_under_pressure(&t);
     let h = history_file(&t);
     fs::set_permissions(&h, fs::Permissions::from_mode(0o646)).unwrap();
@@ -268,7 +268,7 @@ fn a_history_others_control_is_refused() {
 
 #[test]
 fn restore_keeps_the_history() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let count = get(&t, COUNT);
     apply_under_pressure(&t);
     set(&t, COUNT, count);
@@ -279,7 +279,7 @@ fn restore_keeps_the_history() {
 
 #[test]
 fn verify_after_apply_matches_and_a_changed_max_is_named() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let (out, _) = expect(&t, &["verify"], 0);
     assert!(out.starts_with("nothing to verify"), "{out}");
     let raised = apply_under_pressure(&t);
@@ -332,7 +332,7 @@ fn verify_after_apply_matches_and_a_changed_max_is_named() {
 
 #[test]
 fn verify_names_an_edited_or_missing_persisted_file() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let raised = apply_under_pressure(&t);
     let path = persisted_file(&t);
     let file = path.display().to_string();
@@ -382,7 +382,7 @@ fn verify_names_an_edited_or_missing_persisted_file() {
 
 #[test]
 fn an_operator_held_key_is_not_a_difference() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let raised = apply_under_pressure(&t);
     // The admin's value: the count is 80% of it, above the 75% watermark but not
     // critical, so ctune adopts it.
@@ -415,7 +415,7 @@ fn an_operator_held_key_is_not_a_difference() {
 
 #[test]
 fn verify_checks_the_timeouts_ctune_lowered() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     // At the configured cap and 98% full: max cannot grow, so the timeouts are lowered.
     let cap = 300000;
     fs::create_dir_all(t.path().join("etc/ctune")).unwrap();

@@ -6,9 +6,9 @@ use crate::common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::FixtureTree;
+use common::Tree;
 
-fn run(t: &FixtureTree, args: &[&str]) -> (i32, String, String, Duration) {
+fn run(t: &Tree, args: &[&str]) -> (i32, String, String, Duration) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ctune"))
         .env_remove("CTUNE_LOG")
@@ -42,7 +42,7 @@ fn fifo(path: &std::path::Path) {
 
 #[test]
 fn a_fifo_as_the_config_is_refused_not_waited_on() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let cfg = t.path().join("ctune.yaml");
     fifo(&cfg);
     let (code, _, err, _) = run(&t, &["--dry-run", "--config", cfg.to_str().unwrap()]);
@@ -55,7 +55,7 @@ fn a_fifo_as_the_config_is_refused_not_waited_on() {
 
 #[test]
 fn a_fifo_as_the_state_does_not_hang_the_dry_run() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     fifo(&t.path().join("state/state.json"));
     let (code, out, err, _) = run(&t, &["--dry-run"]);
     assert_eq!(code, 0, "{err}");
@@ -64,7 +64,7 @@ fn a_fifo_as_the_state_does_not_hang_the_dry_run() {
 
 #[test]
 fn a_state_from_another_version_is_refused_and_named() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::create_dir_all(t.path().join("state")).unwrap();
     std::fs::write(
         t.path().join("state/state.json"),
@@ -78,7 +78,7 @@ fn a_state_from_another_version_is_refused_and_named() {
 
 #[test]
 fn a_closed_pipe_ends_output_quietly() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ctune"))
         .env_remove("CTUNE_LOG")
         .args(t.root_args())
@@ -103,7 +103,7 @@ fn a_closed_pipe_ends_output_quietly() {
     );
 }
 
-fn netfilter_get(t: &FixtureTree, key: &str) -> u64 {
+fn netfilter_get(t: &Tree, key: &str) -> u64 {
     std::fs::read_to_string(t.path().join("proc/sys/net/netfilter").join(key))
         .unwrap()
         .trim()
@@ -114,7 +114,7 @@ fn netfilter_get(t: &FixtureTree, key: &str) -> u64 {
 /// A state whose recorded original max is 1 (tampered, or corrupt) is not written back.
 #[test]
 fn restore_refuses_a_recorded_value_outside_the_bounds() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::write(
         t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
         "250000\n",
@@ -151,7 +151,7 @@ fn restore_refuses_a_recorded_value_outside_the_bounds() {
 /// kernel's limit).
 #[test]
 fn boot_refuses_a_persisted_value_outside_the_bounds() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     // The kernel's own 8 x hashsize default is the one case where boot lowers max.
     std::fs::write(
         t.path().join("proc/sys/net/netfilter/nf_conntrack_buckets"),
@@ -185,7 +185,7 @@ fn boot_refuses_a_persisted_value_outside_the_bounds() {
 /// `restore` puts it back (the bounds refuse only what no kernel or operator would set).
 #[test]
 fn restore_puts_back_a_small_stock_max() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::write(
         t.path().join("proc/sys/net/netfilter/nf_conntrack_max"),
         "8192\n",
@@ -219,7 +219,7 @@ fn restore_puts_back_a_small_stock_max() {
 #[test]
 fn a_config_or_state_others_control_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let cfg = t.path().join("ctune.yaml");
     std::fs::write(&cfg, "ceiling:\n  memory_fraction: 1\n").unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -252,7 +252,7 @@ fn a_config_or_state_others_control_is_refused() {
 /// restore that the live value is ctune's, and the operator's comes back.
 #[test]
 fn restore_recognises_its_own_value_when_the_last_state_save_failed() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::write(
         t.path().join("proc/sys/net/netfilter/nf_conntrack_count"),
         "250000\n",

@@ -149,7 +149,7 @@ fn check(command: &str, outputs: &[Value]) {
 }
 
 /// Parses a command's stdout: one JSON object whose first field is `schema`.
-fn json(t: &common::FixtureTree, args: &[&str], codes: &[i32]) -> Value {
+fn json(t: &common::Tree, args: &[&str], codes: &[i32]) -> Value {
     let (code, out, err) = t.ctune(args);
     assert!(codes.contains(&code), "ctune {args:?} exited {code}: {err}");
     assert!(
@@ -163,8 +163,8 @@ fn json(t: &common::FixtureTree, args: &[&str], codes: &[i32]) -> Value {
 /// The 6.18 fixture with its table at 250000 of 262144: max grows (a global change, a
 /// file to write). `small` makes it a 256 MiB host, where the table is over its budget
 /// and timeouts are lowered in the namespace instead.
-fn tree(small: bool) -> common::FixtureTree {
-    let t = common::FixtureTree::new("kernel-6.18");
+fn tree(small: bool) -> common::Tree {
+    let t = common::Tree::copy("kernel-6.18");
     let netfilter = t.path().join("proc/sys/net/netfilter");
     std::fs::write(netfilter.join("nf_conntrack_count"), "250000\n").unwrap();
     if small {
@@ -187,7 +187,7 @@ fn tree(small: bool) -> common::FixtureTree {
 /// A composition sample of the fixture's own namespace in ctune's state, taken now: what
 /// the agent leaves while a namespace is under pressure, and what `plan` and `status`
 /// show and weigh timeouts by.
-fn seed_sample(t: &common::FixtureTree) {
+fn seed_sample(t: &common::Tree) {
     use ctune::act::state;
     let roots = ctune::sense::roots::Roots::all_under(t.path());
     let own = ctune_core::config::Namespaces {

@@ -5,17 +5,17 @@ use crate::common;
 
 use serde_json::Value;
 
-use common::FixtureTree;
+use common::Tree;
 
 const NETFILTER: &str = "proc/sys/net/netfilter";
 
-fn set(t: &FixtureTree, key: &str, value: u64) {
+fn set(t: &Tree, key: &str, value: u64) {
     std::fs::write(t.path().join(NETFILTER).join(key), format!("{value}\n")).unwrap();
 }
 
 /// The dry run against the saved state's counters (`--sample 0`: one reading), as the
 /// next `apply` would decide.
-fn plan_json(t: &FixtureTree) -> Value {
+fn plan_json(t: &Tree) -> Value {
     let (code, out, err) = t.ctune(&["plan", "--json", "--sample", "0"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
@@ -31,7 +31,7 @@ fn changed_keys(plan: &Value) -> Vec<String> {
 }
 
 /// Adds `by` to a column of the fixture's /proc/net/stat/nf_conntrack (first CPU row).
-fn bump_stat(t: &FixtureTree, column: &str, by: u64) {
+fn bump_stat(t: &Tree, column: &str, by: u64) {
     let path = t.path().join("proc/net/stat/nf_conntrack");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -54,7 +54,7 @@ fn bump_stat(t: &FixtureTree, column: &str, by: u64) {
 /// together). Clashes at 0.4 % of max are reported and change nothing.
 #[test]
 fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     set(&t, "nf_conntrack_count", 1_000); // 0.4 % of 262144
     let (code, _, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{err}");
@@ -90,7 +90,7 @@ fn drop_with_insert_failed_at_low_utilisation_is_a_clash_not_a_full_table() {
 /// against it: an old drop does not grow max hours later.
 #[test]
 fn a_drop_against_an_old_sample_grows_nothing() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     let (code, _, err) = t.ctune(&["apply"]);
     assert_eq!(code, 0, "{err}");
     // Age the saved sample: its time is moved two hours back.
@@ -118,7 +118,7 @@ fn a_drop_against_an_old_sample_grows_nothing() {
     assert!(v.to_string().contains("the previous sample is"), "{v:#}");
 }
 
-fn get(t: &FixtureTree, key: &str) -> u64 {
+fn get(t: &Tree, key: &str) -> u64 {
     std::fs::read_to_string(t.path().join(NETFILTER).join(key))
         .unwrap()
         .trim()
@@ -126,7 +126,7 @@ fn get(t: &FixtureTree, key: &str) -> u64 {
         .unwrap()
 }
 
-fn persisted(t: &FixtureTree, key: &str) -> Option<u64> {
+fn persisted(t: &Tree, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(t.path().join("etc/sysctl.d/99-ctune.conf")).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once('=')?;
@@ -134,7 +134,7 @@ fn persisted(t: &FixtureTree, key: &str) -> Option<u64> {
     })
 }
 
-fn state(t: &FixtureTree) -> Value {
+fn state(t: &Tree) -> Value {
     serde_json::from_str(&std::fs::read_to_string(t.path().join("state/state.json")).unwrap())
         .unwrap()
 }
@@ -144,7 +144,7 @@ fn state(t: &FixtureTree) -> Value {
 /// recognises it as ctune's own and adopts nothing as the operator's.
 #[test]
 fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::create_dir_all(t.path().join("proc/sys/kernel/random")).unwrap();
     let boot_id = t.path().join("proc/sys/kernel/random/boot_id");
     std::fs::write(&boot_id, "boot-1\n").unwrap();
@@ -212,7 +212,7 @@ fn a_deferred_resize_survives_a_reboot_as_ctunes_own_value() {
 /// taken for someone else's change.
 #[test]
 fn a_64k_page_kernel_resizes_to_whole_pages() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     std::fs::write(
         t.path().join("proc/self/auxv"),
         ctune_core::model::auxv::encode(65_536),
@@ -243,7 +243,7 @@ fn a_64k_page_kernel_resizes_to_whole_pages() {
 /// 0444 in a child namespace) nothing changes: see live_status.rs.
 #[test]
 fn a_writable_max_in_a_child_namespace_is_its_own_and_the_hash_is_left_alone() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     // PID 1 in another namespace than ctune's: a child namespace.
     std::fs::create_dir_all(t.path().join("proc/1/ns")).unwrap();
     std::fs::write(t.path().join("proc/1/ns/net"), "host").unwrap();
@@ -269,7 +269,7 @@ fn a_writable_max_in_a_child_namespace_is_its_own_and_the_hash_is_left_alone() {
 /// zero window): they belong to the established tier, untouched at `elevated`.
 #[test]
 fn elevated_leaves_unacknowledged_and_max_retrans_alone() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     // A 256 MiB host whose max is at its ceiling (the 64 MiB floor at 386 B/entry), the
     // table at 88 % of it: elevated (85 %), not critical, within the budget.
     const CEILING: u64 = 173_846;
@@ -332,7 +332,7 @@ fn elevated_leaves_unacknowledged_and_max_retrans_alone() {
 /// TCP's; the stalled-session keys against TCP's largest retransmission interval.
 #[test]
 fn every_established_floor_is_checked() {
-    let t = FixtureTree::new("kernel-6.18");
+    let t = Tree::copy("kernel-6.18");
     for (key, floor) in [
         ("sctp_timeout_established", "1h"),
         ("tcp_timeout_unacknowledged", "30s"),
@@ -368,7 +368,7 @@ fn status_exits_6_for_drops_during_its_sample_and_0_for_clashes() {
         (&["drop"][..], 6, "dropping"),
         (&["drop", "insert_failed"][..], 0, "healthy"),
     ] {
-        let t = FixtureTree::new("kernel-6.18");
+        let t = Tree::copy("kernel-6.18");
         let (code, out, err) = std::thread::scope(|s| {
             let status = s.spawn(|| t.ctune(&["status", "--json", "--sample", "1s"]));
             std::thread::sleep(std::time::Duration::from_millis(400));

@@ -24,7 +24,7 @@ fn documented() -> BTreeSet<String> {
 
 #[test]
 fn the_textfile_passes_promtool_and_matches_the_docs() {
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let out = tree.path().join("prom");
     std::fs::create_dir_all(&out).unwrap();
     let cfg = tree.path().join("ctune.yaml");

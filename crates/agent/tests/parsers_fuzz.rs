@@ -8,19 +8,8 @@ use proptest::prelude::*;
 const PERSISTED: &str = "# Written by ctune\nnet.netfilter.nf_conntrack_max = 524288\nnet.netfilter.nf_conntrack_buckets = 131072\n";
 const STATE: &str = r#"{"version": 1, "boot_id": "b", "original": {"nf_conntrack_max": 262144}, "policy": {"namespaces": {}, "last_resize": null, "low_since": null, "baseline_max": 262144, "applied": {"nf_conntrack_max": 524288}, "operator_held": []}}"#;
 
-fn mutated(seed: &'static str) -> impl Strategy<Value = String> {
-    prop::collection::vec((0..seed.len(), any::<u8>(), 0u8..3), 0..12).prop_map(move |edits| {
-        let mut b = seed.as_bytes().to_vec();
-        for (at, byte, kind) in edits {
-            let at = at.min(b.len());
-            match kind {
-                0 if at < b.len() => b[at] = byte,
-                1 => b.insert(at, byte),
-                _ => b.truncate(at),
-            }
-        }
-        String::from_utf8_lossy(&b).into_owned()
-    })
+fn mutated(seed: &str) -> impl Strategy<Value = String> + use<> {
+    ctune_testkit::mutated(seed.to_string())
 }
 
 proptest! {

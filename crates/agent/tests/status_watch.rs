@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::FixtureTree;
+use common::Tree;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,12 +19,12 @@ const HEADER: &str = "ctune status --watch: every 1s";
 struct Watch {
     child: Child,
     out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _tree: FixtureTree,
+    _tree: Tree,
 }
 
 impl Watch {
     fn start() -> Watch {
-        let tree = FixtureTree::new("kernel-6.18");
+        let tree = Tree::copy("kernel-6.18");
         // `exec`: script runs the command through $SHELL, and dash (Debian's /bin/sh,
         // script's shell when SHELL is unset, as under CI) forks for it where bash
         // execs; a SIGINT sent to the shell would never reach ctune.
@@ -151,7 +151,7 @@ fn sigint_ends_the_watch_with_the_terminal_put_back() {
 
 #[test]
 fn without_a_terminal_each_refresh_is_a_plain_report() {
-    let tree = FixtureTree::new("kernel-6.18");
+    let tree = Tree::copy("kernel-6.18");
     let child = Command::new(env!("CARGO_BIN_EXE_ctune"))
         .args(tree.root_args())
         .args(["status", "--watch", "--sample", "1s"])

@@ -16,26 +16,7 @@ fn fixture(rel: &str) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// The real text with some bytes replaced, inserted or cut.
-fn mutated(seed: String) -> impl Strategy<Value = String> {
-    let len = seed.len().max(1);
-    prop::collection::vec((0..len, any::<u8>(), 0u8..3), 0..12).prop_map(move |edits| {
-        let mut b = seed.clone().into_bytes();
-        for (at, byte, kind) in edits {
-            let at = at.min(b.len());
-            match kind {
-                0 if at < b.len() => b[at] = byte,
-                1 => b.insert(at, byte),
-                _ => b.truncate(at),
-            }
-        }
-        String::from_utf8_lossy(&b).into_owned()
-    })
-}
-
-fn text(seed: &str) -> impl Strategy<Value = String> {
-    prop_oneof![any::<String>(), mutated(seed.to_string())]
-}
+use ctune_testkit::text;
 
 const SLABINFO: &str = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>\nnf_conntrack       120000 120016    256   16    1 : tunables 0 0 0 : slabdata 7501 7501 0\n";
 const PSI: &str = "some avg10=12.50 avg60=3.00 avg300=0.40 total=123456\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=1\n";

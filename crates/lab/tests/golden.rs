@@ -29,28 +29,10 @@ fn simulate(scenario: &Path, json: bool) -> String {
 }
 
 /// Compares with tests/golden/NAME, or writes it under `CTUNE_BLESS=1`. Only the first
-/// differing lines are shown: the JSON files are large.
+/// 80 lines of a diff are shown: the JSON files are large.
 fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("CTUNE_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (record it with CTUNE_BLESS=1)", path.display()));
-    if expected != actual {
-        let diff = similar::TextDiff::from_lines(&expected, actual)
-            .unified_diff()
-            .context_radius(2)
-            .to_string();
-        let head: String = diff.lines().take(80).map(|l| format!("{l}\n")).collect();
-        panic!(
-            "{} differs from this build's output (review, then CTUNE_BLESS=1 to accept):\n{head}",
-            path.display()
-        );
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    ctune_testkit::assert_golden(&dir, name, actual, 80);
 }
 
 /// 64-bit FNV-1a: enough to tell two timelines apart, no dependency.

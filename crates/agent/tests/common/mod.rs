@@ -1,10 +1,12 @@
 //! Helpers for tests that touch the live kernel: namespaces and nftables tables they
 //! create and always delete, global values saved and restored (also on panic), a lock
 //! that serializes tests changing global values, and a bounded UDP flow generator.
-//! [`tree`]: a fixture kernel tree with all of ctune's roots, for the commands that write.
+//! [`tree`]: the one fixture-tree helper, a copied kernel with all of ctune's roots.
 #![allow(dead_code)]
 
 pub mod tree;
+
+pub use tree::Tree;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -437,56 +439,6 @@ pub fn copy_tree(src: &Path, dst: &Path) {
             perm.set_mode(perm.mode() | 0o200);
             std::fs::set_permissions(&to, perm).unwrap();
         }
-    }
-}
-
-/// A copy of a fixture kernel tree and the root flags that point ctune at it.
-pub struct FixtureTree {
-    pub dir: tempfile::TempDir,
-}
-
-impl FixtureTree {
-    pub fn new(kernel: &str) -> FixtureTree {
-        let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures")
-            .join(kernel);
-        copy_tree(&src, dir.path());
-        FixtureTree { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Runs ctune with the tree's roots, then `args`: (exit code, stdout, stderr).
-    pub fn ctune(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ctune"))
-            .env_remove("CTUNE_LOG")
-            .args(self.root_args())
-            .args(args)
-            .output()
-            .expect("run ctune");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    pub fn root_args(&self) -> Vec<String> {
-        let p = self.dir.path();
-        [
-            ("--proc-root", "proc"),
-            ("--sys-root", "sys"),
-            ("--etc-root", "etc"),
-            ("--run-root", "run"),
-            ("--state-dir", "state"),
-            ("--netlink-root", "netlink"),
-        ]
-        .iter()
-        .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
-        .collect()
     }
 }
 

@@ -1,6 +1,5 @@
-//! A copy of a fixture kernel tree with the other roots and a config beside it, for the
-//! tests that run the commands that write (`plan`, `apply`, `verify`, `boot`, `restore`)
-//! as the real binary: apply_tree.rs and openwrt.rs.
+//! A copy of a fixture kernel tree with the other roots and a config beside it: the one
+//! fixture-tree helper of the tests that run the real binary on a copied kernel.
 //!
 //! In a fixture copy the "kernel" files are plain files, so `apply` writes them as it
 //! would write sysctls and reads them back. Every run passes all five roots
@@ -47,8 +46,17 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// A copy of the fixture `kernel` (its proc and sys) with `config` as the config.
+    /// A copy of the fixture `kernel` (its proc, sys and recorded ctnetlink replies) with
+    /// `config` as the config.
     pub fn new(kernel: &str, config: &str) -> Tree {
+        let t = Tree::copy(kernel);
+        t.config(config);
+        t
+    }
+
+    /// A copy of the fixture `kernel` and no config: ctune reads the one in the etc
+    /// root, or its built-in defaults, until [`Tree::config`] gives it one.
+    pub fn copy(kernel: &str) -> Tree {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures")
@@ -60,15 +68,39 @@ impl Tree {
         if src.join("netlink").is_dir() {
             super::copy_tree(&src.join("netlink"), &dir.path().join("netlink"));
         }
-        let t = Tree { dir };
-        t.config(config);
-        t
+        Tree { dir }
     }
 
     /// Replaces the config. It lies outside every root, so snapshots of the roots do not
     /// see it.
     pub fn config(&self, text: &str) {
-        fs::write(self.root().join("test-config.yaml"), text).expect("write config");
+        fs::write(self.config_file(), text).expect("write config");
+    }
+
+    /// Where [`Tree::config`] writes the config.
+    pub fn config_file(&self) -> PathBuf {
+        self.root().join("test-config.yaml")
+    }
+
+    /// The flags that point ctune at the tree: all six roots, no config.
+    pub fn root_args(&self) -> Vec<String> {
+        let p = self.root();
+        [
+            ("--proc-root", "proc"),
+            ("--sys-root", "sys"),
+            ("--etc-root", "etc"),
+            ("--run-root", "run"),
+            ("--state-dir", "state"),
+            ("--netlink-root", "netlink"),
+        ]
+        .iter()
+        .flat_map(|(flag, sub)| [flag.to_string(), p.join(sub).display().to_string()])
+        .collect()
+    }
+
+    /// The tree's directory.
+    pub fn path(&self) -> &Path {
+        self.root()
     }
 
     pub fn root(&self) -> &Path {
@@ -87,6 +119,10 @@ impl Tree {
         self.root().join("etc")
     }
 
+    pub fn run_root(&self) -> PathBuf {
+        self.root().join("run")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.root().join("state")
     }
@@ -103,8 +139,9 @@ impl Tree {
         self.netfilter().join(key)
     }
 
-    /// Writes one `nf_conntrack_*` file in the copy, as the kernel (or an admin) would.
-    pub fn set(&self, key: &str, value: u64) {
+    /// Writes one `nf_conntrack_*` file in the copy, as the kernel (or an admin) would
+    /// (a value that is not a number, too, as a broken kernel file).
+    pub fn set(&self, key: &str, value: impl std::fmt::Display) {
         fs::write(self.sysctl(key), format!("{value}\n")).expect("write sysctl");
     }
 
@@ -121,28 +158,49 @@ impl Tree {
         self.set(COUNT, (max * 9).div_ceil(10));
     }
 
-    /// Runs ctune with the five roots in the temp tree, the config, then `args`.
+    /// Runs ctune with the tree's roots, its config (when it has one), then `args`.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .env_remove("CTUNE_LOG")
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("CTUNE_LOG")
             .env_remove("JOURNAL_STREAM")
-            .arg("--proc-root")
-            .arg(self.proc())
-            .arg("--sys-root")
-            .arg(self.sys())
-            .arg("--etc-root")
-            .arg(self.etc())
-            .arg("--run-root")
-            .arg(self.root().join("run"))
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--netlink-root")
-            .arg(self.root().join("netlink"))
-            .arg("--config")
-            .arg(self.root().join("test-config.yaml"))
-            .args(args)
-            .output()
-            .expect("run ctune")
+            .args(self.root_args());
+        if self.config_file().exists() {
+            cmd.arg("--config").arg(self.config_file());
+        }
+        cmd.args(args).output().expect("run ctune")
+    }
+
+    /// Runs with `yaml` as the config.
+    pub fn run_with(&self, yaml: &str, args: &[&str]) -> Output {
+        self.config(yaml);
+        self.run(args)
+    }
+
+    /// Runs with `yaml` as the config and parses stdout as JSON, requiring exit 0.
+    pub fn json(&self, yaml: &str, args: &[&str]) -> Value {
+        let out = self.run_with(yaml, args);
+        assert_eq!(
+            code(&out),
+            0,
+            "ctune {args:?} failed: {}",
+            super::text(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ctune {args:?} printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs ctune like [`Tree::run`]: (exit code, stdout, stderr).
+    pub fn ctune(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.run(args);
+        (
+            code(&out),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Runs `args` and requires `want` as the exit code; returns stdout + stderr.
