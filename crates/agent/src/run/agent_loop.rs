@@ -282,14 +282,7 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     let mut exporter = Exporter::default();
     let interval = engine.config().agent.interval;
     exporter.next_step_in(interval);
-    exporter.configure(&engine.config().metrics);
-    if let Some(addr) = engine.config().metrics.listen
-        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served))
-    {
-        tracing::error!(
-            "{e}; metrics are not served over HTTP (the textfile is still written when configured)"
-        );
-    }
+    serve_metrics(engine.config(), &mut exporter);
     tracing::info!(
         interval = %humantime::format_duration(interval),
         "ctune agent started"
@@ -344,6 +337,20 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
     }
     notifier.stopping();
     Ok(())
+}
+
+/// Configures the exporter and starts the HTTP endpoint when one is configured, on its
+/// own thread (a step never waits for it). A port that cannot be bound is logged: the
+/// agent tunes without it.
+fn serve_metrics(cfg: &config::Config, exporter: &mut Exporter) {
+    exporter.configure(&cfg.metrics);
+    if let Some(addr) = cfg.metrics.listen
+        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served))
+    {
+        tracing::error!(
+            "{e}; metrics are not served over HTTP (the textfile is still written when configured)"
+        );
+    }
 }
 
 /// SIGHUP: the new config; None when it is invalid (the old one is kept).
