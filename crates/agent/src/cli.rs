@@ -60,13 +60,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Print JSON instead of text, for scripts.
-    #[arg(long, global = true)]
+    /// Print JSON instead of text, for scripts (the dry run's; each command that prints
+    /// JSON takes --json too).
+    #[arg(long)]
     pub json: bool,
 
-    /// For `plan` and `status`: read the counters twice, this far apart, to see loss
-    /// now (drops per second) rather than since boot; 0 reads once. At most 10s.
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_sample)]
+    /// The dry run's sample: read the counters twice, this far apart, to see loss now
+    /// (drops per second) rather than since boot; 0 reads once. At most 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_sample)]
     pub sample: Option<std::time::Duration>,
 
     #[command(flatten)]
@@ -76,12 +77,35 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// What to do.
+/// `--json`, for the commands that print JSON.
+#[derive(Debug, Args, Clone, Default, PartialEq, Eq)]
+pub struct JsonFlag {
+    /// Print JSON instead of text, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--sample`, for the commands that read the counters twice.
+#[derive(Debug, Args, Clone, Default, PartialEq, Eq)]
+pub struct SampleFlag {
+    /// Read the counters twice, this far apart, to see loss now (drops per second)
+    /// rather than since boot; 0 reads once. At most 10s [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_sample)]
+    pub sample: Option<std::time::Duration>,
+}
+
+/// What to do. Each command takes its own flags and no other: the parser refuses the
+/// rest, and each command's --help lists only what it takes.
 #[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Show what ctune would change and why, and the files a real run would write (the
     /// same as --dry-run). Changes nothing.
-    Plan,
+    Plan {
+        #[command(flatten)]
+        out: JsonFlag,
+        #[command(flatten)]
+        sample: SampleFlag,
+    },
     /// Show per namespace the count against the live max, the pressure level now and the
     /// drops per second over --sample; the timeouts in force and which ctune lowered;
     /// what ctune changed and the operator's values; the ceiling. Changes nothing. Exit
@@ -91,10 +115,17 @@ pub enum Command {
         /// Not a terminal: one plain report per refresh.
         #[arg(long)]
         watch: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+        #[command(flatten)]
+        sample: SampleFlag,
     },
     /// Observe, decide, apply (each value read back) and persist once, then print what
     /// changed. Needs root in the initial network namespace.
-    Apply,
+    Apply {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Run the agent: one control step per `agent.interval`; SIGHUP reloads the config,
     /// SIGTERM/SIGINT stop it. Stopping rolls nothing back (see `restore`).
     Run,
@@ -123,6 +154,8 @@ pub enum Command {
         /// Only changes made this recently (e.g. 30m, 1h, 2d).
         #[arg(long, value_name = "DURATION", value_parser = parse_since)]
         since: Option<std::time::Duration>,
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Check that the values and files ctune set are still in force: exit 0 when all
     /// match, 7 when any differs, each difference named. Changes nothing.
@@ -134,7 +167,10 @@ pub enum Command {
     /// no lock.
     ///
     /// Example: `ctune verify || alert "conntrack tuning drifted"`; `ctune verify --json`.
-    Verify,
+    Verify {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Show what fills each watched namespace's conntrack table: shares by protocol, TCP
     /// state, assured / unreplied, zone and mark, the top source prefixes and destination
     /// ports, and per timeout key the entries it governs. Changes nothing.
@@ -185,6 +221,8 @@ pub enum Command {
         /// Distinct keys kept per bucket; entries of further keys count as `other`.
         #[arg(long, value_name = "N", default_value_t = crate::commands::top::DEFAULT_MAX_KEYS)]
         max_keys: usize,
+        #[command(flatten)]
+        out: JsonFlag,
     },
 }
 
@@ -237,15 +275,36 @@ impl Command {
     /// The subcommand as typed.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Plan => "plan",
+            Command::Plan { .. } => "plan",
             Command::Status { .. } => "status",
-            Command::Apply => "apply",
+            Command::Apply { .. } => "apply",
             Command::Run => "run",
             Command::Boot => "boot",
             Command::Restore { .. } => "restore",
             Command::History { .. } => "history",
-            Command::Verify => "verify",
+            Command::Verify { .. } => "verify",
             Command::Top { .. } => "top",
+        }
+    }
+
+    /// The command's own --json; None when it takes none.
+    fn json(&self) -> Option<bool> {
+        match self {
+            Command::Plan { out, .. }
+            | Command::Status { out, .. }
+            | Command::Apply { out }
+            | Command::History { out, .. }
+            | Command::Verify { out }
+            | Command::Top { out, .. } => Some(out.json),
+            Command::Run | Command::Boot | Command::Restore { .. } => None,
+        }
+    }
+
+    /// The command's own --sample (itself an option); None when it takes none.
+    fn sample(&self) -> Option<Option<std::time::Duration>> {
+        match self {
+            Command::Plan { sample, .. } | Command::Status { sample, .. } => Some(sample.sample),
+            _ => None,
         }
     }
 
@@ -253,10 +312,10 @@ impl Command {
     pub fn read_only(&self) -> bool {
         matches!(
             self,
-            Command::Plan
+            Command::Plan { .. }
                 | Command::Status { .. }
                 | Command::History { .. }
-                | Command::Verify
+                | Command::Verify { .. }
                 | Command::Top { .. }
         )
     }
@@ -286,7 +345,10 @@ impl Cli {
     pub fn resolved_command(&self) -> Option<Command> {
         match (self.command.clone(), self.dry_run) {
             (Some(c), _) => Some(c),
-            (None, true) => Some(Command::Plan),
+            (None, true) => Some(Command::Plan {
+                out: JsonFlag::default(),
+                sample: SampleFlag::default(),
+            }),
             (None, false) => None,
         }
     }
@@ -300,20 +362,25 @@ impl Cli {
         if let Some(refusal) = self.refusal(&command) {
             return Err(refusal);
         }
-        let (json, sample) = (self.json, self.sample.unwrap_or(DEFAULT_SAMPLE));
+        // The dry run's flags stand before any command (`ctune --dry-run --json`, or
+        // `ctune --json status`); they join the command's own.
+        let json = self.json || command.json().unwrap_or(false);
+        let sample = (command.sample().flatten())
+            .or(self.sample)
+            .unwrap_or(DEFAULT_SAMPLE);
         Ok(match command {
-            Command::Plan => Invocation::Plan { json, sample },
-            Command::Status { watch } => Invocation::Status {
+            Command::Plan { .. } => Invocation::Plan { json, sample },
+            Command::Status { watch, .. } => Invocation::Status {
                 json,
                 sample,
                 watch,
             },
-            Command::Apply => Invocation::Apply { json },
+            Command::Apply { .. } => Invocation::Apply { json },
             Command::Run => Invocation::Run,
             Command::Boot => Invocation::Boot,
             Command::Restore { force } => Invocation::Restore { force },
-            Command::History { since } => Invocation::History { json, since },
-            Command::Verify => Invocation::Verify { json },
+            Command::History { since, .. } => Invocation::History { json, since },
+            Command::Verify { .. } => Invocation::Verify { json },
             Command::Top {
                 netns,
                 top,
@@ -321,6 +388,7 @@ impl Cli {
                 all,
                 max_time,
                 max_keys,
+                ..
             } => Invocation::Top(crate::commands::top::Options {
                 netns,
                 json,
@@ -343,19 +411,14 @@ impl Cli {
                 command.name()
             ));
         }
-        if self.json
-            && matches!(
-                command,
-                Command::Run | Command::Boot | Command::Restore { .. }
-            )
-        {
+        // Written before the command: the parser took them as the dry run's.
+        if self.json && command.json().is_none() {
             return Some(format!(
                 "--json is available for plan, status, apply, history, verify and top, not `ctune {}`",
                 command.name()
             ));
         }
-        let sampled = matches!(command, Command::Plan | Command::Status { .. });
-        if self.sample.is_some() && !sampled {
+        if self.sample.is_some() && command.sample().is_none() {
             return Some(format!(
                 "--sample is for plan and status, not `ctune {}`",
                 command.name()
@@ -432,17 +495,92 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn resolve(args: &[&str]) -> Result<Invocation, String> {
+        Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .resolve()
+    }
+
     #[test]
     fn dry_run_means_plan() {
         let c = Cli::try_parse_from(["ctune", "--dry-run"]).unwrap();
-        assert_eq!(c.resolved_command(), Some(Command::Plan));
+        assert_eq!(c.resolved_command().map(|c| c.name()), Some("plan"));
         let c = Cli::try_parse_from(["ctune", "status", "--json", "--proc-root", "/x"]).unwrap();
-        assert_eq!(c.resolved_command(), Some(Command::Status { watch: false }));
-        assert!(c.json);
+        assert!(matches!(
+            c.resolve(),
+            Ok(Invocation::Status {
+                json: true,
+                watch: false,
+                ..
+            })
+        ));
         assert_eq!(Roots::from(&c.paths).proc, PathBuf::from("/x"));
         assert_eq!(
             Cli::try_parse_from(["ctune"]).unwrap().resolved_command(),
             None
+        );
+    }
+
+    #[test]
+    fn the_parser_refuses_a_flag_the_command_does_not_take() {
+        for args in [
+            &["ctune", "run", "--json"][..],
+            &["ctune", "boot", "--json"],
+            &["ctune", "restore", "--json"],
+            &["ctune", "apply", "--sample", "1s"],
+            &["ctune", "top", "--sample", "1s"],
+            &["ctune", "verify", "--watch"],
+            &["ctune", "status", "--force"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{args:?}: {e}"
+            );
+        }
+        // And each command's help lists only its own flags.
+        let mut cli = Cli::command();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        assert!(
+            !help.contains("--json") && !help.contains("--sample"),
+            "{help}"
+        );
+        let status = cli.find_subcommand_mut("status").unwrap();
+        let help = status.render_long_help().to_string();
+        assert!(
+            help.contains("--json") && help.contains("--sample"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn the_dry_runs_flags_before_a_command_join_it_or_are_refused_naming_it() {
+        assert!(matches!(
+            resolve(&["ctune", "--json", "--sample", "0", "status"]),
+            Ok(Invocation::Status { json: true, sample, .. }) if sample.is_zero()
+        ));
+        assert!(matches!(
+            resolve(&["ctune", "--dry-run", "--json"]),
+            Ok(Invocation::Plan { json: true, .. })
+        ));
+        // The command's own --sample is the later word, and wins.
+        assert!(matches!(
+            resolve(&["ctune", "--sample", "2s", "plan", "--sample", "0"]),
+            Ok(Invocation::Plan { sample, .. }) if sample.is_zero()
+        ));
+        let e = resolve(&["ctune", "--json", "run"]).unwrap_err();
+        assert!(e.contains("--json") && e.contains("`ctune run`"), "{e}");
+        let e = resolve(&["ctune", "--sample", "1s", "verify"]).unwrap_err();
+        assert!(
+            e.contains("--sample") && e.contains("`ctune verify`"),
+            "{e}"
+        );
+        let e = resolve(&["ctune", "--dry-run", "apply"]).unwrap_err();
+        assert!(
+            e.contains("--dry-run") && e.contains("`ctune apply` writes"),
+            "{e}"
         );
     }
 
@@ -452,10 +590,17 @@ mod tests {
         assert_eq!(
             c.resolved_command(),
             Some(Command::History {
-                since: Some(std::time::Duration::from_secs(3600))
+                since: Some(std::time::Duration::from_secs(3600)),
+                out: JsonFlag::default(),
             })
         );
         assert!(Cli::try_parse_from(["ctune", "history", "--since", "soon"]).is_err());
-        assert!(Command::Verify.read_only() && !Command::Apply.read_only());
+        let verify = Command::Verify {
+            out: JsonFlag::default(),
+        };
+        let apply = Command::Apply {
+            out: JsonFlag::default(),
+        };
+        assert!(verify.read_only() && !apply.read_only());
     }
 }
