@@ -96,7 +96,7 @@ fn mutate(b: &mut Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+    #![proptest_config(ctune_testkit::proptest_config(2048))]
 
     #[test]
     fn random_bytes(b in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -157,7 +157,7 @@ mod stats {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+        #![proptest_config(ctune_testkit::proptest_config(2048))]
 
         #[test]
         fn sums_exactly_or_names_the_fault(

@@ -13,7 +13,7 @@ fn mutated(seed: &str) -> impl Strategy<Value = String> + use<> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ctune_testkit::proptest_config(512))]
 
     #[test]
     fn persisted_sysctl_file(t in prop_oneof![any::<String>(), mutated(PERSISTED)]) {

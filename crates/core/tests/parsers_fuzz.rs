@@ -22,7 +22,7 @@ const SLABINFO: &str = "slabinfo - version: 2.1\n# name <active_objs> <num_objs>
 const PSI: &str = "some avg10=12.50 avg60=3.00 avg300=0.40 total=123456\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=1\n";
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ctune_testkit::proptest_config(512))]
 
     #[test]
     fn stat_parser(t in text(&fixture("proc/net/stat/nf_conntrack"))) {

@@ -49,6 +49,20 @@ pub fn difference(expected: &str, actual: &str, max_lines: usize) -> Option<Stri
     Some(shown)
 }
 
+/// A proptest config of `cases` cases whose failures are kept beside the test's source,
+/// in `<file>.proptest-regressions`, and replayed first on every run. proptest's default
+/// would put them under `proptest-regressions/` beside the test crate's `main.rs`, away
+/// from the corpora the repository keeps, which it would then no longer read.
+pub fn proptest_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 /// Text a parser of untrusted input must survive: anything, or the real `seed` with a few
 /// bytes replaced, inserted or cut (which reaches far deeper than random text does).
 pub fn text(seed: &str) -> impl Strategy<Value = String> + use<> {
@@ -86,6 +100,17 @@ mod tests {
         let d = difference(&expected, &actual, 20).unwrap();
         assert_eq!(d.lines().count(), 21, "{d}");
         assert!(d.ends_with("more lines of diff\n"), "{d}");
+    }
+
+    #[test]
+    fn failures_are_kept_beside_the_source() {
+        let cfg = proptest_config(7);
+        assert_eq!(cfg.cases, 7);
+        let kept = format!("{:?}", cfg.failure_persistence);
+        assert!(
+            kept.contains("WithSource(\"proptest-regressions\")"),
+            "{kept}"
+        );
     }
 
     #[test]
