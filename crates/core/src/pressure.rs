@@ -51,10 +51,11 @@ pub struct Signal {
     pub dropping: bool,
     /// `early_drop` rose: the table is full, entries are being evicted.
     pub evicting: bool,
-    /// The host is short of memory, or the table is over its memory budget: critical
-    /// everywhere (the reason, for the operator).
+    /// The host is short of memory, or the table is over its memory budget: critical in
+    /// the namespaces where the table's memory is (the reason, for the operator).
     pub memory_short: Option<&'static str>,
-    /// Memory stall at the configured level: at least elevated everywhere.
+    /// Memory stall at the configured level: at least elevated where the table's memory
+    /// is.
     pub memory_stalled: bool,
 }
 

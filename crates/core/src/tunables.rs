@@ -27,6 +27,13 @@ pub const BUCKET_BYTES: u64 = 8;
 /// Hash chains longer than this make the kernel refuse the insert (`chainlength`).
 pub const MAX_CHAIN_LENGTH: u64 = 64;
 
+/// The share of the table's entries whose namespaces a memory signal (the host short of
+/// memory, the table over its budget, a memory stall) lowers timeouts in: the fewest
+/// biggest holders that together hold this much, and any that hold as much as the
+/// smallest of them. Cutting there frees the memory; the namespaces that hold the rest
+/// (a router's or a quiet tenant's few percent) keep their sessions' timeouts.
+pub const MEMORY_HOLDERS_SHARE: f64 = 0.9;
+
 /// Where a key lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -23,10 +23,12 @@ pub(super) fn decide(
     draft: &mut Draft,
 ) -> Vec<NamespaceVerdict> {
     let growing = new_max > sig.current_max;
-    let memory = memory_signal(input, ceiling);
+    let table_memory = memory_signal(input, ceiling);
+    let holders = memory_holders(&input.obs.namespaces);
     let mut verdicts = Vec::new();
     for (n, rise) in input.obs.namespaces.iter().zip(&sig.rises) {
         let prev_ns = input.prev.namespaces.get(&n.id.inode);
+        let memory = memory_here(table_memory, &holders, n, draft);
         let after = n.count.map(|c| c as f64 / new_max as f64);
         let (level, level_reason) = level_of(input, n, rise, after, growing, memory, prev_ns);
         let tp = timeouts_of(input, n, level.level, &level_reason, prev_ns);
@@ -81,9 +83,58 @@ pub(super) fn decide(
     verdicts
 }
 
-/// The namespace's level and why. Loss that growth answers is not pressure on the
-/// timeouts; an unreadable count is not idle, so the level is kept.
-/// What memory asks of every namespace's level: (short of memory or the table over its
+/// The namespaces a memory signal acts on: the fewest biggest holders of the entries
+/// counted that together hold [`tunables::MEMORY_HOLDERS_SHARE`] of them, and any other
+/// that holds as many as the smallest of those (equal tenants are treated alike).
+fn memory_holders(namespaces: &[NamespaceObs]) -> BTreeSet<u64> {
+    let mut counted: Vec<(u64, u64)> = namespaces
+        .iter()
+        .filter_map(|n| n.count.map(|c| (c, n.id.inode)))
+        .collect();
+    counted.sort_by_key(|(c, _)| std::cmp::Reverse(*c));
+    // u128: counts come from the kernel (or a hostile fixture) and may be anything.
+    let total: u128 = counted.iter().map(|(c, _)| u128::from(*c)).sum();
+    let want = (total as f64 * tunables::MEMORY_HOLDERS_SHARE).ceil() as u128;
+    let (mut held, mut smallest) = (0u128, u64::MAX);
+    let mut holders = BTreeSet::new();
+    for (count, inode) in counted {
+        if held >= want && count < smallest {
+            break;
+        }
+        held += u128::from(count);
+        smallest = smallest.min(count);
+        holders.insert(inode);
+    }
+    holders
+}
+
+/// The memory signal for one namespace: the table's, where its memory is; none for a
+/// namespace that holds little of it, with the reason explained.
+fn memory_here(
+    table: (Option<&'static str>, bool),
+    holders: &BTreeSet<u64>,
+    n: &NamespaceObs,
+    draft: &mut Draft,
+) -> (Option<&'static str>, bool) {
+    if holders.contains(&n.id.inode) || (table.0.is_none() && !table.1) {
+        return table;
+    }
+    let what = table
+        .0
+        .unwrap_or("memory stall (PSI) at pressure.memory_stall");
+    draft.explain(
+        Why::Timeouts,
+        format!(
+            "netns {}: {what}, but its {} entries are not where the table's memory is: its timeouts are lowered only by its own count and loss (the namespaces holding {} of the entries are)",
+            n.id.name,
+            n.count.map_or("unknown".into(), |c| c.to_string()),
+            crate::units::fmt_pct(tunables::MEMORY_HOLDERS_SHARE)
+        ),
+    );
+    (None, false)
+}
+
+/// What memory asks of the levels: (short of memory or the table over its
 /// budget, memory stalled).
 fn memory_signal(input: &Inputs, ceiling: &Ceiling) -> (Option<&'static str>, bool) {
     let short = if ceiling.memory_short {
@@ -118,6 +169,8 @@ fn level_now(
     Some(pressure::level_now(signal, &input.cfg.pressure))
 }
 
+/// The namespace's level and why. Loss that growth answers is not pressure on the
+/// timeouts; an unreadable count is not idle, so the level is kept.
 fn level_of(
     input: &Inputs,
     n: &NamespaceObs,
@@ -245,6 +298,56 @@ mod tests {
         let (v, _) = verdicts(&o, &PolicyState::default());
         assert!(v.iter().all(|v| v.level == Level::Critical), "{v:?}");
         assert!(v[0].level_reason.contains("short of memory"));
+    }
+
+    #[test]
+    fn over_its_budget_the_table_cuts_where_its_memory_is_not_in_the_quiet_namespaces() {
+        // One tenant floods; a router and a quiet tenant hold 3 % between them.
+        let mut o = obs(100_000, &[1_500, 97_000, 1_500]);
+        o.host.memory.available_bytes = Some(1 << 20);
+        for n in &mut o.namespaces {
+            n.timeouts = [(tunables::ESTABLISHED.to_string(), 432_000)].into();
+        }
+        let (v, d) = verdicts(&o, &PolicyState::default());
+        let levels: Vec<Level> = v.iter().map(|v| v.level).collect();
+        assert_eq!(
+            levels,
+            [Level::Normal, Level::Critical, Level::Normal],
+            "{v:?}"
+        );
+        assert!(v[1].level_reason.contains("short of memory"), "{v:?}");
+        let cut: Vec<&str> = d
+            .changes
+            .iter()
+            .filter_map(|c| match &c.target {
+                Target::Namespace { netns } => Some(netns.name.as_str()),
+                Target::Global => None,
+            })
+            .collect();
+        assert!(
+            cut.iter().all(|n| *n == v[1].netns.name),
+            "only the flooder: {cut:?}"
+        );
+        let spared = d
+            .explanations
+            .iter()
+            .filter(|e| e.text.contains("not where the table's memory is"))
+            .count();
+        assert_eq!(spared, 2, "{:#?}", d.explanations);
+    }
+
+    #[test]
+    fn equal_tenants_are_all_where_the_memory_is() {
+        let counts = [5_000; 20];
+        let mut o = obs(200_000, &counts);
+        o.host.memory.available_bytes = Some(1 << 20);
+        let (v, _) = verdicts(&o, &PolicyState::default());
+        assert!(v.iter().all(|v| v.level == Level::Critical), "{v:?}");
+        assert_eq!(memory_holders(&o.namespaces).len(), 20);
+        // Unreadable counts are not holders; an empty table has none.
+        let mut o = obs(200_000, &[0, 0]);
+        o.namespaces[1].count = None;
+        assert!(memory_holders(&o.namespaces).is_empty());
     }
 
     #[test]
