@@ -34,6 +34,12 @@ pub const MAX_CHAIN_LENGTH: u64 = 64;
 /// (a router's or a quiet tenant's few percent) keep their sessions' timeouts.
 pub const MEMORY_HOLDERS_SHARE: f64 = 0.9;
 
+/// What the holders' entries must cost, as a share of what the table is short by (its
+/// memory over its budget; for a host short of memory, what MemAvailable lacks of the
+/// reserve), for a memory signal to lower their timeouts: below it the table is not what
+/// is short, and cutting would break sessions to free next to nothing.
+pub const MEMORY_RELIEF_SHARE: f64 = 0.1;
+
 /// Where a key lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

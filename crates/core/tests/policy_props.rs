@@ -721,7 +721,9 @@ fn a_table_over_its_budget_brings_max_down_and_goes_critical() {
     );
 }
 
-/// MemAvailable under the reserve: growth stops and every namespace is critical.
+/// MemAvailable under the reserve: growth stops. The namespaces where the table's memory
+/// is go critical when cutting there relieves the host; when the host is short by far
+/// more than the whole table costs, none does (issue 24).
 #[test]
 fn a_host_short_of_memory_stops_growth() {
     let cfg = default_cfg();
@@ -729,6 +731,7 @@ fn a_host_short_of_memory_stops_growth() {
     obs.host.memory.available_bytes = Some(10 << 20);
     let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
     assert!(plan.ceiling.memory_short);
+    let reserve = plan.ceiling.reserve_bytes;
     // Nothing to spare: the table may grow no further than its headroom.
     let mut obs = ObsBuilder::new(400_000).ns("a", 1, 230_000).build();
     obs.host.memory.available_bytes = Some(10 << 20);
@@ -736,6 +739,17 @@ fn a_host_short_of_memory_stops_growth() {
     let c = max_change(&plan).expect("max capped at what the table holds + headroom");
     assert_eq!((c.old, c.new), (400_000, 287_500));
     assert!(c.reason.contains("short of memory"), "{}", c.reason);
+    // Short by 1.2 GiB, and the table's 230k entries cost about 60 MB: not what is short.
+    assert_eq!(plan.namespaces[0].level, Level::Normal);
+    assert!(
+        explains(&plan, "the table's memory is not in netns a"),
+        "{:#?}",
+        plan.explanations
+    );
+    // Short by 16 MiB: the table is where the memory is.
+    let mut obs = ObsBuilder::new(400_000).ns("a", 1, 230_000).build();
+    obs.host.memory.available_bytes = Some(reserve - (16 << 20));
+    let (plan, _) = decide(&obs, &cfg, &PolicyState::default(), secs(10));
     assert_eq!(plan.namespaces[0].level, Level::Critical);
     // Memory stall alone: no growth, elevated.
     let mut obs = ObsBuilder::new(262_144).ns("a", 1, 200_000).build();

@@ -524,6 +524,41 @@ fn a_flooded_tenant_grows_only_into_what_the_others_leave() {
     assert_eq!(details.peak_over_spare, 0, "{}", sim.report.markdown());
 }
 
+/// A flood past a 64 MiB cap beside a router and a quiet tenant (issue 24): ctune cuts
+/// the timeouts where the table's memory is, the flooded tenant's, and never the
+/// router's or the quiet tenant's, whose idle sessions live by their established timeout.
+#[test]
+fn over_its_budget_ctune_cuts_where_the_flood_is_and_spares_the_quiet_neighbours() {
+    let sim = simulate_file("quiet-neighbours");
+    let d = sim.details.iter().find(|d| d.policy == "ctune").unwrap();
+    let lowered_in = |ns: &str| -> Vec<String> {
+        d.timeout_changes
+            .iter()
+            .filter(|c| c.netns == ns && c.new < c.old)
+            .map(|c| format!("{} {} -> {} at {} ms", c.key, c.old, c.new, c.at_ms))
+            .collect()
+    };
+    assert!(
+        !lowered_in("flooded-tenant").is_empty(),
+        "the flooded tenant, where the memory is, is cut: {:?}",
+        d.timeout_changes
+    );
+    for ns in ["init", "quiet-tenant"] {
+        assert_eq!(
+            lowered_in(ns),
+            Vec::<String>::new(),
+            "{ns} holds a few hundred entries"
+        );
+        for t_s in (0..=360).step_by(5) {
+            assert_eq!(
+                d.timeout_at(ns, ESTABLISHED, t_s * 1000),
+                Some(default_of(ESTABLISHED)),
+                "{ns}'s sessions at {t_s} s"
+            );
+        }
+    }
+}
+
 /// Every shipped scenario: ctune harms (drops, failed attempts, evictions) no more flows
 /// than static or kube-proxy; none where the peak fits in what the host can spare; and
 /// its table never costs more than the host could spare at that moment.

@@ -24,11 +24,15 @@ pub(super) fn decide(
 ) -> Vec<NamespaceVerdict> {
     let growing = new_max > sig.current_max;
     let table_memory = memory_signal(input, ceiling);
-    let holders = memory_holders(&input.obs.namespaces);
+    let holders = memory_holders(&input.obs.namespaces, ceiling);
+    let mut spared = Vec::new();
     let mut verdicts = Vec::new();
     for (n, rise) in input.obs.namespaces.iter().zip(&sig.rises) {
         let prev_ns = input.prev.namespaces.get(&n.id.inode);
-        let memory = memory_here(table_memory, &holders, n, draft);
+        let memory = memory_here(table_memory, &holders, n);
+        if memory != table_memory {
+            spared.push(n.id.name.clone());
+        }
         let after = n.count.map(|c| c as f64 / new_max as f64);
         let (level, level_reason) = level_of(input, n, rise, after, growing, memory, prev_ns);
         let tp = timeouts_of(input, n, level.level, &level_reason, prev_ns);
@@ -80,13 +84,18 @@ pub(super) fn decide(
             },
         );
     }
+    explain_spared(table_memory, &spared, draft);
     verdicts
 }
 
 /// The namespaces a memory signal acts on: the fewest biggest holders of the entries
 /// counted that together hold [`tunables::MEMORY_HOLDERS_SHARE`] of them, and any other
-/// that holds as many as the smallest of those (equal tenants are treated alike).
-fn memory_holders(namespaces: &[NamespaceObs]) -> BTreeSet<u64> {
+/// that holds as many as the smallest of those (equal tenants are treated alike). None
+/// when what the table is short by (its memory over the budget; when the host is short,
+/// what MemAvailable lacks of the reserve) is more than ten times what those holders'
+/// entries cost: the table is not what is short, and cutting its sessions' timeouts
+/// would free next to nothing ([`tunables::MEMORY_RELIEF_SHARE`]).
+fn memory_holders(namespaces: &[NamespaceObs], ceiling: &Ceiling) -> BTreeSet<u64> {
     let mut counted: Vec<(u64, u64)> = namespaces
         .iter()
         .filter_map(|n| n.count.map(|c| (c, n.id.inode)))
@@ -105,33 +114,60 @@ fn memory_holders(namespaces: &[NamespaceObs]) -> BTreeSet<u64> {
         smallest = smallest.min(count);
         holders.insert(inode);
     }
+    let entries = u128::from(ceiling.table_entries.max(1));
+    let holders_bytes = u128::from(ceiling.table_bytes) * held.min(entries) / entries;
+    let over_budget = ceiling.table_bytes.saturating_sub(ceiling.budget_bytes);
+    let host_short = match (ceiling.memory_short, ceiling.available_bytes) {
+        (true, Some(available)) => ceiling.reserve_bytes.saturating_sub(available),
+        _ => 0,
+    };
+    let short_by = over_budget.max(host_short);
+    if (holders_bytes as f64) < short_by as f64 * tunables::MEMORY_RELIEF_SHARE {
+        holders.clear();
+    }
     holders
 }
 
 /// The memory signal for one namespace: the table's, where its memory is; none for a
-/// namespace that holds little of it, with the reason explained.
+/// namespace that holds little of it (the caller explains the spared ones).
 fn memory_here(
     table: (Option<&'static str>, bool),
     holders: &BTreeSet<u64>,
     n: &NamespaceObs,
-    draft: &mut Draft,
 ) -> (Option<&'static str>, bool) {
-    if holders.contains(&n.id.inode) || (table.0.is_none() && !table.1) {
-        return table;
+    if holders.contains(&n.id.inode) {
+        table
+    } else {
+        (None, false)
+    }
+}
+
+/// One explanation for the namespaces a memory signal spared, naming a few.
+fn explain_spared(table: (Option<&'static str>, bool), spared: &[String], draft: &mut Draft) {
+    const NAMED: usize = 5;
+    if spared.is_empty() || (table.0.is_none() && !table.1) {
+        return;
     }
     let what = table
         .0
         .unwrap_or("memory stall (PSI) at pressure.memory_stall");
+    let mut names = spared
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if spared.len() > NAMED {
+        names.push_str(&format!(" and {} more", spared.len() - NAMED));
+    }
     draft.explain(
         Why::Timeouts,
         format!(
-            "netns {}: {what}, but its {} entries are not where the table's memory is: its timeouts are lowered only by its own count and loss (the namespaces holding {} of the entries are)",
-            n.id.name,
-            n.count.map_or("unknown".into(), |c| c.to_string()),
-            crate::units::fmt_pct(tunables::MEMORY_HOLDERS_SHARE)
+            "{what}, but the table's memory is not in netns {names}: their timeouts follow their own count and loss (a memory signal lowers timeouts only in the namespaces holding {} of the entries, and only where that frees at least {} of what is short)",
+            crate::units::fmt_pct(tunables::MEMORY_HOLDERS_SHARE),
+            crate::units::fmt_pct(tunables::MEMORY_RELIEF_SHARE)
         ),
     );
-    (None, false)
 }
 
 /// What memory asks of the levels: (short of memory or the table over its
@@ -291,20 +327,26 @@ mod tests {
         assert!(d.changes.is_empty(), "{:?}", d.changes);
     }
 
+    /// MemAvailable `bytes` below the reserve: the host is short by that much.
+    fn short_by(o: &mut crate::model::Observation, bytes: u64) {
+        let reserve = ceiling_of(o, &Config::default()).reserve_bytes;
+        o.host.memory.available_bytes = Some(reserve - bytes);
+    }
+
     #[test]
     fn a_host_short_of_memory_makes_every_namespace_critical() {
         let mut o = obs(100_000, &[10, 20]);
-        o.host.memory.available_bytes = Some(1 << 20);
+        short_by(&mut o, 64 << 10);
         let (v, _) = verdicts(&o, &PolicyState::default());
         assert!(v.iter().all(|v| v.level == Level::Critical), "{v:?}");
         assert!(v[0].level_reason.contains("short of memory"));
     }
 
     #[test]
-    fn over_its_budget_the_table_cuts_where_its_memory_is_not_in_the_quiet_namespaces() {
+    fn short_of_memory_the_table_cuts_where_its_memory_is_not_in_the_quiet_namespaces() {
         // One tenant floods; a router and a quiet tenant hold 3 % between them.
         let mut o = obs(100_000, &[1_500, 97_000, 1_500]);
-        o.host.memory.available_bytes = Some(1 << 20);
+        short_by(&mut o, 1 << 20);
         for n in &mut o.namespaces {
             n.timeouts = [(tunables::ESTABLISHED.to_string(), 432_000)].into();
         }
@@ -328,26 +370,47 @@ mod tests {
             cut.iter().all(|n| *n == v[1].netns.name),
             "only the flooder: {cut:?}"
         );
-        let spared = d
+        let spared: Vec<&str> = d
             .explanations
             .iter()
-            .filter(|e| e.text.contains("not where the table's memory is"))
-            .count();
-        assert_eq!(spared, 2, "{:#?}", d.explanations);
+            .filter(|e| e.text.contains("the table's memory is not in"))
+            .map(|e| e.text.as_str())
+            .collect();
+        assert_eq!(spared.len(), 1, "one explanation: {:#?}", d.explanations);
+        assert!(spared[0].contains("netns ns0, ns2:"), "{}", spared[0]);
+    }
+
+    #[test]
+    fn a_table_far_smaller_than_what_is_short_is_cut_nowhere() {
+        // The host is short by far more than the few thousand entries cost: something
+        // else eats the memory, and cutting sessions' timeouts would free nothing.
+        let mut o = obs(100_000, &[3_000, 1_000]);
+        short_by(&mut o, 512 << 20);
+        let (v, d) = verdicts(&o, &PolicyState::default());
+        assert!(v.iter().all(|v| v.level == Level::Normal), "{v:?}");
+        assert!(
+            d.explanations
+                .iter()
+                .any(|e| e.text.contains("short of memory") && e.text.contains("ns0, ns1:")),
+            "{:#?}",
+            d.explanations
+        );
     }
 
     #[test]
     fn equal_tenants_are_all_where_the_memory_is() {
         let counts = [5_000; 20];
         let mut o = obs(200_000, &counts);
-        o.host.memory.available_bytes = Some(1 << 20);
+        short_by(&mut o, 1 << 20);
         let (v, _) = verdicts(&o, &PolicyState::default());
         assert!(v.iter().all(|v| v.level == Level::Critical), "{v:?}");
-        assert_eq!(memory_holders(&o.namespaces).len(), 20);
-        // Unreadable counts are not holders; an empty table has none.
-        let mut o = obs(200_000, &[0, 0]);
-        o.namespaces[1].count = None;
-        assert!(memory_holders(&o.namespaces).is_empty());
+        let c = ceiling_of(&o, &Config::default());
+        assert_eq!(memory_holders(&o.namespaces, &c).len(), 20);
+        // Unreadable counts are not holders.
+        let mut o = obs(200_000, &[0, 7]);
+        o.namespaces[0].count = None;
+        let c = ceiling_of(&o, &Config::default());
+        assert_eq!(memory_holders(&o.namespaces, &c).len(), 1);
     }
 
     #[test]
