@@ -151,10 +151,11 @@ fn explain_spared(table: (Option<&'static str>, bool), spared: &[String], draft:
     let what = table
         .0
         .unwrap_or("memory stall (PSI) at pressure.memory_stall");
+    // Namespace names are anyone's (a tenant names its own): escaped, as everywhere.
     let mut names = spared
         .iter()
         .take(NAMED)
-        .cloned()
+        .map(|n| crate::units::printable(n))
         .collect::<Vec<_>>()
         .join(", ");
     if spared.len() > NAMED {
@@ -378,6 +379,27 @@ mod tests {
             .collect();
         assert_eq!(spared.len(), 1, "one explanation: {:#?}", d.explanations);
         assert!(spared[0].contains("netns ns0, ns2:"), "{}", spared[0]);
+    }
+
+    #[test]
+    fn the_spared_are_named_escaped_and_a_few_at_most() {
+        let mut d = draft();
+        let mut spared: Vec<String> = (0..7).map(|i| format!("pod{i}")).collect();
+        spared[0] = "evil\u{1b}[2J".into();
+        explain_spared(
+            (Some("the table's memory is over its budget"), false),
+            &spared,
+            &mut d,
+        );
+        let text = &d.explanations[0].text;
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("pod4 and 2 more:"), "{text}");
+        let mut d = draft();
+        explain_spared((None, false), &spared, &mut d);
+        assert!(
+            d.explanations.is_empty(),
+            "no memory signal, nothing spared"
+        );
     }
 
     #[test]
