@@ -52,19 +52,19 @@ fn edit_state(t: &Tree, edit: impl FnOnce(&mut Value)) {
     fs::write(t.state_file(), st.to_string()).expect("write state");
 }
 
-#[test]
-fn everything_put_back_and_removed_then_nothing_left() {
-    let t = applied(100);
-    assert_eq!(
-        stdout(&t, &["restore"], 0),
-        "\
+/// What `restore` prints after `applied`: both globals back, ctune's three files gone.
+const RESTORED_ALL: &str = "\
 restored nf_conntrack_max [global]: 131072 -> 65536
 restored nf_conntrack_buckets [global]: 32768 -> 16384
 removed <root>/etc/sysctl.d/99-ctune.conf
 removed <root>/etc/modules-load.d/ctune.conf
 removed <root>/etc/modprobe.d/ctune.conf
-"
-    );
+";
+
+#[test]
+fn everything_put_back_and_removed_then_nothing_left() {
+    let t = applied(100);
+    assert_eq!(stdout(&t, &["restore"], 0), RESTORED_ALL);
     assert_eq!(
         stdout(&t, &["restore"], 0),
         "no state file: ctune has not changed any kernel value it knows of\n"
@@ -86,16 +86,7 @@ not restored: nf_conntrack_buckets: not shrinking 32768 -> 16384 while max stays
         sysctl_lines(&t.etc_file(SYSCTL_FILE)),
         [(MAX.to_string(), 131_072), (BUCKETS.to_string(), 32_768)]
     );
-    assert_eq!(
-        stdout(&t, &["restore", "--force"], 0),
-        "\
-restored nf_conntrack_max [global]: 131072 -> 65536
-restored nf_conntrack_buckets [global]: 32768 -> 16384
-removed <root>/etc/sysctl.d/99-ctune.conf
-removed <root>/etc/modules-load.d/ctune.conf
-removed <root>/etc/modprobe.d/ctune.conf
-"
-    );
+    assert_eq!(stdout(&t, &["restore", "--force"], 0), RESTORED_ALL);
 }
 
 #[test]
@@ -208,15 +199,6 @@ fn another_layouts_file_without_the_header_is_none_of_restores_business() {
     let t = applied(100);
     fs::create_dir_all(t.etc().join("modules.d")).unwrap();
     fs::write(t.etc().join("modules.d/00-ctune"), "nf_conntrack\n").unwrap();
-    assert_eq!(
-        stdout(&t, &["restore"], 0),
-        "\
-restored nf_conntrack_max [global]: 131072 -> 65536
-restored nf_conntrack_buckets [global]: 32768 -> 16384
-removed <root>/etc/sysctl.d/99-ctune.conf
-removed <root>/etc/modules-load.d/ctune.conf
-removed <root>/etc/modprobe.d/ctune.conf
-"
-    );
+    assert_eq!(stdout(&t, &["restore"], 0), RESTORED_ALL);
     assert_eq!(t.etc_file("modules.d/00-ctune"), "nf_conntrack\n");
 }

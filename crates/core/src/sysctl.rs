@@ -27,11 +27,6 @@ impl Key {
         ok.then(|| Key(name.to_string()))
     }
 
-    /// A key as the config writes it: the short name (`udp_timeout`), or the full one.
-    pub fn from_short(written: &str) -> Option<Key> {
-        Key::new(&full(short(written)))
-    }
-
     /// A key as a sysctl.d line writes it: `net.netfilter.nf_conntrack_max`, or
     /// `net/netfilter/nf_conntrack_max`, with an optional leading `-` (ignore errors).
     /// Anything else (another directory, a glob) is not a conntrack key.
@@ -43,16 +38,6 @@ impl Key {
     /// The full name: the kernel's file name and the key of ctune's maps.
     pub fn name(&self) -> &str {
         &self.0
-    }
-
-    /// The name without the prefix, as the config and the metrics write it.
-    pub fn short(&self) -> &str {
-        short(&self.0)
-    }
-
-    /// The dotted sysctl path, as sysctl.d files write it.
-    pub fn sysctl(&self) -> String {
-        format!("{DIR}{}", self.0)
     }
 }
 
@@ -84,8 +69,8 @@ mod tests {
     #[test]
     fn the_three_spellings_of_one_key_meet() {
         let k = Key::new("nf_conntrack_udp_timeout").unwrap();
-        assert_eq!(Key::from_short("udp_timeout"), Some(k.clone()));
-        assert_eq!(Key::from_short("nf_conntrack_udp_timeout"), Some(k.clone()));
+        assert_eq!(Key::new(&full("udp_timeout")), Some(k.clone()));
+        assert_eq!(Key::new(&full("nf_conntrack_udp_timeout")), Some(k.clone()));
         for line in [
             "net.netfilter.nf_conntrack_udp_timeout",
             "net/netfilter/nf_conntrack_udp_timeout",
@@ -93,8 +78,7 @@ mod tests {
         ] {
             assert_eq!(Key::from_sysctl(line), Some(k.clone()), "{line}");
         }
-        assert_eq!(k.short(), "udp_timeout");
-        assert_eq!(k.sysctl(), "net.netfilter.nf_conntrack_udp_timeout");
+        assert_eq!(short(k.name()), "udp_timeout");
         assert_eq!(k.to_string(), "nf_conntrack_udp_timeout");
     }
 
@@ -120,6 +104,6 @@ mod tests {
         ] {
             assert_eq!(Key::from_sysctl(bad), None, "{bad:?}");
         }
-        assert_eq!(Key::from_short("../max"), None);
+        assert_eq!(Key::new(&full("../max")), None);
     }
 }

@@ -94,15 +94,21 @@ fn drive(
     }
 }
 
+/// A controller with no memory of earlier steps, its table capped at `cap` bytes, that
+/// may (`can_sample`) take composition samples.
+fn fresh(cap: u64, mode: Mode, can_sample: bool) -> Controller {
+    Controller::new(
+        capped(cap),
+        mode,
+        Memory::default(),
+        can_sample,
+        Duration::ZERO,
+    )
+}
+
 #[test]
 fn a_quiet_step_observes_persists_and_saves_and_asks_nothing_else() {
-    let mut c = Controller::new(
-        capped(1 << 20),
-        Mode::Agent,
-        Memory::default(),
-        true,
-        Duration::ZERO,
-    );
+    let mut c = fresh(1 << 20, Mode::Agent, true);
     let mut o = table(262_144, 1000);
     let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
     assert!(plan.changes.is_empty(), "{:?}", plan.changes);
@@ -116,13 +122,7 @@ fn a_quiet_step_observes_persists_and_saves_and_asks_nothing_else() {
 /// onset's is fresh).
 #[test]
 fn at_the_onset_the_sample_comes_before_the_timeouts_and_decides_them() {
-    let mut c = Controller::new(
-        capped(10_000),
-        Mode::Agent,
-        Memory::default(),
-        true,
-        Duration::ZERO,
-    );
+    let mut c = fresh(10_000, Mode::Agent, true);
     let mut o = table(10_000, 9_800);
     let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
     assert_eq!(
@@ -149,13 +149,7 @@ fn at_the_onset_the_sample_comes_before_the_timeouts_and_decides_them() {
 /// never delays a raise of max.
 #[test]
 fn at_the_onset_the_global_changes_come_before_the_sample() {
-    let mut c = Controller::new(
-        capped(10_000),
-        Mode::Agent,
-        Memory::default(),
-        true,
-        Duration::ZERO,
-    );
+    let mut c = fresh(10_000, Mode::Agent, true);
     // The hash is far below max / 4: it grows, while max is at the ceiling.
     let mut o = table(10_000, 9_800);
     o.global.buckets = Some(512);
@@ -182,13 +176,7 @@ fn at_the_onset_the_global_changes_come_before_the_sample() {
 
 #[test]
 fn an_unsaved_original_stops_the_step_before_the_kernel() {
-    let mut c = Controller::new(
-        capped(1 << 20),
-        Mode::Agent,
-        Memory::default(),
-        true,
-        Duration::ZERO,
-    );
+    let mut c = fresh(1 << 20, Mode::Agent, true);
     let mut o = table(8192, 8000);
     let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), false);
     assert!(plan.global_change(crate::tunables::MAX).is_some());
@@ -202,13 +190,7 @@ fn an_unsaved_original_stops_the_step_before_the_kernel() {
 /// starts a background round; its next reading measures from this one.
 #[test]
 fn a_preview_only_renders_and_samples() {
-    let mut c = Controller::new(
-        capped(10_000),
-        Mode::Preview,
-        Memory::default(),
-        true,
-        Duration::ZERO,
-    );
+    let mut c = fresh(10_000, Mode::Preview, true);
     let mut o = table(10_000, 9_800);
     let (asked, _) = drive(&mut c, &mut o, Duration::from_secs(1), true);
     assert!(
@@ -225,13 +207,7 @@ fn a_preview_only_renders_and_samples() {
 /// A driver that cannot sample (a fixture tree) is never asked to.
 #[test]
 fn no_sample_is_asked_of_a_driver_that_cannot() {
-    let mut c = Controller::new(
-        capped(10_000),
-        Mode::Agent,
-        Memory::default(),
-        false,
-        Duration::ZERO,
-    );
+    let mut c = fresh(10_000, Mode::Agent, false);
     let mut o = table(10_000, 9_800);
     let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
     assert!(
