@@ -259,7 +259,15 @@ qemu() { # qemu TAG PHASE DISK EXTRA LOG: one boot; returns 0, or 75 when the gu
     # in kmem_cache_alloc right after SLUB's per-CPU `cmpxchg16b %gs:(%rsi)`, with garbage
     # EFLAGS, seconds into every boot (3 of 3; 6.1 boots). Without CX16 the kernel does
     # not use that instruction and boots; nothing ctune touches depends on it.
-    timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel "$accel" -cpu max,cx16=off -smp 2 -m 1024 \
+    # thread=single: bookworm's qemu 7.2 runs each vCPU on a host thread of its own
+    # (MTTCG), and its code cache races with a guest that rewrites its own text: the
+    # 6.12 kernel oopsed on an int3 in text it was patching, at boot (sched_clock_cpu,
+    # 2 s in) and once 20 s in (nf_conntrack's hash_conntrack_raw under the flood, after
+    # the disk was mounted, so not retried). One thread for both vCPUs serializes that;
+    # QEMU 8.1 fixed the race ("accel/tcg: Always lock pages before translation").
+    local accel_opt=$accel
+    [ "$accel" = tcg ] && accel_opt=tcg,thread=single
+    timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel "$accel_opt" -cpu max,cx16=off -smp 2 -m 1024 \
         -nodefaults -display none -monitor none -nic none -no-reboot \
         -serial "file:$out" \
         -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.img" \
