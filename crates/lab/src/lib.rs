@@ -4,6 +4,7 @@
 //! Never packaged: the `ctune` binary carries none of it.
 
 pub mod livebench;
+pub mod peers;
 pub mod scenario_report;
 pub mod simulate;
 pub mod traffic;

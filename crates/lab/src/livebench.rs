@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
+use crate::peers::{Aging, PeerRule, Setting, View};
 use crate::scenario_report::{PolicyRun, Sample, crossed, reaction};
-use crate::traffic::{Class, Peer, Profile, kube_proxy};
+use crate::traffic::{Class, Peer, Profile, Sessions};
 use ctune_core::model::stat::{Drops, split_drops};
 use ctune_core::tunables;
 
@@ -266,6 +267,13 @@ impl Lab {
                 ip(&["-n", &c, "route", "add", "default", "via", "198.18.0.1"])?;
                 in_netns(&r, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
                     .map_err(|e| err(format!("ip_forward: {e}")))?;
+                // A hardened router does not pick up connections mid-stream: a packet of
+                // a session whose entry expired is invalid, and dropped by the rules.
+                // (With the default, 1, a client's packet would re-create the entry.)
+                in_netns(&r, || {
+                    std::fs::write(Path::new(SYSCTL).join("nf_conntrack_tcp_loose"), "0")
+                })?
+                .map_err(|e| err(format!("nf_conntrack_tcp_loose: {e}")))?;
                 run_cmd(
                     "ip",
                     &["netns", "exec", &r, "nft", "-f", "-"],
@@ -303,15 +311,15 @@ pub struct Scenario {
     pub flush_after: bool,
     /// The traffic.
     pub loads: Vec<Load>,
+    /// Long-lived TCP sessions from the client through the router, held for the run.
+    pub sessions: Vec<Sessions>,
 }
 
 /// What a run starts from and which policy acts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Policy {
-    /// Nothing changes.
-    Static,
-    /// kube-proxy's settings applied once at the start ([`kube_proxy`]).
-    KubeProxy,
+    /// A peer's rule ([`crate::peers`]), driven by the benchmark; not `ctune`.
+    Peer(Peer),
     /// `ctune run` with a config file (None: the defaults).
     Ctune {
         /// The binary.
@@ -325,8 +333,7 @@ impl Policy {
     /// Which peer this is.
     pub fn peer(&self) -> Peer {
         match self {
-            Policy::Static => Peer::Static,
-            Policy::KubeProxy => Peer::KubeProxy,
+            Policy::Peer(p) => *p,
             Policy::Ctune { .. } => Peer::Ctune,
         }
     }
@@ -361,6 +368,8 @@ fn start_servers(lab: &Lab, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
             }
         }
     }));
+    let s = stop.clone();
+    threads.push(spawn_in(&lab.server, move || echo_sessions(addr, &s)));
     for port in [9001u16, 9002] {
         let s = stop.clone();
         threads.push(spawn_in(&lab.server, move || {
@@ -377,6 +386,139 @@ fn start_servers(lab: &Lab, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
         }));
     }
     threads
+}
+
+/// The sessions' server (port 9003): accepts and echoes every byte on every connection,
+/// all on one thread with non-blocking sockets.
+fn echo_sessions(addr: Ipv4Addr, stop: &AtomicBool) {
+    let l = TcpListener::bind(SocketAddrV4::new(addr, SESSION_PORT)).expect("session bind");
+    l.set_nonblocking(true).ok();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok((c, _)) = l.accept() {
+            if c.set_nonblocking(true).is_ok() {
+                conns.push(c);
+            }
+        }
+        conns.retain_mut(|c| match c.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => c.write_all(&buf[..n]).is_ok(),
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The port the sessions' echo server listens on.
+const SESSION_PORT: u16 = 9003;
+
+/// How long a session waits for the echo of its packet before it counts as broken:
+/// through two veth pairs an answer takes well under a millisecond, and a dropped
+/// packet's first retransmission comes after 200 ms to 1 s.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// What a group of sessions came to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionOutcome {
+    /// Sessions opened.
+    pub held: u64,
+    /// Sessions whose packet after a gap got no echo, or a reset.
+    pub broken: u64,
+}
+
+/// One held session: its socket, when its echo is due, whether it is broken.
+struct Held {
+    sock: TcpStream,
+    waiting: Option<Instant>,
+    broken: bool,
+}
+
+impl Held {
+    fn open(addr: Ipv4Addr) -> Option<Held> {
+        let sock = TcpStream::connect_timeout(
+            &SocketAddrV4::new(addr, SESSION_PORT).into(),
+            Duration::from_millis(1000),
+        )
+        .ok()?;
+        sock.set_nonblocking(true).ok()?;
+        Some(Held {
+            sock,
+            waiting: None,
+            broken: false,
+        })
+    }
+
+    /// Sends the session's packet after a gap.
+    fn send(&mut self) {
+        if !self.broken && self.waiting.is_none() {
+            self.broken = self.sock.write_all(&[1]).is_err();
+            self.waiting = Some(Instant::now() + REPLY_WAIT);
+        }
+    }
+
+    /// Takes in the echo, or gives up on it.
+    fn poll(&mut self) {
+        let Some(deadline) = self.waiting.filter(|_| !self.broken) else {
+            return;
+        };
+        match self.sock.read(&mut [0u8; 8]) {
+            Ok(n) if n > 0 => self.waiting = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.broken = Instant::now() > deadline;
+            }
+            _ => self.broken = true,
+        }
+    }
+}
+
+/// Holds `spec`'s sessions to `addr` for `duration` seconds, as the simulator's
+/// sessions are ([`Sessions`]): session j of n opens j / n of a gap after the start and
+/// sends one byte every gap after its opening; it is broken when a byte gets no echo
+/// within [`REPLY_WAIT`] or the connection fails. A session that cannot open is not
+/// held (its connect is a lost flow in the kernel's counters).
+fn hold_sessions(
+    spec: Sessions,
+    addr: Ipv4Addr,
+    duration: f64,
+    stop: &AtomicBool,
+) -> SessionOutcome {
+    let started = Instant::now();
+    let n = spec.count.max(1) as usize;
+    let mut sessions: Vec<Option<Held>> = (0..n).map(|_| None).collect();
+    let (mut next, mut round, mut opened) = (0usize, 0u64, 0u64);
+    while started.elapsed().as_secs_f64() < duration && !stop.load(Ordering::Relaxed) {
+        let t = started.elapsed().as_secs_f64();
+        while spec.start + (next as f64 / n as f64 + round as f64) * spec.gap <= t {
+            if round == 0 {
+                sessions[next] = Held::open(addr);
+                opened += u64::from(sessions[next].is_some());
+            } else if let Some(h) = sessions[next].as_mut() {
+                h.send();
+            }
+            next += 1;
+            if next == n {
+                (next, round) = (0, round + 1);
+            }
+        }
+        sessions.iter_mut().flatten().for_each(Held::poll);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The packets sent last still get their answer, or their wait runs out.
+    let settle = Instant::now() + REPLY_WAIT + Duration::from_millis(100);
+    while Instant::now() < settle
+        && sessions
+            .iter()
+            .flatten()
+            .any(|h| h.waiting.is_some() && !h.broken)
+    {
+        sessions.iter_mut().flatten().for_each(Held::poll);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    SessionOutcome {
+        held: opened,
+        broken: sessions.iter().flatten().filter(|h| h.broken).count() as u64,
+    }
 }
 
 /// Runs one class's flows at its profile's pace for `duration` seconds.
@@ -424,7 +566,8 @@ fn generate(load: Load, addr: Ipv4Addr, duration: f64, counters: &Counters, stop
                     let _ = c.read(&mut [0u8; 1]);
                 })
                 .is_ok(),
-                Class::TcpIdle => {
+                // Sessions are held by `hold_sessions`; as a rate they are idle TCP.
+                Class::TcpIdle | Class::TcpSession | Class::UdpSession => {
                     match TcpStream::connect_timeout(
                         &SocketAddrV4::new(addr, 9002).into(),
                         Duration::from_millis(500),
@@ -503,132 +646,298 @@ const WATCHED_TIMEOUTS: [&str; 3] = [
     tunables::ESTABLISHED,
 ];
 
+/// The most the benchmark lets a peer set: max 16M and 4M buckets (32 MiB of hash), far
+/// above anything its traffic fills, so a rule that doubles without bound (Calico's)
+/// cannot take the machine's memory with it.
+const BENCH_MAX_LIMIT: u64 = 1 << 24;
+const BENCH_BUCKETS_LIMIT: u64 = 1 << 22;
+
+/// A peer's rule on the live kernel: its settings as sysctl writes, each bounded.
+struct LivePeer {
+    rule: PeerRule,
+    next: Instant,
+    ns: String,
+    /// The measured namespace's timeout keys and their values at the start: what an
+    /// aging scales.
+    timeouts: Vec<(String, u64)>,
+}
+
+impl LivePeer {
+    fn start(peer: Peer, ns: &str) -> Result<LivePeer, BenchError> {
+        let timeouts = in_netns(ns, || -> std::io::Result<Vec<(String, u64)>> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(SYSCTL)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if name.contains("timeout") {
+                    let v = std::fs::read_to_string(Path::new(SYSCTL).join(&name))?;
+                    if let Ok(v) = v.trim().parse() {
+                        out.push((name, v));
+                    }
+                }
+            }
+            Ok(out)
+        })?
+        .map_err(|e| err(format!("{ns}: timeouts: {e}")))?;
+        let mut p = LivePeer {
+            rule: PeerRule::new(peer),
+            next: Instant::now(),
+            ns: ns.to_string(),
+            timeouts,
+        };
+        let settings = p.rule.start(&p.view()?);
+        p.apply(&settings)?;
+        p.schedule();
+        Ok(p)
+    }
+
+    fn schedule(&mut self) {
+        self.next = match self.rule.interval() {
+            Some(secs) => Instant::now() + Duration::from_secs_f64(secs),
+            None => Instant::now() + Duration::from_secs(86_400 * 365),
+        };
+    }
+
+    fn view(&self) -> Result<View, BenchError> {
+        let count = in_netns(&self.ns, || {
+            read_u64(&Path::new(SYSCTL).join(tunables::COUNT))
+        })??;
+        Ok(View {
+            count,
+            max: read_u64(&Path::new(SYSCTL).join(tunables::MAX))?,
+            buckets: read_u64(&Path::new(SYSCTL).join(tunables::BUCKETS))?,
+            memory_bytes: ctune_core::model::meminfo::parse(
+                &std::fs::read_to_string("/proc/meminfo")
+                    .map_err(|e| err(format!("/proc/meminfo: {e}")))?,
+            )
+            .map_err(|e| err(format!("/proc/meminfo: {e}")))?
+            .total_bytes,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        })
+    }
+
+    /// Looks again when the rule is due.
+    fn tick(&mut self) -> Result<(), BenchError> {
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        let settings = self.rule.look(&self.view()?);
+        self.apply(&settings)?;
+        self.schedule();
+        Ok(())
+    }
+
+    /// Writes the settings. Linux applies a timeout at each entry's next packet, so an
+    /// aging here reaches an entry when it next sees traffic, not at once as on the
+    /// firewalls whose rule it is (the simulator models theirs).
+    fn apply(&self, settings: &[Setting]) -> Result<(), BenchError> {
+        let global = |key: &str, v: u64| write_u64(&Path::new(SYSCTL).join(key), v);
+        for s in settings {
+            match *s {
+                Setting::Max(v) => {
+                    let host = read_u64(&Path::new(SYSCTL).join(tunables::COUNT))?;
+                    global(tunables::MAX, v.clamp(host * 2 + 1024, BENCH_MAX_LIMIT))?;
+                }
+                Setting::Buckets(v) => {
+                    global(tunables::BUCKETS, v.clamp(1024, BENCH_BUCKETS_LIMIT))?
+                }
+                Setting::Timeout { key, secs } => {
+                    self.write_timeouts(&[(key.to_string(), secs)])?
+                }
+                Setting::Aging(a) => self.write_timeouts(&self.aged(a))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Every timeout key at `aging` of its start value.
+    fn aged(&self, aging: Aging) -> Vec<(String, u64)> {
+        self.timeouts
+            .iter()
+            .map(|(k, v)| (k.clone(), aging.apply(*v)))
+            .collect()
+    }
+
+    fn write_timeouts(&self, values: &[(String, u64)]) -> Result<(), BenchError> {
+        let values = values.to_vec();
+        in_netns(&self.ns, move || -> std::io::Result<()> {
+            for (key, secs) in values {
+                std::fs::write(
+                    Path::new(SYSCTL).join(&key),
+                    secs.clamp(1, 86_400 * 30).to_string(),
+                )?;
+            }
+            Ok(())
+        })?
+        .map_err(|e| err(format!("{}: timeouts: {e}", self.ns)))
+    }
+}
+
+/// Starts `ctune run` for a scenario and waits for its first step.
+fn start_ctune(bin: &Path, config: Option<&str>, dir: &Path) -> Result<Child, BenchError> {
+    // A state left by an earlier run would make ctune see today's start values as an
+    // operator's change of what it set then.
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let cfg = dir.join("ctune.yaml");
+    std::fs::write(&cfg, config.unwrap_or("")).map_err(|e| err(e.to_string()))?;
+    let log = File::create(dir.join("agent.log")).map_err(|e| err(e.to_string()))?;
+    // At the priority ctune's unit gives it: a machine busy with other work must not
+    // starve the agent more than it would in production.
+    let mut child = Command::new("nice")
+        .arg("-n")
+        .arg(unit_nice().to_string())
+        .arg(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--etc-root")
+        .arg(dir.join("etc"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("CTUNE_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| err(format!("cannot start nice {}: {e}", bin.display())))?;
+    let state = dir.join("state/state.json");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !state.exists() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err("ctune run did not take its first step within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Stops an agent the way systemd does.
+fn stop_agent(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+}
+
+/// The traffic of a run: the generators and the sessions, in the client namespace.
+struct Traffic {
+    gens: Vec<JoinHandle<()>>,
+    sessions: Vec<JoinHandle<SessionOutcome>>,
+}
+
+impl Traffic {
+    fn start(
+        scenario: &Scenario,
+        lab: &Lab,
+        counters: &Arc<Counters>,
+        stop: &Arc<AtomicBool>,
+    ) -> Traffic {
+        let (addr, d) = (lab.server_addr, scenario.duration);
+        let sessions = scenario
+            .sessions
+            .iter()
+            .map(|&spec| {
+                let s = stop.clone();
+                let path = PathBuf::from("/run/netns").join(&lab.client);
+                std::thread::spawn(move || {
+                    let fd = File::open(&path).expect("open netns");
+                    setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
+                    hold_sessions(spec, addr, d, &s)
+                })
+            })
+            .collect();
+        let gens = scenario
+            .loads
+            .iter()
+            .map(|&load| {
+                let (c, s) = (counters.clone(), stop.clone());
+                spawn_in(&lab.client, move || generate(load, addr, d, &c, &s))
+            })
+            .collect();
+        Traffic { gens, sessions }
+    }
+
+    /// Waits for the generators (they end on their own at the duration).
+    fn join_generators(&mut self) {
+        for g in self.gens.drain(..) {
+            let _ = g.join();
+        }
+    }
+
+    /// Waits for everything; what the sessions came to.
+    fn finish(mut self) -> SessionOutcome {
+        self.join_generators();
+        self.sessions
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .fold(SessionOutcome::default(), |a, o| SessionOutcome {
+                held: a.held + o.held,
+                broken: a.broken + o.broken,
+            })
+    }
+}
+
 /// Runs `scenario` under `policy` from the standard start and reports what happened.
-pub fn run(
-    scenario: &Scenario,
-    policy: &Policy,
-    work: &Path,
-    cpus: u64,
-) -> Result<PolicyRun, BenchError> {
+pub fn run(scenario: &Scenario, policy: &Policy, work: &Path) -> Result<PolicyRun, BenchError> {
     let guard = GlobalGuard::save()?;
     guard.start_at(START_MAX, START_MAX)?;
     let prefix = format!("ctb{}", std::process::id());
     let lab = Lab::build(scenario.topology, &prefix)?;
-    let count = NsValue::open(&lab.measured, tunables::COUNT)?;
-    let timeouts: Vec<NsValue> = WATCHED_TIMEOUTS
-        .iter()
-        .map(|k| NsValue::open(&lab.measured, k))
-        .collect::<Result<_, _>>()?;
-    let start_timeouts: Vec<u64> = timeouts.iter().map(NsValue::get).collect();
-    let max_file = Path::new(SYSCTL).join(tunables::MAX);
-    let buckets_file = Path::new(SYSCTL).join(tunables::BUCKETS);
-
-    let mut agent: Option<Child> = None;
+    let watch = Watch::open(&lab.measured)?;
+    let mut peer = None;
+    let mut agent = None;
     match policy {
-        Policy::Static => {}
-        Policy::KubeProxy => {
-            let max = kube_proxy::max(cpus);
-            write_u64(&max_file, max)?;
-            write_u64(&buckets_file, kube_proxy::buckets(max))?;
-            let ns = lab.measured.clone();
-            in_netns(&ns, || -> std::io::Result<()> {
-                for (key, secs) in kube_proxy::TIMEOUTS {
-                    std::fs::write(Path::new(SYSCTL).join(key), secs.to_string())?;
-                }
-                Ok(())
-            })?
-            .map_err(|e| err(format!("kube-proxy timeouts: {e}")))?;
-        }
+        Policy::Peer(p) => peer = Some(LivePeer::start(*p, &lab.measured)?),
         Policy::Ctune { bin, config } => {
             let dir = work.join(format!("{}-{}", scenario.name, policy.name()));
-            // A state left by an earlier run would make ctune see today's start values
-            // as an operator's change of what it set then.
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
-            let cfg = dir.join("ctune.yaml");
-            std::fs::write(&cfg, config.as_deref().unwrap_or(""))
-                .map_err(|e| err(e.to_string()))?;
-            let log = File::create(dir.join("agent.log")).map_err(|e| err(e.to_string()))?;
-            // At the priority ctune's unit gives it: a machine busy with other work must
-            // not starve the agent more than it would in production.
-            let child = Command::new("nice")
-                .arg("-n")
-                .arg(unit_nice().to_string())
-                .arg(bin)
-                .arg("run")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("--etc-root")
-                .arg(dir.join("etc"))
-                .arg("--state-dir")
-                .arg(dir.join("state"))
-                .env("CTUNE_LOG", "info")
-                .env_remove("NOTIFY_SOCKET")
-                .env_remove("JOURNAL_STREAM")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| err(format!("cannot start nice {}: {e}", bin.display())))?;
-            agent = Some(child);
-            let state = dir.join("state/state.json");
-            let end = Instant::now() + Duration::from_secs(10);
-            while !state.exists() {
-                if Instant::now() > end {
-                    return Err(err("ctune run did not take its first step within 10 s"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            agent = Some(start_ctune(bin, config.as_deref(), &dir)?);
         }
     }
+    let result = drive(scenario, &lab, &watch, peer.as_mut());
+    stop_agent(agent);
+    let (samples, sessions) = result?;
+    let run = watch.summary(policy, samples, sessions)?;
+    drop(lab);
+    drop(guard);
+    Ok(run)
+}
 
-    let before = stat(&lab.measured)?;
+/// The traffic, the peer's looks and the timeline of one run.
+fn drive(
+    scenario: &Scenario,
+    lab: &Lab,
+    watch: &Watch,
+    mut peer: Option<&mut LivePeer>,
+) -> Result<(Vec<Sample>, SessionOutcome), BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = start_servers(&lab, &stop);
+    let servers = start_servers(lab, &stop);
     std::thread::sleep(Duration::from_millis(100));
-    let counters = Arc::new(Counters::default());
     let started = Instant::now();
-    let mut gens: Option<Vec<JoinHandle<()>>> = Some(
-        scenario
-            .loads
-            .iter()
-            .map(|&load| {
-                let (c, s, addr, d) = (
-                    counters.clone(),
-                    stop.clone(),
-                    lab.server_addr,
-                    scenario.duration,
-                );
-                spawn_in(&lab.client, move || generate(load, addr, d, &c, &s))
-            })
-            .collect(),
-    );
-
+    let mut traffic = Traffic::start(scenario, lab, &watch.counters, &stop);
     let mut samples = Vec::new();
-    let mut lowered = false;
     let total = scenario.duration + scenario.calm;
     let mut flushed = false;
-    loop {
+    let outcome = loop {
         let t = started.elapsed().as_secs_f64();
-        let max = read_u64(&max_file)?;
-        let entries = count.get();
-        let (drops, early_drops) = losses_since(&lab.measured, &before)?;
-        let lowered_now = timeouts
-            .iter()
-            .zip(&start_timeouts)
-            .any(|(v, s)| v.get() < *s);
-        // ctune's ceiling and level are in its plan, which the benchmark does not read.
-        samples.push(Sample {
-            kernel_drops: Some(drops.table_full),
-            early_drops: Some(early_drops),
-            timeouts_lowered: Some(lowered_now),
-            ..Sample::new(t, entries, max)
-        });
-        lowered |= lowered_now;
-        if t >= scenario.duration && !flushed {
-            // The generators end on their own at the duration.
-            for g in gens.take().into_iter().flatten() {
-                let _ = g.join();
+        let step = (|| -> Result<(), BenchError> {
+            if let Some(p) = peer.as_deref_mut() {
+                p.tick()?;
             }
+            samples.push(watch.sample(t)?);
+            Ok(())
+        })();
+        if let Err(e) = step {
+            stop.store(true, Ordering::Relaxed);
+            break Err(e);
+        }
+        if t >= scenario.duration && !flushed {
+            traffic.join_generators();
             if scenario.flush_after {
                 run_cmd(
                     "ip",
@@ -639,54 +948,106 @@ pub fn run(
             flushed = true;
         }
         if t >= total {
-            break;
+            break Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     stop.store(true, Ordering::Relaxed);
-    for g in gens.into_iter().flatten().chain(servers) {
+    let sessions = traffic.finish();
+    for g in servers {
         let _ = g.join();
     }
-    if let Some(mut child) = agent {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = child.wait();
+    outcome.map(|()| (samples, sessions))
+}
+
+/// What the benchmark reads of the measured namespace while a run goes on.
+struct Watch {
+    ns: String,
+    count: NsValue,
+    timeouts: Vec<NsValue>,
+    start_timeouts: Vec<u64>,
+    before: ctune_core::model::ConntrackStat,
+    /// The generators' flow attempts and failures.
+    counters: Arc<Counters>,
+}
+
+impl Watch {
+    fn open(ns: &str) -> Result<Watch, BenchError> {
+        let timeouts: Vec<NsValue> = WATCHED_TIMEOUTS
+            .iter()
+            .map(|k| NsValue::open(ns, k))
+            .collect::<Result<_, _>>()?;
+        Ok(Watch {
+            ns: ns.to_string(),
+            count: NsValue::open(ns, tunables::COUNT)?,
+            start_timeouts: timeouts.iter().map(NsValue::get).collect(),
+            timeouts,
+            before: stat(ns)?,
+            counters: Arc::default(),
+        })
     }
-    let final_max = read_u64(&max_file)?;
-    let final_buckets = read_u64(&buckets_file)?;
-    let peak = samples.iter().map(|s| s.count).max().unwrap_or(0);
-    let start_max = samples.first().map_or(START_MAX, |s| s.max);
-    let grew = samples.iter().any(|s| s.max > start_max);
-    let restored = timeouts
-        .iter()
-        .zip(&start_timeouts)
-        .all(|(v, s)| v.get() >= *s);
-    let (drops, early_drops) = losses_since(&lab.measured, &before)?;
-    let (reaction_ms, reaction_note) = reaction(&samples, 0.75, grew);
-    let run = PolicyRun {
-        policy: policy.name().into(),
-        kernel_drops: drops.table_full,
-        clash_drops: drops.clash,
-        failed_attempts: counters.failed.load(Ordering::Relaxed),
-        attempts: counters.attempts.load(Ordering::Relaxed),
-        early_drops,
-        peak_count: peak,
-        final_max,
-        final_buckets,
-        memory_bytes: ctune_core::ceiling::memory_now(peak, final_buckets, entry_bytes(), 128),
-        grew,
-        crossed: crossed(&samples, 0.75),
-        reaction_ms,
-        reaction_note,
-        timeouts_lowered: lowered,
-        timeouts_restored: lowered && restored,
-        samples,
-    };
-    drop(lab);
-    drop(guard);
-    Ok(run)
+
+    fn lowered_now(&self) -> bool {
+        self.timeouts
+            .iter()
+            .zip(&self.start_timeouts)
+            .any(|(v, s)| v.get() < *s)
+    }
+
+    /// One point of the timeline. ctune's ceiling and level are in its plan, which the
+    /// benchmark does not read.
+    fn sample(&self, t: f64) -> Result<Sample, BenchError> {
+        let (drops, early_drops) = losses_since(&self.ns, &self.before)?;
+        Ok(Sample {
+            kernel_drops: Some(drops.table_full),
+            early_drops: Some(early_drops),
+            timeouts_lowered: Some(self.lowered_now()),
+            ..Sample::new(
+                t,
+                self.count.get(),
+                read_u64(&Path::new(SYSCTL).join(tunables::MAX))?,
+            )
+        })
+    }
+
+    /// The run's line of the report.
+    fn summary(
+        &self,
+        policy: &Policy,
+        samples: Vec<Sample>,
+        sessions: SessionOutcome,
+    ) -> Result<PolicyRun, BenchError> {
+        let final_max = read_u64(&Path::new(SYSCTL).join(tunables::MAX))?;
+        let final_buckets = read_u64(&Path::new(SYSCTL).join(tunables::BUCKETS))?;
+        let peak = samples.iter().map(|s| s.count).max().unwrap_or(0);
+        let start_max = samples.first().map_or(START_MAX, |s| s.max);
+        let grew = samples.iter().any(|s| s.max > start_max);
+        let lowered = samples.iter().any(|s| s.timeouts_lowered == Some(true));
+        let (drops, early_drops) = losses_since(&self.ns, &self.before)?;
+        let (reaction_ms, reaction_note) = reaction(&samples, 0.75, grew);
+        Ok(PolicyRun {
+            policy: policy.name().into(),
+            kernel_drops: drops.table_full,
+            clash_drops: drops.clash,
+            failed_attempts: self.counters.failed.load(Ordering::Relaxed),
+            attempts: self.counters.attempts.load(Ordering::Relaxed),
+            early_drops,
+            sessions: sessions.held,
+            sessions_broken: sessions.broken,
+            over_spare_bytes: None,
+            peak_count: peak,
+            final_max,
+            final_buckets,
+            memory_bytes: ctune_core::ceiling::memory_now(peak, final_buckets, entry_bytes(), 128),
+            grew,
+            crossed: crossed(&samples, 0.75),
+            reaction_ms,
+            reaction_note,
+            timeouts_lowered: lowered,
+            timeouts_restored: lowered && !self.lowered_now(),
+            samples,
+        })
+    }
 }
 
 fn entry_bytes() -> u64 {
@@ -725,6 +1086,7 @@ pub fn scenarios(short: bool, topology: Topology) -> Vec<Scenario> {
                     profile: Profile::Constant { rate: 200.0 },
                 },
             ],
+            sessions: Vec::new(),
         },
         Scenario {
             name: "step".into(),
@@ -737,6 +1099,7 @@ pub fn scenarios(short: bool, topology: Topology) -> Vec<Scenario> {
                 at: d / 6.0,
                 after: if short { 25_000.0 } else { 15_000.0 },
             })],
+            sessions: Vec::new(),
         },
         Scenario {
             name: "flood".into(),
@@ -747,8 +1110,39 @@ pub fn scenarios(short: bool, topology: Topology) -> Vec<Scenario> {
             loads: vec![udp(Profile::Constant {
                 rate: if short { 80_000.0 } else { 200_000.0 },
             })],
+            sessions: Vec::new(),
         },
+        sessions_under_flood(short, topology),
     ]
+}
+
+/// The session-breaking scenario: a router holding idle TCP sessions (a packet every
+/// 21 s, just over SRX's 20 s early-ageout) while unreplied UDP floods its table. The
+/// short form's 26 s see the sessions that opened within its first 5 s send once; the
+/// full form's 90 s see every session send three or four times.
+pub fn sessions_under_flood(short: bool, topology: Topology) -> Scenario {
+    let d = if short { 26.0 } else { 90.0 };
+    Scenario {
+        name: "sessions".into(),
+        topology,
+        duration: d,
+        calm: 2.0,
+        flush_after: true,
+        loads: vec![Load {
+            class: Class::UdpUnreplied,
+            profile: Profile::Flood {
+                rate: if short { 20_000.0 } else { 40_000.0 },
+                start: 1.0,
+                end: d,
+            },
+        }],
+        sessions: vec![Sessions {
+            class: Class::TcpSession,
+            count: if short { 200 } else { 1000 },
+            gap: 21.0,
+            start: 0.0,
+        }],
+    }
 }
 
 /// The short form keeps ctune's ceiling small (a 64 MiB budget: about 174k entries, above
@@ -760,9 +1154,12 @@ pub const SHORT_CTUNE_CONFIG: &str = "ceiling:\n  memory_cap: 64MiB\npressure:\n
 /// 90 s calm period; the rest is the default config.
 pub const FULL_FLOOD_CONFIG: &str = "pressure:\n  hold: 20s\n";
 
-/// The ctune config overrides for a scenario (None: the defaults).
+/// The ctune config overrides for a scenario (None: the defaults). The sessions
+/// scenario runs ctune as installed: its peers have no memory cap either.
 pub fn ctune_config(short: bool, scenario: &str) -> Option<String> {
-    if short {
+    if scenario == "sessions" {
+        None
+    } else if short {
         Some(SHORT_CTUNE_CONFIG.to_string())
     } else if scenario == "flood" {
         Some(FULL_FLOOD_CONFIG.to_string())

@@ -75,6 +75,17 @@ pub struct PolicyRun {
     pub attempts: u64,
     /// Unassured entries evicted to make room.
     pub early_drops: u64,
+    /// Long-lived sessions the run held (opened at their start).
+    #[serde(default)]
+    pub sessions: u64,
+    /// Of those, sessions broken: their entry was gone when their next packet came.
+    #[serde(default)]
+    pub sessions_broken: u64,
+    /// The most the table's memory exceeded what the host could spare (MemTotal less
+    /// everything else and ctune's reserve), in bytes: a policy that wins by taking
+    /// memory the host needs has not won (the simulator only; None live).
+    #[serde(default)]
+    pub over_spare_bytes: Option<u64>,
     /// Highest count seen.
     pub peak_count: u64,
     /// max at the end.
@@ -248,9 +259,11 @@ impl ScenarioReport {
             "kernel drops",
             "clash drops",
             "evicted",
+            "sessions broken",
         ];
         if !live {
             header.remove(2);
+            header.push("over spare");
         }
         header.extend([
             "peak count",
@@ -268,9 +281,11 @@ impl ScenarioReport {
                 r.kernel_drops.to_string(),
                 r.clash_drops.to_string(),
                 r.early_drops.to_string(),
+                format!("{} of {}", r.sessions_broken, r.sessions),
             ];
             if !live {
                 row.remove(2);
+                row.push(fmt_bytes(r.over_spare_bytes.unwrap_or(0)));
             }
             row.extend([
                 r.peak_count.to_string(),
@@ -304,6 +319,11 @@ impl ScenarioReport {
     pub fn plot_svg(&self, path: &Path) -> Result<(), String> {
         plot::draw(self, path)
     }
+}
+
+/// A value with an SI suffix (1.2M, 500k), as the plots label their axes.
+pub fn plot_si(v: f64) -> String {
+    plot::si(v)
 }
 
 /// The timeline plot: what an operator needs to judge a policy, per policy.
@@ -514,11 +534,13 @@ mod plot {
             (true, false) => "timeouts lowered, not restored",
         };
         format!(
-            "{}: lost {} of {} flows, {} evicted, peak count {}, final max {}; {lowered}",
+            "{}: lost {} of {} flows, {} evicted, {} of {} sessions broken, peak count {}, final max {}; {lowered}",
             r.policy,
             si(r.failed_attempts as f64),
             si(r.attempts as f64),
             si(r.early_drops as f64),
+            si(r.sessions_broken as f64),
+            si(r.sessions as f64),
             si(r.peak_count as f64),
             si(r.final_max as f64),
         )
@@ -934,6 +956,9 @@ mod tests {
             failed_attempts: 5,
             attempts: 100,
             early_drops: 0,
+            sessions: 10,
+            sessions_broken: 3,
+            over_spare_bytes: Some(0),
             peak_count: 90,
             final_max: 100,
             final_buckets: 512,
@@ -954,7 +979,7 @@ mod tests {
         let md = r.markdown();
         assert!(
             md.contains(
-                "| static | 5 of 100 | 0 | 0 | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
+                "| static | 5 of 100 | 0 | 0 | 3 of 10 | 0 B | 90 | 100 | 512 | 4.0 KiB | did not react | no |"
             ),
             "{md}"
         );

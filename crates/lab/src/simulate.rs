@@ -106,7 +106,8 @@ use ctune_core::pressure::Level;
 use ctune_core::tunables;
 use ctune_core::units;
 
-use crate::traffic::{Class, Peer, Profile, kube_proxy};
+use crate::peers::{Aging, PeerRule, Setting, View};
+use crate::traffic::{Class, Peer, Profile, Sessions};
 
 /// Kernel 6.x default timeouts: the start of every run, and what "lowered" is
 /// measured against.
@@ -178,6 +179,8 @@ pub struct Scenario {
     /// Rate terms per class (every class present, maybe with no terms), in the host's
     /// own (initial) namespace.
     pub traffic: BTreeMap<Class, Vec<Profile>>,
+    /// Long-lived sessions in the host's own namespace.
+    pub sessions: Vec<Sessions>,
     /// Other network namespaces (containers, tenants) with traffic of their own: each
     /// fills its own count against the one global max, in the one shared memory.
     pub tenants: Vec<Tenant>,
@@ -193,6 +196,8 @@ pub struct Tenant {
     pub name: String,
     /// Rate terms per class.
     pub traffic: BTreeMap<Class, Vec<Profile>>,
+    /// Long-lived sessions.
+    pub sessions: Vec<Sessions>,
 }
 
 /// A scenario that cannot be run, with where and why.
@@ -303,6 +308,25 @@ struct RawTraffic {
     tcp_idle: Vec<RawProfile>,
     #[serde(default)]
     dns_race: Vec<RawProfile>,
+    #[serde(default)]
+    sessions: Vec<RawSessions>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    proto: RawProto,
+    count: u64,
+    gap: String,
+    #[serde(default)]
+    start: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawProto {
+    Tcp,
+    Udp,
 }
 
 #[derive(Deserialize)]
@@ -469,9 +493,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     // The kernel allocates whole 512-bucket blocks and reads back the rounded size.
     let start_buckets = tunables::round_buckets(start_buckets, tunables::DEFAULT_PAGE_SIZE);
 
-    let policies = raw
-        .policies
-        .unwrap_or_else(|| vec![Peer::Static, Peer::KubeProxy, Peer::Ctune]);
+    let policies = raw.policies.unwrap_or_else(|| Peer::ALL.to_vec());
     if policies.is_empty() {
         return Err(v.fail("policies", "lists no policy to run".into()));
     }
@@ -483,7 +505,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     }
 
     let dur_s = duration.as_secs_f64();
-    let traffic = v.traffic("traffic", raw.traffic, dur_s)?;
+    let (traffic, sessions) = v.traffic("traffic", raw.traffic, dur_s)?;
     let mut tenants = Vec::new();
     for (i, t) in raw.tenants.into_iter().enumerate() {
         if t.name.is_empty() || t.name == "init" {
@@ -492,8 +514,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
                 "a tenant needs a name of its own (not init)".into(),
             ));
         }
+        let (traffic, sessions) = v.traffic(&format!("tenants[{i}].traffic"), t.traffic, dur_s)?;
         tenants.push(Tenant {
-            traffic: v.traffic(&format!("tenants[{i}].traffic"), t.traffic, dur_s)?,
+            traffic,
+            sessions,
             name: t.name,
         });
     }
@@ -501,6 +525,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         .values()
         .chain(tenants.iter().flat_map(|t| t.traffic.values()))
         .all(Vec::is_empty)
+        && sessions.is_empty()
+        && tenants.iter().all(|t| t.sessions.is_empty())
     {
         return Err(v.fail("traffic", "has no rate for any class".into()));
     }
@@ -539,6 +565,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         host,
         policies,
         traffic,
+        sessions,
         tenants,
         ctune,
     })
@@ -557,6 +584,9 @@ pub fn kernel_default_buckets(memory_bytes: u64) -> u64 {
     };
     tunables::round_buckets(b, tunables::DEFAULT_PAGE_SIZE)
 }
+
+/// Rate terms per class.
+type Rates = BTreeMap<Class, Vec<Profile>>;
 
 struct Validator<'a> {
     text: &'a str,
@@ -581,19 +611,21 @@ impl Validator<'_> {
         config::parse_duration(text).map_err(|e| self.fail(key, e))
     }
 
-    /// Every class's rate terms under `at` (`traffic`, `tenants[0].traffic`).
+    /// Every class's rate terms and the sessions under `at` (`traffic`,
+    /// `tenants[0].traffic`).
     fn traffic(
         &self,
         at: &str,
         raw: RawTraffic,
         dur_s: f64,
-    ) -> Result<BTreeMap<Class, Vec<Profile>>, ScenarioError> {
+    ) -> Result<(Rates, Vec<Sessions>), ScenarioError> {
         let RawTraffic {
             udp_unreplied,
             udp_request_response,
             tcp_short,
             tcp_idle,
             dns_race,
+            sessions,
         } = raw;
         let mut traffic = BTreeMap::new();
         for (class, items) in [
@@ -609,7 +641,53 @@ impl Validator<'_> {
             }
             traffic.insert(class, profiles);
         }
-        Ok(traffic)
+        let sessions = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| self.sessions(&format!("{at}.sessions"), i, raw, dur_s))
+            .collect::<Result<_, _>>()?;
+        Ok((traffic, sessions))
+    }
+
+    /// One group of sessions: 1 to 1M of them, a gap of 1 s to 1 d, opening in the run.
+    fn sessions(
+        &self,
+        list: &str,
+        index: usize,
+        raw: RawSessions,
+        dur_s: f64,
+    ) -> Result<Sessions, ScenarioError> {
+        let line = locate_item(self.text, list, index);
+        let key = |f: &str| format!("{list}[{index}].{f}");
+        if !(1..=1_000_000).contains(&raw.count) {
+            return Err(self.fail_at(
+                &key("count"),
+                line,
+                format!("{} sessions: must be 1 to 1000000", raw.count),
+            ));
+        }
+        let gap =
+            config::parse_duration(&raw.gap).map_err(|e| self.fail_at(&key("gap"), line, e))?;
+        if gap < Duration::from_secs(1) || gap > Duration::from_secs(86_400) {
+            return Err(self.fail_at(&key("gap"), line, "must be between 1s and 1d".into()));
+        }
+        let start = self.at(list, index, "start", raw.start.as_deref(), 0.0)?;
+        if start >= dur_s {
+            return Err(self.fail_at(
+                &key("start"),
+                line,
+                format!("{start}s is not within the run"),
+            ));
+        }
+        Ok(Sessions {
+            class: match raw.proto {
+                RawProto::Tcp => Class::TcpSession,
+                RawProto::Udp => Class::UdpSession,
+            },
+            count: raw.count,
+            gap: gap.as_secs_f64(),
+            start,
+        })
     }
 
     fn profile(
@@ -803,12 +881,72 @@ fn fallback_text(value: &serde_json::Value, at: usize) -> String {
 // ---------------------------------------------------------------------------------------
 // The table.
 
+/// Entries of one class that saw their last packet in the same tick.
+#[derive(Debug, Clone, Copy)]
+struct Cohort {
+    /// How many.
+    n: u64,
+    /// The timeout sysctl's value at that packet, in seconds: what their life is made of
+    /// (an aging peer scales it, counted from the packet).
+    base_secs: u64,
+}
+
+/// A group of sessions in one table, and where each one is.
+struct SessionGroup {
+    spec: Sessions,
+    /// Per session: the tick of its last packet; None before it opens, once broken, or
+    /// when it could not open.
+    last: Vec<Option<u64>>,
+    /// The next session to open or send, and in which round of gaps (0: opening).
+    next: usize,
+    round: u64,
+}
+
+impl SessionGroup {
+    fn new(spec: Sessions) -> SessionGroup {
+        SessionGroup {
+            last: vec![None; spec.count as usize],
+            spec,
+            next: 0,
+            round: 0,
+        }
+    }
+
+    /// The tick at which session `j` opens (round 0) or sends (round r, r gaps later).
+    fn due(&self, j: usize, round: u64, tick_ns: u128) -> u64 {
+        let gap_ns = (self.spec.gap * 1e9) as u128;
+        let start_ns = (self.spec.start * 1e9) as u128;
+        let n = u128::from(self.spec.count.max(1));
+        let at = start_ns + j as u128 * gap_ns / n + u128::from(round) * gap_ns;
+        (at / tick_ns).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// The sessions due at or before tick `k`, in order, each with its round; moves the
+    /// cursor past them.
+    fn take_due(&mut self, k: u64, tick_ns: u128) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        while !self.last.is_empty() && self.due(self.next, self.round, tick_ns) <= k {
+            out.push((self.next, self.round));
+            self.next += 1;
+            if self.next == self.last.len() {
+                (self.next, self.round) = (0, self.round + 1);
+            }
+        }
+        out
+    }
+}
+
 /// The conntrack table of one namespace, as cohorts of entries per class (the limit it
 /// fills against is the host's, in [`Tables`]).
 struct Table {
     timeouts: BTreeMap<String, u64>,
-    /// Per class: expiry tick -> entries that expire then.
-    cohorts: [BTreeMap<u64, u64>; Class::COUNT],
+    /// Per class: (expiry tick, last packet tick) -> entries.
+    cohorts: [BTreeMap<(u64, u64), Cohort>; Class::COUNT],
+    /// Per session class: last packet tick -> expiry tick, to find a session's entry.
+    expiry_of: [BTreeMap<u64, u64>; Class::COUNT],
+    /// How an aging peer scales every entry's timeout (normal for the others).
+    aging: Aging,
+    sessions: Vec<SessionGroup>,
     count: u64,
     unassured: u64,
     /// Packets lost to a full table.
@@ -817,38 +955,60 @@ struct Table {
     clash: u64,
     early_drop: u64,
     attempts: u64,
+    /// Sessions opened, and broken.
+    held: u64,
+    broken: u64,
+}
+
+/// Ticks of `secs` seconds, at least one.
+fn ticks(secs: u64, tick_ns: u128) -> u64 {
+    (u128::from(secs) * 1_000_000_000)
+        .div_ceil(tick_ns)
+        .max(1)
+        .min(u128::from(u64::MAX / 4)) as u64
 }
 
 impl Table {
-    fn new() -> Table {
+    fn new(sessions: &[Sessions]) -> Table {
         Table {
             timeouts: KERNEL_DEFAULT_TIMEOUTS
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), *v))
                 .collect(),
             cohorts: Default::default(),
+            expiry_of: Default::default(),
+            aging: Aging::NORMAL,
+            sessions: sessions.iter().map(|s| SessionGroup::new(*s)).collect(),
             count: 0,
             unassured: 0,
             drop: 0,
             clash: 0,
             early_drop: 0,
             attempts: 0,
+            held: 0,
+            broken: 0,
+        }
+    }
+
+    /// Takes `n` entries out of the count (expired, evicted or aged out).
+    fn forget(&mut self, class: Class, n: u64) {
+        self.count -= n;
+        if !class.assured() {
+            self.unassured -= n;
         }
     }
 
     /// Removes every cohort whose expiry tick is `k` or earlier.
     fn expire(&mut self, k: u64) {
         for class in Class::ALL {
-            let map = &mut self.cohorts[class.index()];
-            while let Some(entry) = map.first_entry() {
-                if *entry.key() > k {
+            while let Some(entry) = self.cohorts[class.index()].first_entry() {
+                let (e, a) = *entry.key();
+                if e > k {
                     break;
                 }
-                let n = entry.remove();
-                self.count -= n;
-                if !class.assured() {
-                    self.unassured -= n;
-                }
+                let n = entry.remove().n;
+                self.expiry_of[class.index()].remove(&a);
+                self.forget(class, n);
             }
         }
     }
@@ -857,15 +1017,39 @@ impl Table {
         if n == 0 {
             return;
         }
-        let secs = self.timeouts.get(class.timeout_key()).copied().unwrap_or(0);
-        let life = (u128::from(secs) * 1_000_000_000)
-            .div_ceil(tick_ns)
-            .max(1)
-            .min(u128::from(u64::MAX / 2)) as u64;
-        *self.cohorts[class.index()].entry(k + life).or_insert(0) += n;
+        let base_secs = self.timeouts.get(class.timeout_key()).copied().unwrap_or(0);
+        let e = k + ticks(self.aging.apply(base_secs), tick_ns);
+        self.cohorts[class.index()]
+            .entry((e, k))
+            .or_insert(Cohort { n: 0, base_secs })
+            .n += n;
+        if class.is_session() {
+            self.expiry_of[class.index()].insert(k, e);
+        }
         self.count += n;
         if !class.assured() {
             self.unassured += n;
+        }
+    }
+
+    /// Applies a new aging to every entry, as an aging firewall does: each one's timeout
+    /// scaled and counted from its last packet, so entries idle longer go at once.
+    fn reage(&mut self, aging: Aging, k: u64, tick_ns: u128) {
+        self.aging = aging;
+        for class in Class::ALL {
+            let old = std::mem::take(&mut self.cohorts[class.index()]);
+            for ((_, a), c) in old {
+                let e = a + ticks(aging.apply(c.base_secs), tick_ns);
+                if e <= k {
+                    self.expiry_of[class.index()].remove(&a);
+                    self.forget(class, c.n);
+                    continue;
+                }
+                if class.is_session() {
+                    self.expiry_of[class.index()].insert(a, e);
+                }
+                self.cohorts[class.index()].insert((e, a), c);
+            }
         }
     }
 
@@ -878,7 +1062,7 @@ impl Table {
                 .filter_map(|c| {
                     self.cohorts[c.index()]
                         .first_key_value()
-                        .map(|(k, _)| (*k, *c))
+                        .map(|(k, _)| (k.0, *c))
                 })
                 .min();
             let Some((_, class)) = pick else {
@@ -887,33 +1071,36 @@ impl Table {
             let mut entry = self.cohorts[class.index()]
                 .first_entry()
                 .expect("picked cohort exists");
-            let take = n.min(*entry.get());
-            *entry.get_mut() -= take;
-            if *entry.get() == 0 {
+            let take = n.min(entry.get().n);
+            entry.get_mut().n -= take;
+            if entry.get().n == 0 {
                 entry.remove();
             }
-            self.count -= take;
-            self.unassured -= take;
+            self.forget(class, take);
             n -= take;
         }
     }
 
     /// Admits one tick's new flows: free slots first, then one early drop per flow while
     /// unassured entries remain, the rest lost. Shares go to classes in proportion to
-    /// their arrivals, so no class is favoured by the order of evaluation.
-    fn admit(&mut self, arrivals: [u64; Class::COUNT], max: u64, k: u64, tick_ns: u128) {
+    /// their arrivals, so no class is favoured by the order of evaluation. Returns the
+    /// flows admitted per class.
+    fn admit(
+        &mut self,
+        arrivals: [u64; Class::COUNT],
+        max: u64,
+        k: u64,
+        tick_ns: u128,
+    ) -> [u64; Class::COUNT] {
         let total: u64 = arrivals.iter().sum();
         self.attempts += total;
         // The racing twin of each lookup is lost at confirm time whatever the table holds.
         self.clash += arrivals[Class::DnsRace.index()];
-        if total == 0 {
-            return;
-        }
-        if max == 0 {
+        if total == 0 || max == 0 {
             for class in Class::ALL {
                 self.insert(class, arrivals[class.index()], k, tick_ns);
             }
-            return;
+            return arrivals;
         }
         let free = max.saturating_sub(self.count).min(total);
         let got = share(&arrivals, free);
@@ -924,17 +1111,63 @@ impl Table {
             rest[i] = arrivals[i] - got[i];
         }
         let waiting: u64 = rest.iter().sum();
-        if waiting == 0 {
-            return;
-        }
         let evicted = waiting.min(self.unassured);
         self.evict(evicted);
         self.early_drop += evicted;
         self.drop += waiting - evicted;
-        let got = share(&rest, evicted);
+        let more = share(&rest, evicted);
         for class in Class::ALL {
-            self.insert(class, got[class.index()], k, tick_ns);
+            self.insert(class, more[class.index()], k, tick_ns);
         }
+        std::array::from_fn(|i| got[i] + more[i])
+    }
+
+    /// The sessions' tick: those due open (new flows, admitted against `max` with the
+    /// tick's other arrivals' rules) or send (the entry refreshed to the timeout in force,
+    /// or, when it is gone, the session broken).
+    fn sessions_tick(&mut self, max: u64, k: u64, tick_ns: u128) {
+        for g in 0..self.sessions.len() {
+            let class = self.sessions[g].spec.class;
+            let due = self.sessions[g].take_due(k, tick_ns);
+            let opening: Vec<usize> = due
+                .iter()
+                .filter(|(_, r)| *r == 0)
+                .map(|(j, _)| *j)
+                .collect();
+            if !opening.is_empty() {
+                let mut arrivals = [0u64; Class::COUNT];
+                arrivals[class.index()] = opening.len() as u64;
+                let admitted = self.admit(arrivals, max, k, tick_ns)[class.index()] as usize;
+                for &j in &opening[..admitted] {
+                    self.sessions[g].last[j] = Some(k);
+                }
+                self.held += admitted as u64;
+            }
+            for (j, _) in due.into_iter().filter(|(_, r)| *r > 0) {
+                if let Some(a) = self.sessions[g].last[j] {
+                    self.sessions[g].last[j] = self.refresh(class, a, k, tick_ns);
+                }
+            }
+        }
+    }
+
+    /// One session's packet at `k`, its entry last refreshed at `a`: the new last packet,
+    /// or None when the entry was gone (the session is broken).
+    fn refresh(&mut self, class: Class, a: u64, k: u64, tick_ns: u128) -> Option<u64> {
+        let Some(&e) = self.expiry_of[class.index()].get(&a) else {
+            self.broken += 1;
+            return None;
+        };
+        let map = &mut self.cohorts[class.index()];
+        let c = map.get_mut(&(e, a)).expect("a session's cohort");
+        c.n -= 1;
+        if c.n == 0 {
+            map.remove(&(e, a));
+            self.expiry_of[class.index()].remove(&a);
+        }
+        self.forget(class, 1);
+        self.insert(class, 1, k, tick_ns);
+        Some(k)
     }
 }
 
@@ -1048,7 +1281,7 @@ impl Table {
     fn composition(&self, taken_at: Duration) -> Governed {
         let mut by_key = BTreeMap::new();
         for class in Class::ALL {
-            let n: u64 = self.cohorts[class.index()].values().sum();
+            let n: u64 = self.cohorts[class.index()].values().map(|c| c.n).sum();
             if let (Some(key), true) = (class.governing_key(), n > 0) {
                 *by_key.entry(key.to_string()).or_insert(0) += n;
             }
@@ -1140,6 +1373,8 @@ pub struct RunDetails {
     /// The most the table cost above what the host could spare at that moment
     /// (MemTotal - other use - ctune's reserve), in bytes; 0 when it always fit.
     pub peak_over_spare: u64,
+    /// Every aging an aging peer set: (milliseconds, the aging).
+    pub agings: Vec<(u64, Aging)>,
 }
 
 impl RunDetails {
@@ -1375,21 +1610,87 @@ fn set_timeout(
     }
 }
 
-/// kube-proxy's start ([`kube_proxy`]): max raised to its formula, the hash grown to
-/// max / 4 when smaller, its two timeouts set in its own (the host's) namespace.
-fn kube_proxy_start(tables: &mut Tables, host: &SimHost, d: &mut RunDetails) {
-    let target = kube_proxy::max(host.cpus);
-    if tables.max != 0 && tables.max < target {
-        d.max_changes.push((0, tables.max, target));
-        tables.max = target;
+/// A peer's rule over the model: started at t = 0, then looking every
+/// [`PeerRule::interval`] (`static` and `ctune` have none here).
+struct PeerRun {
+    rule: PeerRule,
+    next_ns: u128,
+}
+
+impl PeerRun {
+    fn new(kind: Peer) -> Option<PeerRun> {
+        (!matches!(kind, Peer::Static | Peer::Ctune)).then(|| PeerRun {
+            rule: PeerRule::new(kind),
+            next_ns: 0,
+        })
     }
-    if tables.buckets < kube_proxy::buckets(target) {
-        d.resizes += 1;
-        tables.buckets =
-            tunables::round_buckets(kube_proxy::buckets(target), tunables::DEFAULT_PAGE_SIZE);
+
+    /// The rule at tick `k`, when it is due: what it sets, into the model.
+    fn act(
+        &mut self,
+        k: u64,
+        tick_ns: u128,
+        tables: &mut Tables,
+        host: &SimHost,
+        d: &mut RunDetails,
+    ) {
+        let now_ns = u128::from(k) * tick_ns;
+        if now_ns < self.next_ns {
+            return;
+        }
+        let view = View {
+            count: tables.busiest(),
+            max: tables.max,
+            buckets: tables.buckets,
+            memory_bytes: host.memory_bytes,
+            cpus: host.cpus,
+        };
+        let settings = if k == 0 {
+            self.rule.start(&view)
+        } else {
+            self.rule.look(&view)
+        };
+        self.next_ns = match self.rule.interval() {
+            Some(secs) => now_ns + (secs * 1e9) as u128,
+            None => u128::MAX,
+        };
+        let at_ms = (now_ns / 1_000_000) as u64;
+        for s in settings {
+            apply_setting(s, tables, (at_ms, k, tick_ns), d);
+        }
     }
-    for (key, secs) in kube_proxy::TIMEOUTS {
-        set_timeout(&mut tables.spaces[0], "init", key, secs, 0, d);
+}
+
+/// One peer setting into the model, recorded as the agent's changes are: the max and
+/// hash globally, a timeout in the host's namespace, an aging in every namespace.
+fn apply_setting(
+    s: Setting,
+    tables: &mut Tables,
+    (at_ms, k, tick_ns): (u64, u64, u128),
+    d: &mut RunDetails,
+) {
+    match s {
+        Setting::Max(v) if v != tables.max => {
+            d.max_changes.push((at_ms, tables.max, v));
+            tables.max = v;
+        }
+        Setting::Buckets(v) => {
+            let v = tunables::round_buckets(v, tunables::DEFAULT_PAGE_SIZE);
+            if v != tables.buckets {
+                d.resizes += 1;
+                tables.buckets = v;
+            }
+        }
+        Setting::Timeout { key, secs } => {
+            set_timeout(&mut tables.spaces[0], "init", key, secs, at_ms, d);
+        }
+        Setting::Aging(aging) => {
+            d.agings.push((at_ms, aging));
+            for t in &mut tables.spaces {
+                t.reage(aging, k, tick_ns);
+            }
+        }
+        Setting::Max(_) => {}
     }
 }
 
@@ -1413,6 +1714,261 @@ pub fn run(sc: &Scenario) -> Simulation {
             runs,
         },
         details,
+    }
+}
+
+/// ctune alone on `sc` with a memory budget of `bytes` for the whole table (its floor
+/// and its cap both that much, so neither its share of MemTotal nor the scenario's own
+/// cap decides): ctune at the memory a peer took, to compare the two on equal terms.
+/// What the host can spare still bounds it, as it bounds every run.
+pub fn ctune_with_memory(sc: &Scenario, bytes: u64) -> (PolicyRun, RunDetails) {
+    let mut cfg = sc.ctune.clone();
+    cfg.ceiling.memory_floor = bytes.max(1 << 20);
+    cfg.ceiling.memory_cap = Some(bytes.max(1 << 20));
+    let sc = Scenario {
+        ctune: cfg,
+        policies: vec![Peer::Ctune],
+        ..sc.clone()
+    };
+    run_policy(&sc, Peer::Ctune)
+}
+
+/// How a peer's run compares with ctune's in the same scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The row is ctune's own.
+    Ctune,
+    /// The peer's table took more than the host could spare (the reserve for everything
+    /// else): it won nothing the host could afford, and is out of the comparison.
+    OverSpare,
+    /// Not better than ctune on both harms.
+    NotBetter,
+    /// Fewer flows harmed and no more sessions broken than ctune at the same memory: a
+    /// finding about ctune's policy.
+    Better,
+}
+
+/// Whether `peer` is better than `ctune` on both harms: fewer flows harmed and no more
+/// sessions broken. Fewer by more than one flow in 100,000 attempts: below that is the
+/// model's resolution, not a policy (at equal memory, ctune's max and hash round to
+/// whole pages of buckets, a few entries apart from a peer's exact numbers).
+pub fn better_on_both(peer: &PolicyRun, ctune: &PolicyRun) -> bool {
+    harmed(peer) + ctune.attempts / 100_000 < harmed(ctune)
+        && peer.sessions_broken <= ctune.sessions_broken
+}
+
+/// One policy's row of a peer comparison.
+#[derive(Debug, Clone)]
+pub struct PeerRow {
+    /// The policy's run.
+    pub run: PolicyRun,
+    /// ctune given the memory this peer's table took, when that was more than ctune's
+    /// own run took ([`ctune_with_memory`]).
+    pub ctune_at_equal: Option<PolicyRun>,
+    /// The comparison.
+    pub verdict: Verdict,
+}
+
+/// Every policy of a scenario against ctune, at equal memory.
+#[derive(Debug, Clone)]
+pub struct PeerComparison {
+    /// The scenario.
+    pub scenario: String,
+    /// One row per policy, in the report's order.
+    pub rows: Vec<PeerRow>,
+}
+
+/// Compares every peer of `sim` (a run of `sc`) with ctune on both harms: with ctune's
+/// own run when the peer's table took no more memory, else with ctune given the memory
+/// the peer took, so a design that buys flows with memory is judged at the price it
+/// paid. A peer over what the host could spare is out ([`Verdict::OverSpare`]).
+pub fn compare_peers(sc: &Scenario, sim: &Simulation) -> PeerComparison {
+    let ctune = sim
+        .report
+        .runs
+        .iter()
+        .find(|r| r.policy == Peer::Ctune.name());
+    let rows = sim
+        .report
+        .runs
+        .iter()
+        .map(|run| {
+            let Some(ctune) = ctune.filter(|_| run.policy != Peer::Ctune.name()) else {
+                return PeerRow {
+                    run: run.clone(),
+                    ctune_at_equal: None,
+                    verdict: Verdict::Ctune,
+                };
+            };
+            let ctune_at_equal = (run.memory_bytes > ctune.memory_bytes)
+                .then(|| ctune_with_memory(sc, run.memory_bytes).0);
+            let verdict = if run.over_spare_bytes.unwrap_or(0) > 0 {
+                Verdict::OverSpare
+            } else if better_on_both(run, ctune_at_equal.as_ref().unwrap_or(ctune)) {
+                Verdict::Better
+            } else {
+                Verdict::NotBetter
+            };
+            PeerRow {
+                run: run.clone(),
+                ctune_at_equal,
+                verdict,
+            }
+        })
+        .collect();
+    PeerComparison {
+        scenario: sc.name.clone(),
+        rows,
+    }
+}
+
+impl PeerComparison {
+    /// The Markdown table: per policy, flows harmed (lost + evicted), sessions broken,
+    /// the table's memory at its peak and over what the host could spare, and ctune at
+    /// that memory when the peer took more than ctune did.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "#### {}\n\n| policy | flows harmed (lost + evicted) | sessions broken | memory at peak | over spare | ctune at that memory: harmed, broken | better than ctune on both? |\n|---|---:|---:|---:|---:|---:|---|\n",
+            self.scenario
+        );
+        for row in &self.rows {
+            let r = &row.run;
+            let equal = row.ctune_at_equal.as_ref().map_or("-".to_string(), |c| {
+                format!("{}, {}", harmed(c), c.sessions_broken)
+            });
+            let verdict = match row.verdict {
+                Verdict::Ctune => "-",
+                Verdict::OverSpare => "out: over what the host spares",
+                Verdict::NotBetter => "no",
+                Verdict::Better => "**yes**",
+            };
+            out.push_str(&format!(
+                "| {} | {} ({} + {}) | {} of {} | {} | {} | {equal} | {verdict} |\n",
+                r.policy,
+                harmed(r),
+                r.kernel_drops,
+                r.early_drops,
+                r.sessions_broken,
+                r.sessions,
+                units::fmt_bytes(r.memory_bytes),
+                units::fmt_bytes(r.over_spare_bytes.unwrap_or(0)),
+            ));
+        }
+        out
+    }
+}
+
+/// The peer comparison's plot: per policy, a bar of flows harmed and a bar of sessions
+/// broken (of those it held), ctune's in its own colour, a mark on a peer's flow bar
+/// where ctune at that peer's memory lands, and the peers over what the host spares
+/// greyed out.
+mod peer_plot {
+    use plotters::prelude::*;
+    use std::path::Path;
+
+    use super::{PeerComparison, Verdict, harmed};
+    use crate::scenario_report::plot_si as si;
+
+    const WIDTH: u32 = 1050;
+    const ROW: u32 = 26;
+    const HEAD: u32 = 64;
+    const LABEL: i32 = 200;
+    const PANEL: i32 = 400;
+    const GAP: i32 = 30;
+
+    fn err(e: impl std::fmt::Display) -> String {
+        e.to_string()
+    }
+
+    pub fn draw(cmp: &PeerComparison, path: &Path) -> Result<(), String> {
+        let height = HEAD + ROW * cmp.rows.len() as u32 + 30;
+        let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let font = ("sans-serif", 14).into_font();
+        let title = format!(
+            "{}: what each policy harmed, and its table's memory at the peak (simulated)",
+            cmp.scenario
+        );
+        root.draw(&Text::new(title, (10, 8), ("sans-serif", 20).into_font()))
+            .map_err(err)?;
+        let left = LABEL;
+        let right = LABEL + PANEL + GAP;
+        for (x, t) in [
+            (
+                left,
+                "flows harmed (lost + evicted); | ctune at that memory",
+            ),
+            (right, "sessions broken, of those held"),
+        ] {
+            root.draw(&Text::new(t, (x, 38), font.clone()))
+                .map_err(err)?;
+        }
+        let top_flows = cmp
+            .rows
+            .iter()
+            .map(|r| harmed(&r.run))
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64;
+        let top_sessions = cmp
+            .rows
+            .iter()
+            .map(|r| r.run.sessions)
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64;
+        for (i, row) in cmp.rows.iter().enumerate() {
+            let y = HEAD as i32 + i as i32 * ROW as i32;
+            let colour = match row.verdict {
+                Verdict::Ctune => RGBColor(0, 114, 178),
+                Verdict::OverSpare => RGBColor(190, 190, 190),
+                _ => RGBColor(213, 94, 0),
+            };
+            let memory = ctune_core::units::fmt_bytes(row.run.memory_bytes);
+            let name = match row.verdict {
+                Verdict::OverSpare => format!("{}, {memory}: over spare", row.run.policy),
+                _ => format!("{}, {memory}", row.run.policy),
+            };
+            root.draw(&Text::new(name, (6, y + 4), font.clone()))
+                .map_err(err)?;
+            let flows = harmed(&row.run) as f64;
+            let broken = row.run.sessions_broken as f64;
+            for (x0, value, top, text) in [
+                (left, flows, top_flows, si(flows)),
+                (
+                    right,
+                    broken,
+                    top_sessions,
+                    format!("{} of {}", si(broken), si(row.run.sessions as f64)),
+                ),
+            ] {
+                let w = ((value / top) * f64::from(PANEL - 80)).round() as i32;
+                root.draw(&Rectangle::new(
+                    [(x0, y + 3), (x0 + w.max(1), y + ROW as i32 - 5)],
+                    colour.filled(),
+                ))
+                .map_err(err)?;
+                root.draw(&Text::new(text, (x0 + w + 6, y + 4), font.clone()))
+                    .map_err(err)?;
+            }
+            if let Some(c) = &row.ctune_at_equal {
+                let x =
+                    left + ((harmed(c) as f64 / top_flows) * f64::from(PANEL - 80)).round() as i32;
+                root.draw(&PathElement::new(
+                    vec![(x, y), (x, y + ROW as i32 - 2)],
+                    BLACK.stroke_width(3),
+                ))
+                .map_err(err)?;
+            }
+        }
+        root.present().map_err(err)
+    }
+}
+
+impl PeerComparison {
+    /// Writes the comparison's plot ([`peer_plot`]) to `path`.
+    pub fn plot_svg(&self, path: &Path) -> Result<(), String> {
+        peer_plot::draw(self, path)
     }
 }
 
@@ -1540,66 +2096,38 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
     let tick_ns = sc.tick.as_nanos();
     let dt = sc.tick.as_secs_f64();
     let n_ticks = sc.duration.as_nanos().div_ceil(tick_ns) as u64;
-    let sample_ns = sc.sample_interval.as_nanos();
     let (names, mut sources) = namespaces(sc);
     let mut tables = Tables {
         max: sc.start_max,
         buckets: sc.start_buckets,
-        spaces: names.iter().map(|_| Table::new()).collect(),
+        spaces: sessions_of(sc).into_iter().map(Table::new).collect(),
     };
-    let start_timeouts = tables.spaces[0].timeouts.clone();
     let mut d = RunDetails {
         policy: kind.name().into(),
         ..RunDetails::default()
     };
     let mut agent = (kind == Peer::Ctune).then(|| Agent::new(sc.ctune.clone(), names.clone()));
-    let mut samples = Vec::new();
-    let mut next_sample_ns = 0u128;
+    let mut peer = PeerRun::new(kind);
+    let mut timeline = Timeline::new(tables.spaces[0].timeouts.clone(), sc.sample_interval);
     let (mut peak, mut peak_memory) = (0u64, 0u64);
-    let mut lowered: BTreeSet<String> = BTreeSet::new();
-    let mut changes_seen = 0usize;
 
     for k in 0..=n_ticks {
         let now_ns = u128::from(k) * tick_ns;
         tables.spaces.iter_mut().for_each(|t| t.expire(k));
-        match (kind, agent.as_mut()) {
-            (Peer::KubeProxy, _) if k == 0 => kube_proxy_start(&mut tables, &sc.host, &mut d),
-            (Peer::Ctune, Some(a)) => a.act(now_ns, &mut tables, &sc.host, &mut d),
-            _ => {}
+        if let Some(a) = agent.as_mut() {
+            a.act(now_ns, &mut tables, &sc.host, &mut d);
         }
-        for ch in &d.timeout_changes[changes_seen..] {
-            if start_timeouts.get(&ch.key).is_some_and(|s| ch.new < *s) {
-                lowered.insert(ch.key.clone());
-            }
+        if let Some(p) = peer.as_mut() {
+            p.act(k, tick_ns, &mut tables, &sc.host, &mut d);
         }
-        changes_seen = d.timeout_changes.len();
-        if now_ns >= next_sample_ns || k == n_ticks {
-            let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
-            let lowered_now = tables.spaces.iter().any(|t| {
-                t.timeouts
-                    .iter()
-                    .any(|(k, v)| start_timeouts.get(k).is_some_and(|s| v < s))
-            });
-            samples.push(Sample {
-                t: now_ns as f64 / 1e9,
-                count: tables.busiest(),
-                max: tables.max,
-                ceiling: agent.as_ref().and_then(|a| a.ceiling),
-                kernel_drops: Some(sum(|t| t.drop)),
-                early_drops: Some(sum(|t| t.early_drop)),
-                level: agent.as_ref().and_then(|a| a.level),
-                timeouts_lowered: Some(lowered_now),
-            });
-            while next_sample_ns <= now_ns {
-                next_sample_ns += sample_ns;
-            }
-        }
+        timeline.record(now_ns, k == n_ticks, &tables, agent.as_ref(), &d);
         if k == n_ticks {
             break;
         }
         let mid = (now_ns as f64 / 1e9) + dt / 2.0;
         let max = tables.max;
         for (t, src) in tables.spaces.iter_mut().zip(sources.iter_mut()) {
+            t.sessions_tick(max, k, tick_ns);
             t.admit(src.arrivals(mid, dt), max, k, tick_ns);
             if max != 0 && t.count > max {
                 d.ticks_over_max += 1;
@@ -1609,17 +2137,85 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         let t_end = (now_ns as f64 / 1e9) + dt;
         peak_memory = peak_memory.max(account(sc, &tables, t_end, &mut d));
     }
-    let run = summary(
-        sc,
-        kind,
-        &tables,
-        &d,
-        (peak, peak_memory),
-        &lowered,
-        &start_timeouts,
-        samples,
-    );
+    let run = summary(sc, kind, &tables, &d, (peak, peak_memory), timeline);
     (run, d)
+}
+
+/// The sessions of each namespace, the host's first.
+fn sessions_of(sc: &Scenario) -> Vec<&[Sessions]> {
+    std::iter::once(sc.sessions.as_slice())
+        .chain(sc.tenants.iter().map(|t| t.sessions.as_slice()))
+        .collect()
+}
+
+/// The run's timeline, and which timeouts were ever lowered in it.
+struct Timeline {
+    start_timeouts: BTreeMap<String, u64>,
+    interval_ns: u128,
+    next_ns: u128,
+    samples: Vec<Sample>,
+    /// Keys ever set below their start value.
+    lowered: BTreeSet<String>,
+    changes_seen: usize,
+}
+
+impl Timeline {
+    fn new(start_timeouts: BTreeMap<String, u64>, interval: Duration) -> Timeline {
+        Timeline {
+            start_timeouts,
+            interval_ns: interval.as_nanos(),
+            next_ns: 0,
+            samples: Vec::new(),
+            lowered: BTreeSet::new(),
+            changes_seen: 0,
+        }
+    }
+
+    /// Whether some timeout is below its start value in `t`, by a sysctl or an aging.
+    fn lowered_in(&self, t: &Table) -> bool {
+        !t.aging.is_normal()
+            || t.timeouts
+                .iter()
+                .any(|(k, v)| self.start_timeouts.get(k).is_some_and(|s| v < s))
+    }
+
+    /// Takes in the tick's timeout changes, and a sample when one is due (and at the end).
+    fn record(
+        &mut self,
+        now_ns: u128,
+        last: bool,
+        tables: &Tables,
+        agent: Option<&Agent>,
+        d: &RunDetails,
+    ) {
+        for ch in &d.timeout_changes[self.changes_seen..] {
+            if self
+                .start_timeouts
+                .get(&ch.key)
+                .is_some_and(|s| ch.new < *s)
+            {
+                self.lowered.insert(ch.key.clone());
+            }
+        }
+        self.changes_seen = d.timeout_changes.len();
+        if now_ns < self.next_ns && !last {
+            return;
+        }
+        let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
+        self.samples.push(Sample {
+            t: now_ns as f64 / 1e9,
+            count: tables.busiest(),
+            max: tables.max,
+            ceiling: agent.and_then(|a| a.ceiling),
+            kernel_drops: Some(sum(|t| t.drop)),
+            early_drops: Some(sum(|t| t.early_drop)),
+            level: agent.and_then(|a| a.level),
+            timeouts_lowered: Some(tables.spaces.iter().any(|t| self.lowered_in(t))),
+        });
+        while self.next_ns <= now_ns {
+            self.next_ns += self.interval_ns;
+        }
+    }
 }
 
 /// Accounts one tick's table against the hash and what the host could spare; returns
@@ -1645,29 +2241,30 @@ fn account(sc: &Scenario, tables: &Tables, t_end: f64, d: &mut RunDetails) -> u6
 }
 
 /// The run's line of the report.
-#[allow(clippy::too_many_arguments)]
 fn summary(
     sc: &Scenario,
     kind: Peer,
     tables: &Tables,
     d: &RunDetails,
     (peak, peak_memory): (u64, u64),
-    lowered: &BTreeSet<String>,
-    start_timeouts: &BTreeMap<String, u64>,
-    samples: Vec<Sample>,
+    timeline: Timeline,
 ) -> PolicyRun {
     let cfg = &sc.ctune;
+    let start = &timeline.start_timeouts;
     let restored = tables.spaces.iter().all(|t| {
-        lowered
-            .iter()
-            .all(|k| t.timeouts.get(k) == start_timeouts.get(k))
+        t.aging.is_normal()
+            && timeline
+                .lowered
+                .iter()
+                .all(|k| t.timeouts.get(k) == start.get(k))
     });
     let sum = |f: fn(&Table) -> u64| tables.spaces.iter().map(f).sum::<u64>();
-    // Growth during the run: kube-proxy's setting at the start is where it starts.
+    // Growth during the run: a peer's setting at the start is where it starts.
     let grew = d
         .max_changes
         .iter()
         .any(|(at, old, new)| *at > 0 && new > old);
+    let samples = timeline.samples;
     let (reaction_ms, reaction_note) =
         scenario_report::reaction(&samples, cfg.max.high_watermark.get(), grew);
     PolicyRun {
@@ -1677,6 +2274,9 @@ fn summary(
         failed_attempts: sum(|t| t.drop),
         attempts: sum(|t| t.attempts),
         early_drops: sum(|t| t.early_drop),
+        sessions: sum(|t| t.held),
+        sessions_broken: sum(|t| t.broken),
+        over_spare_bytes: Some(d.peak_over_spare),
         peak_count: peak,
         final_max: tables.max,
         final_buckets: tables.buckets,
@@ -1685,7 +2285,7 @@ fn summary(
         crossed: scenario_report::crossed(&samples, cfg.max.high_watermark.get()),
         reaction_ms,
         reaction_note,
-        timeouts_lowered: !lowered.is_empty(),
+        timeouts_lowered: !timeline.lowered.is_empty() || !d.agings.is_empty(),
         timeouts_restored: restored,
         samples,
     }
@@ -1711,11 +2311,11 @@ mod tests {
 
     #[test]
     fn share_is_exact_and_proportional() {
-        assert_eq!(share(&[1, 1, 1, 1, 0], 4), [1, 1, 1, 1, 0]);
-        assert_eq!(share(&[3, 1, 0, 0, 0], 2), [2, 0, 0, 0, 0]);
-        assert_eq!(share(&[1, 1, 0, 0, 0], 1), [1, 0, 0, 0, 0]);
-        assert_eq!(share(&[0, 0, 0, 0, 0], 5), [0, 0, 0, 0, 0]);
-        let s = share(&[7, 11, 13, 0, 5], 17);
+        assert_eq!(share(&[1, 1, 1, 1, 0, 0, 0], 4), [1, 1, 1, 1, 0, 0, 0]);
+        assert_eq!(share(&[3, 1, 0, 0, 0, 0, 0], 2), [2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(share(&[1, 1, 0, 0, 0, 0, 0], 1), [1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(share(&[0, 0, 0, 0, 0, 0, 0], 5), [0, 0, 0, 0, 0, 0, 0]);
+        let s = share(&[7, 11, 13, 0, 5, 0, 0], 17);
         assert_eq!(s.iter().sum::<u64>(), 17);
     }
 
@@ -1743,12 +2343,12 @@ mod tests {
 
     #[test]
     fn full_table_early_drops_unassured_then_drops() {
-        let mut t = Table::new();
+        let mut t = Table::new(&[]);
         let tick = 10_000_000u128;
-        t.admit([6, 0, 4, 0, 0], 10, 0, tick);
+        t.admit([6, 0, 4, 0, 0, 0, 0], 10, 0, tick);
         assert_eq!((t.count, t.unassured), (10, 6));
         // Full: 8 TCP flows evict 6 UDP entries, then 2 are lost.
-        t.admit([0, 0, 8, 0, 0], 10, 1, tick);
+        t.admit([0, 0, 8, 0, 0, 0, 0], 10, 1, tick);
         assert_eq!((t.count, t.unassured, t.early_drop, t.drop), (10, 0, 6, 2));
         // UDP expires after 30 s, TIME_WAIT after 120 s (created at tick 1).
         t.expire(3_001);

@@ -1,6 +1,6 @@
 //! The traffic vocabulary shared by the simulator and the live benchmark: the kinds of
 //! flow ([`Class`]), their rates over time ([`Profile`]), the policies ctune is measured
-//! against ([`Peer`]) and what kube-proxy does at its start ([`kube_proxy`]).
+//! against ([`Peer`], whose rules are in [`crate::peers`]).
 
 use serde::Deserialize;
 
@@ -28,14 +28,33 @@ pub enum Class {
     /// packet lost to an unresolved insert clash (`drop` and `insert_failed`), at any
     /// utilisation and under every policy.
     DnsRace,
+    /// A long-lived TCP session idle between its packets (SSH, a pooled database
+    /// connection, a websocket with pings): ESTABLISHED, assured, refreshed to
+    /// `tcp_timeout_established` at each packet; broken when its entry expires in a gap.
+    /// Not a rate: scenarios give these as [`Sessions`].
+    TcpSession,
+    /// A UDP stream with keepalives (a VPN tunnel, a call): replied and assured, so
+    /// `udp_timeout_stream`; broken likewise.
+    UdpSession,
 }
 
 impl Class {
     /// How many classes there are.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 7;
 
     /// Every class, in the order the report and the model use.
     pub const ALL: [Class; Class::COUNT] = [
+        Class::UdpUnreplied,
+        Class::UdpRequestResponse,
+        Class::TcpShort,
+        Class::TcpIdle,
+        Class::DnsRace,
+        Class::TcpSession,
+        Class::UdpSession,
+    ];
+
+    /// The classes a rate of new flows drives (the others are sessions).
+    pub const RATED: [Class; 5] = [
         Class::UdpUnreplied,
         Class::UdpRequestResponse,
         Class::TcpShort,
@@ -51,6 +70,8 @@ impl Class {
             Class::TcpShort => "tcp_short",
             Class::TcpIdle => "tcp_idle",
             Class::DnsRace => "dns_race",
+            Class::TcpSession => "tcp",
+            Class::UdpSession => "udp",
         }
     }
 
@@ -61,7 +82,8 @@ impl Class {
                 "nf_conntrack_udp_timeout"
             }
             Class::TcpShort => "nf_conntrack_tcp_timeout_time_wait",
-            Class::TcpIdle => tunables::ESTABLISHED,
+            Class::TcpIdle | Class::TcpSession => tunables::ESTABLISHED,
+            Class::UdpSession => "nf_conntrack_udp_timeout_stream",
         }
     }
 
@@ -81,7 +103,10 @@ impl Class {
             Class::UdpUnreplied => (17, None, 0),
             Class::UdpRequestResponse | Class::DnsRace => (17, None, IPS_SEEN_REPLY),
             Class::TcpShort => (6, Some(TCP_TIME_WAIT), IPS_SEEN_REPLY | IPS_ASSURED),
-            Class::TcpIdle => (6, Some(TCP_ESTABLISHED), IPS_SEEN_REPLY | IPS_ASSURED),
+            Class::TcpIdle | Class::TcpSession => {
+                (6, Some(TCP_ESTABLISHED), IPS_SEEN_REPLY | IPS_ASSURED)
+            }
+            Class::UdpSession => (17, None, IPS_SEEN_REPLY | IPS_ASSURED),
         };
         Flow {
             family: Family::V4,
@@ -106,13 +131,40 @@ impl Class {
 
     /// Whether early drop may evict entries of this class.
     pub fn assured(self) -> bool {
-        matches!(self, Class::TcpShort | Class::TcpIdle)
+        matches!(
+            self,
+            Class::TcpShort | Class::TcpIdle | Class::TcpSession | Class::UdpSession
+        )
+    }
+
+    /// Whether entries of this class are sessions that can break.
+    pub fn is_session(self) -> bool {
+        matches!(self, Class::TcpSession | Class::UdpSession)
     }
 
     /// The class's slot in per-class arrays, in [`Class::ALL`]'s order.
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// A group of long-lived sessions, opening over their first gap and then each sending
+/// one packet every `gap` seconds: session j of n opens j / n of a gap after `start`
+/// (a new flow, admitted or lost as any other) and sends a gap after its opening and
+/// every gap after that. A session whose entry has expired when its packet comes is
+/// broken: behind NAT its mapping is gone, and under `ct state invalid drop` its packet
+/// is dropped. A broken session stays broken (its application's reconnect is a new
+/// flow, not modelled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sessions {
+    /// [`Class::TcpSession`] or [`Class::UdpSession`].
+    pub class: Class,
+    /// How many.
+    pub count: u64,
+    /// Seconds between one session's packets.
+    pub gap: f64,
+    /// Seconds since the start of the run when they open.
+    pub start: f64,
 }
 
 /// One term of a class's rate, in new flows per second; a class's rate is the sum of its
@@ -215,8 +267,9 @@ impl Profile {
     }
 }
 
-/// Which peer policy a run uses: ctune and the two it is measured against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Which policy a run uses: ctune, and the designs it is measured against
+/// ([`crate::peers`] has each one's rule and sources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 pub enum Peer {
     /// Nothing changes: the kernel's (or the scenario's) start values.
     #[serde(rename = "static")]
@@ -224,42 +277,63 @@ pub enum Peer {
     /// What kube-proxy does at its start, and nothing after.
     #[serde(rename = "kube-proxy")]
     KubeProxy,
+    /// The seed's manual fix, once: max 131072, hash max / 4, generic 120 s,
+    /// established 54000 s.
+    #[serde(rename = "manual-fix")]
+    ManualFix,
+    /// Cilium's memory-ratio sizing, once at its start.
+    #[serde(rename = "cilium")]
+    Cilium,
+    /// Calico's double-if-full.
+    #[serde(rename = "calico")]
+    Calico,
+    /// pf's adaptive timeouts (FreeBSD's defaults).
+    #[serde(rename = "pf")]
+    Pf,
+    /// Juniper SRX aggressive session aging.
+    #[serde(rename = "srx")]
+    Srx,
+    /// Palo Alto accelerated aging.
+    #[serde(rename = "palo-alto")]
+    PaloAlto,
     /// ctune's agent loop (simulated) or `ctune run` (live).
     #[serde(rename = "ctune")]
     Ctune,
 }
 
 impl Peer {
-    /// The name in reports.
+    /// Every policy, in report order.
+    pub const ALL: [Peer; 9] = [
+        Peer::Static,
+        Peer::KubeProxy,
+        Peer::ManualFix,
+        Peer::Cilium,
+        Peer::Calico,
+        Peer::Pf,
+        Peer::Srx,
+        Peer::PaloAlto,
+        Peer::Ctune,
+    ];
+
+    /// The name in reports and scenario files.
     pub fn name(self) -> &'static str {
         match self {
             Peer::Static => "static",
             Peer::KubeProxy => "kube-proxy",
+            Peer::ManualFix => "manual-fix",
+            Peer::Cilium => "cilium",
+            Peer::Calico => "calico",
+            Peer::Pf => "pf",
+            Peer::Srx => "srx",
+            Peer::PaloAlto => "palo-alto",
             Peer::Ctune => "ctune",
         }
     }
-}
 
-/// kube-proxy's conntrack settings, applied once at its start (`--conntrack-max-per-core`
-/// 32768, `--conntrack-min` 131072, raise-only since it broke LXC users by lowering max).
-pub mod kube_proxy {
-    use ctune_core::tunables;
-
-    /// `nf_conntrack_max` kube-proxy sets on a host with `cpus` CPUs.
-    pub fn max(cpus: u64) -> u64 {
-        131_072u64.max(32_768u64.saturating_mul(cpus))
+    /// The policy named `name` in a report.
+    pub fn by_name(name: &str) -> Option<Peer> {
+        Peer::ALL.into_iter().find(|p| p.name() == name)
     }
-
-    /// The hash size kube-proxy writes for that max (it only ever grows the hash).
-    pub fn buckets(max: u64) -> u64 {
-        max / 4
-    }
-
-    /// The timeouts kube-proxy sets, in seconds.
-    pub const TIMEOUTS: [(&str, u64); 2] = [
-        (tunables::ESTABLISHED, 86_400),
-        ("nf_conntrack_tcp_timeout_close_wait", 3_600),
-    ];
 }
 
 #[cfg(test)]

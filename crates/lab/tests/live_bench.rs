@@ -4,6 +4,7 @@
 
 use ctune_lab::livebench::{self, Policy, Topology};
 use ctune_lab::scenario_report::{PolicyRun, ScenarioReport};
+use ctune_lab::traffic::Peer;
 use std::path::PathBuf;
 
 /// The `ctune` binary of this build: the agent crate's, beside this test's directory
@@ -36,24 +37,23 @@ fn harmed(r: &PolicyRun) -> u64 {
     r.kernel_drops + r.failed_attempts + r.early_drops
 }
 
-fn run_scenario(name: &str, out: &std::path::Path) -> ScenarioReport {
+/// `name`'s short form under `peers`, in that order.
+fn run_scenario(name: &str, out: &std::path::Path, peers: &[Peer]) -> ScenarioReport {
     let sc = livebench::scenarios(true, Topology::NatRouter)
         .into_iter()
         .find(|s| s.name == name)
         .unwrap();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let policies = [
-        Policy::Static,
-        Policy::KubeProxy,
-        Policy::Ctune {
-            bin: agent_binary(),
-            config: livebench::ctune_config(true, name),
-        },
-    ];
-    let runs = policies
+    let runs = peers
         .iter()
-        .map(|p| {
-            livebench::run(&sc, p, out, cpus)
+        .map(|&peer| {
+            let p = match peer {
+                Peer::Ctune => Policy::Ctune {
+                    bin: agent_binary(),
+                    config: livebench::ctune_config(true, name),
+                },
+                other => Policy::Peer(other),
+            };
+            livebench::run(&sc, &p, out)
                 .unwrap_or_else(|e| panic!("{name} under {}: {e}", p.name()))
         })
         .collect();
@@ -66,6 +66,9 @@ fn run_scenario(name: &str, out: &std::path::Path) -> ScenarioReport {
     report
 }
 
+/// The policies of the flow-loss scenarios' short form.
+const THREE: [Peer; 3] = [Peer::Static, Peer::KubeProxy, Peer::Ctune];
+
 #[test]
 fn short_benchmark_outcomes() {
     require_root("short_benchmark_outcomes");
@@ -75,7 +78,7 @@ fn short_benchmark_outcomes() {
         .interval
         .as_secs_f64();
     for name in ["ramp", "step"] {
-        let r = run_scenario(name, out.path());
+        let r = run_scenario(name, out.path(), &THREE);
         let (stat, ctune) = (&r.runs[0], &r.runs[2]);
         // The peak fits under ctune's ceiling: ctune loses nothing, static loses many.
         assert_eq!(
@@ -96,7 +99,7 @@ fn short_benchmark_outcomes() {
         );
         assert!(ctune.final_max <= 173_846 + 1, "within the ceiling");
     }
-    let r = run_scenario("flood", out.path());
+    let r = run_scenario("flood", out.path(), &THREE);
     let (stat, kube, ctune) = (&r.runs[0], &r.runs[1], &r.runs[2]);
     // Beyond any safe ceiling: ctune harms no more flows than either peer and fewer than
     // static (whose small table always overflows). On a busy machine the generator may
@@ -126,4 +129,46 @@ fn short_benchmark_outcomes() {
         );
     }
     assert!(!stat.timeouts_lowered, "{}", r.markdown());
+}
+
+/// Idle TCP sessions through the NAT router under a UDP flood, under every policy: only
+/// a rule that ages established sessions below their gap (SRX's 20 s early-ageout, under
+/// 21 s gaps) breaks them; ctune breaks none and, grown within what this host spares,
+/// harms no flow either.
+#[test]
+fn sessions_break_only_where_established_sessions_are_aged() {
+    require_root("sessions_break_only_where_established_sessions_are_aged");
+    let out = tempfile::tempdir().unwrap();
+    let r = run_scenario("sessions", out.path(), &Peer::ALL);
+    let by = |p: Peer| r.runs.iter().find(|x| x.policy == p.name()).unwrap();
+    for run in &r.runs {
+        assert!(
+            run.sessions >= 190,
+            "{}: only {} of 200 sessions opened\n{}",
+            run.policy,
+            run.sessions,
+            r.markdown()
+        );
+    }
+    let srx = by(Peer::Srx);
+    assert!(
+        srx.sessions_broken > 0,
+        "SRX's 20 s ageout must break 21 s gaps\n{}",
+        r.markdown()
+    );
+    for p in Peer::ALL.into_iter().filter(|p| *p != Peer::Srx) {
+        assert_eq!(
+            by(p).sessions_broken,
+            0,
+            "{} broke sessions\n{}",
+            p.name(),
+            r.markdown()
+        );
+    }
+    let ctune = by(Peer::Ctune);
+    assert!(
+        harmed(ctune) < harmed(by(Peer::Static)) && harmed(ctune) <= harmed(by(Peer::Srx)),
+        "{}",
+        r.markdown()
+    );
 }

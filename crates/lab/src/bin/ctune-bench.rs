@@ -1,6 +1,7 @@
 //! `ctune-bench`: the live benchmark. Runs traffic scenarios through network namespaces
-//! it creates, under the static, kube-proxy and ctune policies one after another from the
-//! same start, and writes a markdown table and a timeline plot per scenario. Root only.
+//! it creates, under ctune and the peers it is measured against (`ctune_lab::peers`) one
+//! after another from the same start, and writes a markdown table and a timeline plot
+//! per scenario. Root only.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -8,12 +9,13 @@ use std::process::ExitCode;
 
 use ctune_lab::livebench::{self, Policy, Topology};
 use ctune_lab::scenario_report::ScenarioReport;
+use ctune_lab::traffic::Peer;
 
 /// Live benchmark of conntrack policies (root; namespaces only; restores global values).
 #[derive(Debug, Parser)]
 #[command(name = "ctune-bench", version)]
 struct Args {
-    /// Scenarios to run: ramp, step, flood, or all.
+    /// Scenarios to run: ramp, step, flood, sessions, or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// The short form used by the test suite (seconds, not minutes).
@@ -28,8 +30,9 @@ struct Args {
     /// The ctune binary the agent runs from [default: next to this one].
     #[arg(long)]
     ctune: Option<PathBuf>,
-    /// Policies to run, comma-separated.
-    #[arg(long, default_value = "static,kube-proxy,ctune")]
+    /// Policies to run, comma-separated, or all: static, kube-proxy, manual-fix, cilium,
+    /// calico, pf, srx, palo-alto, ctune.
+    #[arg(long, default_value = "all")]
     policies: String,
 }
 
@@ -53,7 +56,6 @@ fn main() -> ExitCode {
             .and_then(|p| p.parent().map(|d| d.join("ctune")))
             .unwrap_or_else(|| PathBuf::from("ctune"))
     });
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         eprintln!("ctune-bench: {}: {e}", args.out.display());
         return ExitCode::from(1);
@@ -68,21 +70,29 @@ fn main() -> ExitCode {
             source: "live".into(),
             runs: Vec::new(),
         };
-        for name in args.policies.split(',') {
-            let policy = match name {
-                "static" => Policy::Static,
-                "kube-proxy" => Policy::KubeProxy,
-                "ctune" => Policy::Ctune {
+        let names: Vec<&str> = if args.policies == "all" {
+            Peer::ALL.iter().map(|p| p.name()).collect()
+        } else {
+            args.policies.split(',').collect()
+        };
+        for name in names {
+            let policy = match Peer::by_name(name) {
+                Some(Peer::Ctune) => Policy::Ctune {
                     bin: bin.clone(),
                     config: livebench::ctune_config(args.short, &sc.name),
                 },
-                other => {
-                    eprintln!("ctune-bench: unknown policy {other:?}");
+                Some(p) => Policy::Peer(p),
+                None => {
+                    let all: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                    eprintln!(
+                        "ctune-bench: unknown policy {name:?}: one of {}",
+                        all.join(", ")
+                    );
                     return ExitCode::from(2);
                 }
             };
             eprintln!("ctune-bench: {} under {} ...", sc.name, policy.name());
-            match livebench::run(&sc, &policy, &args.out, cpus) {
+            match livebench::run(&sc, &policy, &args.out) {
                 Ok(run) => report.runs.push(run),
                 Err(e) => {
                     eprintln!("ctune-bench: {} under {}: {e}", sc.name, policy.name());

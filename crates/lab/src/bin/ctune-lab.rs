@@ -1,6 +1,6 @@
 //! `ctune-lab`: the simulator's front. Runs a traffic scenario against a model of the
-//! conntrack table under static limits, kube-proxy's formula and ctune's own decision
-//! code, and prints what each lost. Touches nothing on this host.
+//! conntrack table under ctune's own decision code and the peers' rules
+//! (`ctune_lab::peers`), and prints what each harmed. Touches nothing on this host.
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -29,8 +29,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a traffic scenario (YAML, see scenarios/) against a model of the conntrack
-    /// table under static limits, kube-proxy's and ctune's own decision code, and print
-    /// what each lost. `--config FILE` replaces the scenario's `ctune_config:`.
+    /// table under ctune's own decision code and every peer's rule (or the scenario's
+    /// `policies:`), and print what each harmed: flows lost or evicted, sessions broken.
+    /// `--config FILE` replaces the scenario's `ctune_config:`.
     Simulate {
         /// The scenario file.
         scenario: PathBuf,
@@ -54,6 +55,18 @@ enum Command {
         /// The scenario files.
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
+    },
+    /// Run each scenario under every policy and compare each peer with ctune on both
+    /// harms (flows harmed, sessions broken) at equal memory: where a peer's table took
+    /// more than ctune's, ctune is run again with that much. A Markdown table per
+    /// scenario.
+    ComparePeers {
+        /// The scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Also write DIR/peers-<scenario>.svg: both harms per policy.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -81,6 +94,7 @@ fn main() -> ExitCode {
             simulate_cmd(&scenario, out.as_deref(), config.as_deref(), format)
         }
         Command::CompareComposition { scenarios } => compare_cmd(&scenarios),
+        Command::ComparePeers { scenarios, out } => compare_peers_cmd(&scenarios, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +149,33 @@ fn compare_cmd(scenarios: &[PathBuf]) -> Result<(), (u8, String)> {
     let table = simulate::CompositionComparison::markdown(&rows);
     let mut stdout = std::io::stdout().lock();
     match write!(stdout, "{table}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| (EXIT_PARTIAL, format!("cannot write output: {e}"))),
+    }
+}
+
+fn compare_peers_cmd(
+    scenarios: &[PathBuf],
+    dir: Option<&std::path::Path>,
+) -> Result<(), (u8, String)> {
+    let mut out = String::new();
+    for path in scenarios {
+        let sc = simulate::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+        let sim = simulate::run(&sc);
+        let cmp = simulate::compare_peers(&sc, &sim);
+        out.push_str(&cmp.markdown());
+        out.push('\n');
+        if let Some(dir) = dir {
+            let svg = dir.join(format!("peers-{}.svg", sc.name));
+            std::fs::create_dir_all(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| cmp.plot_svg(&svg))
+                .map_err(|e| (EXIT_PARTIAL, format!("cannot write {}: {e}", svg.display())))?;
+            eprintln!("wrote {}", svg.display());
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    match write!(stdout, "{out}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(|e| (EXIT_PARTIAL, format!("cannot write output: {e}"))),
     }
