@@ -427,34 +427,41 @@ pub struct SessionOutcome {
     pub broken: u64,
 }
 
-/// One held session: its socket, when its echo is due, whether it is broken.
+/// One held session: its socket, when it sends next, when its echo is due, whether it is
+/// broken.
 struct Held {
     sock: TcpStream,
+    next_send: Instant,
     waiting: Option<Instant>,
     broken: bool,
 }
 
 impl Held {
-    fn open(addr: Ipv4Addr) -> Option<Held> {
+    /// Opens a session; its first packet is due a gap later. A connect the table refuses
+    /// is retried by TCP within the half second it is given.
+    fn open(addr: Ipv4Addr, gap: Duration) -> Option<Held> {
         let sock = TcpStream::connect_timeout(
             &SocketAddrV4::new(addr, SESSION_PORT).into(),
-            Duration::from_millis(1000),
+            Duration::from_millis(500),
         )
         .ok()?;
         sock.set_nonblocking(true).ok()?;
         Some(Held {
             sock,
+            next_send: Instant::now() + gap,
             waiting: None,
             broken: false,
         })
     }
 
-    /// Sends the session's packet after a gap.
-    fn send(&mut self) {
-        if !self.broken && self.waiting.is_none() {
-            self.broken = self.sock.write_all(&[1]).is_err();
-            self.waiting = Some(Instant::now() + REPLY_WAIT);
+    /// Sends the session's packet when its gap is over.
+    fn send_when_due(&mut self, gap: Duration) {
+        if self.broken || self.waiting.is_some() || Instant::now() < self.next_send {
+            return;
         }
+        self.broken = self.sock.write_all(&[1]).is_err();
+        self.waiting = Some(Instant::now() + REPLY_WAIT);
+        self.next_send += gap;
     }
 
     /// Takes in the echo, or gives up on it.
@@ -474,9 +481,10 @@ impl Held {
 
 /// Holds `spec`'s sessions to `addr` for `duration` seconds, as the simulator's
 /// sessions are ([`Sessions`]): session j of n opens j / n of a gap after the start and
-/// sends one byte every gap after its opening; it is broken when a byte gets no echo
-/// within [`REPLY_WAIT`] or the connection fails. A session that cannot open is not
-/// held (its connect is a lost flow in the kernel's counters).
+/// sends one byte a gap after it opened and every gap after; it is broken when a byte
+/// gets no echo within [`REPLY_WAIT`] or the connection fails. A session that cannot
+/// open is not held (its connect is a lost flow in the kernel's counters). Every loop
+/// ends at the duration (the last packets' echoes get their wait).
 fn hold_sessions(
     spec: Sessions,
     addr: Ipv4Addr,
@@ -484,40 +492,34 @@ fn hold_sessions(
     stop: &AtomicBool,
 ) -> SessionOutcome {
     let started = Instant::now();
+    let end = started + Duration::from_secs_f64(duration);
+    let gap = Duration::from_secs_f64(spec.gap);
     let n = spec.count.max(1) as usize;
-    let mut sessions: Vec<Option<Held>> = (0..n).map(|_| None).collect();
-    let (mut next, mut round, mut opened) = (0usize, 0u64, 0u64);
-    while started.elapsed().as_secs_f64() < duration && !stop.load(Ordering::Relaxed) {
-        let t = started.elapsed().as_secs_f64();
-        while spec.start + (next as f64 / n as f64 + round as f64) * spec.gap <= t {
-            if round == 0 {
-                sessions[next] = Held::open(addr);
-                opened += u64::from(sessions[next].is_some());
-            } else if let Some(h) = sessions[next].as_mut() {
-                h.send();
-            }
-            next += 1;
-            if next == n {
-                (next, round) = (0, round + 1);
-            }
+    let mut sessions: Vec<Held> = Vec::with_capacity(n);
+    let mut tried = 0usize;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        while tried < n
+            && Instant::now() < end
+            && started.elapsed().as_secs_f64() >= spec.start + tried as f64 / n as f64 * spec.gap
+        {
+            sessions.extend(Held::open(addr, gap));
+            tried += 1;
         }
-        sessions.iter_mut().flatten().for_each(Held::poll);
+        for h in &mut sessions {
+            h.send_when_due(gap);
+            h.poll();
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     // The packets sent last still get their answer, or their wait runs out.
     let settle = Instant::now() + REPLY_WAIT + Duration::from_millis(100);
-    while Instant::now() < settle
-        && sessions
-            .iter()
-            .flatten()
-            .any(|h| h.waiting.is_some() && !h.broken)
-    {
-        sessions.iter_mut().flatten().for_each(Held::poll);
+    while Instant::now() < settle && sessions.iter().any(|h| h.waiting.is_some() && !h.broken) {
+        sessions.iter_mut().for_each(Held::poll);
         std::thread::sleep(Duration::from_millis(5));
     }
     SessionOutcome {
-        held: opened,
-        broken: sessions.iter().flatten().filter(|h| h.broken).count() as u64,
+        held: sessions.len() as u64,
+        broken: sessions.iter().filter(|h| h.broken).count() as u64,
     }
 }
 
@@ -735,7 +737,9 @@ impl LivePeer {
             match *s {
                 Setting::Max(v) => {
                     let host = read_u64(&Path::new(SYSCTL).join(tunables::COUNT))?;
-                    global(tunables::MAX, v.clamp(host * 2 + 1024, BENCH_MAX_LIMIT))?;
+                    // Never below what the host holds, whatever the bound says.
+                    let floor = host.saturating_mul(2).saturating_add(1024);
+                    global(tunables::MAX, v.min(BENCH_MAX_LIMIT).max(floor))?;
                 }
                 Setting::Buckets(v) => {
                     global(tunables::BUCKETS, v.clamp(1024, BENCH_BUCKETS_LIMIT))?
@@ -864,22 +868,27 @@ impl Traffic {
     }
 
     /// Waits for the generators (they end on their own at the duration).
-    fn join_generators(&mut self) {
-        for g in self.gens.drain(..) {
-            let _ = g.join();
-        }
+    fn join_generators(&mut self) -> Result<(), BenchError> {
+        // Every generator is joined, whichever failed.
+        let joined: Vec<bool> = self.gens.drain(..).map(|g| g.join().is_ok()).collect();
+        let all = joined.iter().all(|ok| *ok);
+        all.then_some(())
+            .ok_or_else(|| err("a traffic generator thread panicked (its namespace, or a socket)"))
     }
 
-    /// Waits for everything; what the sessions came to.
-    fn finish(mut self) -> SessionOutcome {
-        self.join_generators();
-        self.sessions
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .fold(SessionOutcome::default(), |a, o| SessionOutcome {
-                held: a.held + o.held,
-                broken: a.broken + o.broken,
-            })
+    /// Waits for everything; what the sessions came to. A thread that panicked is an
+    /// error, not a run that held nothing and broke nothing.
+    fn finish(mut self) -> Result<SessionOutcome, BenchError> {
+        let generators = self.join_generators();
+        let mut total = SessionOutcome::default();
+        for h in self.sessions {
+            let o = h.join().map_err(|_| {
+                err("a session holder thread panicked (its namespace, or a socket)")
+            })?;
+            total.held += o.held;
+            total.broken += o.broken;
+        }
+        generators.map(|()| total)
     }
 }
 
@@ -925,39 +934,35 @@ fn drive(
     let mut flushed = false;
     let outcome = loop {
         let t = started.elapsed().as_secs_f64();
+        // Any failure stops the traffic and joins every thread below before it returns.
         let step = (|| -> Result<(), BenchError> {
             if let Some(p) = peer.as_deref_mut() {
                 p.tick()?;
             }
             samples.push(watch.sample(t)?);
+            if t >= scenario.duration && !flushed {
+                traffic.join_generators()?;
+                flushed = true;
+                if scenario.flush_after {
+                    let ns = lab.measured.as_str();
+                    run_cmd("ip", &["netns", "exec", ns, "conntrack", "-F"], None)?;
+                }
+            }
             Ok(())
         })();
-        if let Err(e) = step {
-            stop.store(true, Ordering::Relaxed);
-            break Err(e);
-        }
-        if t >= scenario.duration && !flushed {
-            traffic.join_generators();
-            if scenario.flush_after {
-                run_cmd(
-                    "ip",
-                    &["netns", "exec", &lab.measured, "conntrack", "-F"],
-                    None,
-                )?;
-            }
-            flushed = true;
-        }
-        if t >= total {
-            break Ok(());
+        if step.is_err() || t >= total {
+            break step;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     stop.store(true, Ordering::Relaxed);
     let sessions = traffic.finish();
-    for g in servers {
-        let _ = g.join();
+    let servers_ok = servers.into_iter().all(|g| g.join().is_ok());
+    let (sessions, ()) = (sessions?, outcome?);
+    if !servers_ok {
+        return Err(err("a responder thread in the server namespace panicked"));
     }
-    outcome.map(|()| (samples, sessions))
+    Ok((samples, sessions))
 }
 
 /// What the benchmark reads of the measured namespace while a run goes on.

@@ -414,6 +414,19 @@ mod tests {
         let mut k = PeerRule::new(Peer::KubeProxy);
         let s = k.start(&view(0, 2_000_000));
         assert!(!s.iter().any(|s| matches!(s, Setting::Max(_))), "{s:?}");
+        // The hash only when smaller than max / 4.
+        let big_hash = View {
+            buckets: 65_536,
+            ..view(0, 65_536)
+        };
+        let s = PeerRule::new(Peer::KubeProxy).start(&big_hash);
+        assert!(s.contains(&Setting::Max(131_072)), "{s:?}");
+        assert!(!s.iter().any(|s| matches!(s, Setting::Buckets(_))), "{s:?}");
+        let s = PeerRule::new(Peer::KubeProxy).start(&View {
+            buckets: 16_384,
+            ..view(0, 65_536)
+        });
+        assert!(s.contains(&Setting::Buckets(32_768)), "{s:?}");
     }
 
     #[test]

@@ -715,15 +715,25 @@ mod plot {
         let (top_area, rest) = rest.split_vertically(TOP);
         let (middle_area, rest) = rest.split_vertically(MIDDLE);
         let (bottom_area, _) = rest.split_vertically(BOTTOM + X_AXIS);
-        let s = &run.samples;
+        count_panel(&top_area, run, t_end, ticks)?;
+        losses_panel(&middle_area, run, t_end, ticks)?;
+        level_panel(&bottom_area, run, t_end, ticks)
+    }
 
-        // Top: the count against max and the ceiling.
+    /// Top: the count against max and the ceiling.
+    fn count_panel(
+        top_area: &DrawingArea<SVGBackend, Shift>,
+        run: &PolicyRun,
+        t_end: f64,
+        ticks: &[f64],
+    ) -> Result<(), String> {
+        let s = &run.samples;
         let count: Vec<(f64, f64)> = s.iter().map(|s| (s.t, s.count as f64)).collect();
         let max = steps(s.iter().map(|s| (s.t, s.max as f64)));
         let ceiling = steps(s.iter().filter_map(|s| s.ceiling.map(|c| (s.t, c as f64))));
         let top = top_of(count.iter().chain(&max).chain(&ceiling).map(|(_, v)| *v));
         let mut chart = panel(
-            &top_area,
+            top_area,
             t_end,
             ticks,
             (0.0..top, value_ticks(top)),
@@ -752,7 +762,17 @@ mod plot {
                 .map_err(err)?;
         }
 
-        // Middle: drops and evictions per second.
+        Ok(())
+    }
+
+    /// Middle: drops and evictions per second.
+    fn losses_panel(
+        middle_area: &DrawingArea<SVGBackend, Shift>,
+        run: &PolicyRun,
+        t_end: f64,
+        ticks: &[f64],
+    ) -> Result<(), String> {
+        let s = &run.samples;
         let window = (t_end / 300.0).max(1.0);
         let drops = rate(s, window, |s| s.kernel_drops);
         let evictions = rate(s, window, |s| s.early_drops);
@@ -763,7 +783,7 @@ mod plot {
             .flatten()
             .all(|(_, v)| *v == 0.0);
         let mut chart = panel(
-            &middle_area,
+            middle_area,
             t_end,
             ticks,
             (0.0..top, if quiet { vec![0.0] } else { value_ticks(top) }),
@@ -797,9 +817,19 @@ mod plot {
                 .map_err(err)?;
         }
 
-        // Bottom: the level, over a band where timeouts are lowered.
+        Ok(())
+    }
+
+    /// Bottom: the level, over a band where timeouts are lowered.
+    fn level_panel(
+        bottom_area: &DrawingArea<SVGBackend, Shift>,
+        run: &PolicyRun,
+        t_end: f64,
+        ticks: &[f64],
+    ) -> Result<(), String> {
+        let s = &run.samples;
         let mut chart = panel(
-            &bottom_area,
+            bottom_area,
             t_end,
             ticks,
             (-0.3..2.3, vec![0.0, 1.0, 2.0]),

@@ -11,10 +11,12 @@
 //!   any window is exact to within one flow. 10 ms is below the agent's probe interval
 //!   (50 ms) and far below every timeout the classes use (10 s and up), so nothing the policy sees is
 //!   finer than a tick.
-//! - **Entries are cohorts**, not individuals: per traffic class, a `BTreeMap` from expiry
-//!   tick to the number of entries that expire then. Expiring a whole cohort is one map
-//!   operation, so 10M entries cost what 1k cost; the map holds at most one key per tick
-//!   of a class's timeout, whatever the entry count.
+//! - **Entries are cohorts**, not individuals: per traffic class, a `BTreeMap` from
+//!   (expiry tick, last packet tick) to the number of entries and the timeout they were
+//!   given. Expiring a whole cohort is one map operation, so 10M entries cost what 1k
+//!   cost; the map holds at most one key per tick of a class's timeout, whatever the entry
+//!   count. The last packet is kept so an aging peer (pf, SRX, Palo Alto) can re-age
+//!   every entry from it, as those firewalls do.
 //! - **Classes** stand for the states that fill real tables. Which timeout applies, and
 //!   whether the entry is assured (early drop skips assured entries), follows the kernel:
 //!   - `udp_unreplied` (scans, DNS to a dead server): `nf_conntrack_udp_timeout`, not
@@ -41,8 +43,15 @@
 //!   The handshake and data phase of `tcp_short` (milliseconds) are folded into its
 //!   creation. The timeout is the one in force when the entry is created: a changed
 //!   timeout applies to an entry only at its next packet, and these idle or finished
-//!   entries get none, so lowering a timeout helps only new entries (kernel fact), which
-//!   is exactly why the policy grows max first.
+//!   entries get none, so lowering a sysctl helps only new entries (kernel fact), which
+//!   is exactly why the policy grows max first. (An aging peer's rule reaches existing
+//!   entries: its firewall re-ages its own table, and the model does that for it.)
+//! - **Sessions** (`traffic.sessions`, [`Sessions`]): long-lived TCP or UDP sessions,
+//!   each an entry of [`Class::TcpSession`] or [`Class::UdpSession`] refreshed at every
+//!   packet, a gap apart, to the timeout then in force; a session whose entry is gone at
+//!   its packet is broken, the second harm the report counts. Gap and timeout compare to
+//!   within a tick (due times round down to a tick, lives up), exactly for whole seconds
+//!   at the default 10 ms; a scenario's session packets are bounded (100M).
 //! - **Namespaces**: the host's own and any `tenants:`, each with its own traffic,
 //!   cohorts and count against the one global max, all in one memory (the ceiling
 //!   subtracts the others' entries, as on a real host). `host.used` is what everything
@@ -68,8 +77,8 @@
 //!   chain length in [`RunDetails::peak_chain`]) but chain-length refusals are not
 //!   modelled (`chainlength` stays 0), nor is the insert stall of a resize (~0.5 s per
 //!   million entries: senders are delayed, not refused).
-//! - **One namespace**, the initial one, holds all entries; host memory, CPUs and the
-//!   slab entry size come from the scenario. Timeouts start at the 6.x kernel defaults.
+//! - **The host**: memory, CPUs and the slab entry size come from the scenario. Timeouts
+//!   start at the 6.x kernel defaults in every namespace.
 //! - **Policies** act at tick boundaries and their changes take effect at once (a sysctl
 //!   write takes microseconds). `ctune` is the core's [`Controller`] in [`Mode::Agent`],
 //!   the step and the clock the agent runs, answered by the model instead of the kernel
@@ -80,10 +89,12 @@
 //!   the counts call for it. A sample reads the table whole as the step left it; the
 //!   background round's is taken in at the next step. Unlike the agent's dump (bounded at
 //!   2 s, on a thread of its own), the model's never fails, is never
-//!   partial and always ends before the next step. `kube-proxy` does what kube-proxy does at its
-//!   start: max to max(131072, 32768 x CPUs) (raise-only, as kube-proxy became), the
-//!   hash to max / 4 when smaller, established 1 d, close_wait 1 h. `static` changes
-//!   nothing.
+//!   partial and always ends before the next step. The peers (`kube-proxy`,
+//!   `manual-fix`, `cilium`, `calico`, `pf`, `srx`, `palo-alto`) are their rules in
+//!   [`crate::peers`], started at t = 0 and looking at their own interval; their settings
+//!   take effect at once (a max and hash globally, a timeout in the host's namespace, an
+//!   aging in every namespace, re-ageing each entry from its last packet). `static`
+//!   changes nothing.
 //!
 //! Everything is integer or deterministic floating-point arithmetic in a fixed order, so
 //! a scenario gives the same report byte for byte on every run.
@@ -116,6 +127,10 @@ pub use ctune_core::tunables::KERNEL_DEFAULT_TIMEOUTS;
 /// The initial namespace's inode on Linux (`PROC_NET_INIT_INO`), so the simulated
 /// namespace looks like the host's to the policy.
 const INIT_NET_INODE: u64 = 0xF000_0000;
+
+/// The most session packets a scenario may hold (sum of count x duration / gap): each
+/// is a few map operations, so 100M is about ten seconds a policy in a release build.
+const MAX_SESSION_PACKETS: f64 = 1e8;
 
 /// Highest rate a profile may ask for: beyond what any host creates (one core makes
 /// ~77k flows/s), and low enough that flows per tick stay exact in an f64.
@@ -384,176 +399,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
             .replace("<input>:", &format!("{}:", path.display())),
     })?;
     let v = Validator { text, path };
-
-    let name = match raw.name {
-        Some(n) => n,
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "scenario".into()),
-    };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
-        return Err(v.fail(
-            "name",
-            format!("{name:?} must be letters, digits, '-', '_' or '.' (it names the files --out writes)"),
-        ));
-    }
-
-    let duration = v.duration("duration", &raw.duration)?;
-    if duration.is_zero() || duration > Duration::from_secs(7 * 86400) {
-        return Err(v.fail("duration", "must be more than 0s and at most 7d".into()));
-    }
-    let tick = match &raw.tick {
-        Some(t) => v.duration("tick", t)?,
-        None => Duration::from_millis(10),
-    };
-    if tick < Duration::from_millis(1) || tick > Duration::from_secs(1) {
-        return Err(v.fail("tick", "must be between 1ms and 1s".into()));
-    }
-    let ticks = duration.as_nanos().div_ceil(tick.as_nanos());
-    if ticks > 100_000_000 {
-        return Err(v.fail(
-            "tick",
-            format!("{ticks} ticks over the duration: at most 100M (use a longer tick)"),
-        ));
-    }
-    let sample_interval = match &raw.sample_interval {
-        Some(s) => v.duration("sample_interval", s)?,
-        None => Duration::from_millis(100),
-    };
-    if sample_interval < tick || sample_interval > duration {
-        return Err(v.fail(
-            "sample_interval",
-            "must be between the tick and the duration".into(),
-        ));
-    }
-    if duration.as_nanos() / sample_interval.as_nanos() > 1_000_000 {
-        return Err(v.fail(
-            "sample_interval",
-            "more than 1M samples per run: use a longer interval".into(),
-        ));
-    }
-
-    let memory_bytes = match raw.host.memory {
-        RawSize::N(n) => n,
-        RawSize::S(s) => units::parse_size(&s).map_err(|e| v.fail("host.memory", e))?,
-    };
-    if memory_bytes < 64 << 20 {
-        return Err(v.fail("host.memory", "must be at least 64MiB".into()));
-    }
-    if !(1..=65536).contains(&raw.host.cpus) {
-        return Err(v.fail("host.cpus", "must be between 1 and 65536".into()));
-    }
-    let entry_bytes = raw.host.entry_bytes.unwrap_or(256);
-    if !(64..=65536).contains(&entry_bytes) {
-        return Err(v.fail(
-            "host.entry_bytes",
-            format!("{entry_bytes} is not a plausible slab size (64 ..= 65536)"),
-        ));
-    }
-    let mut used = Vec::new();
-    for (i, item) in raw.host.used.into_iter().enumerate() {
-        used.push(v.profile("host.used", i, item, duration.as_secs_f64())?);
-    }
-    let host = SimHost {
-        memory_bytes,
-        cpus: raw.host.cpus,
-        entry_bytes,
-        used,
-    };
-
-    let default_buckets = kernel_default_buckets(memory_bytes);
-    let (start_max, start_buckets) = match raw.start {
-        None => (default_buckets, default_buckets),
-        Some(s) => (
-            s.max.unwrap_or(default_buckets),
-            s.buckets.unwrap_or(default_buckets),
-        ),
-    };
-    if start_max > tunables::KERNEL_MAX_LIMIT {
-        return Err(v.fail(
-            "start.max",
-            format!("{start_max} exceeds the kernel's limit (INT_MAX)"),
-        ));
-    }
-    if start_buckets == 0 || start_buckets > tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE) {
-        return Err(v.fail(
-            "start.buckets",
-            format!(
-                "must be between 1 and {} (INT_MAX/8)",
-                tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE)
-            ),
-        ));
-    }
-    // The kernel allocates whole 512-bucket blocks and reads back the rounded size.
-    let start_buckets = tunables::round_buckets(start_buckets, tunables::DEFAULT_PAGE_SIZE);
-
-    let policies = raw.policies.unwrap_or_else(|| Peer::ALL.to_vec());
-    if policies.is_empty() {
-        return Err(v.fail("policies", "lists no policy to run".into()));
-    }
-    let mut seen = BTreeSet::new();
-    for p in &policies {
-        if !seen.insert(p.name()) {
-            return Err(v.fail("policies", format!("{} is listed twice", p.name())));
-        }
-    }
-
+    let name = v.name(raw.name)?;
+    let (duration, tick, sample_interval) = v.timing(
+        &raw.duration,
+        raw.tick.as_deref(),
+        raw.sample_interval.as_deref(),
+    )?;
     let dur_s = duration.as_secs_f64();
-    let (traffic, sessions) = v.traffic("traffic", raw.traffic, dur_s)?;
-    let mut tenants = Vec::new();
-    for (i, t) in raw.tenants.into_iter().enumerate() {
-        if t.name.is_empty() || t.name == "init" {
-            return Err(v.fail(
-                &format!("tenants[{i}].name"),
-                "a tenant needs a name of its own (not init)".into(),
-            ));
-        }
-        let (traffic, sessions) = v.traffic(&format!("tenants[{i}].traffic"), t.traffic, dur_s)?;
-        tenants.push(Tenant {
-            traffic,
-            sessions,
-            name: t.name,
-        });
-    }
-    if traffic
-        .values()
-        .chain(tenants.iter().flat_map(|t| t.traffic.values()))
-        .all(Vec::is_empty)
-        && sessions.is_empty()
-        && tenants.iter().all(|t| t.sessions.is_empty())
-    {
-        return Err(v.fail("traffic", "has no rate for any class".into()));
-    }
-
-    let ctune = match &raw.ctune_config {
-        None | Some(serde_json::Value::Null) => Config::default(),
-        Some(value @ (serde_json::Value::Object(_) | serde_json::Value::String(_))) => {
-            config::parse(&ctune_config_text(text, value), path)?
-        }
-        Some(_) => {
-            return Err(v.fail(
-                "ctune_config",
-                "expected a mapping of ctune config keys (as in /etc/ctune/ctune.yaml)".into(),
-            ));
-        }
-    };
-    if policies.contains(&Peer::Ctune) && tick > ctune.agent.probe_interval {
-        return Err(v.fail(
-            "tick",
-            format!(
-                "{} is longer than ctune's agent.probe_interval {}: the model could not probe that often",
-                humantime::format_duration(tick),
-                humantime::format_duration(ctune.agent.probe_interval)
-            ),
-        ));
-    }
-
+    let host = v.host(raw.host, dur_s)?;
+    let (start_max, start_buckets) = v.start(raw.start, host.memory_bytes)?;
+    let policies = v.policies(raw.policies)?;
+    let (traffic, sessions, tenants) = v.namespaces(raw.traffic, raw.tenants, dur_s)?;
+    let ctune = v.ctune(raw.ctune_config.as_ref(), &policies, tick)?;
     Ok(Scenario {
         name,
         description: raw.description,
@@ -569,6 +426,244 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         tenants,
         ctune,
     })
+}
+
+/// The parts of a scenario, each checked with the key and line it came from.
+impl Validator<'_> {
+    /// The scenario's name, by default the file's stem.
+    fn name(&self, name: Option<String>) -> Result<String, ScenarioError> {
+        let (v, path) = (self, self.path);
+        let name = match name {
+            Some(n) => n,
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "scenario".into()),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            return Err(v.fail(
+                "name",
+                format!("{name:?} must be letters, digits, '-', '_' or '.' (it names the files --out writes)"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Duration, tick and sample interval, each within what a run can hold.
+    fn timing(
+        &self,
+        duration: &str,
+        tick: Option<&str>,
+        sample_interval: Option<&str>,
+    ) -> Result<(Duration, Duration, Duration), ScenarioError> {
+        let v = self;
+        let duration = v.duration("duration", duration)?;
+        if duration.is_zero() || duration > Duration::from_secs(7 * 86400) {
+            return Err(v.fail("duration", "must be more than 0s and at most 7d".into()));
+        }
+        let tick = match tick {
+            Some(t) => v.duration("tick", t)?,
+            None => Duration::from_millis(10),
+        };
+        if tick < Duration::from_millis(1) || tick > Duration::from_secs(1) {
+            return Err(v.fail("tick", "must be between 1ms and 1s".into()));
+        }
+        let ticks = duration.as_nanos().div_ceil(tick.as_nanos());
+        if ticks > 100_000_000 {
+            return Err(v.fail(
+                "tick",
+                format!("{ticks} ticks over the duration: at most 100M (use a longer tick)"),
+            ));
+        }
+        let sample_interval = match sample_interval {
+            Some(s) => v.duration("sample_interval", s)?,
+            None => Duration::from_millis(100),
+        };
+        if sample_interval < tick || sample_interval > duration {
+            return Err(v.fail(
+                "sample_interval",
+                "must be between the tick and the duration".into(),
+            ));
+        }
+        if duration.as_nanos() / sample_interval.as_nanos() > 1_000_000 {
+            return Err(v.fail(
+                "sample_interval",
+                "more than 1M samples per run: use a longer interval".into(),
+            ));
+        }
+        Ok((duration, tick, sample_interval))
+    }
+
+    /// The host: memory, CPUs, the slab entry, and what everything else uses.
+    fn host(&self, raw: RawHost, dur_s: f64) -> Result<SimHost, ScenarioError> {
+        let v = self;
+        let memory_bytes = match raw.memory {
+            RawSize::N(n) => n,
+            RawSize::S(s) => units::parse_size(&s).map_err(|e| v.fail("host.memory", e))?,
+        };
+        if memory_bytes < 64 << 20 {
+            return Err(v.fail("host.memory", "must be at least 64MiB".into()));
+        }
+        if !(1..=65536).contains(&raw.cpus) {
+            return Err(v.fail("host.cpus", "must be between 1 and 65536".into()));
+        }
+        let entry_bytes = raw.entry_bytes.unwrap_or(256);
+        if !(64..=65536).contains(&entry_bytes) {
+            return Err(v.fail(
+                "host.entry_bytes",
+                format!("{entry_bytes} is not a plausible slab size (64 ..= 65536)"),
+            ));
+        }
+        let mut used = Vec::new();
+        for (i, item) in raw.used.into_iter().enumerate() {
+            used.push(v.profile("host.used", i, item, dur_s)?);
+        }
+        Ok(SimHost {
+            memory_bytes,
+            cpus: raw.cpus,
+            entry_bytes,
+            used,
+        })
+    }
+
+    /// max and buckets at t = 0: the kernel's defaults for the memory unless given.
+    fn start(&self, raw: Option<RawStart>, memory_bytes: u64) -> Result<(u64, u64), ScenarioError> {
+        let v = self;
+        let default_buckets = kernel_default_buckets(memory_bytes);
+        let (start_max, start_buckets) = match raw {
+            None => (default_buckets, default_buckets),
+            Some(s) => (
+                s.max.unwrap_or(default_buckets),
+                s.buckets.unwrap_or(default_buckets),
+            ),
+        };
+        if start_max > tunables::KERNEL_MAX_LIMIT {
+            return Err(v.fail(
+                "start.max",
+                format!("{start_max} exceeds the kernel's limit (INT_MAX)"),
+            ));
+        }
+        if start_buckets == 0
+            || start_buckets > tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE)
+        {
+            return Err(v.fail(
+                "start.buckets",
+                format!(
+                    "must be between 1 and {} (INT_MAX/8)",
+                    tunables::buckets_limit(tunables::DEFAULT_PAGE_SIZE)
+                ),
+            ));
+        }
+        // The kernel allocates whole 512-bucket blocks and reads back the rounded size.
+        let start_buckets = tunables::round_buckets(start_buckets, tunables::DEFAULT_PAGE_SIZE);
+        Ok((start_max, start_buckets))
+    }
+
+    /// The policies to run, each once (every one by default).
+    fn policies(&self, raw: Option<Vec<Peer>>) -> Result<Vec<Peer>, ScenarioError> {
+        let v = self;
+        let policies = raw.unwrap_or_else(|| Peer::ALL.to_vec());
+        if policies.is_empty() {
+            return Err(v.fail("policies", "lists no policy to run".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for p in &policies {
+            if !seen.insert(p.name()) {
+                return Err(v.fail("policies", format!("{} is listed twice", p.name())));
+            }
+        }
+        Ok(policies)
+    }
+
+    /// The host's traffic and sessions, and the tenants', with the bound on sessions'
+    /// packets and at least one rate or session somewhere.
+    fn namespaces(
+        &self,
+        raw: RawTraffic,
+        raw_tenants: Vec<RawTenant>,
+        dur_s: f64,
+    ) -> Result<(Rates, Vec<Sessions>, Vec<Tenant>), ScenarioError> {
+        let v = self;
+        let (traffic, sessions) = v.traffic("traffic", raw, dur_s)?;
+        let mut tenants = Vec::new();
+        for (i, t) in raw_tenants.into_iter().enumerate() {
+            if t.name.is_empty() || t.name == "init" {
+                return Err(v.fail(
+                    &format!("tenants[{i}].name"),
+                    "a tenant needs a name of its own (not init)".into(),
+                ));
+            }
+            let (traffic, sessions) =
+                v.traffic(&format!("tenants[{i}].traffic"), t.traffic, dur_s)?;
+            tenants.push(Tenant {
+                traffic,
+                sessions,
+                name: t.name,
+            });
+        }
+        let packets: f64 = sessions
+            .iter()
+            .chain(tenants.iter().flat_map(|t| t.sessions.iter()))
+            .map(|s| s.count as f64 * dur_s / s.gap)
+            .sum();
+        if packets > MAX_SESSION_PACKETS {
+            return Err(v.fail(
+                "traffic.sessions",
+                format!(
+                    "{packets:.0} session packets over the run: at most {MAX_SESSION_PACKETS:.0} (fewer sessions, longer gaps or a shorter run)"
+                ),
+            ));
+        }
+        if traffic
+            .values()
+            .chain(tenants.iter().flat_map(|t| t.traffic.values()))
+            .all(Vec::is_empty)
+            && sessions.is_empty()
+            && tenants.iter().all(|t| t.sessions.is_empty())
+        {
+            return Err(v.fail("traffic", "has no rate for any class".into()));
+        }
+        Ok((traffic, sessions, tenants))
+    }
+
+    /// ctune's config from `ctune_config:` (the defaults without one), which must let the
+    /// model probe as often as it asks.
+    fn ctune(
+        &self,
+        raw: Option<&serde_json::Value>,
+        policies: &[Peer],
+        tick: Duration,
+    ) -> Result<Config, ScenarioError> {
+        let (v, text, path) = (self, self.text, self.path);
+        let ctune = match raw {
+            None | Some(serde_json::Value::Null) => Config::default(),
+            Some(value @ (serde_json::Value::Object(_) | serde_json::Value::String(_))) => {
+                config::parse(&ctune_config_text(text, value), path)?
+            }
+            Some(_) => {
+                return Err(v.fail(
+                    "ctune_config",
+                    "expected a mapping of ctune config keys (as in /etc/ctune/ctune.yaml)".into(),
+                ));
+            }
+        };
+        if policies.contains(&Peer::Ctune) && tick > ctune.agent.probe_interval {
+            return Err(v.fail(
+                "tick",
+                format!(
+                    "{} is longer than ctune's agent.probe_interval {}: the model could not probe that often",
+                    humantime::format_duration(tick),
+                    humantime::format_duration(ctune.agent.probe_interval)
+                ),
+            ));
+        }
+        Ok(ctune)
+    }
 }
 
 /// The kernel's default hash size (and, since 5.15, max) for a host's memory:
@@ -1122,32 +1217,36 @@ impl Table {
         std::array::from_fn(|i| got[i] + more[i])
     }
 
-    /// The sessions' tick: those due open (new flows, admitted against `max` with the
-    /// tick's other arrivals' rules) or send (the entry refreshed to the timeout in force,
-    /// or, when it is gone, the session broken).
-    fn sessions_tick(&mut self, max: u64, k: u64, tick_ns: u128) {
+    /// One tick's flows: the sessions due to send do (the entry refreshed to the timeout
+    /// in force or, when it is gone, the session broken; a packet needs no slot), then
+    /// the new flows and the sessions due to open are admitted together against `max`,
+    /// shared in proportion as any arrivals are.
+    fn tick_flows(&mut self, mut arrivals: [u64; Class::COUNT], max: u64, k: u64, tick_ns: u128) {
+        let mut opening = Vec::with_capacity(self.sessions.len());
         for g in 0..self.sessions.len() {
             let class = self.sessions[g].spec.class;
-            let due = self.sessions[g].take_due(k, tick_ns);
-            let opening: Vec<usize> = due
-                .iter()
-                .filter(|(_, r)| *r == 0)
-                .map(|(j, _)| *j)
-                .collect();
-            if !opening.is_empty() {
-                let mut arrivals = [0u64; Class::COUNT];
-                arrivals[class.index()] = opening.len() as u64;
-                let admitted = self.admit(arrivals, max, k, tick_ns)[class.index()] as usize;
-                for &j in &opening[..admitted] {
-                    self.sessions[g].last[j] = Some(k);
-                }
-                self.held += admitted as u64;
-            }
-            for (j, _) in due.into_iter().filter(|(_, r)| *r > 0) {
-                if let Some(a) = self.sessions[g].last[j] {
+            let mut opens = Vec::new();
+            for (j, round) in self.sessions[g].take_due(k, tick_ns) {
+                if round == 0 {
+                    opens.push(j);
+                } else if let Some(a) = self.sessions[g].last[j] {
                     self.sessions[g].last[j] = self.refresh(class, a, k, tick_ns);
                 }
             }
+            arrivals[class.index()] += opens.len() as u64;
+            opening.push(opens);
+        }
+        // Session classes have no rated arrivals: what was admitted of them is openings,
+        // handed to the groups in order.
+        let mut admitted = self.admit(arrivals, max, k, tick_ns);
+        for (g, opens) in opening.into_iter().enumerate() {
+            let class = self.sessions[g].spec.class;
+            let take = (admitted[class.index()] as usize).min(opens.len());
+            admitted[class.index()] -= take as u64;
+            for &j in &opens[..take] {
+                self.sessions[g].last[j] = Some(k);
+            }
+            self.held += take as u64;
         }
     }
 
@@ -1823,6 +1922,34 @@ pub fn compare_peers(sc: &Scenario, sim: &Simulation) -> PeerComparison {
 }
 
 impl PeerComparison {
+    /// A report's runs compared as they are, without reruns: a live report's (its
+    /// machine could not rerun ctune at another memory, and no live table is measured
+    /// against what the host spares).
+    pub fn of_report(report: &ScenarioReport) -> PeerComparison {
+        let ctune = report.runs.iter().find(|r| r.policy == Peer::Ctune.name());
+        let rows = report
+            .runs
+            .iter()
+            .map(|run| {
+                let verdict = match ctune.filter(|_| run.policy != Peer::Ctune.name()) {
+                    None => Verdict::Ctune,
+                    Some(_) if run.over_spare_bytes.unwrap_or(0) > 0 => Verdict::OverSpare,
+                    Some(c) if better_on_both(run, c) => Verdict::Better,
+                    Some(_) => Verdict::NotBetter,
+                };
+                PeerRow {
+                    run: run.clone(),
+                    ctune_at_equal: None,
+                    verdict,
+                }
+            })
+            .collect();
+        PeerComparison {
+            scenario: format!("{} ({})", report.scenario, report.source),
+            rows,
+        }
+    }
+
     /// The Markdown table: per policy, flows harmed (lost + evicted), sessions broken,
     /// the table's memory at its peak and over what the host could spare, and ctune at
     /// that memory when the peer took more than ctune did.
@@ -1851,7 +1978,7 @@ impl PeerComparison {
                 r.sessions_broken,
                 r.sessions,
                 units::fmt_bytes(r.memory_bytes),
-                units::fmt_bytes(r.over_spare_bytes.unwrap_or(0)),
+                r.over_spare_bytes.map_or("-".into(), units::fmt_bytes),
             ));
         }
         out
@@ -1866,7 +1993,7 @@ mod peer_plot {
     use plotters::prelude::*;
     use std::path::Path;
 
-    use super::{PeerComparison, Verdict, harmed};
+    use super::{PeerComparison, PeerRow, Verdict, harmed};
     use crate::scenario_report::plot_si as si;
 
     const WIDTH: u32 = 1050;
@@ -1886,7 +2013,7 @@ mod peer_plot {
         root.fill(&WHITE).map_err(err)?;
         let font = ("sans-serif", 14).into_font();
         let title = format!(
-            "{}: what each policy harmed, and its table's memory at the peak (simulated)",
+            "{}: what each policy harmed, and its table's memory at the peak",
             cmp.scenario
         );
         root.draw(&Text::new(title, (10, 8), ("sans-serif", 20).into_font()))
@@ -1903,65 +2030,65 @@ mod peer_plot {
             root.draw(&Text::new(t, (x, 38), font.clone()))
                 .map_err(err)?;
         }
-        let top_flows = cmp
-            .rows
-            .iter()
-            .map(|r| harmed(&r.run))
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64;
-        let top_sessions = cmp
-            .rows
-            .iter()
-            .map(|r| r.run.sessions)
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64;
+        let top = |f: fn(&PeerRow) -> u64| cmp.rows.iter().map(f).max().unwrap_or(0).max(1) as f64;
+        let tops = (top(|r| harmed(&r.run)), top(|r| r.run.sessions));
         for (i, row) in cmp.rows.iter().enumerate() {
             let y = HEAD as i32 + i as i32 * ROW as i32;
-            let colour = match row.verdict {
-                Verdict::Ctune => RGBColor(0, 114, 178),
-                Verdict::OverSpare => RGBColor(190, 190, 190),
-                _ => RGBColor(213, 94, 0),
-            };
-            let memory = ctune_core::units::fmt_bytes(row.run.memory_bytes);
-            let name = match row.verdict {
-                Verdict::OverSpare => format!("{}, {memory}: over spare", row.run.policy),
-                _ => format!("{}, {memory}", row.run.policy),
-            };
-            root.draw(&Text::new(name, (6, y + 4), font.clone()))
-                .map_err(err)?;
-            let flows = harmed(&row.run) as f64;
-            let broken = row.run.sessions_broken as f64;
-            for (x0, value, top, text) in [
-                (left, flows, top_flows, si(flows)),
-                (
-                    right,
-                    broken,
-                    top_sessions,
-                    format!("{} of {}", si(broken), si(row.run.sessions as f64)),
-                ),
-            ] {
-                let w = ((value / top) * f64::from(PANEL - 80)).round() as i32;
-                root.draw(&Rectangle::new(
-                    [(x0, y + 3), (x0 + w.max(1), y + ROW as i32 - 5)],
-                    colour.filled(),
-                ))
-                .map_err(err)?;
-                root.draw(&Text::new(text, (x0 + w + 6, y + 4), font.clone()))
-                    .map_err(err)?;
-            }
-            if let Some(c) = &row.ctune_at_equal {
-                let x =
-                    left + ((harmed(c) as f64 / top_flows) * f64::from(PANEL - 80)).round() as i32;
-                root.draw(&PathElement::new(
-                    vec![(x, y), (x, y + ROW as i32 - 2)],
-                    BLACK.stroke_width(3),
-                ))
-                .map_err(err)?;
-            }
+            draw_row(&root, row, y, tops)?;
         }
         root.present().map_err(err)
+    }
+
+    /// One policy's row: its name and memory, its two bars, ctune's mark at its memory.
+    fn draw_row(
+        root: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+        row: &PeerRow,
+        y: i32,
+        (top_flows, top_sessions): (f64, f64),
+    ) -> Result<(), String> {
+        let font = ("sans-serif", 14).into_font();
+        let (left, right) = (LABEL, LABEL + PANEL + GAP);
+        let colour = match row.verdict {
+            Verdict::Ctune => RGBColor(0, 114, 178),
+            Verdict::OverSpare => RGBColor(190, 190, 190),
+            _ => RGBColor(213, 94, 0),
+        };
+        let memory = ctune_core::units::fmt_bytes(row.run.memory_bytes);
+        let name = match row.verdict {
+            Verdict::OverSpare => format!("{}, {memory}: over spare", row.run.policy),
+            _ => format!("{}, {memory}", row.run.policy),
+        };
+        root.draw(&Text::new(name, (6, y + 4), font.clone()))
+            .map_err(err)?;
+        let flows = harmed(&row.run) as f64;
+        let broken = row.run.sessions_broken as f64;
+        for (x0, value, top, text) in [
+            (left, flows, top_flows, si(flows)),
+            (
+                right,
+                broken,
+                top_sessions,
+                format!("{} of {}", si(broken), si(row.run.sessions as f64)),
+            ),
+        ] {
+            let w = ((value / top) * f64::from(PANEL - 80)).round() as i32;
+            root.draw(&Rectangle::new(
+                [(x0, y + 3), (x0 + w.max(1), y + ROW as i32 - 5)],
+                colour.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(text, (x0 + w + 6, y + 4), font.clone()))
+                .map_err(err)?;
+        }
+        if let Some(c) = &row.ctune_at_equal {
+            let x = left + ((harmed(c) as f64 / top_flows) * f64::from(PANEL - 80)).round() as i32;
+            root.draw(&PathElement::new(
+                vec![(x, y), (x, y + ROW as i32 - 2)],
+                BLACK.stroke_width(3),
+            ))
+            .map_err(err)?;
+        }
+        Ok(())
     }
 }
 
@@ -2127,8 +2254,7 @@ fn run_policy(sc: &Scenario, kind: Peer) -> (PolicyRun, RunDetails) {
         let mid = (now_ns as f64 / 1e9) + dt / 2.0;
         let max = tables.max;
         for (t, src) in tables.spaces.iter_mut().zip(sources.iter_mut()) {
-            t.sessions_tick(max, k, tick_ns);
-            t.admit(src.arrivals(mid, dt), max, k, tick_ns);
+            t.tick_flows(src.arrivals(mid, dt), max, k, tick_ns);
             if max != 0 && t.count > max {
                 d.ticks_over_max += 1;
             }
@@ -2355,6 +2481,59 @@ mod tests {
         assert_eq!(t.count, 10, "UDP is gone, TIME_WAIT is not");
         t.expire(12_001);
         assert_eq!(t.count, 0);
+    }
+
+    /// An aging peer's timeout counts from each entry's last packet: entries idle longer
+    /// than the new timeout go at once, the others expire that long after their packet.
+    #[test]
+    fn reage_counts_from_the_last_packet() {
+        let tick = 1_000_000_000u128;
+        let mut t = Table::new(&[]);
+        t.admit([10, 0, 0, 0, 0, 0, 0], 0, 0, tick);
+        t.admit([5, 0, 0, 0, 0, 0, 0], 0, 20, tick);
+        let cap = Aging {
+            factor: 1.0,
+            cap_secs: Some(15),
+        };
+        t.reage(cap, 25, tick);
+        assert_eq!(
+            (t.count, t.unassured),
+            (5, 5),
+            "idle 25 s > 15 s: gone at once"
+        );
+        t.expire(34);
+        assert_eq!(t.count, 5);
+        t.expire(35);
+        assert_eq!(t.count, 0, "idle from tick 20, 15 s: gone at 35");
+    }
+
+    /// A session survives a timeout longer than its gap and breaks under one that is not
+    /// (an entry expires at its timeout exactly, as `nf_ct_is_expired` has it).
+    #[test]
+    fn a_session_breaks_when_its_timeout_is_not_longer_than_its_gap() {
+        let tick = 1_000_000_000u128;
+        for (established, broken) in [(11, 0), (10, 2), (9, 2)] {
+            let mut t = Table::new(&[Sessions {
+                class: Class::TcpSession,
+                count: 2,
+                gap: 10.0,
+                start: 0.0,
+            }]);
+            for k in 0..=30 {
+                t.expire(k);
+                if k == 1 {
+                    t.timeouts.insert(tunables::ESTABLISHED.into(), established);
+                }
+                t.tick_flows([0; Class::COUNT], 0, k, tick);
+            }
+            assert_eq!(
+                (t.held, t.broken),
+                (2, broken),
+                "established {established} s"
+            );
+            let left = if broken == 0 { 2 } else { 0 };
+            assert_eq!(t.count, left, "established {established} s");
+        }
     }
 
     #[test]

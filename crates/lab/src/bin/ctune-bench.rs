@@ -70,27 +70,14 @@ fn main() -> ExitCode {
             source: "live".into(),
             runs: Vec::new(),
         };
-        let names: Vec<&str> = if args.policies == "all" {
-            Peer::ALL.iter().map(|p| p.name()).collect()
-        } else {
-            args.policies.split(',').collect()
+        let policies = match policies(&args.policies, &bin, args.short, &sc.name) {
+            Ok(p) => p,
+            Err(msg) => {
+                eprintln!("ctune-bench: {msg}");
+                return ExitCode::from(2);
+            }
         };
-        for name in names {
-            let policy = match Peer::by_name(name) {
-                Some(Peer::Ctune) => Policy::Ctune {
-                    bin: bin.clone(),
-                    config: livebench::ctune_config(args.short, &sc.name),
-                },
-                Some(p) => Policy::Peer(p),
-                None => {
-                    let all: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
-                    eprintln!(
-                        "ctune-bench: unknown policy {name:?}: one of {}",
-                        all.join(", ")
-                    );
-                    return ExitCode::from(2);
-                }
-            };
+        for policy in policies {
             eprintln!("ctune-bench: {} under {} ...", sc.name, policy.name());
             match livebench::run(&sc, &policy, &args.out) {
                 Ok(run) => report.runs.push(run),
@@ -116,4 +103,36 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The policies `--policies` names (`all`: every one), ctune's with the scenario's
+/// config; an unknown name is an error that lists the known ones.
+fn policies(
+    list: &str,
+    bin: &std::path::Path,
+    short: bool,
+    scenario: &str,
+) -> Result<Vec<Policy>, String> {
+    let names: Vec<&str> = if list == "all" {
+        Peer::ALL.iter().map(|p| p.name()).collect()
+    } else {
+        list.split(',').collect()
+    };
+    names
+        .into_iter()
+        .map(|name| match Peer::by_name(name) {
+            Some(Peer::Ctune) => Ok(Policy::Ctune {
+                bin: bin.to_path_buf(),
+                config: livebench::ctune_config(short, scenario),
+            }),
+            Some(p) => Ok(Policy::Peer(p)),
+            None => {
+                let all: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                Err(format!(
+                    "unknown policy {name:?}: one of {}",
+                    all.join(", ")
+                ))
+            }
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ctune_lab::scenario_report::Format;
+use ctune_lab::scenario_report::{Format, ScenarioReport};
 use ctune_lab::simulate;
 
 // ctune's exit codes (one table, in ctune::error): 2 for a scenario or config that
@@ -59,12 +59,13 @@ enum Command {
     /// Run each scenario under every policy and compare each peer with ctune on both
     /// harms (flows harmed, sessions broken) at equal memory: where a peer's table took
     /// more than ctune's, ctune is run again with that much. A Markdown table per
-    /// scenario.
+    /// scenario. A `.json` report of `ctune-bench` is compared as it is (no reruns).
     ComparePeers {
-        /// The scenario files.
+        /// The scenario files (.yaml), or saved reports (.json).
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
-        /// Also write DIR/peers-<scenario>.svg: both harms per policy.
+        /// Also write DIR/peers-<scenario>.svg (live-peers-<scenario>.svg for a live
+        /// report): both harms per policy.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -154,19 +155,42 @@ fn compare_cmd(scenarios: &[PathBuf]) -> Result<(), (u8, String)> {
     }
 }
 
+/// A scenario file simulated and compared, or a saved report (`ctune-bench`'s JSON)
+/// compared as it is.
+fn peers_of(path: &std::path::Path) -> Result<simulate::PeerComparison, (u8, String)> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| (EXIT_USAGE, format!("cannot read {}: {e}", path.display())))?;
+        let report: ScenarioReport = serde_json::from_str(&text).map_err(|e| {
+            (
+                EXIT_USAGE,
+                format!("{}: not a scenario report: {e}", path.display()),
+            )
+        })?;
+        return Ok(simulate::PeerComparison::of_report(&report));
+    }
+    let sc = simulate::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let sim = simulate::run(&sc);
+    Ok(simulate::compare_peers(&sc, &sim))
+}
+
 fn compare_peers_cmd(
     scenarios: &[PathBuf],
     dir: Option<&std::path::Path>,
 ) -> Result<(), (u8, String)> {
     let mut out = String::new();
     for path in scenarios {
-        let sc = simulate::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
-        let sim = simulate::run(&sc);
-        let cmp = simulate::compare_peers(&sc, &sim);
+        let cmp = peers_of(path)?;
         out.push_str(&cmp.markdown());
         out.push('\n');
         if let Some(dir) = dir {
-            let svg = dir.join(format!("peers-{}.svg", sc.name));
+            let name: String = cmp.scenario.chars().take_while(|c| *c != ' ').collect();
+            let prefix = if cmp.scenario.ends_with("(live)") {
+                "live-peers"
+            } else {
+                "peers"
+            };
+            let svg = dir.join(format!("{prefix}-{name}.svg"));
             std::fs::create_dir_all(dir)
                 .map_err(|e| e.to_string())
                 .and_then(|()| cmp.plot_svg(&svg))
