@@ -15,15 +15,7 @@ fn metrics_answer_while_a_step_hangs_and_healthz_says_so() {
     let so = c_shim("stall_read");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("ctune.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "namespaces:\n  mode: initial\nagent:\n  interval: 1s\n  idle_interval: 1s\n\
-             metrics:\n  textfile_dir: off\n  listen: 127.0.0.1:{port}\n  healthz_grace: 2s\n"
-        ),
-    )
-    .unwrap();
+    let cfg = listening_config(dir.path(), port, "  healthz_grace: 2s\n");
     let flag = dir.path().join("stall");
     let agent = Agent::start_env(
         &cfg,

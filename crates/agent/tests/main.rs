@@ -30,6 +30,7 @@ mod live_composition;
 mod live_kernel_facts;
 mod live_kube_proxy;
 mod live_memory;
+mod live_metrics_flood;
 mod live_metrics_stuck_step;
 mod live_no_procfs;
 mod live_prometheus;

@@ -621,8 +621,16 @@ fn health(f: &mut Family, v: &View, left: usize) {
     );
 }
 
-/// Connections served at once; more wait in the listen queue.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections open at once from every client together: far under the agent's open
+/// files, and far over what Prometheus and a probe need.
+const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one address. A client holding more is closed at
+/// accept, so one host (a flood of unfinished requests) cannot take the slots that a
+/// scrape or the kubelet's probe from another address needs.
+const MAX_PER_CLIENT: usize = 8;
+/// A client that has not sent its whole request head by then is dropped: a connection
+/// that never finishes its request holds its slot one second, not ten.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// A connection that has not finished its exchange by then is dropped.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -654,28 +662,87 @@ pub fn serve(addr: std::net::SocketAddr, served: Arc<Mutex<Served>>) -> std::io:
     Ok(())
 }
 
-/// The server's loop: at most [`MAX_CONNECTIONS`] at once, each bounded in time.
+/// The server's loop. Every connection is accepted at once and served on its own task,
+/// so none waits behind another's unfinished request; what is open is bounded by
+/// [`Slots`] (in all, and per client address), each connection serves one request
+/// (no keep-alive), and its request head must arrive within [`HEAD_TIMEOUT`].
 async fn accept(listener: std::net::TcpListener, served: Arc<Mutex<Served>>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!("metrics: the listening socket could not join the runtime");
         return;
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::default();
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+        let Ok((stream, peer)) = listener.accept().await else {
+            // Out of descriptors, or a connection reset before it was taken: wait a
+            // little rather than spin on the error.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         };
-        let Ok((stream, _)) = listener.accept().await else {
+        // Over a limit: dropping the stream closes it at once.
+        let Some(slot) = slots.take(peer.ip()) else {
+            tracing::debug!(%peer, "metrics: connection refused, too many open");
             continue;
         };
         let served = Arc::clone(&served);
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper::service::service_fn(move |req| respond(req, Arc::clone(&served)));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(io, service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(permit);
+            drop(slot);
         });
+    }
+}
+
+/// The connections open, in all and per client address.
+#[derive(Default, Clone)]
+struct Slots(Arc<Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>>);
+
+/// One open connection's place in [`Slots`], given back when dropped.
+struct Slot {
+    slots: Slots,
+    ip: std::net::IpAddr,
+}
+
+impl Slots {
+    /// A place for a connection from `ip`, unless all [`MAX_CONNECTIONS`] are taken or
+    /// `ip` holds [`MAX_PER_CLIENT`].
+    fn take(&self, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *guard;
+        if *total >= MAX_CONNECTIONS {
+            return None;
+        }
+        // Refused only when it already holds some: no entry is left for a refusal.
+        let mine = per.entry(ip).or_insert(0);
+        if *mine >= MAX_PER_CLIENT {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *guard;
+        *total -= 1;
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -741,6 +808,43 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One address holds at most MAX_PER_CLIENT connections and all of them together at
+    /// most MAX_CONNECTIONS; a closed one frees its place, and nothing is kept for an
+    /// address with none open.
+    #[test]
+    fn slots_bound_each_client_and_all_of_them() {
+        let slots = Slots::default();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let mut held: Vec<Slot> = (0..MAX_PER_CLIENT)
+            .map(|_| slots.take(a).unwrap())
+            .collect();
+        assert!(slots.take(a).is_none(), "a ninth from one address");
+        assert!(slots.take(b).is_some(), "another address is served");
+        held.pop();
+        assert!(
+            slots.take(a).is_some(),
+            "a closed connection frees its place"
+        );
+        drop(held);
+        let many: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|i| {
+                slots
+                    .take(std::net::IpAddr::from([
+                        10,
+                        0,
+                        (i / 256) as u8,
+                        (i % 256) as u8,
+                    ]))
+                    .unwrap()
+            })
+            .collect();
+        assert!(slots.take(b).is_none(), "all places taken");
+        drop(many);
+        assert_eq!(slots.0.lock().unwrap().0, 0);
+        assert!(slots.0.lock().unwrap().1.is_empty(), "no address kept");
+    }
 
     #[test]
     fn label_values_from_other_users_are_escaped() {

@@ -594,6 +594,22 @@ pub fn http_request(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
+/// A config for an agent that watches only its own namespace, steps every second and
+/// serves HTTP on 127.0.0.1:`port`, with `metrics_extra` (indented lines) added under
+/// `metrics:`; written into `dir`.
+pub fn listening_config(dir: &Path, port: u16, metrics_extra: &str) -> PathBuf {
+    let cfg = dir.join("ctune.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "namespaces:\n  mode: initial\nagent:\n  interval: 1s\n  idle_interval: 1s\n\
+             metrics:\n  textfile_dir: off\n  listen: 127.0.0.1:{port}\n{metrics_extra}"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// GET on loopback: the body, when the status is 200.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     http_request(port, path).and_then(|(status, body)| (status == 200).then_some(body))
