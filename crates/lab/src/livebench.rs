@@ -662,6 +662,8 @@ struct LivePeer {
     /// The measured namespace's timeout keys and their values at the start: what an
     /// aging scales.
     timeouts: Vec<(String, u64)>,
+    /// MemTotal and the online CPUs, read once: they do not change during a run.
+    host: (u64, u64),
 }
 
 impl LivePeer {
@@ -680,11 +682,19 @@ impl LivePeer {
             Ok(out)
         })?
         .map_err(|e| err(format!("{ns}: timeouts: {e}")))?;
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .map_err(|e| err(format!("/proc/meminfo: {e}")))
+            .and_then(|t| {
+                ctune_core::model::meminfo::parse(&t)
+                    .map_err(|e| err(format!("/proc/meminfo: {e}")))
+            })?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let mut p = LivePeer {
             rule: PeerRule::new(peer),
             next: Instant::now(),
             ns: ns.to_string(),
             timeouts,
+            host: (meminfo.total_bytes, cpus),
         };
         let settings = p.rule.start(&p.view()?);
         p.apply(&settings)?;
@@ -707,13 +717,8 @@ impl LivePeer {
             count,
             max: read_u64(&Path::new(SYSCTL).join(tunables::MAX))?,
             buckets: read_u64(&Path::new(SYSCTL).join(tunables::BUCKETS))?,
-            memory_bytes: ctune_core::model::meminfo::parse(
-                &std::fs::read_to_string("/proc/meminfo")
-                    .map_err(|e| err(format!("/proc/meminfo: {e}")))?,
-            )
-            .map_err(|e| err(format!("/proc/meminfo: {e}")))?
-            .total_bytes,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory_bytes: self.host.0,
+            cpus: self.host.1,
         })
     }
 

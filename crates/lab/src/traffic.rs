@@ -269,7 +269,7 @@ impl Profile {
 
 /// Which policy a run uses: ctune, and the designs it is measured against
 /// ([`crate::peers`] has each one's rule and sources).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Peer {
     /// Nothing changes: the kernel's (or the scenario's) start values.
     #[serde(rename = "static")]
