@@ -59,7 +59,23 @@ fn a_fifo_as_the_state_does_not_hang_the_dry_run() {
     fifo(&t.path().join("state/state.json"));
     let (code, out, err, _) = run(&t, &["--dry-run"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("not a regular file"), "{out}");
+    assert!(
+        out.contains("not a regular file (a FIFO): refused"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_directory_as_the_state_is_named_a_directory() {
+    let t = Tree::copy("kernel-6.18");
+    std::fs::create_dir_all(t.path().join("state/state.json")).unwrap();
+    let (code, _, err, _) = run(&t, &["apply"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("state.json") && err.contains("not a regular file (a directory): refused"),
+        "{err}"
+    );
+    assert!(!err.contains("FIFO"), "{err}");
 }
 
 #[test]

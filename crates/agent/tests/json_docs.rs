@@ -218,11 +218,43 @@ fn seed_sample(t: &common::Tree) {
 
 #[test]
 fn plan_json_is_docs_json_md() {
-    let outputs: Vec<Value> = [false, true]
+    let mut outputs: Vec<Value> = [false, true]
         .into_iter()
         .map(|small| json(&tree(small), &["plan", "--json"], &[0]))
         .collect();
+    outputs.push(live_plan_with_another_namespace());
     check("ctune plan --json", &outputs);
+}
+
+/// The dry run on the live kernel watching a namespace of the test's: its timeouts are
+/// left unread (a fixture tree has no namespace ctune can enter).
+fn live_plan_with_another_namespace() -> Value {
+    common::require_root("plan_json_is_docs_json_md");
+    let ns = common::TestNetns::new("jsondoc");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::named_config(dir.path(), &[&ns.name]);
+    let state = dir.path().join("state");
+    let args = ["--dry-run", "--json", "--sample", "0", "--config"];
+    let (code, out, err) = common::ctune(
+        &[
+            &args[..],
+            &[
+                cfg.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let unread = v["observation"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n["name"] == ns.name.as_str() && n["timeouts_unread"] == true);
+    assert!(unread, "{out}");
+    v
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod live_clash;
 mod live_composition;
 mod live_kernel_facts;
 mod live_kube_proxy;
+mod live_many_namespaces;
 mod live_memory;
 mod live_metrics_flood;
 mod live_metrics_stuck_step;

@@ -185,7 +185,7 @@ fn files_without_the_header_or_unreadable_stay_and_another_layouts_go() {
         "\
 restored nf_conntrack_max [global]: 131072 -> 65536
 restored nf_conntrack_buckets [global]: 32768 -> 16384
-not restored: <root>/etc/modules-load.d/ctune.conf: unexpected content (not a regular file (a FIFO, socket or device): refused): not removed
+not restored: <root>/etc/modules-load.d/ctune.conf: unexpected content (not a regular file (a directory): refused): not removed
 not restored: <root>/etc/modprobe.d/ctune.conf: not removed: it does not carry ctune's header, so someone else wrote it
 removed <root>/etc/sysctl.d/99-ctune.conf
 removed <root>/etc/modules.d/00-ctune

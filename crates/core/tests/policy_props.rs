@@ -177,6 +177,8 @@ impl ObsBuilder {
                 ..Default::default()
             }),
             timeouts: kernel_timeouts(),
+            timeouts_unread: false,
+            counters_unread: false,
             error: None,
             handle: None,
             composition: None,

@@ -5,6 +5,7 @@
 
 pub mod livebench;
 pub mod peers;
+pub mod pods;
 pub mod scenario_report;
 pub mod simulate;
 pub mod traffic;

@@ -32,11 +32,11 @@ const SYSCTL: &str = "/proc/sys/net/netfilter";
 #[error("{0}")]
 pub struct BenchError(pub String);
 
-fn err(msg: impl Into<String>) -> BenchError {
+pub(crate) fn err(msg: impl Into<String>) -> BenchError {
     BenchError(msg.into())
 }
 
-fn run_cmd(cmd: &str, args: &[&str], input: Option<&str>) -> Result<(), BenchError> {
+pub(crate) fn run_cmd(cmd: &str, args: &[&str], input: Option<&str>) -> Result<(), BenchError> {
     let mut child = Command::new(cmd)
         .args(args)
         .stdin(if input.is_some() {
@@ -69,12 +69,28 @@ fn run_cmd(cmd: &str, args: &[&str], input: Option<&str>) -> Result<(), BenchErr
     Ok(())
 }
 
+/// A global conntrack value (`nf_conntrack_max`, `nf_conntrack_buckets`).
+pub(crate) fn read_global(key: &str) -> Result<u64, BenchError> {
+    read_u64(&Path::new(SYSCTL).join(key))
+}
+
 fn read_u64(path: &Path) -> Result<u64, BenchError> {
     ctune::sense::kfile::read_u64(path).map_err(|e| err(e.to_string()))
 }
 
 fn write_u64(path: &Path, v: u64) -> Result<(), BenchError> {
     std::fs::write(path, v.to_string()).map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+/// The ctune binary a bench runs: `explicit`, else the one beside the bench's own binary
+/// (`cargo build --release` puts them together), else `ctune` on the PATH.
+pub fn ctune_binary(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ctune")))
+            .unwrap_or_else(|| PathBuf::from("ctune"))
+    })
 }
 
 /// Runs `f` on a thread inside the named namespace.
@@ -141,6 +157,14 @@ impl GlobalGuard {
         }
         write_u64(&Path::new(SYSCTL).join(tunables::MAX), max)?;
         write_u64(&Path::new(SYSCTL).join(tunables::BUCKETS), buckets)
+    }
+}
+
+impl GlobalGuard {
+    /// Puts the saved values back now (the lock stays held).
+    pub fn put_back(&self) -> Result<(), BenchError> {
+        write_u64(&Path::new(SYSCTL).join(tunables::MAX), self.max)?;
+        write_u64(&Path::new(SYSCTL).join(tunables::BUCKETS), self.buckets)
     }
 }
 
@@ -782,7 +806,11 @@ impl LivePeer {
 }
 
 /// Starts `ctune run` for a scenario and waits for its first step.
-fn start_ctune(bin: &Path, config: Option<&str>, dir: &Path) -> Result<Child, BenchError> {
+pub(crate) fn start_ctune(
+    bin: &Path,
+    config: Option<&str>,
+    dir: &Path,
+) -> Result<Child, BenchError> {
     // A state left by an earlier run would make ctune see today's start values as an
     // operator's change of what it set then.
     let _ = std::fs::remove_dir_all(dir);
@@ -824,7 +852,7 @@ fn start_ctune(bin: &Path, config: Option<&str>, dir: &Path) -> Result<Child, Be
 }
 
 /// Stops an agent the way systemd does.
-fn stop_agent(child: Option<Child>) {
+pub(crate) fn stop_agent(child: Option<Child>) {
     if let Some(mut child) = child {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),

@@ -1366,6 +1366,8 @@ impl Table {
                 ..Default::default()
             }),
             timeouts: self.timeouts.clone(),
+            timeouts_unread: false,
+            counters_unread: false,
             error: None,
             handle: None,
             composition: None,
@@ -1592,7 +1594,7 @@ impl Agent {
         let ext = self.ctl.config().ceiling.extension_bytes;
         let mut obs = tables.observation(host, &self.names, now.as_secs_f64(), ext);
         // The model's observation holds every key: the keys the action names are a subset.
-        let Action::Observe { .. } = self.ctl.begin() else {
+        let Action::Observe { .. } = self.ctl.begin(now) else {
             unreachable!("a step begins with an observation")
         };
         let mut action = self.ctl.handle(&mut obs, Event::Observed, now);
@@ -1600,6 +1602,8 @@ impl Agent {
             let event = match action {
                 Action::Done { plan, .. } => return self.done(now, &obs, &plan, d),
                 Action::Observe { .. } => unreachable!("one observation a step"),
+                // The model reads every namespace's timeouts: none is left unread.
+                Action::ReadTimeouts { .. } => unreachable!("the model reads every timeout"),
                 Action::Collect { .. } => Event::Collected {
                     samples: std::mem::take(&mut self.sampling),
                     running: false,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// The `ctune` binary of this build: the agent crate's, beside this test's directory
 /// (`cargo test` at the workspace root builds it).
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe
         .parent()
@@ -26,7 +26,7 @@ fn agent_binary() -> PathBuf {
 }
 
 /// Without root the test fails saying so, rather than passing having proved nothing.
-fn require_root(test: &str) {
+pub(crate) fn require_root(test: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "{test}: needs root (network namespaces and global conntrack values); run the \

@@ -5,4 +5,5 @@
 mod docgen;
 mod golden;
 mod live_bench;
+mod live_churn;
 mod simulate;

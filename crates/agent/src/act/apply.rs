@@ -175,7 +175,7 @@ pub fn apply(roots: &Roots, obs: &Observation, changes: &[Change]) -> Vec<Outcom
             continue;
         };
         let batch: Vec<&Change> = idxs.iter().map(|&i| &changes[i]).collect();
-        let outcome = netns::read_each(std::slice::from_ref(&handle), || {
+        let outcome = netns::read_each(std::slice::from_ref(&handle), |_| {
             batch
                 .iter()
                 .map(|ch| write_value(&roots.sysctl(&ch.key), &ch.key, ch.new))

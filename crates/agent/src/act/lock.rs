@@ -22,12 +22,14 @@ pub struct Lock {
 pub enum LockError {
     /// Another process holds it.
     #[error(
-        "another ctune is running (pid {holder}, lock {path}): stop the agent first (systemctl stop ctune), or wait for it"
+        "another ctune is running ({}, lock {path}): stop the agent first (systemctl stop ctune), or wait for it",
+        holder_text(holder)
     )]
     Busy {
         /// The lock file.
         path: String,
-        /// Who holds it, as written in the file.
+        /// Who holds it, as written in the file (empty: it has taken the lock and not yet
+        /// written its pid).
         holder: String,
     },
     /// The lock file could not be opened.
@@ -40,12 +42,25 @@ pub enum LockError {
     },
 }
 
+/// The holder for the message: its pid, or that it is only starting.
+fn holder_text(holder: &str) -> String {
+    if holder.is_empty() {
+        "just started: its pid is not written yet".into()
+    } else {
+        format!("pid {holder}")
+    }
+}
+
 /// Makes `dir` a directory of ctune's own that no one else may enter (0700): an existing
-/// one owned by someone else, or a symlink, is refused.
+/// one owned by someone else, or a symlink, is refused. Another ctune starting at the
+/// same moment may create it first: then it is checked like any existing one.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o700).create(dir)
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => private_dir(dir),
+                other => other,
+            }
         }
         Err(e) => Err(e),
         Ok(m) if !m.file_type().is_dir() || m.uid() != nix::unistd::geteuid().as_raw() => {
@@ -180,5 +195,39 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    /// Writers started together on a fresh tree (the first `ctune apply`s on a host):
+    /// one takes the lock, every other is told another ctune holds it, and none fails
+    /// for having raced the others to create the directory or the file.
+    #[test]
+    fn writers_racing_on_a_fresh_tree_are_busy_never_broken() {
+        for round in 0..200 {
+            let d = tempfile::tempdir().unwrap();
+            let roots = Roots {
+                run: d.path().join("run"),
+                ..Roots::default()
+            };
+            let start = std::sync::Barrier::new(6);
+            let results: Vec<Result<Lock, LockError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            acquire(&roots)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let held = results.iter().filter(|r| r.is_ok()).count();
+            for r in &results {
+                if let Err(e) = r {
+                    assert!(matches!(e, LockError::Busy { .. }), "round {round}: {e}");
+                    assert!(!e.to_string().contains("pid ,"), "round {round}: {e}");
+                }
+            }
+            assert_eq!(held, 1, "round {round}");
+        }
     }
 }

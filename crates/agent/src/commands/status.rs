@@ -78,7 +78,7 @@ pub fn run(
     if opts.watch {
         return watch(&ctx, opts, out);
     }
-    let mut sampler = Sampler::start(roots, cfg, &state, !opts.sample.is_zero())?;
+    let mut sampler = Sampler::start(roots, cfg, &state, !opts.sample.is_zero())?.everywhere();
     std::thread::sleep(opts.sample);
     let report = ctx.report(&mut sampler)?;
     print(&report, opts.json, out)?;
@@ -132,7 +132,7 @@ fn watch(ctx: &Context, opts: &Options, out: &mut dyn Write) -> Result<u8, Error
     } else {
         None
     };
-    let mut sampler = Sampler::start(ctx.roots, ctx.cfg, ctx.state, true)?;
+    let mut sampler = Sampler::start(ctx.roots, ctx.cfg, ctx.state, true)?.everywhere();
     while !wait(period, &stop, screen.is_some())? {
         let report = ctx.report(&mut sampler)?;
         if opts.json {

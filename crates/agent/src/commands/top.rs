@@ -221,9 +221,13 @@ pub fn report(roots: &Roots, cfg: &Config, opts: &Options) -> Result<TopReport, 
         ));
     }
     let handles: Vec<Handle> = d.others.clone();
-    let readings = netns::read_each(&handles, || read_here(roots, opts));
+    let readings = netns::read_each(&handles, |_| read_here(roots, opts));
     for (h, r) in handles.iter().zip(readings) {
-        let r = r.and_then(|r| r);
+        // Gone since discovery (a pod deleted): nothing to show, nothing wrong.
+        if r.as_ref().is_err_and(|e| e.vanished) {
+            continue;
+        }
+        let r = r.map_err(String::from).and_then(|r| r);
         namespaces.push(namespace_top(
             h.id.name.clone(),
             h.id.inode,
@@ -232,30 +236,35 @@ pub fn report(roots: &Roots, cfg: &Config, opts: &Options) -> Result<TopReport, 
             opts.top,
         ));
     }
-    for n in &namespaces {
-        if let Some(e) = &n.error {
-            notes.push(Note::new(
-                NoteKind::Namespace,
-                n.name.clone(),
-                format!("namespace {}: {e}", n.name),
-            ));
-        }
-        if let Some(e) = &n.local_error {
-            notes.push(Note::new(
-                NoteKind::LocalAddresses,
-                n.name.clone(),
-                format!(
-                    "namespace {}: local addresses not read ({e}): no notrack advice",
-                    n.name
-                ),
-            ));
-        }
-    }
+    notes.extend(namespaces.iter().flat_map(problems));
     Ok(TopReport {
         schema: crate::report::SCHEMA,
         namespaces,
         notes,
     })
+}
+
+/// What could not be read of one namespace, as notes.
+fn problems(n: &NamespaceTop) -> Vec<Note> {
+    let mut notes = Vec::new();
+    if let Some(e) = &n.error {
+        notes.push(Note::new(
+            NoteKind::Namespace,
+            n.name.clone(),
+            format!("namespace {}: {e}", n.name),
+        ));
+    }
+    if let Some(e) = &n.local_error {
+        notes.push(Note::new(
+            NoteKind::LocalAddresses,
+            n.name.clone(),
+            format!(
+                "namespace {}: local addresses not read ({e}): no notrack advice",
+                n.name
+            ),
+        ));
+    }
+    notes
 }
 
 /// Runs `top`; exit 0, or 4 (partial) when a namespace could not be read.

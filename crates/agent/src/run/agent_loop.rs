@@ -20,6 +20,7 @@ use crate::run::engine::{Engine, StepReport};
 use crate::run::metrics::{self, Exporter};
 use crate::run::notify::Notifier;
 use crate::sense::netns::{self, Handle};
+use crate::sense::nsdir;
 use crate::sense::roots::Roots;
 use ctune_core::config;
 use ctune_core::controller::Wake;
@@ -184,24 +185,35 @@ impl Quiet {
 /// the pace of the next probe) is the controller's ([`ctune_core::controller`]).
 #[derive(Debug, Default)]
 struct Counts {
-    files: Vec<(u64, File)>,
+    files: Vec<(u64, Arc<File>)>,
 }
 
 impl Counts {
-    /// Re-opens the count files when the set of namespaces changed.
+    /// Opens the count files of namespaces new since the last refresh, and forgets those
+    /// of namespaces no longer watched: on a node whose pods come and go, a refresh
+    /// enters only the new ones.
     fn refresh(&mut self, roots: &Roots, obs: &ctune_core::model::Observation) {
         let inodes: Vec<u64> = obs.namespaces.iter().map(|n| n.id.inode).collect();
         if inodes == self.files.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
             return;
         }
-        self.files.clear();
+        let mut kept: HashMap<u64, Arc<File>> =
+            std::mem::take(&mut self.files).into_iter().collect();
         let count_path = roots.sysctl(tunables::COUNT);
         let mut others = Vec::new();
         for n in &obs.namespaces {
+            let inode = n.id.inode;
+            if let Some(f) = kept
+                .remove(&inode)
+                .or_else(|| nsdir::kept_count_file(inode))
+            {
+                self.files.push((inode, f));
+                continue;
+            }
             match &n.handle {
                 None => {
                     if let Ok(f) = File::open(&count_path) {
-                        self.files.push((n.id.inode, f));
+                        self.files.push((n.id.inode, Arc::new(f)));
                     }
                 }
                 Some(path) => others.push(Handle {
@@ -210,10 +222,11 @@ impl Counts {
                 }),
             }
         }
-        for (h, f) in others
-            .iter()
-            .zip(netns::read_each(&others, || File::open(&count_path)))
-        {
+        // The step keeps each namespace's count file ([`nsdir::count_file`]): the probe
+        // shares it, entering only a namespace the step has not read.
+        for (h, f) in others.iter().zip(netns::read_each(&others, |h| {
+            nsdir::count_file(&roots.netfilter_sysctl_dir(), h.id.inode, tunables::COUNT)
+        })) {
             if let Ok(Ok(f)) = f {
                 self.files.push((h.id.inode, f));
             }

@@ -5,6 +5,7 @@
 //! last).
 
 use ctune_core::model::{Note, NoteKind};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::act::apply::{self, Outcome};
@@ -98,6 +99,9 @@ pub struct Sampler<'a> {
     ctl: Controller,
     /// When the previous reading was taken.
     last: Option<Duration>,
+    /// Read every timeout of every namespace (`status` shows them), not only where the
+    /// decision needs them (the dry run).
+    everywhere: bool,
 }
 
 /// One reading and the decision on it.
@@ -132,9 +136,18 @@ impl<'a> Sampler<'a> {
             roots,
             ctl,
             last: None,
+            everywhere: false,
         };
         if first_reading {
-            let obs = observe::observe(roots, &cfg.namespaces)?;
+            // The baseline is for the counters' rise: the timeouts come with the reading.
+            let own_only = observe::Reads {
+                keys: observe::TimeoutKeys::All,
+                only_in: Some(Default::default()),
+                count_only: Default::default(),
+                keep_counts: false,
+                seen: None,
+            };
+            let obs = observe::observe_with(roots, &cfg.namespaces, &own_only)?;
             let at = state::now();
             s.ctl.set_baseline(obs, at);
             s.last = Some(at);
@@ -142,12 +155,23 @@ impl<'a> Sampler<'a> {
         Ok(s)
     }
 
+    /// Reads every timeout of every namespace, not only those the decision needs.
+    pub fn everywhere(mut self) -> Self {
+        self.everywhere = true;
+        self
+    }
+
     /// Reads again and decides, with the previous reading as the baseline.
     pub fn read(&mut self) -> Result<Sample, ObserveError> {
-        let Action::Observe { .. } = self.ctl.begin() else {
+        let Action::Observe { timeouts, .. } = self.ctl.begin(state::now()) else {
             unreachable!("a step begins with an observation")
         };
-        let mut obs = observe::observe(self.roots, &self.ctl.config().namespaces)?;
+        let reads = match self.everywhere {
+            true => observe::Reads::everywhere(),
+            // A one-shot command keeps nothing for later steps.
+            false => observe::Reads::of(&timeouts, &Default::default(), false),
+        };
+        let mut obs = observe::observe_with(self.roots, &self.ctl.config().namespaces, &reads)?;
         let now = state::now();
         let elapsed = self
             .last
@@ -164,6 +188,9 @@ impl<'a> Sampler<'a> {
                     Event::Persisted
                 }
                 Action::Sample { targets, bounds } => Event::Sampled(sample_now(targets, bounds)),
+                Action::ReadTimeouts { targets, keys } => {
+                    read_timeouts(self.roots, &mut obs, &targets, keys.as_ref())
+                }
                 Action::Done { .. } => break,
                 other => unreachable!("a preview does not {other:?}"),
             };
@@ -176,6 +203,21 @@ impl<'a> Sampler<'a> {
             elapsed,
         })
     }
+}
+
+/// Answers [`Action::ReadTimeouts`].
+fn read_timeouts(
+    roots: &Roots,
+    obs: &mut Observation,
+    targets: &[SampleTarget],
+    keys: Option<&std::collections::BTreeSet<String>>,
+) -> Event {
+    let targets: Vec<_> = targets
+        .iter()
+        .filter_map(|t| Some((t.id.clone(), t.handle.clone()?)))
+        .collect();
+    observe::read_timeouts_into(roots, obs, &targets, &observe::TimeoutKeys::of(keys));
+    Event::TimeoutsRead
 }
 
 /// The bounds of a dump, as the controller gives them.
@@ -208,7 +250,7 @@ fn spawn_sampler(
                             path: path.clone(),
                         }),
                     };
-                    let result = entered.and_then(|()| {
+                    let result = entered.map_err(String::from).and_then(|()| {
                         ctnetlink::governed(&limits(bounds), at).map_err(|e| e.to_string())
                     });
                     Taken {
@@ -244,6 +286,19 @@ pub struct Engine {
     saved: State,
     /// The thread taking composition samples, while it runs.
     sampling: Option<std::thread::JoinHandle<Vec<Taken>>>,
+    /// Each watched namespace's counters and timeouts as last read: a step that left
+    /// them unread ([`ctune_core::controller::quiet`], [`TimeoutReads`]) reports these
+    /// (its metrics keep their series), marked unread.
+    ///
+    /// [`TimeoutReads`]: ctune_core::controller::TimeoutReads
+    last_read: HashMap<u64, LastRead>,
+}
+
+/// What was last read of one namespace.
+#[derive(Debug, Clone, Default)]
+struct LastRead {
+    stat: Option<ctune_core::model::ConntrackStat>,
+    timeouts: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a step's actions did, for its report.
@@ -278,7 +333,40 @@ impl Engine {
             boot_id: state.boot_id.clone(),
             saved: state::untimed(state),
             sampling: None,
+            last_read: HashMap::new(),
         })
+    }
+
+    /// Fills what `obs` left unread from the last reading, remembers what it read, and
+    /// forgets namespaces no longer watched: after the decision, for the step's report.
+    fn carry(&mut self, obs: &mut Observation) {
+        let live: std::collections::HashSet<u64> =
+            obs.namespaces.iter().map(|n| n.id.inode).collect();
+        self.last_read.retain(|inode, _| live.contains(inode));
+        for n in &mut obs.namespaces {
+            let Some(last) = self.last_read.get_mut(&n.id.inode) else {
+                // Known from its first full reading on (a new namespace's timeouts are
+                // read at its first visit: [`observe::Reads::seen`]).
+                if !n.timeouts_unread && !n.counters_unread {
+                    let last = LastRead {
+                        stat: n.stat.clone(),
+                        timeouts: n.timeouts.clone(),
+                    };
+                    self.last_read.insert(n.id.inode, last);
+                }
+                continue;
+            };
+            if n.counters_unread {
+                n.stat.clone_from(&last.stat);
+            } else {
+                last.stat.clone_from(&n.stat);
+            }
+            if n.timeouts_unread {
+                n.timeouts.clone_from(&last.timeouts);
+            } else {
+                last.timeouts.clone_from(&n.timeouts);
+            }
+        }
     }
 
     /// The config in force.
@@ -367,8 +455,11 @@ impl Engine {
 
     /// Answers one action of the controller (not [`Action::Observe`] or
     /// [`Action::Done`]).
-    fn answer(&mut self, obs: &Observation, action: Action, done: &mut Done) -> Event {
+    fn answer(&mut self, obs: &mut Observation, action: Action, done: &mut Done) -> Event {
         match action {
+            Action::ReadTimeouts { targets, keys } => {
+                read_timeouts(&self.roots, obs, &targets, keys.as_ref())
+            }
             Action::Collect { wait } => self.collect(wait),
             Action::Save => {
                 let result = self.save_if_changed();
@@ -400,11 +491,16 @@ impl Engine {
     /// Observes, decides, applies, persists, and saves the state: one step of the
     /// controller ([`ctune_core::controller`]), at `now`.
     pub fn step(&mut self, now: Duration) -> Result<StepReport, ObserveError> {
-        let Action::Observe { keys } = self.ctl.begin() else {
+        let Action::Observe {
+            timeouts,
+            count_only,
+        } = self.ctl.begin(now)
+        else {
             unreachable!("a step begins with an observation")
         };
-        let keys = keys.map_or(observe::TimeoutKeys::All, observe::TimeoutKeys::Only);
-        let mut obs = observe::observe_keys(&self.roots, &self.ctl.config().namespaces, &keys)
+        let mut reads = observe::Reads::of(&timeouts, &count_only, true);
+        reads.seen = Some(self.last_read.keys().copied().collect());
+        let mut obs = observe::observe_with(&self.roots, &self.ctl.config().namespaces, &reads)
             .inspect_err(|_| self.ctl.step_failed(state::now()))?;
         let mut done = Done::default();
         let mut action = self.ctl.handle(&mut obs, Event::Observed, now);
@@ -412,9 +508,10 @@ impl Engine {
             if let Action::Done { plan, notes } = action {
                 break (plan, notes);
             }
-            let event = self.answer(&obs, action, &mut done);
+            let event = self.answer(&mut obs, action, &mut done);
             action = self.ctl.handle(&mut obs, event, state::now());
         };
+        self.carry(&mut obs);
         let mut notes = obs.notes.clone();
         notes.extend(sample_notes);
         notes.extend(done.notes.iter().map(|n| Note::persisted(n)));

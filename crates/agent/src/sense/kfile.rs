@@ -231,7 +231,7 @@ fn with_file<T>(
         if !meta.file_type().is_file() && !is_null_device(&meta) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "not a regular file (a FIFO, socket or device): refused",
+                format!("not a regular file ({}): refused", kind_of(&meta)),
             ));
         }
     }
@@ -240,6 +240,25 @@ fn with_file<T>(
         kept::keep(path, file);
     }
     Ok(value)
+}
+
+/// What a file that is not a regular file is, for the message that refuses it.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
 }
 
 /// Whether a file ctune takes orders from (its config, its state) is under the control of
@@ -299,22 +318,35 @@ pub fn read_text(path: &Path) -> Result<String, FileError> {
 /// path of every step, so a pread on a kept descriptor ([`with_file`]) into a small
 /// buffer, no allocation; more than 64 bytes is not a number.
 pub fn read_u64(path: &Path) -> Result<u64, FileError> {
-    let read = |file: &std::fs::File| {
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        loop {
-            match file.read_at(&mut buf[len..], len as u64) {
-                Ok(0) => return Ok((buf, len)),
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            if len == buf.len() {
-                return Ok((buf, len));
-            }
+    let (buf, len) = with_file(path, false, read_small).map_err(|e| FileError::io(path, &e))?;
+    parse_small(&buf, len, path)
+}
+
+/// Reads the number in `file` (opened from `path`, which errors name): the same bounded
+/// read and parse as [`read_u64`], on a descriptor the caller opened.
+pub fn read_u64_from(file: &std::fs::File, path: &Path) -> Result<u64, FileError> {
+    let (buf, len) = read_small(file).map_err(|e| FileError::io(path, &e))?;
+    parse_small(&buf, len, path)
+}
+
+/// Reads at most 64 bytes from offset 0 (a full buffer means too long for a number).
+fn read_small(file: &std::fs::File) -> io::Result<([u8; 64], usize)> {
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    loop {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => return Ok((buf, len)),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-    };
-    let (buf, len) = with_file(path, false, read).map_err(|e| FileError::io(path, &e))?;
+        if len == buf.len() {
+            return Ok((buf, len));
+        }
+    }
+}
+
+fn parse_small(buf: &[u8; 64], len: usize, path: &Path) -> Result<u64, FileError> {
     if len == buf.len() {
         return Err(FileError::malformed(
             path,

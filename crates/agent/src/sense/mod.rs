@@ -8,5 +8,6 @@ pub mod ctnetlink;
 pub mod ctstats;
 pub mod kfile;
 pub mod netns;
+pub mod nsdir;
 pub mod observe;
 pub mod roots;

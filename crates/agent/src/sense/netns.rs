@@ -37,10 +37,20 @@ pub struct Discovery {
     pub others: Vec<Handle>,
     /// Problems worth telling the operator (missing names, unreadable processes).
     pub notes: Vec<Note>,
+    /// Namespaces listed that were gone before they could be looked at: counted, not
+    /// reported (pods come and go).
+    pub vanished: usize,
 }
 
-/// Adds a namespace found by name, once per inode.
-fn push_named(d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, path: PathBuf) {
+/// Adds a namespace found by name, once per inode. A name that was `listed` and is gone
+/// now was deleted meanwhile: counted as vanished; a name the config asks for and that
+/// is missing is the operator's to know.
+fn push_named(
+    d: &mut Discovery,
+    seen: &mut BTreeSet<u64>,
+    (name, path): (String, PathBuf),
+    listed: bool,
+) {
     match inode_of(&path) {
         Ok(inode) => {
             if seen.insert(inode) {
@@ -50,6 +60,7 @@ fn push_named(d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, path: P
                 });
             }
         }
+        Err(e) if listed && e.cause == crate::sense::kfile::Cause::Missing => d.vanished += 1,
         Err(e) => d.notes.push(Note::new(
             NoteKind::Namespace,
             name.clone(),
@@ -81,23 +92,28 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
         _ => None,
     };
     let mut seen: BTreeSet<u64> = d.own_inode.into_iter().collect();
-    let mut push = |d: &mut Discovery, name: String, path: PathBuf| {
+    let mut push = |d: &mut Discovery, name: String, path: PathBuf, listed: bool| {
         // A name under /run/netns is anyone's choice: never print it raw.
         let name = printable(&name);
-        push_named(d, &mut seen, name, path)
+        push_named(d, &mut seen, (name, path), listed)
     };
 
     match cfg.mode {
         NamespaceMode::Initial => {}
         NamespaceMode::Named => {
             for name in &cfg.names {
-                push(&mut d, name.clone(), roots.named_netns_dir().join(name));
+                push(
+                    &mut d,
+                    name.clone(),
+                    roots.named_netns_dir().join(name),
+                    false,
+                );
             }
         }
         NamespaceMode::All => {
             for name in list_dir(&roots.named_netns_dir(), &mut d.notes, true) {
                 let path = roots.named_netns_dir().join(&name);
-                push(&mut d, name, path);
+                push(&mut d, name, path, true);
             }
             let mut pids: Vec<u32> = list_dir(&roots.proc, &mut d.notes, false)
                 .into_iter()
@@ -117,30 +133,36 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
                     }
                     Ok(_) => {}
                     // Processes exit between listing and stat: not worth a note.
-                    Err(e) if e.cause == crate::sense::kfile::Cause::Missing => {}
+                    Err(e) if e.cause == crate::sense::kfile::Cause::Missing => d.vanished += 1,
                     Err(_) => denied.push(pid),
                 }
             }
-            if !denied.is_empty() {
-                let hint = if nix::unistd::geteuid().is_root() {
-                    "even as root: a sandbox or ptrace restriction hides them"
-                } else {
-                    "run as root to see them"
-                };
-                let named = denied_names(roots, &denied);
-                d.notes.push(Note::new(
-                    NoteKind::HiddenNamespaces,
-                    "",
-                    format!(
-                        "the namespaces of {} process(es) could not be inspected: {named} \
-                         (permission denied; {hint})",
-                        denied.len()
-                    ),
-                ));
-            }
+            note_denied(roots, &denied, &mut d.notes);
         }
     }
     d
+}
+
+/// The note on processes whose namespaces could not be looked at.
+fn note_denied(roots: &Roots, denied: &[u32], notes: &mut Vec<Note>) {
+    if denied.is_empty() {
+        return;
+    }
+    let hint = if nix::unistd::geteuid().is_root() {
+        "even as root: a sandbox or ptrace restriction hides them"
+    } else {
+        "run as root to see them"
+    };
+    let named = denied_names(roots, denied);
+    notes.push(Note::new(
+        NoteKind::HiddenNamespaces,
+        "",
+        format!(
+            "the namespaces of {} process(es) could not be inspected: {named} \
+                 (permission denied; {hint})",
+            denied.len()
+        ),
+    ));
 }
 
 /// `pid N (comm)`: any user names its processes, so what a terminal would obey is escaped.
@@ -192,13 +214,13 @@ fn list_dir(dir: &std::path::Path, notes: &mut Vec<Note>, missing_ok: bool) -> V
     }
 }
 
-/// Runs `read` inside each namespace, on one helper thread that moves from namespace to
-/// namespace, so ctune's own threads never change namespace. A namespace that cannot be
-/// entered yields its error instead of a reading.
+/// Runs `read` inside each namespace (given its handle), on one helper thread that moves
+/// from namespace to namespace, so ctune's own threads never change namespace. A
+/// namespace that cannot be entered yields its error instead of a reading.
 pub fn read_each<T: Send>(
     handles: &[Handle],
-    read: impl Fn() -> T + Sync,
-) -> Vec<Result<T, String>> {
+    read: impl Fn(&Handle) -> T + Sync,
+) -> Vec<Result<T, Unentered>> {
     if handles.is_empty() {
         return Vec::new();
     }
@@ -208,7 +230,7 @@ pub fn read_each<T: Send>(
                 .iter()
                 .map(|h| {
                     enter(h)?;
-                    Ok(read())
+                    Ok(read(h))
                 })
                 .collect()
         })
@@ -217,34 +239,79 @@ pub fn read_each<T: Send>(
     })
 }
 
+/// Why a namespace was not entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unentered {
+    /// It is gone: its process exited or its name was deleted (or now names another
+    /// namespace) since discovery. On a node whose pods come and go this is routine,
+    /// not a problem to report.
+    pub vanished: bool,
+    /// What happened, naming the path.
+    pub message: String,
+}
+
+impl std::fmt::Display for Unentered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Unentered> for String {
+    fn from(u: Unentered) -> String {
+        u.message
+    }
+}
+
 /// Moves the calling thread into the namespace of `h`, after checking that the handle
 /// still names the namespace it named at discovery (a PID can exit and be reused, a
 /// /run/netns name can be deleted and created again).
-pub fn enter(h: &Handle) -> Result<(), String> {
-    let file = File::open(&h.path).map_err(|e| FileError::io(&h.path, &e).to_string())?;
-    let inode = file
-        .metadata()
-        .map(|m| m.ino())
-        .map_err(|e| FileError::io(&h.path, &e).to_string())?;
+pub fn enter(h: &Handle) -> Result<(), Unentered> {
+    let io_err = |e: std::io::Error| Unentered {
+        vanished: e.kind() == std::io::ErrorKind::NotFound,
+        message: FileError::io(&h.path, &e).to_string(),
+    };
+    let file = File::open(&h.path).map_err(io_err)?;
+    let inode = file.metadata().map(|m| m.ino()).map_err(io_err)?;
     if inode != h.id.inode {
-        return Err(format!(
-            "{}: now names another namespace (inode {inode}, was {}): it was deleted or its process exited",
-            h.path.display(),
-            h.id.inode
-        ));
+        return Err(Unentered {
+            vanished: true,
+            message: format!(
+                "{}: now names another namespace (inode {inode}, was {}): it was deleted or its process exited",
+                h.path.display(),
+                h.id.inode
+            ),
+        });
     }
     // Descriptors and sockets this thread kept read the namespace it was in: not this
     // one's.
     crate::sense::kfile::forget_kept();
     crate::sense::ctstats::forget_kept();
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        if errno == nix::errno::Errno::EINVAL && became_another(h) {
+            return Unentered {
+                vanished: true,
+                message: format!("{}: was being created or deleted", h.path.display()),
+            };
+        }
         let why = match errno {
             nix::errno::Errno::EINVAL => " (not a network namespace)",
             nix::errno::Errno::EPERM => " (needs CAP_SYS_ADMIN)",
             _ => "",
         };
-        format!("{}: setns failed: {errno:?}{why}", h.path.display())
+        Unentered {
+            vanished: false,
+            message: format!("{}: setns failed: {errno:?}{why}", h.path.display()),
+        }
     })
+}
+
+/// Whether the path of `h`, a plain file where a namespace was expected, named a
+/// namespace a moment later (or nothing): `ip netns add` creates the file and mounts the
+/// namespace on it a moment later, `ip netns del` unmounts it, then removes the file. A
+/// file that stays what it was is not a namespace, and is reported.
+fn became_another(h: &Handle) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::metadata(&h.path).map_or(true, |m| m.ino() != h.id.inode)
 }
 
 #[cfg(test)]
@@ -353,14 +420,17 @@ mod tests {
             },
             path: p.clone(),
         };
-        let err = read_each(std::slice::from_ref(&handle), || 42)
+        let err = read_each(std::slice::from_ref(&handle), |_| 42)
             .remove(0)
             .unwrap_err();
         assert!(
-            err.contains(p.to_str().unwrap())
-                && err.contains("setns failed: EINVAL (not a network namespace)"),
+            err.message.contains(p.to_str().unwrap())
+                && err
+                    .message
+                    .contains("setns failed: EINVAL (not a network namespace)"),
             "{err}"
         );
+        assert!(!err.vanished, "it exists: reported, not dropped");
         let stale = Handle {
             id: NetnsId {
                 name: "fake".into(),
@@ -368,7 +438,19 @@ mod tests {
             },
             ..handle
         };
-        let err = read_each(&[stale], || 42).remove(0).unwrap_err();
-        assert!(err.contains("another namespace"), "{err}");
+        let err = read_each(&[stale], |_| 42).remove(0).unwrap_err();
+        assert!(
+            err.message.contains("another namespace") && err.vanished,
+            "{err}"
+        );
+        let gone = Handle {
+            id: NetnsId {
+                name: "gone".into(),
+                inode,
+            },
+            path: roots.named_netns_dir().join("gone"),
+        };
+        let err = read_each(&[gone], |_| 42).remove(0).unwrap_err();
+        assert!(err.message.contains("not found") && err.vanished, "{err}");
     }
 }

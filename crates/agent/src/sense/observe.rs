@@ -4,15 +4,17 @@
 //! note in the result, not a failure; only what no decision can do without (the global
 //! max, memory size) fails the observation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::sense::ctstats;
 use crate::sense::kfile::{self, Cause, FileError};
 use crate::sense::netns;
+use crate::sense::nsdir;
 use crate::sense::roots::Roots;
 use ctune_core::config::Namespaces;
+use ctune_core::controller::TimeoutReads;
 use ctune_core::model::ConntrackStat;
 use ctune_core::model::slab;
 use ctune_core::model::stat;
@@ -41,19 +43,81 @@ pub enum TimeoutKeys {
     All,
     /// Only these (the agent's step: the keys it may change), read without listing the
     /// directory; a key this kernel lacks is skipped.
-    Only(std::collections::BTreeSet<String>),
+    Only(BTreeSet<String>),
 }
 
-/// Observes the kernel below `roots`, watching the namespaces `ns` asks for.
+/// Which timeouts to read: ctune's own namespace's always, the others' where asked
+/// ([`ctune_core::controller::TimeoutReads`] says why not everywhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reads {
+    /// Which keys.
+    pub keys: TimeoutKeys,
+    /// In which other namespaces (by inode); None: in every one.
+    pub only_in: Option<BTreeSet<u64>>,
+    /// Namespaces (by inode) of which the count is enough, read without entering them
+    /// where a kept count file allows it ([`nsdir::kept_count`]).
+    pub count_only: BTreeSet<u64>,
+    /// Keep each visited namespace's count file for later steps and the probe (the
+    /// agent). A one-shot command does not: keeping it opens the namespace's sysctl
+    /// directory, a walk whose cost grows with the namespaces ([`nsdir`]).
+    pub keep_counts: bool,
+    /// Namespaces (by inode) whose timeouts were read before: any other's are read too,
+    /// once, so what the agent reports of it (its metrics) is known from the start.
+    /// None: no such rule (the one-shot commands).
+    pub seen: Option<BTreeSet<u64>>,
+}
+
+impl Reads {
+    /// Every timeout key in every namespace (`status`, `verify`, `restore`: they show or
+    /// check them all).
+    pub fn everywhere() -> Reads {
+        Reads {
+            keys: TimeoutKeys::All,
+            only_in: None,
+            count_only: BTreeSet::new(),
+            keep_counts: false,
+            seen: None,
+        }
+    }
+
+    /// What a step of the controller asks for ([`ctune_core::controller::Action::Observe`]).
+    pub fn of(asked: &TimeoutReads, count_only: &BTreeSet<u64>, keep_counts: bool) -> Reads {
+        Reads {
+            keys: TimeoutKeys::of(asked.keys.as_ref()),
+            only_in: Some(asked.namespaces.clone()),
+            count_only: count_only.clone(),
+            keep_counts,
+            seen: None,
+        }
+    }
+
+    fn keys_in(&self, inode: u64) -> Option<&TimeoutKeys> {
+        let new = self.seen.as_ref().is_some_and(|s| !s.contains(&inode));
+        match &self.only_in {
+            Some(inodes) if !inodes.contains(&inode) && !new => None,
+            _ => Some(&self.keys),
+        }
+    }
+}
+
+impl TimeoutKeys {
+    /// These keys, or all (None).
+    pub fn of(keys: Option<&BTreeSet<String>>) -> TimeoutKeys {
+        keys.map_or(TimeoutKeys::All, |k| TimeoutKeys::Only(k.clone()))
+    }
+}
+
+/// Observes the kernel below `roots`, watching the namespaces `ns` asks for, with every
+/// timeout key of every namespace.
 pub fn observe(roots: &Roots, ns: &Namespaces) -> Result<Observation, ObserveError> {
-    observe_keys(roots, ns, &TimeoutKeys::All)
+    observe_with(roots, ns, &Reads::everywhere())
 }
 
-/// Like [`observe`], reading only the timeout keys `keys` names.
-pub fn observe_keys(
+/// Like [`observe`], reading the timeouts `reads` asks for.
+pub fn observe_with(
     roots: &Roots,
     ns: &Namespaces,
-    keys: &TimeoutKeys,
+    reads: &Reads,
 ) -> Result<Observation, ObserveError> {
     let mut notes = Vec::new();
     let mut global = read_global(roots, &mut notes)?;
@@ -63,7 +127,7 @@ pub fn observe_keys(
         ModuleState::BuiltIn
     };
     let host = read_host(roots, &mut notes)?;
-    let (own_is_initial, namespaces) = read_namespaces(roots, ns, keys, &mut notes);
+    let (own_is_initial, namespaces) = read_namespaces(roots, ns, reads, &mut notes);
     // Outside the initial namespace the kernel makes nf_conntrack_max 0444 unless it has
     // a per-namespace max: a writable key there is that feature.
     global.per_netns_max = own_is_initial == Some(false) && global.write_access.writable;
@@ -146,11 +210,12 @@ fn read_host(roots: &Roots, notes: &mut Vec<Note>) -> Result<Host, ObserveError>
 
 /// ctune's own namespace first, then the others `ns` watches, each read from inside; a
 /// namespace that could not be entered or read is in the list with its error, and a
-/// note. Also whether ctune's own namespace is the initial one (None: unknown).
+/// note; one gone since it was listed is left out. Also whether ctune's own namespace is
+/// the initial one (None: unknown).
 fn read_namespaces(
     roots: &Roots,
     ns: &Namespaces,
-    keys: &TimeoutKeys,
+    reads: &Reads,
     notes: &mut Vec<Note>,
 ) -> (Option<bool>, Vec<NamespaceObs>) {
     let mut discovery = netns::discover(roots, ns);
@@ -166,29 +231,19 @@ fn read_namespaces(
         Some(false) => "self",
         _ => "init",
     };
-    let mut own = read_namespace(roots, &roots.stat_file(), keys);
+    let mut own = read_namespace(roots, &roots.stat_file(), Some(&reads.keys), Sysctls::Own);
     own.id = NetnsId {
         name: own_name.into(),
         inode: discovery.own_inode.unwrap_or(0),
     };
-    let mut namespaces = vec![own];
-    let readings = netns::read_each(&discovery.others, || {
-        read_namespace(roots, &roots.thread_stat_file(), keys)
-    });
-    for (handle, reading) in discovery.others.iter().zip(readings) {
-        let mut obs = reading.unwrap_or_else(|e| NamespaceObs {
-            id: handle.id.clone(),
-            count: None,
-            stat: None,
-            timeouts: BTreeMap::new(),
-            error: Some(format!("cannot enter: {e}")),
-            handle: None,
-            composition: None,
-        });
-        obs.id = handle.id.clone();
-        obs.handle = Some(handle.path.clone());
-        namespaces.push(obs);
+    // Every namespace has the kernel's one set of keys: listing them again in each
+    // (a readdir that fills the dcache, a fifth of a dry run's time) would find the same.
+    let mut others = reads.clone();
+    if reads.keys == TimeoutKeys::All && !own.timeouts.is_empty() {
+        others.keys = TimeoutKeys::Only(own.timeouts.keys().cloned().collect());
     }
+    let mut namespaces = vec![own];
+    namespaces.extend(read_others(roots, &discovery, &others));
     for n in &namespaces {
         if let Some(err) = &n.error {
             notes.push(Note::new(
@@ -201,14 +256,192 @@ fn read_namespaces(
     (discovery.own_is_initial, namespaces)
 }
 
-/// Reads the calling thread's namespace: count, statistics and every timeout key.
-fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> NamespaceObs {
+/// The namespaces other than ctune's own, each read from inside. One that vanished
+/// since it was listed (a pod deleted) is left out and counted in a debug line; one that
+/// exists and cannot be entered is kept, with its error.
+fn read_others(roots: &Roots, discovery: &netns::Discovery, reads: &Reads) -> Vec<NamespaceObs> {
+    let count_path = roots.sysctl(tunables::COUNT);
+    // Quiet namespaces whose count file is kept: read from here, without entering.
+    let counted: BTreeMap<u64, u64> = discovery
+        .others
+        .iter()
+        .filter(|h| reads.count_only.contains(&h.id.inode) && reads.keys_in(h.id.inode).is_none())
+        .filter_map(|h| Some((h.id.inode, nsdir::kept_count(h.id.inode, &count_path)?)))
+        .collect();
+    let visit: Vec<netns::Handle> = discovery
+        .others
+        .iter()
+        .filter(|h| !counted.contains_key(&h.id.inode))
+        .cloned()
+        .collect();
+    let mut readings: BTreeMap<u64, Result<NamespaceObs, netns::Unentered>> = visit
+        .iter()
+        .map(|h| h.id.inode)
+        .zip(netns::read_each(&visit, |h| {
+            let keys = reads.keys_in(h.id.inode);
+            let at = Sysctls::Entered(h.id.inode);
+            if reads.keep_counts {
+                // Kept for the steps that only need the count, and for the probe.
+                let dir = roots.netfilter_sysctl_dir();
+                let _ = nsdir::count_file(&dir, h.id.inode, tunables::COUNT);
+            }
+            read_namespace(roots, &roots.thread_stat_file(), keys, at)
+        }))
+        .collect();
+    readings.extend(
+        counted
+            .into_iter()
+            .map(|(inode, count)| (inode, Ok(counted_only(count)))),
+    );
+    nsdir::retain(&discovery.others.iter().map(|h| h.id.inode).collect());
+    let mut vanished = discovery.vanished;
+    let mut namespaces = Vec::with_capacity(discovery.others.len());
+    for handle in &discovery.others {
+        let Some(reading) = readings.remove(&handle.id.inode) else {
+            continue;
+        };
+        let mut obs = match reading {
+            Ok(obs) => obs,
+            Err(e) if e.vanished => {
+                vanished += 1;
+                continue;
+            }
+            Err(e) => NamespaceObs {
+                id: handle.id.clone(),
+                count: None,
+                stat: None,
+                timeouts: BTreeMap::new(),
+                timeouts_unread: false,
+                counters_unread: false,
+                error: Some(format!("cannot enter: {e}")),
+                handle: None,
+                composition: None,
+            },
+        };
+        obs.id = handle.id.clone();
+        obs.handle = Some(handle.path.clone());
+        namespaces.push(obs);
+    }
+    if vanished > 0 {
+        tracing::debug!("{vanished} namespace(s) vanished between listing and reading");
+    }
+    namespaces
+}
+
+/// A quiet namespace of which only the count was read.
+fn counted_only(count: u64) -> NamespaceObs {
+    NamespaceObs {
+        id: NetnsId {
+            name: String::new(),
+            inode: 0,
+        },
+        count: Some(count),
+        stat: None,
+        timeouts: BTreeMap::new(),
+        timeouts_unread: true,
+        counters_unread: true,
+        error: None,
+        handle: None,
+        composition: None,
+    }
+}
+
+/// Reads the timeouts (`keys`) of each namespace in `targets` into `obs`, from inside
+/// each ([`ctune_core::controller::Action::ReadTimeouts`]). A namespace gone meanwhile
+/// keeps no timeouts and says so in its error.
+pub fn read_timeouts_into(
+    roots: &Roots,
+    obs: &mut Observation,
+    targets: &[(NetnsId, std::path::PathBuf)],
+    keys: &TimeoutKeys,
+) {
+    let handles: Vec<netns::Handle> = targets
+        .iter()
+        .map(|(id, path)| netns::Handle {
+            id: id.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    let readings = netns::read_each(&handles, |h| {
+        let mut problems = Vec::new();
+        let dir = roots.netfilter_sysctl_dir();
+        let at = Sysctls::Entered(h.id.inode);
+        let timeouts = read_timeouts(&dir, keys, at, &mut problems);
+        (timeouts, problems)
+    });
+    for (h, reading) in handles.iter().zip(readings) {
+        let Some(n) = obs.namespaces.iter_mut().find(|n| n.id.inode == h.id.inode) else {
+            continue;
+        };
+        n.timeouts_unread = false;
+        match reading {
+            Ok((timeouts, problems)) => {
+                n.timeouts = timeouts;
+                if !problems.is_empty() {
+                    n.error = Some(problems.join("; "));
+                }
+            }
+            Err(e) => n.error = Some(format!("cannot enter: {e}")),
+        }
+    }
+}
+
+/// Where a namespace's sysctls are read from.
+#[derive(Debug, Clone, Copy)]
+enum Sysctls {
+    /// ctune's own namespace: by path, through the thread's kept descriptors.
+    Own,
+    /// The namespace (by inode) the reader thread entered: from its kept
+    /// `/proc/sys/net/netfilter` directory ([`nsdir`] says why).
+    Entered(u64),
+}
+
+impl Sysctls {
+    fn read_u64(self, dir: &Path, key: &str) -> Result<u64, FileError> {
+        match self {
+            Sysctls::Own => kfile::read_u64(&dir.join(key)),
+            Sysctls::Entered(inode) => nsdir::read_u64(dir, inode, key),
+        }
+    }
+
+    fn list(self, dir: &Path) -> Result<Vec<String>, FileError> {
+        match self {
+            Sysctls::Own => std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .map_err(|e| FileError::io(dir, &e)),
+            Sysctls::Entered(inode) => nsdir::list(dir, inode),
+        }
+    }
+}
+
+/// Reads the calling thread's namespace: count, statistics and the timeout keys `keys`
+/// (None: none; the namespace's `timeouts_unread` says so). In a namespace the reader
+/// entered the count comes with the statistics (their `entries`): no sysctl is opened
+/// there unless its timeouts are read.
+fn read_namespace(
+    roots: &Roots,
+    stat_path: &Path,
+    keys: Option<&TimeoutKeys>,
+    at: Sysctls,
+) -> NamespaceObs {
     let mut problems = Vec::new();
-    let count = kfile::read_u64(&roots.sysctl(tunables::COUNT))
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
+    let dir = roots.netfilter_sysctl_dir();
     let stat = read_counters(roots, stat_path, &mut problems);
-    let timeouts = read_timeouts(&roots.netfilter_sysctl_dir(), keys, &mut problems);
+    let count = match (at, &stat) {
+        (Sysctls::Entered(_), Some(stat)) => Some(stat.entries),
+        _ => at
+            .read_u64(&dir, tunables::COUNT)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+    };
+    let timeouts = keys.map_or_else(BTreeMap::new, |keys| {
+        read_timeouts(&dir, keys, at, &mut problems)
+    });
     NamespaceObs {
         id: NetnsId {
             name: String::new(),
@@ -217,6 +450,8 @@ fn read_namespace(roots: &Roots, stat_path: &Path, keys: &TimeoutKeys) -> Namesp
         count,
         stat,
         timeouts,
+        timeouts_unread: keys.is_none(),
+        counters_unread: false,
         error: (!problems.is_empty()).then(|| problems.join("; ")),
         handle: None,
         composition: None,
@@ -257,25 +492,25 @@ fn read_counters(
 fn read_timeouts(
     dir: &Path,
     keys: &TimeoutKeys,
+    at: Sysctls,
     problems: &mut Vec<String>,
 ) -> BTreeMap<String, u64> {
     let names: Vec<String> = match keys {
         TimeoutKeys::Only(wanted) => wanted.iter().cloned().collect(),
-        TimeoutKeys::All => match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
+        TimeoutKeys::All => match at.list(dir) {
+            Ok(names) => names
+                .into_iter()
                 .filter(|n| tunables::is_timeout_key(n))
                 .collect(),
             Err(e) => {
-                problems.push(FileError::io(dir, &e).to_string());
+                problems.push(e.to_string());
                 Vec::new()
             }
         },
     };
     let mut timeouts = BTreeMap::new();
     for name in names {
-        match kfile::read_u64(&dir.join(&name)) {
+        match at.read_u64(dir, &name) {
             Ok(v) => {
                 timeouts.insert(name, v);
             }

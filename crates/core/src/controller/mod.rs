@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::model::{Governed, NetnsId, Observation};
 use crate::plan::{Change, Plan};
 use crate::policy::PolicyState;
+use crate::pressure::Level;
 
 pub use pacing::Wake;
 
@@ -113,10 +114,29 @@ pub struct Taken {
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Read every watched namespace (`keys`: only these timeout keys; None: all), then
-    /// [`Event::Observed`] with the time the step is taken at.
+    /// Read every watched namespace: its count and counters, and its timeouts as
+    /// `timeouts` says, then [`Event::Observed`] with the time the step is taken at. Of a
+    /// namespace in `count_only`, the count is enough, where the driver can read it
+    /// without entering the namespace (it marks the namespace
+    /// [`NamespaceObs::counters_unread`]); it may read more.
+    ///
+    /// [`NamespaceObs::counters_unread`]: crate::model::NamespaceObs::counters_unread
     Observe {
-        /// The timeout keys to read.
+        /// Which timeouts to read, and where.
+        timeouts: TimeoutReads,
+        /// Quiet namespaces (by inode) whose counters were read recently ([`quiet`]).
+        count_only: BTreeSet<u64>,
+    },
+    /// Read the timeouts of these namespaces (`keys`: only these; None: all) into the
+    /// observation, clearing their [`NamespaceObs::timeouts_unread`], then
+    /// [`Event::TimeoutsRead`]. Asked when a namespace left unread rose above normal in
+    /// this step's decision, which is then taken again with its timeouts.
+    ///
+    /// [`NamespaceObs::timeouts_unread`]: crate::model::NamespaceObs::timeouts_unread
+    ReadTimeouts {
+        /// Whose.
+        targets: Vec<SampleTarget>,
+        /// The keys.
         keys: Option<BTreeSet<String>>,
     },
     /// Hand over the samples the background sampler has finished, waiting up to `wait`
@@ -189,6 +209,55 @@ pub enum Event {
     Started(bool),
     /// The files were written (or rendered).
     Persisted,
+    /// The timeouts asked for by [`Action::ReadTimeouts`] are in the observation.
+    TimeoutsRead,
+}
+
+/// The quiet namespaces whose counters the agent's step at `now` need not read: at
+/// normal, nothing lowered, their last count under half the high watermark of `max`,
+/// and their counters read less than [`QUIET_REREAD`] idle periods ago. Reading a
+/// namespace's counters means entering it (setns) and opening its statistics, ~25 µs
+/// the kernel forces on every visit; on a node of a thousand pods, visiting each at
+/// every idle step would cost more than everything else the agent does. Their counts,
+/// which the probe reads anyway, still decide; a loss in them is measured at the next
+/// read, from the one before ([`crate::policy::MAX_BASELINE_INTERVALS`] allows for it).
+pub fn quiet(
+    p: &crate::policy::PolicyState,
+    cfg: &Config,
+    max: u64,
+    now: Duration,
+) -> BTreeSet<u64> {
+    let half = cfg.max.high_watermark.get() / 2.0 * max as f64;
+    let reread = cfg.agent.idle_interval.max(cfg.agent.interval) * QUIET_REREAD / 2;
+    p.namespaces
+        .iter()
+        .filter(|(_, ns)| ns.lowered.is_empty())
+        .filter(|(_, ns)| ns.level.as_ref().is_none_or(|l| l.level == Level::Normal))
+        .filter(|(_, ns)| ns.last_count.is_some_and(|(c, _)| (c as f64) < half))
+        .filter(|(_, ns)| {
+            let at = ns.counters.and_then(|c| c.at);
+            at.is_some_and(|at| now.saturating_sub(at) < reread)
+        })
+        .map(|(inode, _)| *inode)
+        .collect()
+}
+
+/// A quiet namespace's counters are read again after this many halves of the agent's
+/// idle period (3.5: every fourth idle step).
+pub const QUIET_REREAD: u32 = 7;
+
+/// Which timeouts a step reads. ctune's own namespace is always read in full; another
+/// namespace is read only where a decision can use its timeouts: where ctune lowered
+/// some, or its level was above normal. On a host with many namespaces, reading a
+/// namespace's timeouts costs a path walk through a chain the kernel keeps with one
+/// entry per namespace (docs/design.md, "Many namespaces"); most of them, at normal,
+/// need no timeouts. One that rises this step is read then ([`Action::ReadTimeouts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TimeoutReads {
+    /// The keys to read; None: every timeout key the kernel has.
+    pub keys: Option<BTreeSet<String>>,
+    /// The other namespaces (by inode) whose timeouts are read.
+    pub namespaces: BTreeSet<u64>,
 }
 
 /// The whole loop's state: one per driver.
@@ -206,6 +275,8 @@ pub struct Controller {
     /// baseline of the counters' rise.
     baseline: Option<(Observation, Duration)>,
     step: Option<step::Step>,
+    /// The timeout keys the step in progress reads ([`TimeoutReads::keys`]).
+    keys: Option<BTreeSet<String>>,
 }
 
 impl Controller {
@@ -220,6 +291,7 @@ impl Controller {
             samples: samples::Bookkeeping::default(),
             baseline: None,
             step: None,
+            keys: None,
         }
     }
 
@@ -278,8 +350,8 @@ impl Controller {
         self.pacing.max()
     }
 
-    /// Starts a step: the first [`Action`] is always [`Action::Observe`].
-    pub fn begin(&mut self) -> Action {
+    /// Starts a step at `now`: the first [`Action`] is always [`Action::Observe`].
+    pub fn begin(&mut self, now: Duration) -> Action {
         self.step = None;
         let keys = match self.mode {
             // The agent's step and `apply` read only the timeouts ctune may change (or has
@@ -299,7 +371,24 @@ impl Controller {
             }
             Mode::Preview => None,
         };
-        Action::Observe { keys }
+        let p = &self.memory.policy;
+        let namespaces = p
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| {
+                !ns.lowered.is_empty() || ns.level.as_ref().is_some_and(|l| l.level > Level::Normal)
+            })
+            .map(|(inode, _)| *inode)
+            .collect();
+        self.keys = keys.clone();
+        let count_only = match self.mode {
+            Mode::Agent => quiet(&self.memory.policy, &self.cfg, self.pacing.max(), now),
+            Mode::Apply | Mode::Preview => BTreeSet::new(),
+        };
+        Action::Observe {
+            timeouts: TimeoutReads { keys, namespaces },
+            count_only,
+        }
     }
 
     /// Takes the driver's answer to the last [`Action`]; returns the next. `obs` is the

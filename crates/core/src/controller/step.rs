@@ -38,6 +38,8 @@ pub(super) enum Phase {
     Previewing(bool),
     /// A preview's onset samples.
     PreviewSampling,
+    /// The timeouts of namespaces that rose while unread.
+    ReadingTimeouts,
 }
 
 /// The step in progress.
@@ -81,6 +83,10 @@ pub(super) fn handle(
         (Phase::Collecting, Event::Collected { samples, running }) => {
             collected(c, samples, running, false);
             decide(c, obs)
+        }
+        (Phase::ReadingTimeouts, Event::TimeoutsRead) => {
+            redecide(c, obs);
+            decided(c, obs)
         }
         (Phase::SampleStarting, Event::Started(true)) => {
             c.samples.running = true;
@@ -127,22 +133,30 @@ pub(super) fn handle(
         }
         (Phase::Saving, Event::Saved(_)) => done(c, obs, clock),
         (Phase::Previewing(again), Event::Persisted) => preview_onset(c, obs, again),
-        (Phase::PreviewSampling, Event::Sampled(taken)) => {
-            let s = &mut c.samples;
-            if s.take_in_preview(&mut c.memory.compositions, taken) {
-                attach(c, obs, clock);
-                redecide(c, obs);
-                let (plan, managed) = (step(c).plan().clone(), managed(c));
-                to(
-                    c,
-                    Phase::Previewing(true),
-                    Action::Persist { plan, managed },
-                )
-            } else {
-                preview_done(c, obs)
-            }
-        }
+        (Phase::PreviewSampling, Event::Sampled(taken)) => preview_sampled(c, obs, taken, clock),
         (_, other) => protocol(c, other),
+    }
+}
+
+/// A preview's onset samples are in: decided again with them, and rendered.
+fn preview_sampled(
+    c: &mut Controller,
+    obs: &mut Observation,
+    taken: Vec<super::Taken>,
+    clock: Duration,
+) -> Action {
+    let s = &mut c.samples;
+    if s.take_in_preview(&mut c.memory.compositions, taken) {
+        attach(c, obs, clock);
+        redecide(c, obs);
+        let (plan, managed) = (step(c).plan().clone(), managed(c));
+        to(
+            c,
+            Phase::Previewing(true),
+            Action::Persist { plan, managed },
+        )
+    } else {
+        preview_done(c, obs)
     }
 }
 
@@ -206,11 +220,43 @@ fn observed(c: &mut Controller, obs: &mut Observation, now: Duration) -> Action 
     decide(c, obs)
 }
 
-/// Decides on `obs` with the samples in: the first decision of the step.
+/// Decides on `obs` with the samples in: the first decision of the step. A namespace
+/// whose timeouts were left unread and that rose above normal has them read first.
 fn decide(c: &mut Controller, obs: &mut Observation) -> Action {
     let now = step(c).now;
     attach(c, obs, now);
     redecide(c, obs);
+    let targets = unread_above_normal(obs, step(c).plan());
+    if !targets.is_empty() {
+        let keys = c.keys.clone();
+        return to(
+            c,
+            Phase::ReadingTimeouts,
+            Action::ReadTimeouts { targets, keys },
+        );
+    }
+    decided(c, obs)
+}
+
+/// The namespaces whose level in `plan` is above normal and whose timeouts were not read.
+fn unread_above_normal(obs: &Observation, plan: &Plan) -> Vec<super::SampleTarget> {
+    obs.namespaces
+        .iter()
+        .filter(|n| n.timeouts_unread)
+        .filter(|n| {
+            plan.namespaces
+                .iter()
+                .any(|v| v.netns.inode == n.id.inode && v.level > crate::pressure::Level::Normal)
+        })
+        .map(|n| super::SampleTarget {
+            id: n.id.clone(),
+            handle: n.handle.clone(),
+        })
+        .collect()
+}
+
+/// Goes on from the step's decision, as the mode asks.
+fn decided(c: &mut Controller, obs: &mut Observation) -> Action {
     match c.mode {
         Mode::Preview => {
             let (plan, managed) = (step(c).plan().clone(), managed(c));

@@ -40,6 +40,7 @@ fn kind(a: &Action) -> &'static str {
         Action::Sample { .. } => "sample",
         Action::StartSampling { .. } => "start-sampling",
         Action::Persist { .. } => "persist",
+        Action::ReadTimeouts { .. } => "read-timeouts",
         Action::Done { .. } => "done",
     }
 }
@@ -64,7 +65,7 @@ fn drive(
     now: Duration,
     save_ok: bool,
 ) -> (Vec<&'static str>, Plan) {
-    let mut asked = vec![kind(&c.begin())];
+    let mut asked = vec![kind(&c.begin(now))];
     let mut action = c.handle(o, Event::Observed, now);
     loop {
         asked.push(kind(&action));
@@ -89,6 +90,19 @@ fn drive(
             ),
             Action::StartSampling { .. } => Event::Started(true),
             Action::Persist { .. } => Event::Persisted,
+            Action::ReadTimeouts { targets, keys } => {
+                for n in &mut o.namespaces {
+                    if targets.iter().any(|t| t.id.inode == n.id.inode) {
+                        n.timeouts_unread = false;
+                        n.timeouts = KERNEL_DEFAULT_TIMEOUTS
+                            .iter()
+                            .filter(|(k, _)| keys.as_ref().is_none_or(|keys| keys.contains(*k)))
+                            .map(|(k, v)| (k.to_string(), *v))
+                            .collect();
+                    }
+                }
+                Event::TimeoutsRead
+            }
         };
         action = c.handle(o, event, now);
     }
@@ -114,6 +128,60 @@ fn a_quiet_step_observes_persists_and_saves_and_asks_nothing_else() {
     assert!(plan.changes.is_empty(), "{:?}", plan.changes);
     assert_eq!(asked, ["observe", "persist", "save", "done"]);
     assert_eq!(c.wake(Duration::from_secs(1)), Wake::Nothing);
+}
+
+/// A namespace whose timeouts were left unread (it was at normal, nothing lowered) and
+/// that rises has them read before anything is applied, and the decision lowers them;
+/// the next step's observation asks for them up front, while they stay lowered.
+#[test]
+fn a_namespace_that_rises_unread_has_its_timeouts_read_then_lowered() {
+    let mut c = fresh(10_000, Mode::Agent, true);
+    let mut o = table(10_000, 9_800);
+    let inode = o.namespaces[0].id.inode;
+    o.namespaces[0].timeouts.clear();
+    o.namespaces[0].timeouts_unread = true;
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert_eq!(
+        asked,
+        [
+            "observe",
+            "read-timeouts",
+            "sample",
+            "apply",
+            "persist",
+            "save",
+            "done"
+        ],
+    );
+    let keys: Vec<&str> = plan.changes.iter().map(|c| c.key.as_str()).collect();
+    assert!(keys.contains(&"nf_conntrack_udp_timeout"), "{keys:?}");
+    let Action::Observe { timeouts, .. } = c.begin(Duration::from_secs(2)) else {
+        panic!("a step begins with an observation")
+    };
+    assert!(timeouts.namespaces.contains(&inode), "{timeouts:?}");
+    assert!(
+        timeouts
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.contains("nf_conntrack_udp_timeout")),
+        "{timeouts:?}"
+    );
+}
+
+/// A quiet namespace's timeouts are not asked for: nothing there could use them.
+#[test]
+fn a_quiet_namespace_is_not_asked_for_its_timeouts() {
+    let mut c = fresh(1 << 20, Mode::Agent, true);
+    let mut o = table(262_144, 1000);
+    o.namespaces[0].timeouts.clear();
+    o.namespaces[0].timeouts_unread = true;
+    let (asked, plan) = drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert_eq!(asked, ["observe", "persist", "save", "done"]);
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    let Action::Observe { timeouts, .. } = c.begin(Duration::from_secs(2)) else {
+        panic!("a step begins with an observation")
+    };
+    assert!(timeouts.namespaces.is_empty(), "{timeouts:?}");
 }
 
 /// At the onset of pressure the originals are saved before anything is applied, the
@@ -216,4 +284,56 @@ fn no_sample_is_asked_of_a_driver_that_cannot() {
     );
     // The tiers alone decide: the established timeout is among the cuts at the ceiling.
     assert!(!plan.changes.is_empty());
+}
+
+/// A quiet namespace's counters are skipped for three idle steps, then read, and a loss
+/// in between is measured at that read against the last one: nothing is missed, it is
+/// seen at most four idle periods late.
+#[test]
+fn a_quiet_namespace_is_counted_between_reads_and_its_loss_is_seen_at_the_next() {
+    let mut c = fresh(1 << 20, Mode::Agent, true);
+    let mut o = table(262_144, 1000);
+    let inode = o.namespaces[0].id.inode;
+    let idle = c.config().agent.idle_interval;
+    let t0 = Duration::from_secs(100);
+    drive(&mut c, &mut o, t0, true);
+    let count_only = |c: &mut Controller, at: Duration| {
+        let Action::Observe { count_only, .. } = c.begin(at) else {
+            panic!("a step begins with an observation")
+        };
+        count_only.contains(&inode)
+    };
+    for k in 1..=3 {
+        assert!(count_only(&mut c, t0 + idle * k), "idle step {k}");
+        let mut quiet = o.clone();
+        quiet.namespaces[0].stat = None;
+        quiet.namespaces[0].counters_unread = true;
+        let (_, plan) = drive(&mut c, &mut quiet, t0 + idle * k, true);
+        assert_eq!(
+            plan.namespaces[0].drop_delta, None,
+            "nothing measured unread"
+        );
+    }
+    let due = t0 + idle * 4;
+    assert!(!count_only(&mut c, due), "read again at the fourth");
+    crate::policy::testkit::bump(&mut o, 0, "drop", 9);
+    let (_, plan) = drive(&mut c, &mut o, due, true);
+    assert_eq!(
+        plan.namespaces[0].drop_delta,
+        Some(9),
+        "{:?}",
+        plan.explanations
+    );
+}
+
+/// A namespace near its watermark, or above normal, is read at every step.
+#[test]
+fn a_busy_namespace_is_never_count_only() {
+    let mut c = fresh(1 << 20, Mode::Agent, true);
+    let mut o = table(262_144, 120_000);
+    drive(&mut c, &mut o, Duration::from_secs(100), true);
+    let Action::Observe { count_only, .. } = c.begin(Duration::from_secs(105)) else {
+        panic!("a step begins with an observation")
+    };
+    assert!(count_only.is_empty(), "{count_only:?}");
 }

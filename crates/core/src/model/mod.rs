@@ -148,8 +148,18 @@ pub struct NamespaceObs {
     pub count: Option<u64>,
     /// Summed per-CPU counters.
     pub stat: Option<ConntrackStat>,
-    /// Every timeout key this kernel has in this namespace, in seconds.
+    /// Every timeout key this kernel has in this namespace, in seconds (or the keys the
+    /// step asked for); empty when `timeouts_unread`.
     pub timeouts: BTreeMap<String, u64>,
+    /// The timeouts were not read here: nothing in this namespace needed them (its level
+    /// is normal and ctune lowered none), and reading them costs a path walk that grows
+    /// with the number of namespaces on the host ([`crate::controller::TimeoutReads`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timeouts_unread: bool,
+    /// The counters were not read here (`stat` is None): the namespace is quiet and they
+    /// were read recently ([`crate::controller::quiet`]); its count was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counters_unread: bool,
     /// Why the namespace could not be read, if it could not.
     pub error: Option<String>,
     /// The handle that enters it (/run/netns/NAME, /proc/PID/ns/net); None for ctune's own.

@@ -154,10 +154,12 @@ pub fn with_sample(prev: &PolicyState, first: &Observation, at: Duration) -> Pol
     next
 }
 
-/// A counter's rise is measured only against a sample at most this many agent
-/// intervals old: a rise over hours (an `apply` long after the last one) says nothing
-/// about now.
-pub const MAX_BASELINE_INTERVALS: u32 = 3;
+/// A counter's rise is measured only against a sample at most this many agent periods
+/// old (`agent.interval` or `agent.idle_interval`, the longer): a rise over hours (an
+/// `apply` long after the last one) says nothing about now. Five, so a quiet namespace,
+/// whose counters are read every fourth idle step ([`crate::controller::QUIET_REREAD`]),
+/// keeps its baseline.
+pub const MAX_BASELINE_INTERVALS: u32 = 5;
 
 /// What every phase reads: the inputs of one decision.
 struct Inputs<'a> {
@@ -235,7 +237,7 @@ pub fn decide(
         draft.explanations.push(Explanation::new(
             Why::StaleBaseline,
             format!(
-                "the previous sample is {age} (more than {MAX_BASELINE_INTERVALS} x agent.interval): counter rises are measured from this sample on"
+                "the previous sample is {age} (more than {MAX_BASELINE_INTERVALS} x the agent's longest period): counter rises are measured from this sample on"
             ),
         ));
     }
@@ -500,6 +502,8 @@ pub(super) mod testkit {
                         ..Default::default()
                     }),
                     timeouts: BTreeMap::new(),
+                    timeouts_unread: false,
+                    counters_unread: false,
                     error: None,
                     handle: None,
                     composition: None,

@@ -252,7 +252,9 @@ fn timeouts_of(
     // Nothing can be written on a read-only /proc/sys: planning writes that fail every
     // step would only fill the log (what was lowered before stays remembered).
     let read_only = input.obs.global.write_access.read_only;
-    if read_only || (n.error.is_some() && n.timeouts.is_empty()) {
+    // Unread timeouts: a namespace at normal with nothing lowered (the controller reads
+    // any other), so there is nothing to plan or forget.
+    if read_only || n.timeouts_unread || (n.error.is_some() && n.timeouts.is_empty()) {
         return TimeoutPlan {
             changes: Vec::new(),
             lowered: lowered_before.clone(),

@@ -11,7 +11,7 @@ use super::{Counters, Inputs, MAX_BASELINE_INTERVALS};
 
 /// One namespace's counters now and their rise since the previous sample. `drop` is
 /// split by cause ([`split_drops`]): only table-full drops are pressure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Rises {
     /// The counters now, kept for the next sample.
     pub counters: Counters,
@@ -67,9 +67,13 @@ fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
     Some(now?.saturating_sub(before?))
 }
 
-/// How old a previous sample may be to measure a rise from.
+/// How old a previous sample may be to measure a rise from: a few of the agent's
+/// periods, the longer of the two (while every table is quiet it steps every
+/// `agent.idle_interval`; measured against `agent.interval` alone, no idle step would
+/// ever see a rise).
 pub(super) fn max_baseline_age(input: &Inputs) -> Duration {
-    input.cfg.agent.interval * MAX_BASELINE_INTERVALS
+    let agent = &input.cfg.agent;
+    agent.interval.max(agent.idle_interval) * MAX_BASELINE_INTERVALS
 }
 
 /// The previous sample of a namespace, when recent enough to measure a rise from; and
@@ -100,6 +104,14 @@ fn rises(input: &Inputs) -> (Vec<Rises>, Option<Duration>) {
         .namespaces
         .iter()
         .map(|n| {
+            let prev = input.prev.namespaces.get(&n.id.inode);
+            if let (true, Some(counters)) = (n.counters_unread, prev.and_then(|p| p.counters)) {
+                // Not read this step: the last reading stays the baseline of the next.
+                return Rises {
+                    counters,
+                    ..Rises::default()
+                };
+            }
             let counters = Counters::of(n, input.now);
             let (before, too_old) = baseline(input, n);
             stale = stale.max(too_old);
@@ -223,6 +235,22 @@ mod tests {
         assert_eq!(sig.rises[0].drop, None);
         assert!(sig.dropping.is_none());
         assert_eq!(sig.stale_baseline, Some(Duration::from_secs(3600)));
+    }
+
+    /// While every table is quiet the agent steps every `agent.idle_interval` (5 s), and
+    /// reads a quiet namespace's counters at every fourth idle step: a loss between two
+    /// of those reads is a rise like any other (measured against `agent.interval`
+    /// alone, three seconds, it never was).
+    #[test]
+    fn an_idle_step_measures_the_rise_since_the_last_one() {
+        let cfg = Config::default();
+        let mut o = obs(262_144, &[1000]);
+        let prev = sampled(&o, 10);
+        bump(&mut o, 0, "drop", 7);
+        let later = 10 + 4 * cfg.agent.idle_interval.as_secs();
+        let sig = read(&inputs(&o, &cfg, &prev, later));
+        assert_eq!(sig.rises[0].drop, Some(7));
+        assert_eq!(sig.stale_baseline, None);
     }
 
     #[test]

@@ -50,12 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let bin = args.ctune.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("ctune")))
-            .unwrap_or_else(|| PathBuf::from("ctune"))
-    });
+    let bin = ctune_lab::livebench::ctune_binary(args.ctune.clone());
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         eprintln!("ctune-bench: {}: {e}", args.out.display());
         return ExitCode::from(1);
