@@ -6,7 +6,7 @@
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::Duration;
 
-use crate::common::{TestNetns, require_root, run_root, wait_for};
+use crate::common::{GlobalGuard, TestNetns, require_root, run_root, wait_for};
 use ctune::run::engine::Engine;
 use ctune::sense::netns::{self, Handle};
 use ctune::sense::nsdir;
@@ -52,6 +52,10 @@ fn kept_sysctl_descriptors_do_not_keep_a_namespace_alive() {
         "the kept count file still reads ({seen:?}): it keeps the namespace alive"
     );
     assert_eq!(nsdir::kept_count(inode, &dir.join(COUNT)), None);
+    assert!(
+        nsdir::reborn(inode),
+        "a namespace given this inode number next is told from the dead one"
+    );
 }
 
 /// The agent's step reads a quiet namespace's counters, then only counts it for three
@@ -61,6 +65,9 @@ fn kept_sysctl_descriptors_do_not_keep_a_namespace_alive() {
 #[test]
 fn a_quiet_namespace_is_counted_without_entering_it() {
     require_root("a_quiet_namespace_is_counted_without_entering_it");
+    // An agent's step may write global values: serialized with the tests that set them,
+    // which would otherwise see it move max under them, and put back after.
+    let _guard = GlobalGuard::save();
     let ns = TestNetns::new("quiet");
     ns.udp_flows(30);
     let dir = tempfile::tempdir().unwrap();

@@ -438,13 +438,15 @@ pub fn churn(bin: &Path, dir: &Path, opts: &ChurnOptions) -> Result<ChurnReport,
     let pid = child.id();
     let result = churn_with(bin, dir, pid, &mut pods, opts);
     drop(pods);
-    std::thread::sleep(Duration::from_secs(3));
+    // The kernel frees the namespaces in a work queue, and the agent lets go of what it
+    // kept of them at its next step (every idle period, 5 s): two periods and a margin.
+    std::thread::sleep(Duration::from_secs(12));
     let last = usage(pid);
     crate::livebench::stop_agent(Some(child));
     drop(guard);
     let mut report = result?;
     report.samples.push((
-        opts.duration.as_secs_f64() + 3.0,
+        opts.duration.as_secs_f64() + 12.0,
         last?,
         file_size(&dir.join("state/state.json")),
     ));

@@ -55,10 +55,16 @@ fn holder_text(holder: &str) -> String {
 /// one owned by someone else, or a symlink, is refused. Another ctune starting at the
 /// same moment may create it first: then it is checked like any existing one.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
+    private_dir_tries(dir, 3)
+}
+
+fn private_dir_tries(dir: &Path, tries: u32) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => private_dir(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries > 1 => {
+                    private_dir_tries(dir, tries - 1)
+                }
                 other => other,
             }
         }

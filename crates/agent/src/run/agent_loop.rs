@@ -233,17 +233,25 @@ impl Counts {
         }
     }
 
-    /// Every count that reads, by inode.
-    fn read(&self) -> Vec<(u64, u64)> {
+    /// Every count that reads, by inode. A file that no longer reads is dropped (its
+    /// namespace is gone): the next step's refresh then opens the count of whatever
+    /// namespace now has that inode number, instead of probing a dead one.
+    fn read(&mut self) -> Vec<(u64, u64)> {
         let mut buf = [0u8; 32];
-        self.files
-            .iter()
-            .filter_map(|(inode, f)| {
-                let n = f.read_at(&mut buf, 0).ok()?;
-                let count = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
-                Some((*inode, count))
-            })
-            .collect()
+        let mut counts = Vec::with_capacity(self.files.len());
+        self.files.retain(|(inode, f)| {
+            let Ok(n) = f.read_at(&mut buf, 0) else {
+                return false;
+            };
+            if let Some(count) = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                counts.push((*inode, count));
+            }
+            true
+        });
+        counts
     }
 }
 

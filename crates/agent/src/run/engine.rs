@@ -347,7 +347,7 @@ impl Engine {
             let Some(last) = self.last_read.get_mut(&n.id.inode) else {
                 // Known from its first full reading on (a new namespace's timeouts are
                 // read at its first visit: [`observe::Reads::seen`]).
-                if !n.timeouts_unread && !n.counters_unread {
+                if !n.timeouts_unread && !n.counters_unread && n.error.is_none() {
                     let last = LastRead {
                         stat: n.stat.clone(),
                         timeouts: n.timeouts.clone(),

@@ -311,7 +311,10 @@ pub fn enter(h: &Handle) -> Result<(), Unentered> {
 /// file that stays what it was is not a namespace, and is reported.
 fn became_another(h: &Handle) -> bool {
     std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::metadata(&h.path).map_or(true, |m| m.ino() != h.id.inode)
+    match std::fs::metadata(&h.path) {
+        Ok(m) => m.ino() != h.id.inode,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 #[cfg(test)]

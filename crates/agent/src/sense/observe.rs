@@ -91,6 +91,12 @@ impl Reads {
         }
     }
 
+    /// Whether the step asked for this namespace's timeouts because ctune remembers
+    /// something of it (lowered timeouts, a level above normal).
+    fn remembered(&self, inode: u64) -> bool {
+        self.only_in.as_ref().is_some_and(|s| s.contains(&inode))
+    }
+
     fn keys_in(&self, inode: u64) -> Option<&TimeoutKeys> {
         let new = self.seen.as_ref().is_some_and(|s| !s.contains(&inode));
         match &self.only_in {
@@ -277,16 +283,7 @@ fn read_others(roots: &Roots, discovery: &netns::Discovery, reads: &Reads) -> Ve
     let mut readings: BTreeMap<u64, Result<NamespaceObs, netns::Unentered>> = visit
         .iter()
         .map(|h| h.id.inode)
-        .zip(netns::read_each(&visit, |h| {
-            let keys = reads.keys_in(h.id.inode);
-            let at = Sysctls::Entered(h.id.inode);
-            if reads.keep_counts {
-                // Kept for the steps that only need the count, and for the probe.
-                let dir = roots.netfilter_sysctl_dir();
-                let _ = nsdir::count_file(&dir, h.id.inode, tunables::COUNT);
-            }
-            read_namespace(roots, &roots.thread_stat_file(), keys, at)
-        }))
+        .zip(netns::read_each(&visit, |h| visit_one(roots, reads, h)))
         .collect();
     readings.extend(
         counted
@@ -302,6 +299,14 @@ fn read_others(roots: &Roots, discovery: &netns::Discovery, reads: &Reads) -> Ve
         };
         let mut obs = match reading {
             Ok(obs) => obs,
+            // Its process exited, but another may still hold the namespace, and ctune
+            // remembers something of it (lowered timeouts, a level): kept this step,
+            // unread, so the memory stays; gone for good when no listing finds it.
+            Err(e) if e.vanished && reads.remembered(handle.id.inode) => {
+                let mut obs = counted_only(0);
+                obs.count = None;
+                obs
+            }
             Err(e) if e.vanished => {
                 vanished += 1;
                 continue;
@@ -326,6 +331,26 @@ fn read_others(roots: &Roots, discovery: &netns::Discovery, reads: &Reads) -> Ve
         tracing::debug!("{vanished} namespace(s) vanished between listing and reading");
     }
     namespaces
+}
+
+/// Reads one namespace the reader thread has entered. Its count file is kept first when
+/// asked (the agent): that also tells whether a namespace was here under this inode
+/// number before, then died, so what the agent learnt of it (its timeouts) is read anew.
+fn visit_one(roots: &Roots, reads: &Reads, h: &netns::Handle) -> NamespaceObs {
+    let inode = h.id.inode;
+    let mut reborn = false;
+    if reads.keep_counts {
+        let dir = roots.netfilter_sysctl_dir();
+        let _ = nsdir::count_file(&dir, inode, tunables::COUNT);
+        reborn = nsdir::reborn(inode);
+    }
+    let keys = reads.keys_in(inode).or(reborn.then_some(&reads.keys));
+    read_namespace(
+        roots,
+        &roots.thread_stat_file(),
+        keys,
+        Sysctls::Entered(inode),
+    )
 }
 
 /// A quiet namespace of which only the count was read.
