@@ -153,6 +153,15 @@ impl Serialize for Explanation {
 pub const ADOPTED: &str = "someone else changed it";
 
 impl Plan {
+    /// The namespaces this plan leaves above `level`.
+    pub fn above(&self, level: Level) -> std::collections::BTreeSet<u64> {
+        self.namespaces
+            .iter()
+            .filter(|v| v.level > level)
+            .map(|v| v.netns.inode)
+            .collect()
+    }
+
     /// The planned change of a global key, if any.
     pub fn global_change(&self, key: &str) -> Option<&Change> {
         self.changes

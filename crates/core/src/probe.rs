@@ -115,6 +115,132 @@ pub fn paused_after(plan: &Plan, max_raised: bool, max_in_force: u64, cfg: &Conf
     pressed && !max_raised && (at_ceiling || raise_failed)
 }
 
+/// What a probe reads first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRead {
+    /// Every watched count.
+    Each,
+    /// The table's total (every namespace's entries together: the conntrack slab's
+    /// objects), and every count only when the total says one may be near the watermark.
+    Total,
+}
+
+/// How far the table's total is trusted as a bound on every namespace's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// Not yet read at a step beside the counts.
+    #[default]
+    Unproven,
+    /// At least the namespaces' counts together at every step so far: the probe reads
+    /// the total first. (SLUB keeps `objects` only with its debug statistics, which
+    /// distribution kernels build; without them the file is absent, never zero.)
+    Trusted,
+    /// Once short of the counts, or unreadable: the probe reads every count, for good.
+    Refused,
+}
+
+/// The table's total as a gate on the probe. Every entry of every namespace is an
+/// object of the one conntrack slab cache, so a namespace can have gained at most what
+/// the total gained: one read (~25 µs) stands for a read of every count (~2 µs each on
+/// a node of a thousand namespaces, cache-cold, so the reads cost more than the
+/// decisions). The trade: entries freed elsewhere at the same time as one namespace
+/// fills hide that fill from the total until the next step, which reads every count.
+/// The rise is measured from the lowest total since every count was last read, so a
+/// fall (a pod deleted) hides only what fills at the same moment.
+#[derive(Debug, Clone, Default)]
+pub struct Total {
+    trust: Trust,
+    /// The lowest total since every count was read.
+    low: Option<u64>,
+    /// The last total read, and the bound it gave.
+    last: Option<Reading>,
+    /// A total read by a probe that goes on to read every count.
+    pending: Option<u64>,
+}
+
+impl Total {
+    /// What the probe reads first.
+    pub fn read(&self) -> ProbeRead {
+        match (self.trust, self.low) {
+            (Trust::Trusted, Some(_)) => ProbeRead::Total,
+            _ => ProbeRead::Each,
+        }
+    }
+
+    /// How far the total is trusted.
+    pub fn trust(&self) -> Trust {
+        self.trust
+    }
+
+    /// A step read every count (adding up to `counted`) and the total (`total`; None:
+    /// not readable there) at `at`: the total is checked against the counts and becomes
+    /// the low the next rise is measured from.
+    pub fn stepped(&mut self, total: Option<u64>, counted: u64, at: Duration) {
+        self.pending = None;
+        self.last = Some(Reading { at, count: 0 });
+        let Some(total) = total else {
+            self.low = None;
+            return;
+        };
+        // Counts read after the total may have grown meanwhile (a step reads for
+        // milliseconds): an eighth, and a few slabs' worth, are allowed.
+        if total + counted / 8 + 256 < counted {
+            self.trust = Trust::Refused;
+        } else if self.trust == Trust::Unproven {
+            self.trust = Trust::Trusted;
+        }
+        self.low = Some(total);
+    }
+
+    /// Every count was read by a probe after the total: that total is the new low.
+    pub fn counted(&mut self) {
+        if let Some(total) = self.pending.take() {
+            self.low = Some(total);
+            self.last = self.last.map(|r| Reading { count: 0, ..r });
+        }
+    }
+
+    /// How many entries any namespace may have gained since every count was read.
+    pub fn rise(&self) -> u64 {
+        self.last.map_or(0, |r| r.count)
+    }
+
+    /// The total read at `now` (None: unreadable, and then never trusted again); the
+    /// fullest count last read `fullest`. True when every count must be read: the
+    /// fullest namespace, had it gained all the total gained, would call for a step
+    /// ([`step_now`]). Returns the fill rate of that bound too, entries a second.
+    pub fn probed(
+        &mut self,
+        now: Duration,
+        total: Option<u64>,
+        fullest: u64,
+        (max, next_step): (u64, Duration),
+        cfg: &Config,
+    ) -> (bool, Option<f64>) {
+        let (Some(total), Some(low)) = (total, self.low) else {
+            self.trust = Trust::Refused;
+            return (true, None);
+        };
+        let low = low.min(total);
+        self.low = Some(low);
+        let bound = Reading {
+            at: now,
+            count: total - low,
+        };
+        let prev = self.last.replace(bound);
+        let rate = prev.and_then(|p| fill_rate(p, bound));
+        let lift = |r: Reading| Reading {
+            count: fullest.saturating_add(r.count),
+            ..r
+        };
+        let each = step_now(prev.map(lift), lift(bound), max, next_step, cfg);
+        if each {
+            self.pending = Some(total);
+        }
+        (each, rate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +334,63 @@ mod tests {
             cfg.agent.probe_interval
         );
         assert_eq!(next_probe_in([0], 0, 250_000.0, &cfg), cfg.agent.interval);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_total_is_trusted_while_it_holds_the_counts_at_every_step() {
+        let mut t = Total::default();
+        assert_eq!((t.trust(), t.read()), (Trust::Unproven, ProbeRead::Each));
+        t.stepped(Some(0), 0, ms(0));
+        assert_eq!((t.trust(), t.read()), (Trust::Trusted, ProbeRead::Total));
+        t.stepped(Some(10_000), 9_000, ms(1000));
+        assert_eq!((t.trust(), t.read()), (Trust::Trusted, ProbeRead::Total));
+        // Counts read just after the total may have grown a little.
+        t.stepped(Some(10_000), 11_000, ms(2000));
+        assert_eq!(t.trust(), Trust::Trusted);
+        // Not this much: the slab does not hold every namespace's entries.
+        t.stepped(Some(10_000), 20_000, ms(3000));
+        assert_eq!((t.trust(), t.read()), (Trust::Refused, ProbeRead::Each));
+        t.stepped(Some(30_000), 20_000, ms(4000));
+        assert_eq!(t.trust(), Trust::Refused, "for good");
+        // A step that could not read the total leaves nothing to measure a rise from.
+        let mut t = Total::default();
+        t.stepped(Some(10_000), 9_000, ms(0));
+        t.stepped(None, 9_000, ms(1000));
+        assert_eq!(t.read(), ProbeRead::Each);
+    }
+
+    #[test]
+    fn a_rise_is_measured_from_the_lowest_total_since_the_counts() {
+        let cfg = Config::default(); // watermark 0.75: 768 of 1024
+        let mut t = Total::default();
+        t.stepped(Some(1000), 1000, ms(0));
+        let probe =
+            |t: &mut Total, at, total| t.probed(ms(at), Some(total), 100, (1024, ms(5000)), &cfg).0;
+        assert!(!probe(&mut t, 1000, 1000), "flat");
+        // A pod deleted: 600 entries gone; the low follows.
+        assert!(!probe(&mut t, 2000, 400));
+        assert_eq!(t.rise(), 0);
+        // 300 entries since: the fullest (100) may hold 400, short of 768, and at the
+        // pace the total rose (300 in 8 s) it would not pass 768 before the step.
+        assert!(!probe(&mut t, 10_000, 700));
+        assert_eq!(t.rise(), 300);
+        // 700 since the low: 800 is past the watermark: read every count.
+        assert!(probe(&mut t, 11_000, 1100));
+        t.counted();
+        assert_eq!(t.rise(), 0, "the counts read after it are the new start");
+        assert!(!probe(&mut t, 12_000, 1100));
+    }
+
+    #[test]
+    fn an_unreadable_total_is_never_read_again() {
+        let cfg = Config::default();
+        let mut t = Total::default();
+        t.stepped(Some(1000), 1000, ms(0));
+        assert!(t.probed(ms(500), None, 100, (1024, ms(5000)), &cfg).0);
+        assert_eq!((t.trust(), t.read()), (Trust::Refused, ProbeRead::Each));
     }
 }

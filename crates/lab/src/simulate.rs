@@ -114,6 +114,7 @@ use ctune_core::model::stat::ConntrackStat;
 use ctune_core::model::{Access, Global, Governed, Host, ModuleState, NamespaceObs, Observation};
 use ctune_core::plan::{Change, Plan, Target};
 use ctune_core::pressure::Level;
+use ctune_core::probe::ProbeRead;
 use ctune_core::tunables;
 use ctune_core::units;
 
@@ -1449,8 +1450,10 @@ pub struct RunDetails {
     pub regular_steps: u64,
     /// Extra steps the probe asked for (`ctune` only).
     pub early_steps: u64,
-    /// Probes of the counts (`ctune` only): each is a wakeup of the agent.
+    /// Probes (`ctune` only): each is a wakeup of the agent.
     pub probes: u64,
+    /// Probes that read every count, not only the table's total (`ctune` only).
+    pub count_probes: u64,
     /// The highest ceiling any of ctune's plans computed.
     pub ceiling: Option<u64>,
     /// Max changes that set max above the ceiling of their own plan (must stay 0).
@@ -1571,14 +1574,21 @@ impl Agent {
                 d.regular_steps += 1;
                 self.step(now, tables, host, d);
             }
-            Wake::Probe { until_step } => {
+            Wake::Probe { until_step, read } => {
+                d.probes += 1;
+                // The model's total is exact: the kernel's slab count, without its slack.
+                if read == ProbeRead::Total
+                    && !self.ctl.probed_total(now, until_step, Some(tables.total()))
+                {
+                    return;
+                }
+                d.count_probes += 1;
                 let counts: Vec<(u64, u64)> = tables
                     .spaces
                     .iter()
                     .enumerate()
                     .map(|(i, t)| (INIT_NET_INODE + i as u64, t.count))
                     .collect();
-                d.probes += 1;
                 if self.ctl.probed(now, until_step, &counts) {
                     d.early_steps += 1;
                     self.step(now, tables, host, d);

@@ -15,7 +15,7 @@ fn churn_leaves_the_agent_as_it_was() {
     require_root("churn_leaves_the_agent_as_it_was");
     let dir = tempfile::tempdir().unwrap();
     let opts = ChurnOptions {
-        duration: Duration::from_secs(45),
+        duration: Duration::from_secs(60),
         rate: 20.0,
         lifetime: Duration::from_secs(5),
         entries: 50,

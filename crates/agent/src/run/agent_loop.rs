@@ -27,6 +27,7 @@ use ctune_core::controller::Wake;
 use ctune_core::model::{Note, NoteKind};
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
+use ctune_core::probe::ProbeRead;
 use ctune_core::tunables;
 use ctune_core::units::{fmt_count, fmt_pct};
 
@@ -183,9 +184,14 @@ impl Quiet {
 /// inside a namespace keeps reading that namespace's value from any thread, so a probe
 /// costs one pread per namespace and no setns. What the counts mean (a step now or not,
 /// the pace of the next probe) is the controller's ([`ctune_core::controller`]).
+/// The table's total (the slab's objects) is read first when the controller trusts it
+/// ([`ctune_core::probe::Total`]): one read instead of one per namespace.
 #[derive(Debug, Default)]
 struct Counts {
     files: Vec<(u64, Arc<File>)>,
+    /// The conntrack slab's `objects`, kept open (None: not opened, or not there).
+    total: Option<File>,
+    total_tried: bool,
 }
 
 impl Counts {
@@ -193,6 +199,10 @@ impl Counts {
     /// of namespaces no longer watched: on a node whose pods come and go, a refresh
     /// enters only the new ones.
     fn refresh(&mut self, roots: &Roots, obs: &ctune_core::model::Observation) {
+        if !self.total_tried {
+            self.total_tried = true;
+            self.total = File::open(roots.slab_objects_file()).ok();
+        }
         let inodes: Vec<u64> = obs.namespaces.iter().map(|n| n.id.inode).collect();
         if inodes == self.files.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
             return;
@@ -231,6 +241,18 @@ impl Counts {
                 self.files.push((h.id.inode, f));
             }
         }
+    }
+
+    /// The table's total: the first number of the slab's `objects` ("5024 N0=5024").
+    fn total(&self) -> Option<u64> {
+        let mut buf = [0u8; 64];
+        let n = self.total.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Every count that reads, by inode. A file that no longer reads is dropped (its
@@ -287,6 +309,8 @@ fn summary(r: &StepReport) -> String {
 /// says (its [`ctune_core::schedule::Schedule`], the same clock the simulator runs).
 pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()> {
     let notifier = Notifier::from_env();
+    // Reports are filled for the metrics only when they render ([`step`]).
+    engine.fill_reports = false;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -315,8 +339,8 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 let now = state::now();
                 match engine.controller().wake(now) {
                     Wake::Step => {}
-                    Wake::Probe { until_step } => {
-                        if !engine.controller().probed(now, until_step, &counts.read()) {
+                    Wake::Probe { until_step, read } => {
+                        if !probe(&mut engine, &mut counts, (now, until_step), read) {
                             continue;
                         }
                         tracing::debug!("count probe: table filling, stepping early");
@@ -365,12 +389,14 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
 /// agent tunes without it.
 fn serve_metrics(cfg: &config::Config, exporter: &mut Exporter) {
     exporter.configure(&cfg.metrics);
-    if let Some(addr) = cfg.metrics.listen
-        && let Err(e) = metrics::serve(addr, Arc::clone(&exporter.served))
-    {
-        tracing::error!(
+    let Some(addr) = cfg.metrics.listen else {
+        return;
+    };
+    match metrics::serve(addr, Arc::clone(&exporter.served)) {
+        Ok(()) => exporter.serving = true,
+        Err(e) => tracing::error!(
             "{e}; metrics are not served over HTTP (the textfile is still written when configured)"
-        );
+        ),
     }
 }
 
@@ -388,6 +414,22 @@ fn reload(source: &ConfigSource) -> Option<config::Config> {
     }
 }
 
+/// A probe at `now`, `until_step` before the regular step: the table's total first when
+/// the controller trusts it, then every count when it asks; true when a step should be
+/// taken now.
+fn probe(
+    engine: &mut Engine,
+    counts: &mut Counts,
+    (now, until_step): (Duration, Duration),
+    read: ProbeRead,
+) -> bool {
+    let ctl = engine.controller();
+    if read == ProbeRead::Total && !ctl.probed_total(now, until_step, counts.total()) {
+        return false;
+    }
+    ctl.probed(now, until_step, &counts.read())
+}
+
 /// One control step; returns the line for `systemctl status`.
 fn step(
     engine: &mut Engine,
@@ -397,9 +439,12 @@ fn step(
 ) -> String {
     let now = state::now();
     match engine.step(now) {
-        Ok(report) => {
+        Ok(mut report) => {
             quiet.log(&report);
             counts.refresh(&engine.roots, &report.observation);
+            if exporter.renders(&report, engine.config()) {
+                engine.fill_unread(&mut report.observation);
+            }
             let held = &engine.memory().policy.operator_held;
             exporter.after_step(&report, engine.config(), held, now);
             summary(&report)

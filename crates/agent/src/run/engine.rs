@@ -292,6 +292,9 @@ pub struct Engine {
     ///
     /// [`TimeoutReads`]: ctune_core::controller::TimeoutReads
     last_read: HashMap<u64, LastRead>,
+    /// Whether a step's report is filled from `last_read` ([`Engine::fill_unread`]): the
+    /// agent's loop turns it off and fills only a report its metrics will render.
+    pub fill_reports: bool,
 }
 
 /// What was last read of one namespace.
@@ -334,16 +337,17 @@ impl Engine {
             saved: state::untimed(state),
             sampling: None,
             last_read: HashMap::new(),
+            fill_reports: true,
         })
     }
 
-    /// Fills what `obs` left unread from the last reading, remembers what it read, and
-    /// forgets namespaces no longer watched: after the decision, for the step's report.
-    fn carry(&mut self, obs: &mut Observation) {
+    /// Remembers what `obs` read and forgets namespaces no longer watched: after the
+    /// decision, so a later report can show what a step left unread.
+    fn remember(&mut self, obs: &Observation) {
         let live: std::collections::HashSet<u64> =
             obs.namespaces.iter().map(|n| n.id.inode).collect();
         self.last_read.retain(|inode, _| live.contains(inode));
-        for n in &mut obs.namespaces {
+        for n in &obs.namespaces {
             let Some(last) = self.last_read.get_mut(&n.id.inode) else {
                 // Known from its first full reading on (a new namespace's timeouts are
                 // read at its first visit: [`observe::Reads::seen`]).
@@ -356,15 +360,29 @@ impl Engine {
                 }
                 continue;
             };
+            if !n.counters_unread {
+                last.stat.clone_from(&n.stat);
+            }
+            if !n.timeouts_unread {
+                last.timeouts.clone_from(&n.timeouts);
+            }
+        }
+    }
+
+    /// Fills what a step's `obs` left unread from the last reading (still marked
+    /// unread), for a report that shows every namespace: the metrics keep their series.
+    /// On a node of a thousand namespaces the copies cost more than the step's reads, so
+    /// the agent fills only a report its metrics render.
+    pub fn fill_unread(&self, obs: &mut Observation) {
+        for n in &mut obs.namespaces {
+            let Some(last) = self.last_read.get(&n.id.inode) else {
+                continue;
+            };
             if n.counters_unread {
                 n.stat.clone_from(&last.stat);
-            } else {
-                last.stat.clone_from(&n.stat);
             }
             if n.timeouts_unread {
                 n.timeouts.clone_from(&last.timeouts);
-            } else {
-                last.timeouts.clone_from(&n.timeouts);
             }
         }
     }
@@ -511,7 +529,10 @@ impl Engine {
             let event = self.answer(&mut obs, action, &mut done);
             action = self.ctl.handle(&mut obs, event, state::now());
         };
-        self.carry(&mut obs);
+        self.remember(&obs);
+        if self.fill_reports {
+            self.fill_unread(&mut obs);
+        }
         let mut notes = obs.notes.clone();
         notes.extend(sample_notes);
         notes.extend(done.notes.iter().map(|n| Note::persisted(n)));

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -67,6 +67,8 @@ pub struct Exporter {
     textfile_written: Option<Instant>,
     /// The last textfile failure, logged once until it changes.
     textfile_error: Option<String>,
+    /// An HTTP server takes the text ([`serve`] started): it is rendered at every step.
+    pub serving: bool,
 }
 
 impl Default for Exporter {
@@ -80,6 +82,7 @@ impl Default for Exporter {
             })),
             textfile_written: None,
             textfile_error: None,
+            serving: false,
         }
     }
 }
@@ -97,8 +100,10 @@ pub fn textfile_path(m: &Settings) -> Option<PathBuf> {
 }
 
 impl Exporter {
-    /// Takes in a step: counts it, renders, and writes the textfile when the step changed
-    /// something or the interval passed.
+    /// Takes in a step: counts it, and renders when someone takes the text: the server,
+    /// or the textfile when the step changed something or its interval passed. Rendering
+    /// is most of a quiet step's cost on a node of many namespaces (a dozen series each),
+    /// so it is not paid for no one.
     pub fn after_step(
         &mut self,
         r: &StepReport,
@@ -110,6 +115,13 @@ impl Exporter {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.counters.record(r, now, unix);
+        if let Ok(mut shared) = self.served.lock() {
+            shared.grace = cfg.metrics.healthz_grace;
+        }
+        let textfile = self.textfile_due(r, cfg);
+        if !self.serving && textfile.is_none() {
+            return;
+        }
         let text = render(&View {
             report: r,
             cfg,
@@ -117,16 +129,30 @@ impl Exporter {
             counters: &self.counters,
             unix,
         });
-        if let Ok(mut shared) = self.served.lock() {
+        if self.serving
+            && let Ok(mut shared) = self.served.lock()
+        {
             shared.text.clone_from(&text);
-            shared.grace = cfg.metrics.healthz_grace;
         }
+        if let Some(path) = textfile {
+            self.write_textfile(&path, &text);
+        }
+    }
+
+    /// Whether [`Exporter::after_step`] will render `r`: for the server, or for the
+    /// textfile.
+    pub fn renders(&self, r: &StepReport, cfg: &Config) -> bool {
+        self.serving || self.textfile_due(r, cfg).is_some()
+    }
+
+    /// The textfile to write after `r`, when one is configured and due: the step
+    /// changed something, or the interval passed.
+    fn textfile_due(&self, r: &StepReport, cfg: &Config) -> Option<PathBuf> {
         let due = self
             .textfile_written
-            .is_none_or(|t| t.elapsed() >= cfg.metrics.textfile_interval);
-        if due || !r.outcomes.is_empty() {
-            self.write_textfile(&cfg.metrics, &text);
-        }
+            .is_none_or(|t| t.elapsed() >= cfg.metrics.textfile_interval)
+            || !r.outcomes.is_empty();
+        due.then(|| textfile_path(&cfg.metrics)).flatten()
     }
 
     /// Takes the settings the server needs before the first step (the grace of
@@ -145,11 +171,8 @@ impl Exporter {
         }
     }
 
-    fn write_textfile(&mut self, m: &Settings, text: &str) {
-        let Some(path) = textfile_path(m) else {
-            return;
-        };
-        let result = crate::act::atomic::write(&path, text.as_bytes(), 0o644);
+    fn write_textfile(&mut self, path: &Path, text: &str) {
+        let result = crate::act::atomic::write(path, text.as_bytes(), 0o644);
         self.textfile_written = Some(Instant::now());
         match result {
             Ok(_) => {
@@ -241,12 +264,17 @@ struct View<'a> {
     unix: f64,
 }
 
-/// A label value as the text format requires: backslash, double quote and line feed
-/// escaped (names come from other users).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A label value as the text format requires, appended to `out`: backslash, double
+/// quote and line feed escaped (names come from other users).
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// The `netns` label: `init` (or ctune's own name) for its own namespace, the name for
@@ -271,22 +299,24 @@ impl Family<'_> {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
+    /// One line, written in place: a node of a thousand namespaces renders thousands.
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect();
-        let labels = if labels.is_empty() {
-            String::new()
+        self.out.push_str(name);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            self.out.push(if i == 0 { '{' } else { ',' });
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            escape_into(self.out, v);
+            self.out.push('"');
+        }
+        if !labels.is_empty() {
+            self.out.push('}');
+        }
+        if value.is_finite() {
+            let _ = writeln!(self.out, " {value}");
         } else {
-            format!("{{{}}}", labels.join(","))
-        };
-        let value = if value.is_finite() {
-            format!("{value}")
-        } else {
-            "NaN".to_string()
-        };
-        let _ = writeln!(self.out, "{name}{labels} {value}");
+            self.out.push_str(" NaN\n");
+        }
     }
 
     fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
@@ -848,7 +878,9 @@ mod tests {
 
     #[test]
     fn label_values_from_other_users_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = String::new();
+        escape_into(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
         let mut out = String::new();
         Family { out: &mut out }.sample("m", &[("netns", "x\"} 1\nevil 2")], 3.0);
         assert_eq!(out, "m{netns=\"x\\\"} 1\\nevil 2\"} 3\n");

@@ -166,6 +166,12 @@ mod kept {
         })
     }
 
+    /// Runs `f` on the kept descriptor of `path`, if there is one, and keeps it whatever
+    /// `f` says (a refused access is no dead descriptor).
+    pub fn peek<T>(path: &Path, f: impl FnOnce(&File) -> T) -> Option<T> {
+        KEPT.with(|k| k.borrow().get(path).map(f))
+    }
+
     /// Whether `file` is on procfs or sysfs (whose files are the kernel's, never replaced
     /// by a rename).
     pub fn on_kernel_fs(file: &File) -> bool {
@@ -330,6 +336,9 @@ pub fn read_u64_from(file: &std::fs::File, path: &Path) -> Result<u64, FileError
 }
 
 /// Reads at most 64 bytes from offset 0 (a full buffer means too long for a number).
+/// A read that ends in a newline is the whole value: a sysctl or sysfs file gives its
+/// one line at once, and asking again for the end of file would double the syscalls of
+/// every count ctune reads (~2 µs each, cache-cold, on a node of many namespaces).
 fn read_small(file: &std::fs::File) -> io::Result<([u8; 64], usize)> {
     let mut buf = [0u8; 64];
     let mut len = 0;
@@ -340,7 +349,7 @@ fn read_small(file: &std::fs::File) -> io::Result<([u8; 64], usize)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if len == buf.len() {
+        if len == buf.len() || buf[len - 1] == b'\n' {
             return Ok((buf, len));
         }
     }
@@ -369,9 +378,23 @@ pub fn parse_u64(text: &str) -> Result<u64, String> {
 /// For sysctls `access(2)` runs the sysctl's own permission check, so a global key seen
 /// from a child namespace (mode 0444) reports EACCES even for root, and a read-only
 /// mount reports EROFS.
+///
+/// Asked of a kept descriptor ([`with_file`]) through its /proc/self/fd link when there
+/// is one: the kernel then checks the same inode and mount without walking the path,
+/// and a walk of /proc/sys/net/netfilter costs ~80 ns for every namespace on the host
+/// (docs/design.md, "Many namespaces"), a millisecond a step on a node of a thousand.
 pub fn writable(path: &Path) -> Result<(), FileError> {
-    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
-        .map_err(|errno| FileError::io(path, &io::Error::from_raw_os_error(errno as i32)))
+    use std::os::fd::AsRawFd;
+    let w = nix::unistd::AccessFlags::W_OK;
+    let kept = kept::peek(path, |f| {
+        nix::unistd::access(format!("/proc/self/fd/{}", f.as_raw_fd()).as_str(), w)
+    });
+    // No /proc/self (an odd chroot): the path itself.
+    let result = match kept {
+        Some(r) if r != Err(nix::errno::Errno::ENOENT) => r,
+        _ => nix::unistd::access(path, w),
+    };
+    result.map_err(|errno| FileError::io(path, &io::Error::from_raw_os_error(errno as i32)))
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -383,6 +406,24 @@ fn truncate(s: &str, n: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+
+    /// Asked through a kept descriptor, writability is what access(2) on the path says,
+    /// and asking keeps the descriptor.
+    #[test]
+    fn writable_through_a_kept_descriptor_agrees_with_the_path() {
+        for key in ["/proc/sys/kernel/pid_max", "/proc/sys/kernel/ngroups_max"] {
+            let path = Path::new(key);
+            read_u64(path).unwrap();
+            let by_path = nix::unistd::access(path, nix::unistd::AccessFlags::W_OK);
+            let kept = writable(path).map_err(|e| e.cause);
+            assert_eq!(
+                kept.is_ok(),
+                by_path.is_ok(),
+                "{key}: {kept:?} vs {by_path:?}"
+            );
+            assert!(kept::peek(path, |_| ()).is_some(), "{key} still kept");
+        }
+    }
 
     #[test]
     fn kernel_files_are_read_through_a_kept_descriptor_and_regular_files_are_not() {

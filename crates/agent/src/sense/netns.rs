@@ -69,6 +69,52 @@ fn push_named(
     }
 }
 
+/// Every namespace under /run/netns, from the last listing while the directory is
+/// unchanged ([`listed`]); else listed and looked at one by one.
+fn named_all(roots: &Roots, d: &mut Discovery, seen: &mut BTreeSet<u64>) {
+    let dir = roots.named_netns_dir();
+    let push = |d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, inode: u64| {
+        if seen.insert(inode) {
+            let path = dir.join(&name);
+            d.others.push(Handle {
+                id: NetnsId { name, inode },
+                path,
+            });
+        }
+    };
+    if let Some(names) = listed::reuse(&dir) {
+        for (name, inode) in names {
+            push(d, seen, name, inode);
+        }
+        return;
+    }
+    let before = listed::stamp(&dir);
+    let nsfs = std::fs::metadata(roots.proc.join("self/ns/net")).map(|m| m.dev());
+    let mut found = Vec::new();
+    let mut whole = true;
+    for raw in list_dir(&dir, &mut d.notes, true) {
+        let path = dir.join(&raw);
+        // A name under /run/netns is anyone's choice: never print it raw.
+        let name = printable(&raw);
+        match std::fs::metadata(&path) {
+            Ok(m) => {
+                // A plain file is an `ip netns add` caught before its mount.
+                whole &= nsfs.as_ref().is_ok_and(|dev| *dev == m.dev());
+                found.push((name.clone(), m.ino()));
+                push(d, seen, name, m.ino());
+            }
+            // Deleted since the listing, or unreadable: as any name is.
+            Err(_) => {
+                whole = false;
+                push_named(d, seen, (name, path), true);
+            }
+        }
+    }
+    if whole && let Some(before) = before {
+        listed::keep(&dir, before, found);
+    }
+}
+
 fn inode_of(path: &std::path::Path) -> Result<u64, FileError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
@@ -92,29 +138,18 @@ pub fn discover(roots: &Roots, cfg: &Namespaces) -> Discovery {
         _ => None,
     };
     let mut seen: BTreeSet<u64> = d.own_inode.into_iter().collect();
-    let mut push = |d: &mut Discovery, name: String, path: PathBuf, listed: bool| {
-        // A name under /run/netns is anyone's choice: never print it raw.
-        let name = printable(&name);
-        push_named(d, &mut seen, (name, path), listed)
-    };
 
     match cfg.mode {
         NamespaceMode::Initial => {}
         NamespaceMode::Named => {
             for name in &cfg.names {
-                push(
-                    &mut d,
-                    name.clone(),
-                    roots.named_netns_dir().join(name),
-                    false,
-                );
+                let path = roots.named_netns_dir().join(name);
+                // A name under /run/netns is anyone's choice: never print it raw.
+                push_named(&mut d, &mut seen, (printable(name), path), false);
             }
         }
         NamespaceMode::All => {
-            for name in list_dir(&roots.named_netns_dir(), &mut d.notes, true) {
-                let path = roots.named_netns_dir().join(&name);
-                push(&mut d, name, path, true);
-            }
+            named_all(roots, &mut d, &mut seen);
             let mut pids: Vec<u32> = list_dir(&roots.proc, &mut d.notes, false)
                 .into_iter()
                 .filter_map(|n| n.parse().ok())
@@ -317,6 +352,96 @@ fn became_another(h: &Handle) -> bool {
     }
 }
 
+/// /run/netns as last listed, reused while its directory is unchanged: on a node of a
+/// thousand pods a `stat` of every name (each a mount point) was the largest part of an
+/// idle step. `ip netns add` and `del` create and unlink the name, which changes the
+/// directory's mtime and ctime; a listing is kept only when the directory had been still
+/// for [`SETTLE`] (two changes within one tick of the file system's clock share a
+/// time), every name was a mounted namespace, and it is listed again at least every
+/// [`RELIST`] (a namespace unmounted and mounted again under the same name, without
+/// unlinking it, changes no time of the directory).
+mod listed {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant, SystemTime};
+
+    /// How long the directory must have been unchanged for a listing to be kept.
+    pub const SETTLE: Duration = Duration::from_secs(2);
+    /// The longest a listing is reused.
+    pub const RELIST: Duration = Duration::from_secs(60);
+
+    /// The directory's identity and change times (ns).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Stamp {
+        dev: u64,
+        ino: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
+    }
+
+    struct Kept {
+        stamp: Stamp,
+        at: Instant,
+        names: Vec<(String, u64)>,
+    }
+
+    /// By directory (tests list trees of their own; the agent, one).
+    static KEPT: Mutex<Option<HashMap<PathBuf, Kept>>> = Mutex::new(None);
+
+    /// Directories whose listing is kept at most.
+    const MAX_DIRS: usize = 8;
+
+    pub fn stamp(dir: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(dir).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// The names and inodes of the last listing of `dir`, when it is still good.
+    pub fn reuse(dir: &Path) -> Option<Vec<(String, u64)>> {
+        let now = stamp(dir)?;
+        let kept = KEPT.lock().ok()?;
+        let k = kept.as_ref()?.get(dir)?;
+        (k.stamp == now && k.at.elapsed() < RELIST).then(|| k.names.clone())
+    }
+
+    /// Keeps a listing of `dir` whose directory was `before` when listing began: only
+    /// when it is unchanged since and had been still for [`SETTLE`].
+    pub fn keep(dir: &Path, before: Stamp, names: Vec<(String, u64)>) {
+        let still = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                before.ctime.0.max(0) as u64,
+                before.ctime.1.clamp(0, 999_999_999) as u32,
+            );
+        let settled = SystemTime::now()
+            .duration_since(still)
+            .is_ok_and(|d| d >= SETTLE);
+        let Ok(mut kept) = KEPT.lock() else {
+            return;
+        };
+        let map = kept.get_or_insert_with(HashMap::new);
+        if !settled || stamp(dir) != Some(before) {
+            map.remove(dir);
+            return;
+        }
+        if map.len() >= MAX_DIRS {
+            map.clear();
+        }
+        let k = Kept {
+            stamp: before,
+            at: Instant::now(),
+            names,
+        };
+        map.insert(dir.to_path_buf(), k);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +494,51 @@ mod tests {
             Some(false),
             "pid 1 has its own inode in this tree"
         );
+    }
+
+    /// A listing of /run/netns is reused while the directory is unchanged (a name's
+    /// namespace is not looked at again), and listed anew once a name comes or goes.
+    #[test]
+    fn a_still_listing_is_reused_until_a_name_comes_or_goes() {
+        let (_d, roots) = tree();
+        ns_file(&roots.proc.join("self/ns/net"));
+        ns_file(&roots.pid_netns("1"));
+        // "a" leads elsewhere: what it is can change without the directory changing.
+        let elsewhere = roots.proc.join("elsewhere");
+        ns_file(&elsewhere);
+        fs::create_dir_all(roots.named_netns_dir()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, roots.named_netns_dir().join("a")).unwrap();
+        let all = Namespaces {
+            mode: NamespaceMode::All,
+            names: vec![],
+        };
+        let inode_of_a = |d: &Discovery| {
+            let a = d.others.iter().find(|h| h.id.name == "a");
+            a.map(|h| h.id.inode)
+        };
+        // Listed while the directory has just changed: not kept.
+        // Another file where "a" leads (made before the old one goes: a new inode).
+        let replace = || {
+            let next = roots.proc.join("next");
+            ns_file(&next);
+            fs::rename(&next, &elsewhere).unwrap();
+        };
+        let first = inode_of_a(&discover(&roots, &all)).unwrap();
+        replace();
+        let second = inode_of_a(&discover(&roots, &all)).unwrap();
+        assert_ne!(first, second, "a fresh directory is listed every time");
+        std::thread::sleep(listed::SETTLE + std::time::Duration::from_millis(100));
+        assert_eq!(inode_of_a(&discover(&roots, &all)), Some(second));
+        replace();
+        assert_eq!(
+            inode_of_a(&discover(&roots, &all)),
+            Some(second),
+            "a still directory: the listing is reused"
+        );
+        ns_file(&roots.named_netns_dir().join("b"));
+        let d = discover(&roots, &all);
+        assert_ne!(inode_of_a(&d), Some(second), "a new name: listed anew");
+        assert!(d.others.iter().any(|h| h.id.name == "b"));
     }
 
     #[test]

@@ -243,8 +243,12 @@ pub fn quiet(
 }
 
 /// A quiet namespace's counters are read again after this many halves of the agent's
-/// idle period (3.5: every fourth idle step).
-pub const QUIET_REREAD: u32 = 7;
+/// idle period (11.5: every twelfth idle step, a minute at the default 5 s). Entering a
+/// thousand namespaces for their counters costs ~25 ms; at every fourth idle step that
+/// was a third of the idle agent's time. Under half the watermark a table cannot be full,
+/// so what a quiet namespace's counters can show (a clash's `insert_failed`) waits a
+/// minute at most; its count, which decides pressure, is read at every step.
+pub const QUIET_REREAD: u32 = 23;
 
 /// Which timeouts a step reads. ctune's own namespace is always read in full; another
 /// namespace is read only where a decision can use its timeouts: where ctune lowered
@@ -332,6 +336,23 @@ impl Controller {
     /// step: true when a step should be taken now (the schedule restarts from it).
     pub fn probed(&mut self, now: Duration, until_step: Duration, counts: &[(u64, u64)]) -> bool {
         self.pacing.probed(now, until_step, counts, &self.cfg)
+    }
+
+    /// The table's total a probe read at `now` ([`crate::probe::ProbeRead::Total`];
+    /// None: unreadable, and never trusted again): true when every count must be read
+    /// too, then [`Controller::probed`]; else the next probe is scheduled.
+    pub fn probed_total(
+        &mut self,
+        now: Duration,
+        until_step: Duration,
+        total: Option<u64>,
+    ) -> bool {
+        self.pacing.probed_total(now, until_step, total, &self.cfg)
+    }
+
+    /// How far the table's total is trusted as a bound on every namespace's count.
+    pub fn total_trust(&self) -> crate::probe::Trust {
+        self.pacing.total_trust()
     }
 
     /// A step could not observe at `now`: the next comes after `agent.interval`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::model::Observation;
 use crate::plan::Plan;
-use crate::probe::{self, Reading};
+use crate::probe::{self, ProbeRead, Reading};
 use crate::schedule::{self, Due, Schedule};
 
 /// What is due when the driver wakes.
@@ -20,6 +20,9 @@ pub enum Wake {
     Probe {
         /// Until the regular step.
         until_step: Duration,
+        /// What to read first: the table's total ([`super::Controller::probed_total`])
+        /// or every count.
+        read: ProbeRead,
     },
     /// Nothing yet: sleep until [`super::Controller::next_wake`].
     Nothing,
@@ -39,6 +42,8 @@ pub(super) struct Pacing {
     max: u64,
     /// The time to the next regular step after the last one.
     period: Duration,
+    /// The table's total as a gate on reading every count.
+    total: probe::Total,
 }
 
 impl Pacing {
@@ -50,6 +55,7 @@ impl Pacing {
             paused: false,
             max: 0,
             period: cfg.agent.interval,
+            total: probe::Total::default(),
         }
     }
 
@@ -70,13 +76,43 @@ impl Pacing {
     pub fn wake(&mut self, now: Duration, cfg: &Config) -> Wake {
         match self.schedule.due(now) {
             Due::Step => Wake::Step,
-            Due::Probe { until_step } if !self.paused => Wake::Probe { until_step },
+            Due::Probe { until_step } if !self.paused => Wake::Probe {
+                until_step,
+                read: self.total.read(),
+            },
             Due::Probe { .. } => {
                 self.schedule.probe_in(now, self.pace(cfg));
                 Wake::Nothing
             }
             Due::Nothing => Wake::Nothing,
         }
+    }
+
+    /// The table's total read at `now` (None: unreadable); true when every count must
+    /// be read too ([`probe::Total::probed`]), else the next probe is scheduled.
+    pub fn probed_total(
+        &mut self,
+        now: Duration,
+        until_step: Duration,
+        total: Option<u64>,
+        cfg: &Config,
+    ) -> bool {
+        let fullest = self.last.values().map(|r| r.count).max().unwrap_or(0);
+        let (each, rate) = self
+            .total
+            .probed(now, total, fullest, (self.max, until_step), cfg);
+        if let Some(rate) = rate {
+            self.fastest = self.fastest.max(rate);
+        }
+        if !each {
+            self.schedule.probe_in(now, self.pace(cfg));
+        }
+        each
+    }
+
+    /// How far the table's total is trusted as a bound on the counts.
+    pub fn total_trust(&self) -> probe::Trust {
+        self.total.trust()
     }
 
     /// Keeps each count read at `now`; true when one calls for a step now
@@ -94,6 +130,7 @@ impl Pacing {
             let prev = self.note(inode, reading);
             due |= probe::step_now(prev, reading, self.max, until_step, cfg);
         }
+        self.total.counted();
         self.schedule.probe_in(now, self.pace(cfg));
         if due {
             self.schedule.stepped_early(now);
@@ -118,13 +155,17 @@ impl Pacing {
             .filter(|_| raised)
             .map_or(obs.global.max, |c| c.new);
         self.paused = probe::paused_after(plan, raised, self.max, cfg);
-        self.last
-            .retain(|inode, _| obs.namespaces.iter().any(|n| n.id.inode == *inode));
+        let watched: std::collections::BTreeSet<u64> =
+            obs.namespaces.iter().map(|n| n.id.inode).collect();
+        self.last.retain(|inode, _| watched.contains(inode));
+        let mut counted = 0u64;
         for n in &obs.namespaces {
             if let Some(count) = n.count {
                 self.note(n.id.inode, Reading { at, count });
+                counted = counted.saturating_add(count);
             }
         }
+        self.total.stepped(obs.host.table_entries, counted, at);
         self.period = schedule::step_period(plan, cfg);
         self.schedule.step_in(end, self.period);
         self.schedule.probe_in(end, self.pace(cfg));
@@ -156,9 +197,11 @@ impl Pacing {
         prev
     }
 
-    /// When to probe next ([`probe::pace`]).
+    /// When to probe next ([`probe::pace`]), each namespace taken to have gained what
+    /// the table's total gained since every count was read.
     fn pace(&self, cfg: &Config) -> Duration {
-        let counts = self.last.values().map(|r| r.count);
+        let rise = self.total.rise();
+        let counts = self.last.values().map(|r| r.count.saturating_add(rise));
         probe::pace(self.paused, counts, self.max, self.fastest, cfg)
     }
 }

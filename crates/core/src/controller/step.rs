@@ -240,14 +240,10 @@ fn decide(c: &mut Controller, obs: &mut Observation) -> Action {
 
 /// The namespaces whose level in `plan` is above normal and whose timeouts were not read.
 fn unread_above_normal(obs: &Observation, plan: &Plan) -> Vec<super::SampleTarget> {
+    let above = plan.above(crate::pressure::Level::Normal);
     obs.namespaces
         .iter()
-        .filter(|n| n.timeouts_unread)
-        .filter(|n| {
-            plan.namespaces
-                .iter()
-                .any(|v| v.netns.inode == n.id.inode && v.level > crate::pressure::Level::Normal)
-        })
+        .filter(|n| n.timeouts_unread && above.contains(&n.id.inode))
         .map(|n| super::SampleTarget {
             id: n.id.clone(),
             handle: n.handle.clone(),

@@ -156,10 +156,10 @@ pub fn with_sample(prev: &PolicyState, first: &Observation, at: Duration) -> Pol
 
 /// A counter's rise is measured only against a sample at most this many agent periods
 /// old (`agent.interval` or `agent.idle_interval`, the longer): a rise over hours (an
-/// `apply` long after the last one) says nothing about now. Five, so a quiet namespace,
-/// whose counters are read every fourth idle step ([`crate::controller::QUIET_REREAD`]),
-/// keeps its baseline.
-pub const MAX_BASELINE_INTERVALS: u32 = 5;
+/// `apply` long after the last one) says nothing about now. Thirteen, so a quiet
+/// namespace, whose counters are read every twelfth idle step
+/// ([`crate::controller::QUIET_REREAD`]), keeps its baseline.
+pub const MAX_BASELINE_INTERVALS: u32 = 13;
 
 /// What every phase reads: the inputs of one decision.
 struct Inputs<'a> {
@@ -309,7 +309,8 @@ pub fn forget_compositions(
     cfg: &Config,
 ) {
     let every = cfg.agent.composition_interval;
-    samples.retain(|ino, _| !every.is_zero() && pressed(plan, *ino));
+    let pressed = pressed(plan);
+    samples.retain(|ino, _| !every.is_zero() && pressed.contains(ino));
 }
 
 /// Namespaces sampled at most in one round. Each dump walks the whole (global) hash
@@ -334,12 +335,13 @@ pub fn compositions_due<'a>(
         return Vec::new();
     }
     let stale = |at: Duration| now.saturating_sub(at) >= every;
+    let pressed = pressed(plan);
     let mut due: Vec<&crate::model::NamespaceObs> = obs
         .namespaces
         .iter()
         .filter(|n| {
             let ino = n.id.inode;
-            pressed(plan, ino)
+            pressed.contains(&ino)
                 && samples.get(&ino).is_none_or(|g| stale(g.taken_at))
                 && failed.get(&ino).is_none_or(|at| stale(*at))
         })
@@ -401,10 +403,10 @@ pub fn with_globals_of(mut redecided: Plan, first: &Plan) -> Plan {
 }
 
 /// Whether `plan` leaves the namespace with this inode at the elevated level or above.
-fn pressed(plan: &Plan, inode: u64) -> bool {
-    plan.namespaces
-        .iter()
-        .any(|v| v.netns.inode == inode && v.level >= crate::pressure::Level::Elevated)
+/// The namespaces `plan` leaves at the elevated level or above: a set, since the
+/// callers ask it of every namespace on a node of a thousand.
+fn pressed(plan: &Plan) -> BTreeSet<u64> {
+    plan.above(crate::pressure::Level::Normal)
 }
 
 /// ceil(n * f), saturating.

@@ -238,8 +238,8 @@ mod tests {
     }
 
     /// While every table is quiet the agent steps every `agent.idle_interval` (5 s), and
-    /// reads a quiet namespace's counters at every fourth idle step: a loss between two
-    /// of those reads is a rise like any other (measured against `agent.interval`
+    /// reads a quiet namespace's counters at every twelfth idle step: a loss between
+    /// two of those reads is a rise like any other (measured against `agent.interval`
     /// alone, three seconds, it never was).
     #[test]
     fn an_idle_step_measures_the_rise_since_the_last_one() {
@@ -247,7 +247,8 @@ mod tests {
         let mut o = obs(262_144, &[1000]);
         let prev = sampled(&o, 10);
         bump(&mut o, 0, "drop", 7);
-        let later = 10 + 4 * cfg.agent.idle_interval.as_secs();
+        let every = u64::from(crate::controller::QUIET_REREAD.div_ceil(2));
+        let later = 10 + every * cfg.agent.idle_interval.as_secs();
         let sig = read(&inputs(&o, &cfg, &prev, later));
         assert_eq!(sig.rises[0].drop, Some(7));
         assert_eq!(sig.stale_baseline, None);
