@@ -131,31 +131,46 @@ pub enum Trust {
     /// Not yet read at a step beside the counts.
     #[default]
     Unproven,
-    /// At least the namespaces' counts together at every step so far: the probe reads
-    /// the total first. (SLUB keeps `objects` only with its debug statistics, which
-    /// distribution kernels build; without them the file is absent, never zero.)
+    /// Above zero at a step, and never short of the namespaces' counts together (by
+    /// more than the counts read after it could have grown): the probe reads the total
+    /// first. A kernel without SLUB's debug statistics has no `objects` file, or (before
+    /// 6.4) one that reads 0: never trusted.
     Trusted,
     /// Once short of the counts, or unreadable: the probe reads every count, for good.
     Refused,
+}
+
+/// The table's total as a probe reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotalReading {
+    /// The conntrack slab's `objects`.
+    pub objects: u64,
+    /// Entries that can be made or freed without moving `objects`: SLUB counts the free
+    /// objects it keeps on each CPU (its slab, its partial slabs, its sheaves) as in use,
+    /// so a namespace can fill from them unseen.
+    pub unseen: u64,
 }
 
 /// The table's total as a gate on the probe. Every entry of every namespace is an
 /// object of the one conntrack slab cache, so a namespace can have gained at most what
 /// the total gained: one read (~25 µs) stands for a read of every count (~2 µs each on
 /// a node of a thousand namespaces, cache-cold, so the reads cost more than the
-/// decisions). The trade: entries freed elsewhere at the same time as one namespace
-/// fills hide that fill from the total until the next step, which reads every count.
-/// The rise is measured from the lowest total since every count was last read, so a
-/// fall (a pod deleted) hides only what fills at the same moment.
+/// decisions). Every rise counts the entries SLUB can hand out unseen
+/// ([`TotalReading::unseen`]). The trade: entries freed elsewhere (beyond those) at the
+/// same time as one namespace fills hide that fill from the total until the next step,
+/// which reads every count. The rise is measured from the lowest total since every count
+/// was last read, so a fall (a pod deleted) hides only what fills at the same moment.
 #[derive(Debug, Clone, Default)]
 pub struct Total {
     trust: Trust,
     /// The lowest total since every count was read.
     low: Option<u64>,
-    /// The last total read, and the bound it gave.
+    /// The last total read, as its rise from `low`.
     last: Option<Reading>,
     /// A total read by a probe that goes on to read every count.
     pending: Option<u64>,
+    /// The last reading's [`TotalReading::unseen`].
+    unseen: u64,
 }
 
 impl Total {
@@ -184,9 +199,9 @@ impl Total {
         };
         // Counts read after the total may have grown meanwhile (a step reads for
         // milliseconds): an eighth, and a few slabs' worth, are allowed.
-        if total + counted / 8 + 256 < counted {
+        if total.saturating_add(counted / 8 + 256) < counted {
             self.trust = Trust::Refused;
-        } else if self.trust == Trust::Unproven {
+        } else if self.trust == Trust::Unproven && total > 0 {
             self.trust = Trust::Trusted;
         }
         self.low = Some(total);
@@ -202,27 +217,30 @@ impl Total {
 
     /// How many entries any namespace may have gained since every count was read.
     pub fn rise(&self) -> u64 {
-        self.last.map_or(0, |r| r.count)
+        self.last.map_or(0, |r| r.count).saturating_add(self.unseen)
     }
 
     /// The total read at `now` (None: unreadable, and then never trusted again); the
     /// fullest count last read `fullest`. True when every count must be read: the
-    /// fullest namespace, had it gained all the total gained, would call for a step
-    /// ([`step_now`]). Returns the fill rate of that bound too, entries a second.
+    /// fullest namespace, had it gained all the total gained and every unseen entry,
+    /// would call for a step ([`step_now`]). Returns the fill rate of that bound too,
+    /// entries a second.
     pub fn probed(
         &mut self,
         now: Duration,
-        total: Option<u64>,
+        total: Option<TotalReading>,
         fullest: u64,
         (max, next_step): (u64, Duration),
         cfg: &Config,
     ) -> (bool, Option<f64>) {
-        let (Some(total), Some(low)) = (total, self.low) else {
+        let (Some(reading), Some(low)) = (total, self.low) else {
             self.trust = Trust::Refused;
             return (true, None);
         };
+        let total = reading.objects;
         let low = low.min(total);
         self.low = Some(low);
+        self.unseen = reading.unseen;
         let bound = Reading {
             at: now,
             count: total - low,
@@ -230,7 +248,9 @@ impl Total {
         let prev = self.last.replace(bound);
         let rate = prev.and_then(|p| fill_rate(p, bound));
         let lift = |r: Reading| Reading {
-            count: fullest.saturating_add(r.count),
+            count: fullest
+                .saturating_add(r.count)
+                .saturating_add(reading.unseen),
             ..r
         };
         let each = step_now(prev.map(lift), lift(bound), max, next_step, cfg);
@@ -344,7 +364,11 @@ mod tests {
     fn the_total_is_trusted_while_it_holds_the_counts_at_every_step() {
         let mut t = Total::default();
         assert_eq!((t.trust(), t.read()), (Trust::Unproven, ProbeRead::Each));
+        // A total of zero proves nothing: kernels before 6.4 without SLUB's debug
+        // statistics always read 0.
         t.stepped(Some(0), 0, ms(0));
+        assert_eq!((t.trust(), t.read()), (Trust::Unproven, ProbeRead::Each));
+        t.stepped(Some(80), 0, ms(500));
         assert_eq!((t.trust(), t.read()), (Trust::Trusted, ProbeRead::Total));
         t.stepped(Some(10_000), 9_000, ms(1000));
         assert_eq!((t.trust(), t.read()), (Trust::Trusted, ProbeRead::Total));
@@ -368,8 +392,11 @@ mod tests {
         let cfg = Config::default(); // watermark 0.75: 768 of 1024
         let mut t = Total::default();
         t.stepped(Some(1000), 1000, ms(0));
-        let probe =
-            |t: &mut Total, at, total| t.probed(ms(at), Some(total), 100, (1024, ms(5000)), &cfg).0;
+        let probe = |t: &mut Total, at, objects| {
+            let reading = TotalReading { objects, unseen: 0 };
+            t.probed(ms(at), Some(reading), 100, (1024, ms(5000)), &cfg)
+                .0
+        };
         assert!(!probe(&mut t, 1000, 1000), "flat");
         // A pod deleted: 600 entries gone; the low follows.
         assert!(!probe(&mut t, 2000, 400));
@@ -383,6 +410,23 @@ mod tests {
         t.counted();
         assert_eq!(t.rise(), 0, "the counts read after it are the new start");
         assert!(!probe(&mut t, 12_000, 1100));
+    }
+
+    /// Entries SLUB hands out from the free objects it keeps per CPU do not move the
+    /// total: a table whose room is no larger than those is read count by count.
+    #[test]
+    fn the_entries_the_total_cannot_see_count_as_risen() {
+        let cfg = Config::default(); // watermark 768 of 1024
+        let mut t = Total::default();
+        t.stepped(Some(1000), 1000, ms(0));
+        let flat = |unseen| TotalReading {
+            objects: 1000,
+            unseen,
+        };
+        let limits = (1024, ms(5000));
+        assert!(!t.probed(ms(1000), Some(flat(256)), 100, limits, &cfg).0);
+        assert_eq!(t.rise(), 256);
+        assert!(t.probed(ms(2000), Some(flat(700)), 100, limits, &cfg).0);
     }
 
     #[test]

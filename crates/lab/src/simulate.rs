@@ -1281,6 +1281,14 @@ struct Tables {
 
 impl Tables {
     /// Entries of every namespace together.
+    /// The table's total as the probe reads the slab: the model has no per-CPU caches.
+    fn slab(&self) -> ctune_core::probe::TotalReading {
+        ctune_core::probe::TotalReading {
+            objects: self.total(),
+            unseen: 0,
+        }
+    }
+
     fn total(&self) -> u64 {
         self.spaces.iter().map(|t| t.count).sum()
     }
@@ -1578,7 +1586,7 @@ impl Agent {
                 d.probes += 1;
                 // The model's total is exact: the kernel's slab count, without its slack.
                 if read == ProbeRead::Total
-                    && !self.ctl.probed_total(now, until_step, Some(tables.total()))
+                    && !self.ctl.probed_total(now, until_step, Some(tables.slab()))
                 {
                     return;
                 }

@@ -27,7 +27,7 @@ use ctune_core::controller::Wake;
 use ctune_core::model::{Note, NoteKind};
 use ctune_core::plan::Target;
 use ctune_core::pressure::Level;
-use ctune_core::probe::ProbeRead;
+use ctune_core::probe::{ProbeRead, TotalReading};
 use ctune_core::tunables;
 use ctune_core::units::{fmt_count, fmt_pct};
 
@@ -189,9 +189,9 @@ impl Quiet {
 #[derive(Debug, Default)]
 struct Counts {
     files: Vec<(u64, Arc<File>)>,
-    /// The conntrack slab's `objects`, kept open (None: not opened, or not there).
-    total: Option<File>,
-    total_tried: bool,
+    /// The conntrack slab's `objects`, kept open, and the entries it cannot see
+    /// ([`slab_unseen`]); None: not there (yet: the module may load later).
+    total: Option<(File, u64)>,
 }
 
 impl Counts {
@@ -199,9 +199,9 @@ impl Counts {
     /// of namespaces no longer watched: on a node whose pods come and go, a refresh
     /// enters only the new ones.
     fn refresh(&mut self, roots: &Roots, obs: &ctune_core::model::Observation) {
-        if !self.total_tried {
-            self.total_tried = true;
-            self.total = File::open(roots.slab_objects_file()).ok();
+        if self.total.is_none() {
+            let file = File::open(roots.slab_objects_file()).ok();
+            self.total = file.zip(slab_unseen(roots));
         }
         let inodes: Vec<u64> = obs.namespaces.iter().map(|n| n.id.inode).collect();
         if inodes == self.files.iter().map(|(i, _)| *i).collect::<Vec<_>>() {
@@ -244,15 +244,20 @@ impl Counts {
     }
 
     /// The table's total: the first number of the slab's `objects` ("5024 N0=5024").
-    fn total(&self) -> Option<u64> {
+    fn total(&self) -> Option<TotalReading> {
+        let (file, unseen) = self.total.as_ref()?;
         let mut buf = [0u8; 64];
-        let n = self.total.as_ref()?.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n])
+        let n = file.read_at(&mut buf, 0).ok()?;
+        let objects = std::str::from_utf8(&buf[..n])
             .ok()?
             .split_whitespace()
             .next()?
             .parse()
-            .ok()
+            .ok()?;
+        Some(TotalReading {
+            objects,
+            unseen: *unseen,
+        })
     }
 
     /// Every count that reads, by inode. A file that no longer reads is dropped (its
@@ -275,6 +280,25 @@ impl Counts {
         });
         counts
     }
+}
+
+/// The conntrack entries SLUB can hand out or take back without moving the slab's
+/// `objects`, which counts as in use every free object it keeps per CPU: each possible
+/// CPU's slab, its partial slabs (`cpu_partial` objects, kept as up to twice that many
+/// objects' worth of slabs) and its sheaves (a main and a spare, doubled for the node's
+/// barn). None when the slab's geometry cannot be read: the probe then reads every count.
+fn slab_unseen(roots: &Roots) -> Option<u64> {
+    let dir = roots.slab_objects_file().parent()?.to_path_buf();
+    let read = |name: &str| crate::sense::kfile::read_u64(&dir.join(name)).ok();
+    let per_slab = read("objs_per_slab")?.max(1);
+    let partial = read("cpu_partial").unwrap_or(0);
+    let sheaf = read("sheaf_capacity").unwrap_or(0);
+    let possible = roots.sys.join("devices/system/cpu/possible");
+    let cpus = crate::sense::kfile::read_text(&possible)
+        .ok()
+        .and_then(|t| crate::sense::observe::parse_cpu_list(&t))?;
+    let per_cpu = per_slab * (1 + (2 * partial).div_ceil(per_slab)) + 4 * sheaf;
+    Some(cpus.saturating_mul(per_cpu))
 }
 
 /// One line for `systemctl status`.
@@ -442,11 +466,12 @@ fn step(
         Ok(mut report) => {
             quiet.log(&report);
             counts.refresh(&engine.roots, &report.observation);
-            if exporter.renders(&report, engine.config()) {
+            let takers = exporter.takers(&report, engine.config());
+            if takers.is_some() {
                 engine.fill_unread(&mut report.observation);
             }
             let held = &engine.memory().policy.operator_held;
-            exporter.after_step(&report, engine.config(), held, now);
+            exporter.after_step(&report, (engine.config(), held), now, takers);
             summary(&report)
         }
         Err(e) => {
@@ -495,5 +520,25 @@ mod tests {
         let mut q = Quiet::default();
         let twice = [sample_note("a", 1), sample_note("a", 2)];
         assert_eq!(texts(q.fresh_notes(&twice)), vec![sample_note("a", 1).text]);
+    }
+
+    /// What SLUB keeps per CPU, from the slab's geometry: here two CPUs, each with a
+    /// slab of 16 and partial slabs for 2 x 52 objects (7 slabs), and no sheaves.
+    #[test]
+    fn the_entries_the_slab_hides_follow_its_geometry() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::all_under(dir.path());
+        let slab = roots.slab_objects_file().parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&slab).unwrap();
+        assert_eq!(slab_unseen(&roots), None, "no geometry: no total");
+        for (name, value) in [("objs_per_slab", "16\n"), ("cpu_partial", "52\n")] {
+            std::fs::write(slab.join(name), value).unwrap();
+        }
+        let cpu = roots.sys.join("devices/system/cpu");
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(cpu.join("possible"), "0-1\n").unwrap();
+        assert_eq!(slab_unseen(&roots), Some(2 * 16 * 8));
+        std::fs::write(slab.join("sheaf_capacity"), "32\n").unwrap();
+        assert_eq!(slab_unseen(&roots), Some(2 * (16 * 8 + 4 * 32)));
     }
 }

@@ -58,6 +58,15 @@ pub struct Served {
     pub grace: Duration,
 }
 
+/// Who takes a step's rendering ([`Exporter::takers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takers {
+    /// The HTTP server.
+    pub server: bool,
+    /// The textfile, due now.
+    pub textfile: Option<PathBuf>,
+}
+
 /// The exporter: counters, what the HTTP server serves, and the textfile's schedule.
 #[derive(Debug)]
 pub struct Exporter {
@@ -107,9 +116,9 @@ impl Exporter {
     pub fn after_step(
         &mut self,
         r: &StepReport,
-        cfg: &Config,
-        held: &BTreeSet<String>,
+        (cfg, held): (&Config, &BTreeSet<String>),
         now: Duration,
+        takers: Option<Takers>,
     ) {
         let unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -118,10 +127,9 @@ impl Exporter {
         if let Ok(mut shared) = self.served.lock() {
             shared.grace = cfg.metrics.healthz_grace;
         }
-        let textfile = self.textfile_due(r, cfg);
-        if !self.serving && textfile.is_none() {
+        let Some(takers) = takers else {
             return;
-        }
+        };
         let text = render(&View {
             report: r,
             cfg,
@@ -129,20 +137,26 @@ impl Exporter {
             counters: &self.counters,
             unix,
         });
-        if self.serving
+        if takers.server
             && let Ok(mut shared) = self.served.lock()
         {
             shared.text.clone_from(&text);
         }
-        if let Some(path) = textfile {
+        if let Some(path) = takers.textfile {
             self.write_textfile(&path, &text);
         }
     }
 
-    /// Whether [`Exporter::after_step`] will render `r`: for the server, or for the
-    /// textfile.
-    pub fn renders(&self, r: &StepReport, cfg: &Config) -> bool {
-        self.serving || self.textfile_due(r, cfg).is_some()
+    /// Who takes the rendering of `r`: the server, the textfile when due; None: no
+    /// one, and nothing is rendered. Decided once, before the report is filled
+    /// ([`crate::run::engine::Engine::fill_unread`]), and given to
+    /// [`Exporter::after_step`].
+    pub fn takers(&self, r: &StepReport, cfg: &Config) -> Option<Takers> {
+        let textfile = self.textfile_due(r, cfg);
+        (self.serving || textfile.is_some()).then_some(Takers {
+            server: self.serving,
+            textfile,
+        })
     }
 
     /// The textfile to write after `r`, when one is configured and due: the step

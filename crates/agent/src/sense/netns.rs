@@ -73,18 +73,14 @@ fn push_named(
 /// unchanged ([`listed`]); else listed and looked at one by one.
 fn named_all(roots: &Roots, d: &mut Discovery, seen: &mut BTreeSet<u64>) {
     let dir = roots.named_netns_dir();
-    let push = |d: &mut Discovery, seen: &mut BTreeSet<u64>, name: String, inode: u64| {
-        if seen.insert(inode) {
-            let path = dir.join(&name);
-            d.others.push(Handle {
-                id: NetnsId { name, inode },
-                path,
-            });
+    let push = |d: &mut Discovery, seen: &mut BTreeSet<u64>, handle: Handle| {
+        if seen.insert(handle.id.inode) {
+            d.others.push(handle);
         }
     };
-    if let Some(names) = listed::reuse(&dir) {
-        for (name, inode) in names {
-            push(d, seen, name, inode);
+    if let Some(handles) = listed::reuse(&dir) {
+        for handle in handles {
+            push(d, seen, handle);
         }
         return;
     }
@@ -100,8 +96,12 @@ fn named_all(roots: &Roots, d: &mut Discovery, seen: &mut BTreeSet<u64>) {
             Ok(m) => {
                 // A plain file is an `ip netns add` caught before its mount.
                 whole &= nsfs.as_ref().is_ok_and(|dev| *dev == m.dev());
-                found.push((name.clone(), m.ino()));
-                push(d, seen, name, m.ino());
+                let id = NetnsId {
+                    name,
+                    inode: m.ino(),
+                };
+                found.push(Handle { id, path });
+                push(d, seen, found[found.len() - 1].clone());
             }
             // Deleted since the listing, or unreadable: as any name is.
             Err(_) => {
@@ -384,7 +384,7 @@ mod listed {
     struct Kept {
         stamp: Stamp,
         at: Instant,
-        names: Vec<(String, u64)>,
+        handles: Vec<super::Handle>,
     }
 
     /// By directory (tests list trees of their own; the agent, one).
@@ -403,17 +403,17 @@ mod listed {
         })
     }
 
-    /// The names and inodes of the last listing of `dir`, when it is still good.
-    pub fn reuse(dir: &Path) -> Option<Vec<(String, u64)>> {
+    /// The namespaces of the last listing of `dir`, when it is still good.
+    pub fn reuse(dir: &Path) -> Option<Vec<super::Handle>> {
         let now = stamp(dir)?;
         let kept = KEPT.lock().ok()?;
         let k = kept.as_ref()?.get(dir)?;
-        (k.stamp == now && k.at.elapsed() < RELIST).then(|| k.names.clone())
+        (k.stamp == now && k.at.elapsed() < RELIST).then(|| k.handles.clone())
     }
 
     /// Keeps a listing of `dir` whose directory was `before` when listing began: only
     /// when it is unchanged since and had been still for [`SETTLE`].
-    pub fn keep(dir: &Path, before: Stamp, names: Vec<(String, u64)>) {
+    pub fn keep(dir: &Path, before: Stamp, handles: Vec<super::Handle>) {
         let still = SystemTime::UNIX_EPOCH
             + Duration::new(
                 before.ctime.0.max(0) as u64,
@@ -436,7 +436,7 @@ mod listed {
         let k = Kept {
             stamp: before,
             at: Instant::now(),
-            names,
+            handles,
         };
         map.insert(dir.to_path_buf(), k);
     }
@@ -523,8 +523,15 @@ mod tests {
             ns_file(&next);
             fs::rename(&next, &elsewhere).unwrap();
         };
+        // Listed just after the directory changed (a name made and removed): not kept.
+        let touch = || {
+            ns_file(&roots.named_netns_dir().join("tmp"));
+            fs::remove_file(roots.named_netns_dir().join("tmp")).unwrap();
+        };
+        touch();
         let first = inode_of_a(&discover(&roots, &all)).unwrap();
         replace();
+        touch();
         let second = inode_of_a(&discover(&roots, &all)).unwrap();
         assert_ne!(first, second, "a fresh directory is listed every time");
         std::thread::sleep(listed::SETTLE + std::time::Duration::from_millis(100));
@@ -539,6 +546,23 @@ mod tests {
         let d = discover(&roots, &all);
         assert_ne!(inode_of_a(&d), Some(second), "a new name: listed anew");
         assert!(d.others.iter().any(|h| h.id.name == "b"));
+    }
+
+    /// A name with a terminal escape is shown escaped and entered by its real path.
+    #[test]
+    fn a_listed_name_is_shown_escaped_and_entered_by_its_real_path() {
+        let (_d, roots) = tree();
+        ns_file(&roots.proc.join("self/ns/net"));
+        ns_file(&roots.pid_netns("1"));
+        let raw = "pod\x1b[2Jx";
+        ns_file(&roots.named_netns_dir().join(raw));
+        let all = Namespaces {
+            mode: NamespaceMode::All,
+            names: vec![],
+        };
+        let d = discover(&roots, &all);
+        let h = d.others.iter().find(|h| h.path.ends_with(raw)).unwrap();
+        assert_eq!(h.id.name, "pod\\u{1b}[2Jx");
     }
 
     #[test]

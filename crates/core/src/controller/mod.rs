@@ -345,7 +345,7 @@ impl Controller {
         &mut self,
         now: Duration,
         until_step: Duration,
-        total: Option<u64>,
+        total: Option<crate::probe::TotalReading>,
     ) -> bool {
         self.pacing.probed_total(now, until_step, total, &self.cfg)
     }

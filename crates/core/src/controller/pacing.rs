@@ -16,7 +16,9 @@ use crate::schedule::{self, Due, Schedule};
 pub enum Wake {
     /// A step: [`super::Controller::begin`].
     Step,
-    /// A probe of the watched counts, then [`super::Controller::probed`].
+    /// A probe: the table's total first when `read` says so
+    /// ([`super::Controller::probed_total`]), then, when asked, every watched count
+    /// ([`super::Controller::probed`]).
     Probe {
         /// Until the regular step.
         until_step: Duration,
@@ -94,7 +96,7 @@ impl Pacing {
         &mut self,
         now: Duration,
         until_step: Duration,
-        total: Option<u64>,
+        total: Option<crate::probe::TotalReading>,
         cfg: &Config,
     ) -> bool {
         let fullest = self.last.values().map(|r| r.count).max().unwrap_or(0);
@@ -165,7 +167,15 @@ impl Pacing {
                 counted = counted.saturating_add(count);
             }
         }
-        self.total.stepped(obs.host.table_entries, counted, at);
+        // A namespace kept unread (its process gone, ctune remembering it) may have grown
+        // since its last reading, unmeasured: no total to measure from until a step
+        // reads every count. One that cannot be entered has no count for anyone.
+        let uncounted = obs
+            .namespaces
+            .iter()
+            .any(|n| n.count.is_none() && n.error.is_none());
+        let total = obs.host.table_entries.filter(|_| !uncounted);
+        self.total.stepped(total, counted, at);
         self.period = schedule::step_period(plan, cfg);
         self.schedule.step_in(end, self.period);
         self.schedule.probe_in(end, self.pace(cfg));

@@ -339,6 +339,14 @@ fn a_busy_namespace_is_never_count_only() {
     assert!(count_only.is_empty(), "{count_only:?}");
 }
 
+/// The slab's objects as a probe reads them, with a 2-CPU host's unseen entries.
+fn total(objects: u64) -> crate::probe::TotalReading {
+    crate::probe::TotalReading {
+        objects,
+        unseen: 256,
+    }
+}
+
 /// The next wake, which must be a probe: its time, its time to the step, and what it
 /// reads first.
 fn probe_due(c: &mut Controller) -> (Duration, Duration, crate::probe::ProbeRead) {
@@ -362,12 +370,15 @@ fn the_probe_reads_the_total_first_once_a_step_shows_it_holds_the_counts() {
     drive(&mut c, &mut o, Duration::from_secs(1), true);
     let (t, until_step, read) = probe_due(&mut c);
     assert_eq!(read, ProbeRead::Total);
-    assert!(!c.probed_total(t, until_step, Some(1100)), "a flat total");
+    assert!(
+        !c.probed_total(t, until_step, Some(total(1100))),
+        "a flat total"
+    );
     // 150000 more entries somewhere: 1000 + 150000 is short of the watermark (196608),
     // but at the rate the total rose it would pass it before the step.
     let (t, until_step, read) = probe_due(&mut c);
     assert_eq!(read, ProbeRead::Total);
-    assert!(c.probed_total(t, until_step, Some(151_100)));
+    assert!(c.probed_total(t, until_step, Some(total(151_100))));
     // The counts say where: the namespace itself, filling fast.
     assert!(c.probed(t, until_step, &[(inode, 151_000)]));
 }
@@ -396,4 +407,21 @@ fn a_total_short_of_the_counts_or_unreadable_is_never_trusted() {
     o.host.table_entries = Some(5100);
     drive(&mut c, &mut o, t + Duration::from_secs(5), true);
     assert_eq!(probe_due(&mut c).2, ProbeRead::Each, "refused for good");
+}
+
+/// A namespace kept unread at a step (its process gone while ctune remembers it) may
+/// have grown unmeasured: the probes until the next step read every count.
+#[test]
+fn a_namespace_left_uncounted_has_every_count_read_until_the_next_step() {
+    use crate::probe::ProbeRead;
+    let mut c = fresh(1 << 30, Mode::Agent, true);
+    let mut o = obs(262_144, &[1000, 500]);
+    o.host.table_entries = Some(1600);
+    drive(&mut c, &mut o, Duration::from_secs(1), true);
+    assert_eq!(probe_due(&mut c).2, ProbeRead::Total);
+    let mut o = obs(262_144, &[1000, 500]);
+    o.host.table_entries = Some(1600);
+    o.namespaces[1].count = None;
+    drive(&mut c, &mut o, Duration::from_secs(10), true);
+    assert_eq!(probe_due(&mut c).2, ProbeRead::Each);
 }

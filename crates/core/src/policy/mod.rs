@@ -402,7 +402,6 @@ pub fn with_globals_of(mut redecided: Plan, first: &Plan) -> Plan {
     redecided
 }
 
-/// Whether `plan` leaves the namespace with this inode at the elevated level or above.
 /// The namespaces `plan` leaves at the elevated level or above: a set, since the
 /// callers ask it of every namespace on a node of a thousand.
 fn pressed(plan: &Plan) -> BTreeSet<u64> {
