@@ -59,7 +59,7 @@ fn kept_sysctl_descriptors_do_not_keep_a_namespace_alive() {
 }
 
 /// The agent's step reads a quiet namespace's counters, then only counts it until its
-/// twelfth idle step (its count from the kept file, without entering it), then reads
+/// fourth idle step (its count from the kept file, without entering it), then reads
 /// them again; the report keeps its counters and timeouts throughout, and the count
 /// follows the entries.
 #[test]

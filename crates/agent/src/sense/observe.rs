@@ -387,12 +387,15 @@ pub fn read_timeouts_into(
             path: path.clone(),
         })
         .collect();
+    // A quiet namespace counted without entering it has its counters read too: they
+    // say whether a table that filled since the last step dropped on the way.
     let readings = netns::read_each(&handles, |h| {
         let mut problems = Vec::new();
         let dir = roots.netfilter_sysctl_dir();
         let at = Sysctls::Entered(h.id.inode);
         let timeouts = read_timeouts(&dir, keys, at, &mut problems);
-        (timeouts, problems)
+        let stat = read_counters(roots, &roots.thread_stat_file(), &mut problems);
+        (timeouts, stat, problems)
     });
     for (h, reading) in handles.iter().zip(readings) {
         let Some(n) = obs.namespaces.iter_mut().find(|n| n.id.inode == h.id.inode) else {
@@ -400,8 +403,12 @@ pub fn read_timeouts_into(
         };
         n.timeouts_unread = false;
         match reading {
-            Ok((timeouts, problems)) => {
+            Ok((timeouts, stat, problems)) => {
                 n.timeouts = timeouts;
+                if n.counters_unread && stat.is_some() {
+                    n.stat = stat;
+                    n.counters_unread = false;
+                }
                 if !problems.is_empty() {
                     n.error = Some(problems.join("; "));
                 }

@@ -243,7 +243,7 @@ fn unread_above_normal(obs: &Observation, plan: &Plan) -> Vec<super::SampleTarge
     let above = plan.above(crate::pressure::Level::Normal);
     obs.namespaces
         .iter()
-        .filter(|n| n.timeouts_unread && above.contains(&n.id.inode))
+        .filter(|n| (n.timeouts_unread || n.counters_unread) && above.contains(&n.id.inode))
         .map(|n| super::SampleTarget {
             id: n.id.clone(),
             handle: n.handle.clone(),

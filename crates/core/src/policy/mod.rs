@@ -156,10 +156,10 @@ pub fn with_sample(prev: &PolicyState, first: &Observation, at: Duration) -> Pol
 
 /// A counter's rise is measured only against a sample at most this many agent periods
 /// old (`agent.interval` or `agent.idle_interval`, the longer): a rise over hours (an
-/// `apply` long after the last one) says nothing about now. Thirteen, so a quiet
-/// namespace, whose counters are read every twelfth idle step
-/// ([`crate::controller::QUIET_REREAD`]), keeps its baseline.
-pub const MAX_BASELINE_INTERVALS: u32 = 13;
+/// `apply` long after the last one) says nothing about now. Five, so a quiet namespace,
+/// whose counters are read every fourth idle step ([`crate::controller::QUIET_REREAD`]),
+/// keeps its baseline.
+pub const MAX_BASELINE_INTERVALS: u32 = 5;
 
 /// What every phase reads: the inputs of one decision.
 struct Inputs<'a> {

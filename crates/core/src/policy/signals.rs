@@ -238,7 +238,7 @@ mod tests {
     }
 
     /// While every table is quiet the agent steps every `agent.idle_interval` (5 s), and
-    /// reads a quiet namespace's counters at every twelfth idle step: a loss between
+    /// reads a quiet namespace's counters at every fourth idle step: a loss between
     /// two of those reads is a rise like any other (measured against `agent.interval`
     /// alone, three seconds, it never was).
     #[test]
