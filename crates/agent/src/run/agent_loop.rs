@@ -289,7 +289,14 @@ impl Counts {
 /// barn). None when the slab's geometry cannot be read: the probe then reads every count.
 fn slab_unseen(roots: &Roots) -> Option<u64> {
     let dir = roots.slab_objects_file().parent()?.to_path_buf();
-    let read = |name: &str| crate::sense::kfile::read_u64(&dir.join(name)).ok();
+    // Read once: no descriptor kept (kfile's readers keep kernel files open).
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
     let per_slab = read("objs_per_slab")?.max(1);
     let partial = read("cpu_partial").unwrap_or(0);
     let sheaf = read("sheaf_capacity").unwrap_or(0);
