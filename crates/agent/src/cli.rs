@@ -126,8 +126,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Run the agent: one control step per `agent.interval`; SIGHUP reloads the config,
-    /// SIGTERM/SIGINT stop it. Stopping rolls nothing back (see `restore`).
+    /// Run the agent: one control step per `agent.interval`; SIGHUP reloads the config
+    /// (and reads the host's facts for `role: auto` again), SIGTERM/SIGINT stop it. Stopping rolls nothing back (see `restore`).
     Run,
     /// Boot step, before traffic: apply the persisted max and hash size (from
     /// /etc/sysctl.d/99-ctune.conf) and check they stuck.

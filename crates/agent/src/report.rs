@@ -13,6 +13,7 @@ use ctune_core::model::stat::split_drops;
 use ctune_core::model::{ModuleState, NamespaceObs, Observation, StatSource};
 use ctune_core::plan::{NamespaceVerdict, Plan, Target};
 use ctune_core::pressure::Level;
+use ctune_core::role::{InForce, Source};
 use ctune_core::timeouts::Lowered;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -188,6 +189,9 @@ pub struct StatusReport {
     pub memory_at_ceiling_bytes: u64,
     /// The ceiling and its derivation.
     pub ceiling: Ceiling,
+    /// The role whose budget the ceiling is, where it comes from, and the facts behind
+    /// it (docs/json.md).
+    pub role: Option<ctune_core::role::InForce>,
     /// What could not be read (and a config that could not be used).
     pub notes: Vec<Note>,
 }
@@ -245,6 +249,7 @@ pub fn status(i: StatusInputs) -> StatusReport {
         memory_now_bytes: ceiling.table_bytes,
         memory_at_ceiling_bytes: ceiling.memory_at(ceiling.value, ceiling_buckets),
         ceiling,
+        role: i.plan.role.clone(),
         notes,
     }
 }
@@ -403,6 +408,10 @@ pub fn plan_text(
         source.path().display()
     );
     kernel_section(&mut out, obs);
+    if let Some(role) = &plan.role {
+        let _ = writeln!(out, "\nRole");
+        out.push_str(&role_lines(role, &plan.ceiling, "  "));
+    }
     ceiling_section(&mut out, &plan.ceiling);
     namespaces_section(&mut out, plan);
     composition_section(
@@ -418,6 +427,67 @@ pub fn plan_text(
         for n in notes {
             let _ = writeln!(out, "  - {n}");
         }
+    }
+    out
+}
+
+/// The role in force, why, and what its budget is, each line indented by `indent`.
+pub fn role_lines(r: &InForce, c: &Ceiling, indent: &str) -> String {
+    let mut out = String::new();
+    let source = match r.source {
+        Source::Auto => "role: auto",
+        Source::Config => "set in the config",
+    };
+    let _ = writeln!(out, "{indent}{} ({source}): {}", r.role, r.budget_reason());
+    let _ = writeln!(
+        out,
+        "{indent}  budget: {} of memory (at least the floor), {} kept free for the rest",
+        fmt_pct(c.memory_fraction),
+        fmt_bytes(c.reserve_bytes)
+    );
+    if let Some(d) = &r.detection {
+        let verb = if r.source == Source::Auto && d.role == r.role {
+            "because"
+        } else {
+            "the host shows"
+        };
+        let shown = if d.role == r.role {
+            String::new()
+        } else {
+            format!(" ({})", d.role)
+        };
+        for (i, reason) in d.because.iter().enumerate() {
+            let lead = if i == 0 {
+                format!("{verb}{shown}")
+            } else {
+                "and".into()
+            };
+            let _ = writeln!(out, "{indent}  {lead} {reason}");
+        }
+        for reason in &d.besides {
+            let _ = writeln!(out, "{indent}  also seen: {reason}");
+        }
+    }
+    if let Some(p) = r.pending {
+        let _ = writeln!(
+            out,
+            "{indent}  {} once the host has shown it {} longer (a smaller budget waits {})",
+            p.role,
+            fmt_secs(p.seconds_left),
+            fmt_secs(ctune_core::role::SETTLE.as_secs())
+        );
+    }
+    if let Some(ch) = &r.changed {
+        let _ = writeln!(out, "{indent}  changed from {} in this step", ch.from);
+    }
+    for u in &r.unread {
+        let _ = writeln!(out, "{indent}  not read: {u}");
+    }
+    if r.source == Source::Auto {
+        let _ = writeln!(
+            out,
+            "{indent}  (`role: host`, `node` or `router` in the config fixes it)"
+        );
     }
     out
 }
@@ -636,6 +706,9 @@ pub fn status_text(s: &StatusReport) -> String {
         fmt_bytes(s.memory_at_ceiling_bytes),
         s.ceiling.explain()
     );
+    if let Some(role) = &s.role {
+        let _ = write!(out, "role {}", role_lines(role, &s.ceiling, ""));
+    }
     if !s.notes.is_empty() {
         let _ = writeln!(out, "\nCould not read:");
         for n in &s.notes {

@@ -23,6 +23,11 @@ const NOT_ON_DASHBOARD: &[(&str, &str)] = &[
          the alerts use ctune's split (ctune_table_full_drops_total, ctune_clash_drops_total)",
     ),
     (
+        "ctune_role",
+        "a setting, not a condition: the dry run and `status` show it with the facts behind \
+         it, and the agent logs it when it changes",
+    ),
+    (
         "ctune_last_change_timestamp_seconds",
         "the changes are annotations (from ctune_changes_total), which also say what changed",
     ),

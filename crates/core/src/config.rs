@@ -26,9 +26,15 @@ pub const KEEPALIVE_SECS: u64 = 7200;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// What the host is for: it sets the defaults of the memory budget (a preset from
-    /// config/roles/, under the operator's own keys).
+    /// config/roles/, under the operator's own keys); `auto` (the default) decides it
+    /// from the host's facts ([`crate::role`]).
     #[serde(default)]
-    pub role: Role,
+    pub role: RoleSetting,
+    /// Under `role: auto`, the `ceiling` section each role would give (its preset under
+    /// the operator's keys), resolved and validated at parse; `ceiling` is host's until
+    /// a step decides ([`Config::for_role`]).
+    #[serde(skip)]
+    pub role_ceilings: RoleCeilings,
     /// Which network namespaces to observe.
     #[serde(default, deserialize_with = "section")]
     pub namespaces: Namespaces,
@@ -151,10 +157,11 @@ impl<'de> Deserialize<'de> for TextfileDir {
 }
 
 /// What the host is for, and so how much of its memory the table may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// A server with applications to run: a small share of memory (the default).
+    /// A server with applications to run: a small share of memory (`role: auto`'s
+    /// choice when the host shows nothing else).
     #[default]
     Host,
     /// A Kubernetes or container node: pods' flows fill the table, pods need the memory.
@@ -176,6 +183,97 @@ impl Role {
 
     /// Every role, for documentation and tests.
     pub const ALL: [Role; 3] = [Role::Host, Role::Node, Role::Router];
+
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Node => "node",
+            Role::Router => "router",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Role::Host => 0,
+            Role::Node => 1,
+            Role::Router => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `role:` as written: a role, or `auto` (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoleSetting {
+    /// Decided from the host's facts at every step ([`crate::role`]).
+    #[default]
+    Auto,
+    /// This role, whatever the host shows.
+    Fixed(Role),
+}
+
+impl Serialize for RoleSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RoleSetting::Auto => s.serialize_str("auto"),
+            RoleSetting::Fixed(r) => r.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RoleSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "auto" => Ok(RoleSetting::Auto),
+            "host" => Ok(RoleSetting::Fixed(Role::Host)),
+            "node" => Ok(RoleSetting::Fixed(Role::Node)),
+            "router" => Ok(RoleSetting::Fixed(Role::Router)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: expected auto, host, node or router"
+            ))),
+        }
+    }
+}
+
+/// The `ceiling` section of each role, under `role: auto` (empty otherwise).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoleCeilings(Option<Box<[CeilingSettings; 3]>>);
+
+impl Config {
+    /// This config with `role`'s ceiling section, as `role: auto` resolved it at parse;
+    /// under a fixed role (or a config not from [`parse`]), unchanged.
+    pub fn for_role(&self, role: Role) -> Config {
+        let mut out = self.clone();
+        if let Some(c) = &self.role_ceilings.0 {
+            out.ceiling = c[role.index()].clone();
+        }
+        out
+    }
+
+    /// This config with `role` fixed, as `role: <role>` in its text would have made it.
+    pub fn fixed_to(&self, role: Role) -> Config {
+        let mut out = self.for_role(role);
+        out.role = RoleSetting::Fixed(role);
+        out.role_ceilings = RoleCeilings::default();
+        out
+    }
+
+    /// Changes the ceiling section of every role (the one in force and, under `role:
+    /// auto`, each role's): an edit of `ceiling` alone would be undone when a step
+    /// takes the role's section ([`Config::for_role`]).
+    pub fn edit_ceiling(&mut self, f: impl Fn(&mut CeilingSettings)) {
+        f(&mut self.ceiling);
+        if let Some(all) = &mut self.role_ceilings.0 {
+            all.iter_mut().for_each(f);
+        }
+    }
 }
 
 /// The agent's loop and its manners.
@@ -596,9 +694,48 @@ impl Default for Config {
 }
 
 /// Parses and validates YAML text; `path` is only used in messages. Keys missing from
-/// the text take their default, so a file may hold only what it changes.
+/// the text take their default, so a file may hold only what it changes. Under `role:
+/// auto` (the default) the config is resolved under every role's preset, each
+/// validated, so the role a step takes never meets an invalid config.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let merged = merged_with_defaults(text, path)?;
+    let setting = role_setting(text);
+    let roles: &[Role] = match setting {
+        RoleSetting::Fixed(ref r) => std::slice::from_ref(r),
+        RoleSetting::Auto => &Role::ALL,
+    };
+    let mut ceilings = Vec::new();
+    let mut first: Option<Config> = None;
+    for &role in roles {
+        let cfg = parse_as(text, path, role)?;
+        ceilings.push(cfg.ceiling.clone());
+        first.get_or_insert(cfg);
+    }
+    let mut cfg = first.expect("at least one role");
+    if setting == RoleSetting::Auto {
+        let all: [CeilingSettings; 3] = ceilings.try_into().expect("three roles");
+        cfg.role_ceilings = RoleCeilings(Some(Box::new(all)));
+    }
+    Ok(cfg)
+}
+
+/// The `role:` the text sets (auto when it sets none). Text that does not parse, or a
+/// role that is not one, is auto here: [`parse_as`]'s schema check reports it with its
+/// line.
+fn role_setting(text: &str) -> RoleSetting {
+    #[derive(Deserialize)]
+    struct JustRole {
+        #[serde(default)]
+        role: RoleSetting,
+    }
+    let v: Option<serde_json::Value> = serde_saphyr::from_str(text).ok();
+    v.and_then(|v| v.get("role").cloned())
+        .and_then(|r| serde_json::from_value::<JustRole>(serde_json::json!({ "role": r })).ok())
+        .map_or(RoleSetting::Auto, |j| j.role)
+}
+
+/// The config as `role`'s preset and the operator's keys make it, validated.
+fn parse_as(text: &str, path: &Path, role: Role) -> Result<Config, ConfigError> {
+    let merged = merged_with_defaults(text, path, role)?;
     let cfg: Config = serde_saphyr::from_str(&merged).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -635,7 +772,7 @@ fn indent_hint(text: &str, message: &str) -> Option<String> {
 
 /// Overlays the operator's file on the defaults at the YAML-value level, after checking
 /// the file alone against the schema so that errors point into the operator's own lines.
-fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> {
+fn merged_with_defaults(text: &str, path: &Path, role: Role) -> Result<String, ConfigError> {
     let parse_err = |e: serde_saphyr::Error| {
         // The snippet names its source `<input>`; name the file instead.
         let mut message = e
@@ -661,11 +798,6 @@ fn merged_with_defaults(text: &str, path: &Path) -> Result<String, ConfigError> 
     let mut base: serde_json::Value =
         serde_saphyr::from_str(DEFAULT_YAML).expect("embedded default config is YAML");
     // The role's preset sits between the defaults and the operator's own keys.
-    let role: Role = user
-        .get("role")
-        .cloned()
-        .and_then(|r| serde_json::from_value(r).ok())
-        .unwrap_or_default();
     let preset: serde_json::Value =
         serde_saphyr::from_str(role.preset()).expect("embedded role preset is YAML");
     overlay(&mut base, preset);
@@ -1034,6 +1166,59 @@ mod tests {
     }
 
     #[test]
+    fn role_auto_holds_every_roles_ceiling_and_a_role_fixes_one() {
+        let auto = p("").unwrap();
+        assert_eq!(auto.role, RoleSetting::Auto);
+        assert_eq!(
+            auto.ceiling.memory_fraction.get(),
+            0.05,
+            "host's until a step decides"
+        );
+        assert_eq!(
+            auto.for_role(Role::Router).ceiling.memory_fraction.get(),
+            0.5
+        );
+        assert_eq!(auto.for_role(Role::Node).ceiling.reserve_min, 256 << 20);
+        // The operator's key wins over every role's preset.
+        let capped = p("ceiling:\n  memory_fraction: 0.2\n").unwrap();
+        for role in Role::ALL {
+            assert_eq!(capped.for_role(role).ceiling.memory_fraction.get(), 0.2);
+        }
+        let router = p("role: router\n").unwrap();
+        assert_eq!(router.role, RoleSetting::Fixed(Role::Router));
+        assert_eq!(
+            router.for_role(Role::Host),
+            router,
+            "a fixed role is not swapped"
+        );
+        assert_eq!(auto.fixed_to(Role::Router), router);
+        let e = p("role: gateway\n").unwrap_err().to_string();
+        assert!(e.contains("expected auto, host, node or router"), "{e}");
+    }
+
+    /// The packages install config/ctune.yaml as /etc/ctune/ctune.yaml: a copy of it
+    /// with a role set must give that role's budget, not the file's.
+    #[test]
+    fn a_copy_of_the_shipped_file_leaves_the_budget_to_the_role() {
+        for role in Role::ALL {
+            let text = DEFAULT_YAML.replace("\nrole: auto\n", &format!("\nrole: {role}\n"));
+            assert_ne!(text, DEFAULT_YAML);
+            let c = p(&text).unwrap();
+            assert_eq!(c.ceiling, p("").unwrap().for_role(role).ceiling, "{role}");
+        }
+        assert_eq!(p(DEFAULT_YAML).unwrap(), p("").unwrap());
+    }
+
+    #[test]
+    fn an_edit_of_the_ceiling_holds_under_every_role() {
+        let mut c = p("").unwrap();
+        c.edit_ceiling(|c| c.memory_cap = Some(64 << 20));
+        for role in Role::ALL {
+            assert_eq!(c.for_role(role).ceiling.memory_cap, Some(64 << 20));
+        }
+    }
+
+    #[test]
     fn partial_file_overrides_only_what_it_names() {
         let c = p("hash:\n  ratio: 2\n").unwrap();
         assert_eq!(c.hash.ratio, 2);
@@ -1154,7 +1339,9 @@ mod tests {
     }
 
     /// The schema check lets any field be absent, with a placeholder value; the merged
-    /// config must therefore never need one: the embedded file names every field.
+    /// config must therefore never need one: the embedded file, under each role's
+    /// preset, names every field (the preset's keys are commented in the file, so that
+    /// a copy of it leaves the budget to the role).
     #[test]
     fn embedded_default_names_every_field() {
         fn keys(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
@@ -1174,14 +1361,18 @@ mod tests {
             "",
             &mut schema,
         );
-        let text: serde_json::Value = serde_saphyr::from_str(DEFAULT_YAML).unwrap();
-        keys(&text, "", &mut file);
         schema.sort();
-        file.sort();
-        assert_eq!(
-            schema, file,
-            "config/ctune.yaml must set every key of the schema"
-        );
+        for role in Role::ALL {
+            let mut text: serde_json::Value = serde_saphyr::from_str(DEFAULT_YAML).unwrap();
+            overlay(&mut text, serde_saphyr::from_str(role.preset()).unwrap());
+            file.clear();
+            keys(&text, "", &mut file);
+            file.sort();
+            assert_eq!(
+                schema, file,
+                "config/ctune.yaml under {role}'s preset must set every key of the schema"
+            );
+        }
     }
 
     #[test]

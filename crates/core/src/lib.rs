@@ -19,6 +19,7 @@ pub mod policy;
 pub mod pressure;
 pub mod probe;
 pub mod restore;
+pub mod role;
 pub mod schedule;
 pub mod sysctl;
 pub mod timeouts;

@@ -85,6 +85,9 @@ pub struct Plan {
     /// Why things that might be expected to change do not (held, deferred, capped), and
     /// what the decision noticed.
     pub explanations: Vec<Explanation>,
+    /// The role whose budget the decision took, and why (set by the controller; None
+    /// for a decision taken outside a step).
+    pub role: Option<crate::role::InForce>,
 }
 
 /// One explanation: what kind it is, for the code that acts on it (the agent logs an

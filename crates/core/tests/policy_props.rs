@@ -209,6 +209,7 @@ impl ObsBuilder {
                 page_size: PAGE,
                 table_entries: None,
                 memory_stall: None,
+                facts: None,
             },
             namespaces: self.namespaces,
             notes: Vec::new(),

@@ -152,6 +152,12 @@ pub struct SimHost {
     /// Memory everything else uses over time, in MiB (the terms add up): MemAvailable
     /// is what it and the table leave.
     pub used: Vec<Profile>,
+    /// What the host shows of its role, as the agent reads it (`role: auto` decides
+    /// from them); None: not stated, and auto holds `host`.
+    pub facts: Option<ctune_core::role::HostFacts>,
+    /// The role an operator would pick by hand for this host: the baseline that
+    /// `role: auto` must do no worse than (a test runs both).
+    pub role: ctune_core::config::Role,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -295,6 +301,12 @@ struct RawHost {
     /// MiB used by everything but the table, as rate profiles over time.
     #[serde(default)]
     used: Vec<RawProfile>,
+    /// What the host shows of its role (`ctune_core::role::HostFacts`' fields).
+    #[serde(default)]
+    facts: Option<ctune_core::role::HostFacts>,
+    /// The role an operator would pick by hand.
+    #[serde(default)]
+    role: ctune_core::config::Role,
 }
 
 #[derive(Deserialize)]
@@ -529,6 +541,8 @@ impl Validator<'_> {
             cpus: raw.cpus,
             entry_bytes,
             used,
+            facts: raw.facts,
+            role: raw.role,
         })
     }
 
@@ -1337,6 +1351,7 @@ impl Tables {
                 table_entries: Some(self.total()),
                 // Reclaim is not modelled; MemAvailable under the reserve stands for it.
                 memory_stall: None,
+                facts: host.facts.clone(),
             },
             namespaces: self
                 .spaces
@@ -1844,8 +1859,10 @@ pub fn run(sc: &Scenario) -> Simulation {
 /// What the host can spare still bounds it, as it bounds every run.
 pub fn ctune_with_memory(sc: &Scenario, bytes: u64) -> (PolicyRun, RunDetails) {
     let mut cfg = sc.ctune.clone();
-    cfg.ceiling.memory_floor = bytes.max(1 << 20);
-    cfg.ceiling.memory_cap = Some(bytes.max(1 << 20));
+    cfg.edit_ceiling(|c| {
+        c.memory_floor = bytes.max(1 << 20);
+        c.memory_cap = Some(bytes.max(1 << 20));
+    });
     let sc = Scenario {
         ctune: cfg,
         policies: vec![Peer::Ctune],

@@ -624,8 +624,11 @@ static ALL: LazyLock<Vec<(String, Simulation)>> = LazyLock::new(|| {
 /// its table never costs more than the host could spare at that moment.
 #[test]
 fn every_scenario_ctune_harms_no_more_than_its_peers_and_fits_what_the_host_spares() {
-    // The scenarios whose peak fits in what the host can spare.
-    const FITS: [&str; 7] = [
+    // The scenarios whose peak fits in what the host can spare, under the role `role:
+    // auto` gives it.
+    const FITS: [&str; 9] = [
+        "nat-sessions",
+        "flood-outlasts-ceiling",
         "ramp",
         "step",
         "big-table",
@@ -658,6 +661,43 @@ fn every_scenario_ctune_harms_no_more_than_its_peers_and_fits_what_the_host_spar
         assert_eq!(
             details.peak_over_spare, 0,
             "{name}: ctune's table cost more than the host could spare\n{table}"
+        );
+    }
+}
+
+/// `role: auto` on every shipped scenario (each states the host's facts and leaves the
+/// role to auto): it chooses the role an operator would pick by hand (`host.role`), and
+/// ctune with it harms no more flows and breaks no more sessions than with that role
+/// set in its config.
+#[test]
+fn role_auto_picks_the_hand_picked_role_and_does_no_worse() {
+    use ctune_core::config::RoleSetting;
+    for (name, sim) in ALL.iter() {
+        let sc = simulate::load(&scenario_path(name)).unwrap();
+        assert_eq!(sc.ctune.role, RoleSetting::Auto, "{name} sets a role");
+        let facts = sc.host.facts.as_ref();
+        let d = ctune_core::role::detect(facts.unwrap_or_else(|| panic!("{name}: no facts")));
+        assert_eq!(
+            d.role, sc.host.role,
+            "{name}: auto chose {} for {:?}",
+            d.role, d.because
+        );
+        let hand = simulate::Scenario {
+            ctune: sc.ctune.fixed_to(sc.host.role),
+            policies: vec![ctune_lab::traffic::Peer::Ctune],
+            ..sc.clone()
+        };
+        let by_hand = simulate::run(&hand);
+        let (auto, hand) = (run(sim, "ctune").0, &by_hand.report.runs[0]);
+        assert!(
+            harmed(auto) <= harmed(hand) && auto.sessions_broken <= hand.sessions_broken,
+            "{name}: auto harmed {} and broke {}, {} by hand {} and {}\n{}",
+            harmed(auto),
+            auto.sessions_broken,
+            sc.host.role,
+            harmed(hand),
+            hand.sessions_broken,
+            sim.report.markdown()
         );
     }
 }

@@ -650,6 +650,7 @@ mod tests {
                 page_size: 4096,
                 table_entries: None,
                 memory_stall: None,
+                facts: None,
             },
             namespaces: Vec::new(),
             notes: Vec::new(),
@@ -673,6 +674,7 @@ mod tests {
                 .collect(),
             namespaces: Vec::new(),
             explanations: Vec::new(),
+            role: None,
         }
     }
 

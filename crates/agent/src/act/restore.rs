@@ -155,6 +155,7 @@ fn keep_files(
                 changes: Vec::new(),
                 namespaces: Vec::new(),
                 explanations: Vec::new(),
+                role: None,
             };
             for f in persist::render(roots, cfg.persist.layout, &now, &empty, &managed).0 {
                 if let Err(e) = atomic::write(&f.path, f.new.as_bytes(), 0o644) {

@@ -36,6 +36,9 @@ pub struct State {
     /// `status` weigh timeouts by them as the agent does.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub compositions: BTreeMap<u64, ctune_core::model::Governed>,
+    /// Under `role: auto`, the role held (absent from a state written before it).
+    #[serde(default)]
+    pub role: Option<ctune_core::role::Held>,
 }
 
 /// A state file that could not be used.
@@ -127,6 +130,11 @@ pub fn load(roots: &Roots) -> Result<State, StateError> {
             ..PolicyState::default()
         };
         st.compositions.clear();
+        // The role stays (the host is the same host); its pending time was the old
+        // boot's clock.
+        if let Some(held) = &mut st.role {
+            held.pending = None;
+        }
         st.boot_id = current;
     }
     Ok(st)
@@ -139,6 +147,7 @@ impl State {
             original: self.original.clone(),
             policy: self.policy.clone(),
             compositions: self.compositions.clone(),
+            role: self.role.clone(),
         }
     }
 
@@ -150,6 +159,7 @@ impl State {
             original: memory.original.clone(),
             policy: memory.policy.clone(),
             compositions: memory.compositions.clone(),
+            role: memory.role.clone(),
         }
     }
 }

@@ -213,6 +213,7 @@ fn file_checks(roots: &Roots, cfg: &Config, st: &State, obs: &Observation, r: &m
         changes,
         namespaces: Vec::new(),
         explanations: Vec::new(),
+        role: None,
     };
     let (files, notes) = persist::render(roots, cfg.persist.layout, obs, &plan, &managed);
     // Symlinks and unreadable files are checks of their own below, not notes about a

@@ -52,11 +52,17 @@ struct Quiet {
     notes: HashSet<(NoteKind, String)>,
     /// Whether the global keys were writable at the last step (None before the first).
     writable: Option<bool>,
+    /// The role logged (None before the first step): logged at the first step and when
+    /// it changes, with its reasons.
+    role: Option<ctune_core::config::Role>,
 }
 
 impl Quiet {
     fn log(&mut self, r: &StepReport) {
         self.log_access(&r.observation.global.write_access);
+        if let Some(role) = &r.plan.role {
+            self.log_role(role);
+        }
         let mut errors = HashMap::new();
         for o in &r.outcomes {
             let ns = match &o.change.target {
@@ -124,6 +130,30 @@ impl Quiet {
                 tracing::info!("{e}");
             } else {
                 tracing::debug!("{e}");
+            }
+        }
+    }
+
+    /// The role at the first step, and once at each change, with the facts behind it.
+    fn log_role(&mut self, r: &ctune_core::role::InForce) {
+        if self.role == Some(r.role) {
+            return;
+        }
+        let because: Vec<String> = r
+            .detection
+            .iter()
+            .flat_map(|d| d.because.iter().map(|b| b.to_string()))
+            .collect();
+        let source = match r.source {
+            ctune_core::role::Source::Auto => "role: auto",
+            ctune_core::role::Source::Config => "set in the config",
+        };
+        match self.role.replace(r.role) {
+            None => {
+                tracing::info!(role = %r.role, "role {} ({source}): {}; {}", r.role, r.budget_reason(), because.join("; "))
+            }
+            Some(from) => {
+                tracing::info!(role = %r.role, "role {from} -> {} ({source}): {}; {}", r.role, r.budget_reason(), because.join("; "))
             }
         }
     }
@@ -388,6 +418,7 @@ pub async fn run(mut engine: Engine, source: ConfigSource) -> std::io::Result<()
                 // The new config takes effect at the next step, within its interval (an
                 // idle wait under the old one may be much longer).
                 let cfg = reload(&source).unwrap_or_else(|| engine.config().clone());
+                crate::sense::hostfacts::forget();
                 exporter.next_step_in(cfg.agent.interval);
                 engine.controller().set_config(cfg, state::now());
                 notifier.send("READY=1");

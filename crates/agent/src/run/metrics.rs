@@ -528,6 +528,9 @@ fn timeouts(f: &mut Family, v: &View, labelled: &[(String, &NamespaceObs)]) {
 fn global(f: &mut Family, v: &View, max: u64, left: usize) {
     let r = v.report;
     ceiling(f, &r.plan.ceiling, max);
+    if let Some(role) = &r.plan.role {
+        role_family(f, role);
+    }
     if let Some(b) = global_after(r, tunables::BUCKETS, r.observation.global.buckets) {
         f.one(
             "ctune_nf_conntrack_buckets",
@@ -538,6 +541,26 @@ fn global(f: &mut Family, v: &View, max: u64, left: usize) {
     }
     changes(f, v);
     health(f, v, left);
+}
+
+/// The role in force (1 for it, 0 for the others), labelled by where it comes from.
+fn role_family(f: &mut Family, r: &ctune_core::role::InForce) {
+    f.head(
+        "ctune_role",
+        "gauge",
+        "1 for the role whose memory budget is in force (source: auto or config).",
+    );
+    let source = match r.source {
+        ctune_core::role::Source::Auto => "auto",
+        ctune_core::role::Source::Config => "config",
+    };
+    for role in ctune_core::config::Role::ALL {
+        f.sample(
+            "ctune_role",
+            &[("role", role.name()), ("source", source)],
+            f64::from(u8::from(r.role == role)),
+        );
+    }
 }
 
 /// How far max may grow, and what bounds it: the ceiling, its memory budget and the term

@@ -496,26 +496,32 @@ pub fn recorded(dir: &Path) -> Result<ConntrackStat, StatsError> {
     for name in [RECORDED_GLOBAL, RECORDED_CPU] {
         let path = dir.join(name);
         let text = kfile::read_text(&path).map_err(StatsError::Recorded)?;
-        for (i, line) in text.lines().enumerate() {
-            let hex: String = line
-                .split('#')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            if hex.is_empty() {
-                continue;
-            }
-            let bytes = decode_hex(&hex).ok_or_else(|| {
+        for datagram in datagrams(&text) {
+            let bytes = datagram.map_err(|line| {
                 StatsError::Recorded(FileError::malformed(
                     &path,
-                    format!("line {}: not hex byte pairs", i + 1),
+                    format!("line {line}: not hex byte pairs"),
                 ))
             })?;
             stats.take(&bytes)?;
         }
     }
     stats.finish()
+}
+
+/// The datagrams of a recorded replies file (hex byte pairs, one datagram a line,
+/// whitespace allowed, `#` starts a comment, blank lines skipped); a line that is not
+/// hex gives its number.
+pub(crate) fn datagrams(text: &str) -> impl Iterator<Item = Result<Vec<u8>, usize>> + '_ {
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let hex: String = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        (!hex.is_empty()).then(|| decode_hex(&hex).ok_or(i + 1))
+    })
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {

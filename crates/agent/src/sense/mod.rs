@@ -6,8 +6,10 @@
 pub mod config_file;
 pub mod ctnetlink;
 pub mod ctstats;
+pub mod hostfacts;
 pub mod kfile;
 pub mod netns;
+pub mod nftchains;
 pub mod nsdir;
 pub mod observe;
 pub mod roots;

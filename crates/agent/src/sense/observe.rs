@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::sense::ctstats;
+use crate::sense::hostfacts;
 use crate::sense::kfile::{self, Cause, FileError};
 use crate::sense::netns;
 use crate::sense::nsdir;
@@ -211,6 +212,7 @@ fn read_host(roots: &Roots, notes: &mut Vec<Note>) -> Result<Host, ObserveError>
         page_size: page_size(roots, notes),
         table_entries,
         memory_stall: memory_stall(roots, notes),
+        facts: Some(hostfacts::cached(roots)),
     })
 }
 

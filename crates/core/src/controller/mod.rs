@@ -44,6 +44,10 @@ pub struct Memory {
     /// The last composition sample of each namespace at the elevated level or above, by
     /// inode.
     pub compositions: BTreeMap<u64, Governed>,
+    /// Under `role: auto`, the role held and a smaller one pending (absent from the
+    /// state of a build before `role: auto`).
+    #[serde(default)]
+    pub role: Option<crate::role::Held>,
 }
 
 /// Which command the step serves: what it may change, and when it samples.
@@ -268,7 +272,12 @@ pub struct TimeoutReads {
 /// The whole loop's state: one per driver.
 #[derive(Debug)]
 pub struct Controller {
+    /// The config as loaded (every role's ceiling under `role: auto`).
+    base: Config,
+    /// The config in force: `base` with the role's ceiling.
     cfg: Config,
+    /// The role whose ceiling `cfg` holds.
+    role: crate::config::Role,
     mode: Mode,
     memory: Memory,
     /// The driver can take composition samples (a real kernel, a model); a fixture tree
@@ -287,9 +296,17 @@ pub struct Controller {
 impl Controller {
     /// A controller for `mode`, remembering `memory`, whose clock starts at `now`.
     pub fn new(cfg: Config, mode: Mode, memory: Memory, can_sample: bool, now: Duration) -> Self {
+        let role = match (cfg.role, &memory.role) {
+            (crate::config::RoleSetting::Fixed(r), _) => r,
+            (crate::config::RoleSetting::Auto, held) => {
+                held.as_ref().map(|h| h.role).unwrap_or_default()
+            }
+        };
         Controller {
             pacing: pacing::Pacing::new(&cfg, now),
-            cfg,
+            cfg: cfg.for_role(role),
+            base: cfg,
+            role,
             mode,
             memory,
             can_sample,
@@ -314,7 +331,16 @@ impl Controller {
     /// new `agent.interval`.
     pub fn set_config(&mut self, cfg: Config, now: Duration) {
         self.pacing.reconfigure(&cfg, now);
-        self.cfg = cfg;
+        if let crate::config::RoleSetting::Fixed(r) = cfg.role {
+            self.role = r;
+        }
+        self.cfg = cfg.for_role(self.role);
+        self.base = cfg;
+    }
+
+    /// The role whose budget the config in force holds.
+    pub fn role(&self) -> crate::config::Role {
+        self.role
     }
 
     /// [`Mode::Preview`]: a first reading at `at`, the baseline the next step measures

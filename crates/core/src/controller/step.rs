@@ -64,6 +64,8 @@ pub(super) struct Step {
     onset: Vec<u64>,
     /// What went wrong with samples.
     notes: Vec<crate::model::Note>,
+    /// The role the step decides with.
+    role: crate::role::InForce,
 }
 
 /// Takes the answer to the step's last action.
@@ -200,6 +202,7 @@ fn observed(c: &mut Controller, obs: &mut Observation, now: Duration) -> Action 
         (Mode::Preview, Some((first, at))) => policy::with_sample(&c.memory.policy, first, *at),
         _ => c.memory.policy.clone(),
     };
+    let role = take_role(c, obs, now);
     c.step = Some(Step {
         phase: Phase::Collecting,
         now,
@@ -211,6 +214,7 @@ fn observed(c: &mut Controller, obs: &mut Observation, now: Duration) -> Action 
         early: false,
         onset: Vec::new(),
         notes: Vec::new(),
+        role,
     });
     if c.mode != Mode::Preview && c.samples.running {
         return Action::Collect {
@@ -218,6 +222,23 @@ fn observed(c: &mut Controller, obs: &mut Observation, now: Duration) -> Action 
         };
     }
     decide(c, obs)
+}
+
+/// The role for this step, from the host's facts in `obs` under `role: auto`; the
+/// config in force follows it.
+fn take_role(c: &mut Controller, obs: &Observation, now: Duration) -> crate::role::InForce {
+    let (held, role) = crate::role::in_force(
+        c.base.role,
+        c.memory.role.as_ref(),
+        obs.host.facts.as_ref(),
+        now,
+    );
+    c.memory.role = held;
+    if role.role != c.role {
+        c.role = role.role;
+        c.cfg = c.base.for_role(role.role);
+    }
+    role
 }
 
 /// Decides on `obs` with the samples in: the first decision of the step. A namespace
@@ -271,7 +292,8 @@ fn decided(c: &mut Controller, obs: &mut Observation) -> Action {
 /// onset, the global changes stay those applied ([`policy::with_globals_of`]).
 fn redecide(c: &mut Controller, obs: &Observation) {
     let s = c.step.as_mut().expect("a step in progress");
-    let (plan, next) = policy::decide(obs, &c.cfg, &s.prev, s.now);
+    let (mut plan, next) = policy::decide(obs, &c.cfg, &s.prev, s.now);
+    plan.role = Some(s.role.clone());
     s.plan = Some(match s.plan.take() {
         Some(first) if s.early => policy::with_globals_of(plan, &first),
         _ => plan,

@@ -425,3 +425,69 @@ fn a_namespace_left_uncounted_has_every_count_read_until_the_next_step() {
     drive(&mut c, &mut o, Duration::from_secs(10), true);
     assert_eq!(probe_due(&mut c).2, ProbeRead::Each);
 }
+
+/// `role: auto`: the facts in the observation decide the budget the step takes; a node
+/// that joins is adopted at once and said once, a smaller budget only after settling,
+/// and the role held is in the memory a restart starts from.
+#[test]
+fn the_role_follows_the_facts_and_a_smaller_budget_waits() {
+    use crate::config::Role;
+    use crate::role::{HostFacts, SETTLE, Source};
+    let mut c = fresh(100_000, Mode::Agent, false);
+    let mut o = table(65536, 100);
+    let facts = |cni: bool| HostFacts {
+        cni_interfaces: if cni { vec!["cni0".into()] } else { Vec::new() },
+        ..HostFacts::default()
+    };
+    let step = |c: &mut Controller, o: &mut Observation, cni: bool, at: Duration| {
+        o.host.facts = Some(facts(cni));
+        let plan = drive(c, o, at, true).1;
+        let role = plan.role.clone().expect("a step says its role");
+        (role, plan.ceiling.memory_fraction)
+    };
+    let (r, share) = step(&mut c, &mut o, false, Duration::from_secs(1));
+    assert_eq!(
+        (r.role, r.source, r.changed, share),
+        (Role::Host, Source::Auto, None, 0.05)
+    );
+    let (r, share) = step(&mut c, &mut o, true, Duration::from_secs(2));
+    assert_eq!((r.role, share), (Role::Node, 0.10));
+    assert_eq!(r.changed.map(|ch| ch.from), Some(Role::Host));
+    let (r, _) = step(&mut c, &mut o, true, Duration::from_secs(3));
+    assert_eq!(r.changed, None, "said once");
+    let gone = Duration::from_secs(4);
+    let (r, share) = step(&mut c, &mut o, false, gone);
+    assert_eq!(
+        (r.role, share),
+        (Role::Node, 0.10),
+        "held while the facts settle"
+    );
+    assert_eq!(
+        r.pending.map(|p| (p.role, p.seconds_left)),
+        Some((Role::Host, SETTLE.as_secs()))
+    );
+    let restarted = Controller::new(
+        capped(100_000),
+        Mode::Agent,
+        c.memory().clone(),
+        false,
+        gone,
+    );
+    assert_eq!(
+        restarted.role(),
+        Role::Node,
+        "a restart keeps the role held"
+    );
+    let (r, share) = step(&mut c, &mut o, false, gone + SETTLE);
+    assert_eq!((r.role, share), (Role::Host, 0.05));
+    // Without facts (not read), the role held stays.
+    o.host.facts = None;
+    assert_eq!(
+        drive(&mut c, &mut o, gone + SETTLE * 2, true)
+            .1
+            .role
+            .unwrap()
+            .role,
+        Role::Host
+    );
+}

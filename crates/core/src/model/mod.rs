@@ -10,6 +10,7 @@ pub mod meminfo;
 pub mod psi;
 pub mod slab;
 pub mod stat;
+pub mod udp;
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -135,6 +136,8 @@ pub struct Host {
     pub table_entries: Option<u64>,
     /// Memory stall, percent (PSI `some avg10`), where the kernel reports it.
     pub memory_stall: Option<f64>,
+    /// What the host shows of its role (`role: auto`); None: not read.
+    pub facts: Option<crate::role::HostFacts>,
 }
 
 /// One namespace's state.

@@ -246,6 +246,7 @@ pub fn decide(
         changes: draft.changes,
         namespaces: verdicts,
         explanations: draft.explanations,
+        role: None,
     };
     (plan, draft.next)
 }
@@ -484,6 +485,7 @@ pub(super) mod testkit {
                 page_size: 4096,
                 table_entries: None,
                 memory_stall: None,
+                facts: None,
             },
             namespaces: counts
                 .iter()
