@@ -483,6 +483,13 @@ pub fn role_lines(r: &InForce, c: &Ceiling, indent: &str) -> String {
     for u in &r.unread {
         let _ = writeln!(out, "{indent}  not read: {u}");
     }
+    if !r.config_keys.is_empty() {
+        let _ = writeln!(
+            out,
+            "{indent}  {} set in the config: the role's preset does not change it",
+            r.config_keys.join(", ")
+        );
+    }
     if r.source == Source::Auto {
         let _ = writeln!(
             out,

@@ -72,6 +72,19 @@ fn the_role_comes_from_the_namespaces_forwarding_nat_dns_and_interfaces() {
             "add chain ip ctune_nat post { type nat hook postrouting priority 100; }",
         ],
     );
+    // A nat chain with no rule that translates (firewalld makes such chains): no NAT.
+    let r = role_in(&ns, dir.path());
+    assert!(
+        r.contains("also seen: forwarding on, but no NAT in the ruleset"),
+        "{r}"
+    );
+    ok(
+        &ns,
+        &[
+            "nft",
+            "add rule ip ctune_nat post oifname \"lo\" masquerade",
+        ],
+    );
     let r = role_in(&ns, dir.path());
     assert!(
         r.starts_with("Role\n  router (role: auto): a NAT router"),

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::common::tree::{INITIAL, K618, Tree};
-use ctune::sense::nftchains::encode::{chain, done};
+use ctune::sense::nftchains::encode::{chain, done, rule};
 
 /// The dry run's Role section, from its heading to the next blank line.
 fn role_section(t: &Tree) -> String {
@@ -48,18 +48,29 @@ fn udp(locals: &[&str]) -> String {
     s
 }
 
-/// Recorded replies to the chain dump: one nat chain `ip nat postrouting` and a filter.
+/// Recorded replies to the chain and rule dumps: a nat chain `ip nat postrouting` with
+/// a masquerade rule, and a filter chain.
 fn nat_chains(t: &Tree) {
     let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let text = [
+    let chains = [
         hex(chain(2, "nat", "postrouting", Some("nat"))),
         hex(chain(1, "filter", "input", Some("filter"))),
         hex(done()),
     ]
     .join("\n");
+    let rules = [
+        hex(rule(2, "nat", "postrouting", &["meta", "cmp", "masq"])),
+        hex(rule(1, "filter", "input", &["ct", "cmp", "immediate"])),
+        hex(done()),
+    ]
+    .join("\n");
     write(
         &t.root().join("netlink/nft_chains"),
-        &format!("# NFT_MSG_GETCHAIN dump\n{text}\n"),
+        &format!("# NFT_MSG_GETCHAIN\n{chains}\n"),
+    );
+    write(
+        &t.root().join("netlink/nft_rules"),
+        &format!("# NFT_MSG_GETRULE\n{rules}\n"),
     );
 }
 
@@ -211,6 +222,17 @@ fn a_role_in_the_config_wins_and_the_dry_run_shows_what_auto_would_choose() {
     );
     assert!(r.contains("budget: 5% of memory"), "{r}");
     assert!(!r.contains("fixes it"), "{r}");
+    // An old installed file sets the preset's keys: the dry run says they hold.
+    t.config("namespaces:\n  mode: initial\nrole: router\nceiling:\n  memory_fraction: 0.05\n");
+    let r = role_section(&t);
+    assert!(r.starts_with("Role\n  router (set in the config)"), "{r}");
+    assert!(r.contains("budget: 5% of memory"), "{r}");
+    assert!(
+        r.contains(
+            "ceiling.memory_fraction set in the config: the role's preset does not change it"
+        ),
+        "{r}"
+    );
 }
 
 #[test]
@@ -270,4 +292,39 @@ fn the_agent_logs_the_role_once_and_a_node_joining_once() {
     assert_eq!(text.matches("role host -> node").count(), 1, "{text}");
     assert!(text.contains("a kubelet joined to a cluster"), "{text}");
     assert_eq!(text.matches("role host (role: auto)").count(), 1, "{text}");
+}
+
+/// The boot step bounds the persisted max by the role the agent held (in its state):
+/// a router's max, above a server's ceiling, is put back even while the facts that
+/// made it a router are not there yet (early in a boot), and refused without that role.
+#[test]
+fn boot_puts_back_a_max_within_the_role_the_agent_held() {
+    let t = host(true);
+    let sysctl = t.etc().join("sysctl.d/99-ctune.conf");
+    write(&sysctl, "net.netfilter.nf_conntrack_max = 6000000\n");
+    let out = t.run(&["boot"]);
+    let text = crate::common::text(&out);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "above a server's ceiling: {text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+    // The agent's step, as a router, keeps the role in its state.
+    nat_chains(&t);
+    t.expect(&["apply"], 0);
+    assert_eq!(
+        t.state_json()["role"]["role"],
+        "router",
+        "{}",
+        t.state_json()
+    );
+    fs::remove_file(t.root().join("netlink/nft_rules")).unwrap();
+    // apply persisted what it found in force; the agent had grown max since.
+    write(&sysctl, "net.netfilter.nf_conntrack_max = 6000000\n");
+    let text = t.expect(&["boot"], 0);
+    assert!(
+        text.contains("-> 6000000 (persisted value applied)"),
+        "{text}"
+    );
 }

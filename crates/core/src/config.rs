@@ -35,6 +35,11 @@ pub struct Config {
     /// a step decides ([`Config::for_role`]).
     #[serde(skip)]
     pub role_ceilings: RoleCeilings,
+    /// The keys of the budget that the roles' presets set and the operator's file sets
+    /// too (`ceiling.memory_fraction`, ...): they hold under every role, which an
+    /// operator who sets `role:` should be told (an old installed file sets all four).
+    #[serde(skip)]
+    pub budget_keys_set: Vec<String>,
     /// Which network namespaces to observe.
     #[serde(default, deserialize_with = "section")]
     pub namespaces: Namespaces,
@@ -183,6 +188,15 @@ impl Role {
 
     /// Every role, for documentation and tests.
     pub const ALL: [Role; 3] = [Role::Host, Role::Node, Role::Router];
+
+    /// Its rank by budget: a role that gives the table more memory ranks higher.
+    pub fn budget_rank(self) -> u8 {
+        match self {
+            Role::Host => 0,
+            Role::Node => 1,
+            Role::Router => 2,
+        }
+    }
 
     /// Its name in the config.
     pub fn name(self) -> &'static str {
@@ -711,11 +725,30 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         first.get_or_insert(cfg);
     }
     let mut cfg = first.expect("at least one role");
+    cfg.budget_keys_set = budget_keys_set(text);
     if setting == RoleSetting::Auto {
         let all: [CeilingSettings; 3] = ceilings.try_into().expect("three roles");
         cfg.role_ceilings = RoleCeilings(Some(Box::new(all)));
     }
     Ok(cfg)
+}
+
+/// The keys the roles' presets set that `text` sets too.
+fn budget_keys_set(text: &str) -> Vec<String> {
+    let v: Option<serde_json::Value> = serde_saphyr::from_str(text).ok();
+    let Some(ceiling) = v.as_ref().and_then(|v| v.get("ceiling")) else {
+        return Vec::new();
+    };
+    [
+        "memory_fraction",
+        "memory_floor",
+        "reserve_fraction",
+        "reserve_min",
+    ]
+    .into_iter()
+    .filter(|k| ceiling.get(k).is_some_and(|v| !v.is_null()))
+    .map(|k| format!("ceiling.{k}"))
+    .collect()
 }
 
 /// The `role:` the text sets (auto when it sets none). Text that does not parse, or a

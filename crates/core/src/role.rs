@@ -71,10 +71,12 @@ impl HostFacts {
         self.ipv4_forwarding == Some(true) || self.ipv6_forwarding == Some(true)
     }
 
-    /// Keeps `item` (made printable) in `list` unless [`KEPT`] are there already.
+    /// Keeps `item` (made printable) in `list` unless it is there (SO_REUSEPORT
+    /// sockets repeat an address) or [`KEPT`] are there already.
     pub fn keep(list: &mut Vec<String>, item: &str) {
-        if list.len() < KEPT {
-            list.push(printable(item));
+        let item = printable(item);
+        if list.len() < KEPT && !list.contains(&item) {
+            list.push(item);
         }
     }
 }
@@ -324,6 +326,9 @@ pub struct InForce {
     pub changed: Option<Changed>,
     /// What could not be read of the facts.
     pub unread: Vec<String>,
+    /// Budget keys the config sets, which hold under every role (the preset's value
+    /// for them does not apply).
+    pub config_keys: Vec<String>,
 }
 
 impl InForce {
@@ -335,11 +340,7 @@ impl InForce {
 
 /// A role's rank by budget: more memory for the table ranks higher.
 fn rank(role: Role) -> u8 {
-    match role {
-        Role::Host => 0,
-        Role::Node => 1,
-        Role::Router => 2,
-    }
+    role.budget_rank()
 }
 
 /// The role held after facts showing `detected` at `now`: a larger budget at once, a
@@ -368,7 +369,8 @@ pub fn settle(held: Option<&Held>, detected: Role, now: Duration) -> (Held, Opti
         return adopt(held.role);
     }
     let since = match held.pending {
-        Some((role, since)) if role == detected => since,
+        // A time after now is another boot's or host's clock: start again.
+        Some((role, since)) if role == detected && since <= now => since,
         _ => now,
     };
     if now.saturating_sub(since) >= SETTLE {
@@ -401,17 +403,32 @@ pub fn in_force(
         pending,
         changed,
         unread: unread.clone(),
+        config_keys: Vec::new(),
     };
     let role = match (setting, &detection) {
+        // Auto, if set again, resumes from the role really in force.
         (RoleSetting::Fixed(role), _) => {
-            return (
-                held.cloned(),
-                report(role, Source::Config, None, None, detection),
-            );
+            let next = Held {
+                role,
+                pending: None,
+            };
+            let out = report(role, Source::Config, None, None, detection);
+            return (Some(next), out);
         }
         (RoleSetting::Auto, None) => {
             let role = held.map(|h| h.role).unwrap_or_default();
             return (held.cloned(), report(role, Source::Auto, None, None, None));
+        }
+        // A fact not read proves nothing: facts short of one never shrink the budget
+        // (a failed dump, a file cut at its bound would read as "no NAT", "no DNS").
+        (RoleSetting::Auto, Some(d))
+            if !unread.is_empty() && held.is_some_and(|h| rank(d.role) < rank(h.role)) =>
+        {
+            let role = held.map(|h| h.role).unwrap_or_default();
+            return (
+                held.cloned(),
+                report(role, Source::Auto, None, None, detection),
+            );
         }
         (RoleSetting::Auto, Some(d)) => d.role,
     };
@@ -489,6 +506,44 @@ mod tests {
         assert_eq!(d.role, Role::Node);
         assert_eq!(d.because.len(), 2);
         assert!(matches!(d.besides[0], Reason::ForwardingWithNat(_)));
+    }
+
+    #[test]
+    fn facts_short_of_one_never_shrink_the_budget_and_a_fixed_role_is_held() {
+        let t = Duration::from_secs(1);
+        let router = Held {
+            role: Role::Router,
+            pending: None,
+        };
+        let mut f = facts();
+        f.unread.push("nftables chains: EPERM".into());
+        let (h, r) = in_force(RoleSetting::Auto, Some(&router), Some(&f), t);
+        assert_eq!(
+            (h.unwrap(), r.role, r.pending),
+            (router.clone(), Role::Router, None)
+        );
+        // Unread, yet a larger budget shown is taken.
+        f.cni_interfaces.push("cni0".into());
+        let host = Held {
+            role: Role::Host,
+            pending: None,
+        };
+        assert_eq!(
+            in_force(RoleSetting::Auto, Some(&host), Some(&f), t).1.role,
+            Role::Node
+        );
+        // A fixed role is what auto resumes from.
+        let (h, r) = in_force(RoleSetting::Fixed(Role::Host), Some(&router), Some(&f), t);
+        assert_eq!((h.unwrap(), r.source), (host, Source::Config));
+        // A pending time from another clock starts again.
+        let odd = Held {
+            role: Role::Router,
+            pending: Some((Role::Host, SETTLE * 3)),
+        };
+        assert_eq!(
+            settle(Some(&odd), Role::Host, SETTLE).0.pending,
+            Some((Role::Host, SETTLE))
+        );
     }
 
     #[test]

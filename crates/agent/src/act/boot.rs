@@ -10,11 +10,12 @@
 
 use crate::act::apply::{self, ApplyError};
 use crate::act::persist;
+use crate::act::state;
 use crate::sense::kfile::{self, Cause};
 use crate::sense::observe::{self, ObserveError};
 use crate::sense::roots::Roots;
 use ctune_core::bounds::{self, Bounds};
-use ctune_core::config::{Config, NamespaceMode, Namespaces};
+use ctune_core::config::{Config, NamespaceMode, Namespaces, Role, RoleSetting};
 use ctune_core::policy;
 use ctune_core::tunables;
 
@@ -32,6 +33,26 @@ pub struct BootItem {
     pub result: Option<Result<(), ApplyError>>,
 }
 
+/// The role whose ceiling bounds what boot writes: the config's, or under `role: auto`
+/// the larger of the one the agent held (in its state) and the one the facts show now
+/// (early in a boot a runtime's socket may not be there yet): the persisted max was
+/// bounded by the held role's ceiling when it was written.
+fn boot_role(roots: &Roots, cfg: &Config, obs: &ctune_core::model::Observation) -> Role {
+    if let RoleSetting::Fixed(r) = cfg.role {
+        return r;
+    }
+    let held = state::load(roots).ok().and_then(|s| s.role).map(|h| h.role);
+    let shown = obs
+        .host
+        .facts
+        .as_ref()
+        .map(|f| ctune_core::role::detect(f).role);
+    held.into_iter()
+        .chain(shown)
+        .max_by_key(|r| r.budget_rank())
+        .unwrap_or_default()
+}
+
 /// Applies the persisted values. `Ok(None)`: nothing is persisted. A value outside the
 /// bounds of anything ctune would set (a hand-edited file) is refused and named.
 pub fn boot(roots: &Roots, cfg: &Config) -> Result<Option<Vec<BootItem>>, ObserveError> {
@@ -47,6 +68,7 @@ pub fn boot(roots: &Roots, cfg: &Config) -> Result<Option<Vec<BootItem>>, Observ
         names: Vec::new(),
     };
     let obs = observe::observe(roots, &own)?;
+    let cfg = &cfg.for_role(boot_role(roots, cfg, &obs));
     let limits = Bounds {
         min_max: cfg.ceiling.min_max,
         ceiling: Some(policy::ceiling_of(&obs, cfg).value),

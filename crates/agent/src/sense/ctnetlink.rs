@@ -156,6 +156,27 @@ pub(crate) fn attrs(
     Ok(())
 }
 
+/// Calls `f` with the payload of each attribute of type `inner` within an attribute of
+/// type `outer` in `buf` (one level down: `buf` is itself a nested attribute's payload).
+pub(crate) fn nested(
+    buf: &[u8],
+    base: usize,
+    (outer, inner): (u16, u16),
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), ParseError> {
+    attrs(buf, base, |t, v, off| {
+        if t == outer {
+            attrs(v, off, |t, v, _| {
+                if t == inner {
+                    f(v);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+}
+
 /// Parses one conntrack entry's attributes (after the nfgenmsg).
 fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> {
     let mut f = Flow {
@@ -209,16 +230,8 @@ fn parse_entry(family: u8, buf: &[u8], base: usize) -> Result<Flow, ParseError> 
             CTA_TIMEOUT => f.timeout = be_u32(v),
             CTA_MARK => f.mark = be_u32(v).unwrap_or(0),
             CTA_ZONE => f.zone = be_u16(v).unwrap_or(0),
-            CTA_PROTOINFO => attrs(v, off, |t, v, off| {
-                if t == CTA_PROTOINFO_TCP {
-                    attrs(v, off, |t, v, _| {
-                        if t == CTA_PROTOINFO_TCP_STATE {
-                            f.tcp_state = v.first().copied();
-                        }
-                        Ok(())
-                    })?;
-                }
-                Ok(())
+            CTA_PROTOINFO => nested(v, off, (CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE), |v| {
+                f.tcp_state = v.first().copied();
             })?,
             _ => {}
         }

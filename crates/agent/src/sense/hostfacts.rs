@@ -70,15 +70,16 @@ pub fn forget() {
 /// [`MAX_AGE`].
 pub fn cached(roots: &Roots) -> HostFacts {
     use std::time::Instant;
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((r, at, facts)) = last.as_ref()
+    let lock = || LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((r, at, facts)) = lock().as_ref()
         && r == roots
         && at.elapsed() < MAX_AGE
     {
         return facts.clone();
     }
+    // Read without the lock held: the dump may take up to a second.
     let facts = read(roots);
-    *last = Some((roots.clone(), Instant::now(), facts.clone()));
+    *lock() = Some((roots.clone(), Instant::now(), facts.clone()));
     facts
 }
 
@@ -141,13 +142,11 @@ fn nat(roots: &Roots, f: &mut HostFacts) {
                 HostFacts::keep(&mut f.nat, &w);
             }
             if chains.cut {
-                HostFacts::keep(
-                    &mut f.unread,
-                    "nftables chains: the dump was cut at its bound",
-                );
+                let what = "nftables: the ruleset was read in part (cut at its bound)";
+                HostFacts::keep(&mut f.unread, what);
             }
         }
-        Err(e) => HostFacts::keep(&mut f.unread, &format!("nftables chains: {e}")),
+        Err(e) => HostFacts::keep(&mut f.unread, &nft_error(&e)),
     }
     for (file, tool) in [
         ("ip_tables_names", "iptables"),
@@ -162,6 +161,18 @@ fn nat(roots: &Roots, f: &mut HostFacts) {
             Err(e) if e.cause == Cause::Missing => {}
             Err(e) => note(f, &e),
         }
+    }
+}
+
+/// A failed nftables reading, in nftables' words (the socket's errors speak of
+/// ctnetlink, whose socket it shares).
+fn nft_error(e: &super::ctnetlink::DumpError) -> String {
+    match e {
+        super::ctnetlink::DumpError::Socket { what, errno, hint } => format!(
+            "nftables: {what}: {errno}{}",
+            hint.replace("ctnetlink", "nftables")
+        ),
+        e => format!("nftables: {e}"),
     }
 }
 

@@ -234,6 +234,8 @@ fn take_role(c: &mut Controller, obs: &Observation, now: Duration) -> crate::rol
         now,
     );
     c.memory.role = held;
+    let mut role = role;
+    role.config_keys = c.base.budget_keys_set.clone();
     if role.role != c.role {
         c.role = role.role;
         c.cfg = c.base.for_role(role.role);
