@@ -338,11 +338,6 @@ impl InForce {
     }
 }
 
-/// A role's rank by budget: more memory for the table ranks higher.
-fn rank(role: Role) -> u8 {
-    role.budget_rank()
-}
-
 /// The role held after facts showing `detected` at `now`: a larger budget at once, a
 /// smaller one after [`SETTLE`] of showing it; and whether it changed.
 pub fn settle(held: Option<&Held>, detected: Role, now: Duration) -> (Held, Option<Changed>) {
@@ -365,7 +360,7 @@ pub fn settle(held: Option<&Held>, detected: Role, now: Duration) -> (Held, Opti
             changed,
         )
     };
-    if detected == held.role || rank(detected) > rank(held.role) {
+    if detected == held.role || detected.budget_rank() > held.role.budget_rank() {
         return adopt(held.role);
     }
     let since = match held.pending {
@@ -422,7 +417,8 @@ pub fn in_force(
         // A fact not read proves nothing: facts short of one never shrink the budget
         // (a failed dump, a file cut at its bound would read as "no NAT", "no DNS").
         (RoleSetting::Auto, Some(d))
-            if !unread.is_empty() && held.is_some_and(|h| rank(d.role) < rank(h.role)) =>
+            if !unread.is_empty()
+                && held.is_some_and(|h| d.role.budget_rank() < h.role.budget_rank()) =>
         {
             let role = held.map(|h| h.role).unwrap_or_default();
             return (

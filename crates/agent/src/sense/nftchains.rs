@@ -117,19 +117,20 @@ pub fn read(replies: Replies<'_>) -> Result<Chains, DumpError> {
 /// One dump's messages of `want`, each handed to `f`; true when the dump was cut.
 type OnMessage<'a> = dyn FnMut(&Message<'_>) -> Result<(), DumpError> + 'a;
 
-/// The base chains of type nat, then for each the rules, kept when one translates.
-fn kernel() -> Result<Chains, DumpError> {
-    let fd = ctnetlink::open_socket()?;
-    let timeout = nix::sys::time::TimeVal::new(0, 250_000);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)
-        .map_err(ctnetlink::sock_err("setsockopt"))?;
-    let end = std::time::Instant::now() + DEADLINE;
-    let mut buf = vec![0u8; RECV_BUF];
-    let mut dump = |msg: u16, fam: u8, attrs: &[u8], f: &mut OnMessage<'_>| {
-        exchange(fd.as_raw_fd(), &mut buf, end, (msg, fam, attrs), f)
-    };
+/// What one dump asks for: the chains, or one chain's rules.
+enum Ask<'c> {
+    Chains,
+    Rules(&'c NatChain),
+}
+
+/// One dump per ask, its messages to the handler; true when it was cut.
+type Dump<'a> = dyn FnMut(Ask<'_>, &mut OnMessage<'_>) -> Result<bool, DumpError> + 'a;
+
+/// The base chains of type nat, then for each its rules, kept when one translates:
+/// the same whether `dump` asks the kernel or replays recorded replies.
+fn nat_chains(dump: &mut Dump<'_>) -> Result<Chains, DumpError> {
     let mut chains = Vec::new();
-    let mut cut = dump(NFT_MSG_GETCHAIN, 0, &[], &mut |m| {
+    let mut cut = dump(Ask::Chains, &mut |m| {
         if let Some(c) = nat_chain(m)? {
             chains.push(c);
         }
@@ -138,10 +139,8 @@ fn kernel() -> Result<Chains, DumpError> {
     cut |= chains.len() > MAX_CHAINS;
     let mut out = Chains::default();
     for c in chains.into_iter().take(MAX_CHAINS) {
-        let mut attrs = encode::attr(NFTA_RULE_TABLE, &nul(&c.table));
-        attrs.extend(encode::attr(NFTA_RULE_CHAIN, &nul(&c.chain)));
         let mut translates = false;
-        cut |= dump(NFT_MSG_GETRULE, c.fam, &attrs, &mut |m| {
+        cut |= dump(Ask::Rules(&c), &mut |m| {
             translates |= rule_translates(m, &c)?;
             Ok(())
         })?;
@@ -151,6 +150,27 @@ fn kernel() -> Result<Chains, DumpError> {
     }
     out.cut = cut;
     Ok(out)
+}
+
+/// The kernel's answers, all within [`DEADLINE`].
+fn kernel() -> Result<Chains, DumpError> {
+    let fd = ctnetlink::open_socket()?;
+    let timeout = nix::sys::time::TimeVal::new(0, 250_000);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)
+        .map_err(ctnetlink::sock_err("setsockopt"))?;
+    let end = std::time::Instant::now() + DEADLINE;
+    let mut buf = vec![0u8; RECV_BUF];
+    nat_chains(&mut |ask, f| {
+        let (msg, fam, attrs) = match ask {
+            Ask::Chains => (NFT_MSG_GETCHAIN, 0, Vec::new()),
+            Ask::Rules(c) => {
+                let mut attrs = encode::attr(NFTA_RULE_TABLE, &nul(&c.table));
+                attrs.extend(encode::attr(NFTA_RULE_CHAIN, &nul(&c.chain)));
+                (NFT_MSG_GETRULE, c.fam, attrs)
+            }
+        };
+        exchange(fd.as_raw_fd(), &mut buf, end, (msg, fam, &attrs), f)
+    })
 }
 
 fn nul(s: &str) -> Vec<u8> {
@@ -313,25 +333,13 @@ fn rule_translates(m: &Message<'_>, c: &NatChain) -> Result<bool, ParseError> {
 /// datagrams, one a line, as [`super::ctstats::recorded`] reads them); an absent file
 /// is an empty ruleset.
 fn recorded(dir: &Path) -> Result<Chains, DumpError> {
-    let mut chains = Vec::new();
-    replay(&dir.join(RECORDED), &mut |m| {
-        if let Some(c) = nat_chain(m)? {
-            chains.push(c);
-        }
-        Ok(())
-    })?;
-    let mut out = Chains::default();
-    for c in chains.into_iter().take(MAX_CHAINS) {
-        let mut translates = false;
-        replay(&dir.join(RECORDED_RULES), &mut |m| {
-            translates |= rule_translates(m, &c)?;
-            Ok(())
-        })?;
-        if translates {
-            out.nat.push(c);
-        }
-    }
-    Ok(out)
+    nat_chains(&mut |ask, f| {
+        let file = match ask {
+            Ask::Chains => RECORDED,
+            Ask::Rules(_) => RECORDED_RULES,
+        };
+        replay(&dir.join(file), f).map(|()| false)
+    })
 }
 
 /// Every message of a recorded file, to `f`.
